@@ -1,0 +1,3 @@
+from spdu_cli.cli import main
+
+main()

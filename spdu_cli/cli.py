@@ -1,0 +1,157 @@
+"""The `spdu` command line: parse, call one core function, render.
+
+This is the only module that imports click. Every domain error reaches the
+single boundary in SpduGroup.invoke and leaves as one stderr line and its exit
+status; a traceback is shown only with --debug.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+
+import click
+
+from spdu_cli import __version__, config, render
+from spdu_cli.errors import ExitStatus, SpduError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    config_path: str | None
+    debug: bool = False
+    _site: config.Site | None = field(default=None, repr=False)
+
+    def site(self) -> config.Site:
+        if self._site is None:
+            self._site = config.load(self.config_path)
+        return self._site
+
+
+def _error(message: str) -> None:
+    click.echo(f"spdu: error: {message}", err=True)
+
+
+class SpduGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SpduError as e:
+            if ctx.obj is not None and ctx.obj.debug:
+                raise
+            _error(str(e))
+            ctx.exit(int(e.exit_status))
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            _error("interrupted")
+            ctx.exit(130)
+        except Exception as e:  # a bug: say so, without a traceback in cron mail
+            if ctx.obj is not None and ctx.obj.debug:
+                raise
+            _error(f"internal error: {type(e).__name__}: {e} (rerun with --debug and report it)")
+            ctx.exit(int(ExitStatus.SOFTWARE))
+
+
+class _StderrFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"spdu: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_StderrFormatter())
+    root = logging.getLogger("spdu_cli")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    if quiet:
+        root.setLevel(logging.ERROR)
+    else:
+        root.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG))
+
+
+@click.group(cls=SpduGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    metavar="FILE",
+    envvar=config.ENV_VAR,
+    help=f"Main configuration file [default: {config.DEFAULT_PATH}; env {config.ENV_VAR}].",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+@click.version_option(__version__, "-V", "--version", prog_name="spdu")
+@click.pass_context
+def cli(ctx: click.Context, config_path, debug, verbose, quiet):
+    """Keep a DNS pool honest for a service spread over independent sites.
+
+    Run by cron: probe the peer sites, reconcile the pool on this site's own
+    DNS server, mail each change once.
+
+    \b
+    Example:
+        spdu --config /etc/spdu.conf config show beta
+    """
+    _setup_logging(verbose, quiet)
+    ctx.obj = Context(config_path, debug)
+
+
+@cli.group("config")
+def config_group():
+    """Show or check the configuration.
+
+    \b
+    Example:
+        spdu config check && spdu config show --json | jq .probe_url
+    """
+
+
+@config_group.command("show")
+@click.argument("targets", nargs=-1, metavar="[TARGET]...")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per target per line.")
+@click.pass_obj
+def config_show(obj: Context, targets, as_json):
+    """Print each target's effective configuration.
+
+    Every key with its value and where it came from (file and line, or
+    default), plus what follows from them: the probe URL and the address it
+    connects to, the pool name, zone and name server, the mail recipients.
+    Secrets are masked.
+
+    \b
+    Example:
+        spdu config show beta
+    """
+    site = obj.site()
+    for name in site.select(targets):
+        cfg = site.target(name)
+        if as_json:
+            click.echo(render.json_line(render.config_json(cfg)))
+        else:
+            click.echo(render.lines(render.config_text(cfg)))
+
+
+@config_group.command("check")
+@click.pass_obj
+def config_check(obj: Context):
+    """Validate the main file and every target's file; exit 0 or 78.
+
+    \b
+    Example:
+        spdu --config /usr/local/etc/spdu.conf config check
+    """
+    site = obj.site()
+    checked = site.check()
+    names = ", ".join(t.target for t in checked) or "no targets"
+    log.info("%s is valid (%s)", site.path, names)
+    if sys.stderr.isatty():
+        click.echo(f"{site.path}: ok ({names})", err=True)
+
+
+def main() -> None:
+    cli(prog_name="spdu")

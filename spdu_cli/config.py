@@ -1,0 +1,576 @@
+"""Read and validate the original spdu's configuration into frozen dataclasses.
+
+The main file (default /usr/local/etc/spdu.conf) holds site-wide values; the
+file `spdu/TARGET` beside it overrides them for one target. Files are parsed as
+data (see shellconf), refused when unsafe, and every value is validated.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import logging
+import os
+import pwd
+import shlex
+import socket
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spdu_cli import shellconf, tsig, validate
+from spdu_cli.errors import ConfigError, UsageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = "/usr/local/etc/spdu.conf"
+ENV_VAR = "SPDU_CONFIG"
+MAX_FILE_SIZE = 1 << 20
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+# -- the keys ------------------------------------------------------------------
+
+Getter = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    check: Callable[[str], Any]
+    default: str | Callable[[Getter], str]
+    help: str
+    site_only: bool = False  # meaningless per target: ignored there, with a warning
+    secret: bool = False  # a file setting it must not be readable by others
+
+
+def _port_default(ssl_key: str, with_ssl: str, without: str) -> Callable[[Getter], str]:
+    return lambda get: with_ssl if validate.yes_no(get(ssl_key)) else without
+
+
+def _host_or_ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return validate.hostname(value)
+
+
+KEYS: dict[str, Key] = {
+    k.name: k
+    for k in [
+        # The original's keys, with its defaults (see spdu.conf(5) for the choices).
+        Key("domain", validate.fqdn, lambda get: get("@domain"), "base of the defaults"),
+        Key("nameServer", validate.ip_address, "127.0.0.1", "DNS server to update"),
+        Key("nameTTL", validate.integer(0, 2147483647), "5", "TTL of added records"),
+        Key("mailTo", validate.email_list, "", "recipients, space-separated"),
+        Key("mailFrom", validate.email, lambda get: "robot@" + get("domain"), "sender"),
+        Key("myTag", validate.tag, lambda get: get("@shortname"), "this site's short name"),
+        Key("smtpRelay", _host_or_ip, lambda get: "smtp." + get("domain"), "SMTP relay"),
+        Key("smtpSSL", validate.yes_no, "yes", "yes: implicit TLS; no: plain SMTP"),
+        Key("smtpPort", validate.integer(1, 65535), _port_default("smtpSSL", "465", "25"), ""),
+        Key("smtpUser", validate.text, lambda get: get("mailFrom"), "SMTP AUTH user"),
+        Key("smtpPassword", validate.text, "", "SMTP AUTH password", secret=True),
+        Key("apiDomain", validate.hostname, lambda get: get("domain"), ""),
+        Key("apiName", validate.hostname, "api", "public name of the service"),
+        Key("probePath", validate.url_path, "status", "path of the status URL"),
+        Key("probeTimeout", validate.decimal(0.1, 60), "2.0", "seconds per try"),
+        Key("probeRetries", validate.integer(1, 10), "1", "tries per probe"),
+        Key("loopWait", validate.decimal(0.1, 60), "2", "the original's probe interval"),
+        Key("probeSSL", validate.yes_no, "no", "probe with HTTPS"),
+        Key("probePort", validate.integer(1, 65535), _port_default("probeSSL", "443", "80"), ""),
+        Key("poolDomain", validate.hostname, lambda get: get("domain"), ""),
+        Key("poolZone", validate.hostname, "pool", "zone of the pool name"),
+        Key("poolName", validate.hostname, "api", "the name whose A/AAAA RRset is the pool"),
+        Key("targetName", validate.hostname, lambda get: get("@target"), "target's host name"),
+        Key("targetDomain", validate.hostname, lambda get: get("domain"), ""),
+        Key("targetIP", validate.ip_list, "", "target's addresses (else targetName's)"),
+        # New keys.
+        Key("targets", validate.target_list, "", "targets of this site", site_only=True),
+        Key("spoolDir", validate.absolute_path, "/var/spool/spdu", "state", site_only=True),
+        Key("interval", validate.decimal(0.1, 60), lambda get: get("loopWait"), "", site_only=True),
+        Key("namePort", validate.integer(1, 65535), "53", "port of nameServer"),
+        Key("probeRise", validate.integer(1, 100), "2", "good probes to go up"),
+        Key("probeFall", validate.integer(1, 100), "2", "failed probes to go down"),
+        Key("probeCodes", validate.status_codes, "200-299", "accepted HTTP statuses"),
+        Key("probeMatch", validate.text, "", "text the body must contain"),
+        Key("probeVerify", validate.yes_no, "yes", "verify HTTPS certificates"),
+        Key("probeCAFile", validate.optional(validate.absolute_path), "", "CA bundle for HTTPS probes"),
+        Key("selfIP", validate.ip_list, "", "this site's own addresses, always kept"),
+        Key("tsigKey", validate.text, "", "[alg:]name:secret", secret=True),
+        Key("tsigKeyFile", validate.optional(validate.absolute_path), "", "TSIG key file"),
+    ]
+}
+
+
+# -- the system's own names ----------------------------------------------------
+
+
+class System:
+    """The host's names, looked up only when a default needs them."""
+
+    def __init__(self, hostname: str | None = None, fqdn: str | None = None):
+        self._hostname = hostname
+        self._fqdn = fqdn
+
+    def hostname(self) -> str:
+        if self._hostname is None:
+            self._hostname = socket.gethostname()
+        return self._hostname
+
+    def short_name(self) -> str:
+        return self.hostname().split(".")[0]
+
+    def domain(self) -> str:
+        name = self.hostname()
+        if "." not in name:
+            if self._fqdn is None:
+                self._fqdn = socket.getfqdn(name)  # what `hostname -d` consults too
+            name = self._fqdn
+        if "." not in name:
+            raise _MissingDefault(
+                f"domain is not set, and this host's name {self.hostname()!r} has no domain"
+                " part",
+                'set domain="example.org"',
+            )
+        return name.split(".", 1)[1]
+
+
+
+class _MissingDefault(Exception):
+    def __init__(self, message: str, hint: str):
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+
+# -- reading files -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    value: str
+    file: str | None = None  # None: a default
+    line: int | None = None
+
+    @property
+    def source(self) -> str:
+        return f"{self.file}:{self.line}" if self.file else "default"
+
+
+@dataclass(frozen=True)
+class SafeFile:
+    path: str
+    text: str
+    mode: int
+
+
+def _owner(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def read_safe_file(path: str, what: str = "configuration file") -> SafeFile:
+    """Read a file that spdu trusts: owned by root or us, writable by no one else.
+
+    The checks are made on the open descriptor, so the file cannot be swapped
+    between check and read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except PermissionError:
+        raise ConfigError(
+            f"cannot read {what} {path}: permission denied",
+            "run spdu as the user that owns it, or root",
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"cannot open {what} {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{what} {path} is not a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid not in (0, os.geteuid()):
+            raise ConfigError(
+                f"refusing unsafe {what} {path}: owned by {_owner(st.st_uid)}, "
+                f"neither root nor {_owner(os.geteuid())} who runs spdu",
+                f"chown root {path}",
+            )
+        if mode & 0o022:
+            who = " and ".join(w for w, bit in (("group", 0o020), ("others", 0o002)) if mode & bit)
+            raise ConfigError(
+                f"refusing unsafe {what} {path}: writable by {who} (mode {mode:04o})",
+                f"chmod go-w {path}",
+            )
+        if st.st_size > MAX_FILE_SIZE:
+            raise ConfigError(f"{what} {path} is larger than {MAX_FILE_SIZE} bytes")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_FILE_SIZE + 1)
+    finally:
+        os.close(fd)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
+    return SafeFile(path, text, mode)
+
+
+def _require_private(file: SafeFile, secret: str) -> None:
+    if file.mode & 0o004:
+        raise ConfigError(
+            f"refusing {file.path}: it holds a secret ({secret}) but is readable by others "
+            f"(mode {file.mode:04o})",
+            f"chmod o-r {file.path}",
+        )
+
+
+def _quote(value: str) -> str:
+    return shlex.quote(value) if value else "''"
+
+
+class _Values:
+    """Effective values: what the files set, else the key's default, lazily."""
+
+    def __init__(self, settings: Mapping[str, Setting], target: str | None, system: System):
+        self.settings = settings
+        self.target = target
+        self.system = system
+        self._cache: dict[str, Setting] = {}
+
+    def setting(self, key: str) -> Setting:
+        if key in self.settings:
+            return self.settings[key]
+        if key not in self._cache:
+            if key == "@target":
+                if self.target is None:
+                    raise _MissingDefault("targetName has no default outside a target", "")
+                value = self.target
+            elif key == "@domain":
+                value = self.system.domain()
+            elif key == "@shortname":
+                value = self.system.short_name()
+            else:
+                default = KEYS[key].default
+                value = default if isinstance(default, str) else default(self.get)
+            self._cache[key] = Setting(value)
+        return self._cache[key]
+
+    def get(self, key: str) -> str:
+        return self.setting(key).value
+
+    def checked(self, key: str) -> Any:
+        s = self.setting(key)
+        return check_value(key, s)
+
+
+def check_value(key: str, s: Setting) -> Any:
+    try:
+        return KEYS[key].check(s.value)
+    except ValueError as e:
+        where = f"{s.file}:{s.line}: " if s.file else "default "
+        raise ConfigError(f"{where}{key}={_quote(s.value)}: {e}") from None
+
+
+def _parse_file(
+    file: SafeFile, inherited: Mapping[str, Setting], target: str | None, system: System
+) -> dict[str, Setting]:
+    settings: dict[str, Setting] = {}
+
+    def lookup(name: str, line: int, seen: Mapping[str, str]) -> str:
+        if name in inherited:
+            return inherited[name].value
+        if name in KEYS:
+            merged = {**inherited, **{k: Setting(v) for k, v in seen.items()}}
+            try:
+                return _Values(merged, target, system).get(name)
+            except _MissingDefault as e:
+                raise shellconf.ShellSyntaxError(line, f"${name}: {e.message}", e.hint) from None
+        raise shellconf.ShellSyntaxError(
+            line,
+            f"${name} is not set before this line",
+            "set it above; spdu never reads environment variables",
+        )
+
+    try:
+        assignments = shellconf.parse(file.text, lookup)
+    except shellconf.ShellSyntaxError as e:
+        raise ConfigError(f"{file.path}:{e.line}: {e.message}", e.hint) from None
+    for a in assignments:
+        settings[a.key] = Setting(a.value, file.path, a.line)
+        if a.key not in KEYS:
+            close = difflib.get_close_matches(a.key, KEYS, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            log.warning("%s:%d: unknown key %s ignored%s", file.path, a.line, a.key, hint)
+        elif target is not None and KEYS[a.key].site_only:
+            log.warning(
+                "%s:%d: %s applies to the whole site; set it in the main file (ignored here)",
+                file.path,
+                a.line,
+                a.key,
+            )
+    for key, s in settings.items():
+        if key in KEYS and KEYS[key].secret and s.value:
+            _require_private(file, key)
+    return settings
+
+
+# -- the result ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    to: tuple[str, ...]
+    sender: str
+    relay: str
+    port: int
+    ssl: bool
+    user: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Everything spdu needs to probe one target and keep its pool."""
+
+    target: str
+    files: tuple[str, ...]
+    domain: str | None
+    my_tag: str
+    target_name: str
+    target_ips: tuple[IPAddress, ...]  # empty: resolve target_name at probe time
+    api_name: str
+    probe_ssl: bool
+    probe_port: int
+    probe_path: str
+    probe_timeout: float
+    probe_retries: int
+    probe_rise: int
+    probe_fall: int
+    probe_codes: tuple[tuple[int, int], ...]
+    probe_match: str
+    probe_verify: bool
+    probe_ca_file: str | None
+    pool_name: str
+    pool_zone: str
+    name_server: IPAddress
+    name_port: int
+    name_ttl: int
+    tsig: tsig.TsigKey | None
+    self_ips: tuple[IPAddress, ...]
+    mail: MailConfig | None
+    spool_dir: str
+    interval: float
+    settings: Mapping[str, Setting] = field(repr=False, compare=False)
+    """Every key's raw value as in effect: from a file, or its default."""
+
+    @property
+    def probe_url(self) -> str:
+        scheme = "https" if self.probe_ssl else "http"
+        return f"{scheme}://{self.api_name}:{self.probe_port}/{self.probe_path}"
+
+    def accepts(self, status: int) -> bool:
+        return any(low <= status <= high for low, high in self.probe_codes)
+
+
+@dataclass
+class Site:
+    """The main file, and the per-target files beside it, read on demand."""
+
+    path: str
+    settings: dict[str, Setting]
+    system: System = field(default_factory=System)
+
+    @property
+    def target_dir(self) -> Path:
+        return Path(self.path).parent / "spdu"
+
+    def _site_value(self, key: str) -> Any:
+        return _resolve(_Values(self.settings, None, self.system), key, self.path)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self._site_value("targets")
+
+    @property
+    def spool_dir(self) -> str:
+        return self._site_value("spoolDir")
+
+    @property
+    def interval(self) -> float:
+        return self._site_value("interval")
+
+    def select(self, names: tuple[str, ...] | list[str] = ()) -> list[str]:
+        """The targets a command acts on: those named, else every configured one."""
+        if not names:
+            if not self.targets:
+                raise ConfigError(
+                    f"no targets configured in {self.path}",
+                    'add targets="beta gamma", or name a target on the command line',
+                )
+            return list(self.targets)
+        out = []
+        for name in names:
+            try:
+                validate.target_name(name)
+            except ValueError as e:
+                raise UsageError(f"target {name!r}: {e}") from None
+            if name not in self.targets and not (self.target_dir / name).exists():
+                known = " ".join(self.targets) or "none"
+                raise UsageError(
+                    f"unknown target {name!r}: not in targets= of {self.path} (known: {known})"
+                    f" and no {self.target_dir / name}",
+                )
+            out.append(name)
+        return list(dict.fromkeys(out))
+
+    def target(self, name: str) -> TargetConfig:
+        validate.target_name(name)
+        files = [self.path]
+        settings = dict(self.settings)
+        path = self.target_dir / name
+        if path.exists() or path.is_symlink():
+            f = read_safe_file(str(path))
+            own = _parse_file(f, self.settings, name, self.system)
+            for key, s in own.items():
+                if key in KEYS and KEYS[key].site_only:
+                    continue
+                settings[key] = s
+            files.append(str(path))
+        return build_target(name, settings, tuple(files), self.path, self.system)
+
+    def check(self) -> list[TargetConfig]:
+        """Validate the main file and every configured target."""
+        for key, s in self.settings.items():
+            if key in KEYS:
+                check_value(key, s)
+        self.spool_dir, self.interval  # noqa: B018 - validates the site-wide defaults
+        return [self.target(name) for name in self.targets]
+
+
+def _resolve(values: _Values, key: str, origin: str) -> Any:
+    try:
+        return values.checked(key)
+    except _MissingDefault as e:
+        raise ConfigError(e.message, f"{e.hint} in {origin}" if e.hint else None) from None
+
+
+def _complete(name: str, domain_key: str, values: _Values, origin: str) -> str:
+    if "." in name:
+        return name
+    return f"{name}.{_resolve(values, domain_key, origin)}"
+
+
+def build_target(
+    name: str,
+    settings: Mapping[str, Setting],
+    files: tuple[str, ...],
+    origin: str,
+    system: System,
+) -> TargetConfig:
+    values = _Values(settings, name, system)
+    for key, s in settings.items():  # every value a file sets is checked, used or not
+        if key in KEYS:
+            check_value(key, s)
+
+    def get(key: str) -> Any:
+        return _resolve(values, key, origin)
+
+    pool_name = get("poolName")
+    if "." in pool_name:
+        pool_zone = pool_name.split(".", 1)[1]
+    else:
+        pool_zone = _complete(get("poolZone"), "poolDomain", values, origin)
+        pool_name = f"{pool_name}.{pool_zone}"
+
+    key = None
+    if settings.get("tsigKey", Setting("")).value:
+        s = settings["tsigKey"]
+        try:
+            key = tsig.parse_inline(s.value, f"{s.file}:{s.line}")
+        except ValueError as e:
+            raise ConfigError(f"{s.file}:{s.line}: tsigKey: {e}", "the secret is not shown") from None
+    elif settings.get("tsigKeyFile", Setting("")).value:
+        s = settings["tsigKeyFile"]
+        f = read_safe_file(s.value, "TSIG key file")
+        _require_private(f, "a TSIG key")
+        try:
+            key = tsig.parse_file(f.text, s.value)
+        except ValueError as e:
+            raise ConfigError(f"TSIG key file {s.value} (tsigKeyFile, {s.source}): {e}") from None
+
+    mail = None
+    mail_to = get("mailTo")
+    if mail_to:
+        mail = MailConfig(
+            to=mail_to,
+            sender=get("mailFrom"),
+            relay=get("smtpRelay"),
+            port=get("smtpPort"),
+            ssl=get("smtpSSL"),
+            user=get("smtpUser"),
+            password=get("smtpPassword"),
+        )
+
+    try:
+        domain = get("domain")
+    except ConfigError:
+        domain = None  # only needed where a default or a completion uses it
+
+    return TargetConfig(
+        target=name,
+        files=files,
+        domain=domain,
+        my_tag=get("myTag"),
+        target_name=_complete(get("targetName"), "targetDomain", values, origin),
+        target_ips=get("targetIP"),
+        api_name=_complete(get("apiName"), "apiDomain", values, origin),
+        probe_ssl=get("probeSSL"),
+        probe_port=get("probePort"),
+        probe_path=get("probePath"),
+        probe_timeout=get("probeTimeout"),
+        probe_retries=get("probeRetries"),
+        probe_rise=get("probeRise"),
+        probe_fall=get("probeFall"),
+        probe_codes=get("probeCodes"),
+        probe_match=get("probeMatch"),
+        probe_verify=get("probeVerify"),
+        probe_ca_file=get("probeCAFile") or None,
+        pool_name=pool_name,
+        pool_zone=pool_zone,
+        name_server=get("nameServer"),
+        name_port=get("namePort"),
+        name_ttl=get("nameTTL"),
+        tsig=key,
+        self_ips=get("selfIP"),
+        mail=mail,
+        spool_dir=get("spoolDir"),
+        interval=get("interval"),
+        settings=_effective(values),
+    )
+
+
+def _effective(values: _Values) -> dict[str, Setting]:
+    out = {}
+    for key in KEYS:
+        try:
+            out[key] = values.setting(key)
+        except _MissingDefault:
+            pass  # a default that this target never needs and cannot have
+    return out
+
+
+def config_path(explicit: str | None = None, environ: Mapping[str, str] = os.environ) -> str:
+    return explicit or environ.get(ENV_VAR) or DEFAULT_PATH
+
+
+def load(path: str | None = None, system: System | None = None) -> Site:
+    """Read the main file; per-target files are read when a target is asked for."""
+    system = system or System()
+    path = config_path(path)
+    f = read_safe_file(path)
+    return Site(path, _parse_file(f, {}, None, system), system)

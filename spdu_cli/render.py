@@ -1,0 +1,104 @@
+"""Turn results into text for people (plain lines, or a table on a terminal)
+and JSON for scripts. Nothing here decides anything; rich is imported only when
+a table goes to a terminal."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from spdu_cli.config import KEYS, TargetConfig
+
+MASK = "********"
+
+
+def json_line(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=False, separators=(",", ":"), default=str)
+
+
+# -- config show -----------------------------------------------------------------
+
+
+def _addresses(cfg: TargetConfig) -> str:
+    if cfg.target_ips:
+        return " ".join(str(ip) for ip in cfg.target_ips) + " (targetIP)"
+    return f"every A/AAAA address of {cfg.target_name}, resolved at each probe"
+
+
+def derived(cfg: TargetConfig) -> dict[str, Any]:
+    """The values an operator wants to see spelled out, secrets left out."""
+    mail = cfg.mail
+    return {
+        "target": cfg.target,
+        "files": list(cfg.files),
+        "probe_url": cfg.probe_url,
+        "host_header": cfg.api_name,
+        "connect_to": [str(ip) for ip in cfg.target_ips] or None,
+        "resolve": None if cfg.target_ips else cfg.target_name,
+        "pool_name": cfg.pool_name,
+        "pool_zone": cfg.pool_zone,
+        "name_server": str(cfg.name_server),
+        "name_port": cfg.name_port,
+        "name_ttl": cfg.name_ttl,
+        "tsig_key": cfg.tsig.describe() if cfg.tsig else None,
+        "self_ip": [str(ip) for ip in cfg.self_ips],
+        "mail_to": list(mail.to) if mail else [],
+        "smtp": f"{'smtps' if mail.ssl else 'smtp'}://{mail.relay}:{mail.port}" if mail else None,
+        "spool_dir": cfg.spool_dir,
+    }
+
+
+def effective_settings(cfg: TargetConfig) -> dict[str, dict[str, str]]:
+    """Every key with its value as used (names completed) and its source."""
+    completed = {
+        "apiName": cfg.api_name,
+        "poolName": cfg.pool_name,
+        "poolZone": cfg.pool_zone,
+        "targetName": cfg.target_name,
+    }
+    out: dict[str, dict[str, str]] = {}
+    for key, spec in KEYS.items():
+        s = cfg.settings.get(key)
+        value = completed.get(key, s.value if s else "")
+        source = s.source if s else "unset (no default here)"
+        if s and value != s.value:
+            dotted_pool = key == "poolZone" and "." in cfg.settings["poolName"].value
+            source = "from poolName" if dotted_pool else f"{source}, completed"
+        if spec.secret and value:
+            value = MASK
+        out[key] = {"value": value, "source": source}
+    return out
+
+
+def config_json(cfg: TargetConfig) -> dict[str, Any]:
+    return {**derived(cfg), "settings": effective_settings(cfg)}
+
+
+def config_text(cfg: TargetConfig) -> Iterator[str]:
+    """The effective configuration, in the config file's own syntax."""
+    d = derived(cfg)
+    yield f"# target {cfg.target}: {', '.join(cfg.files)}"
+    connect = _addresses(cfg)
+    yield f"#   probe: GET {d['probe_url']} (Host: {d['host_header']}) at {connect}"
+    signed = f"signed with {d['tsig_key']}" if cfg.tsig else "unsigned"
+    yield (
+        f"#   pool:  {d['pool_name']} in zone {d['pool_zone']} on "
+        f"{d['name_server']} port {d['name_port']}, TTL {d['name_ttl']}, {signed}"
+    )
+    if cfg.self_ips:
+        yield f"#   always in the pool: {' '.join(d['self_ip'])} (selfIP)"
+    if cfg.mail:
+        yield f"#   mail:  {' '.join(cfg.mail.to)} via {d['smtp']} from {cfg.mail.sender}"
+    else:
+        yield "#   mail:  none (mailTo is empty)"
+    rows = effective_settings(cfg)
+    width = max(len(k) + len(shlex.quote(v["value"] or "''")) for k, v in rows.items()) + 3
+    for key, row in rows.items():
+        assignment = f"{key}={shlex.quote(row['value']) if row['value'] else chr(39) * 2}"
+        yield f"{assignment:<{width}}# {row['source']}"
+
+
+def lines(rows: Iterable[str]) -> str:
+    return "\n".join(rows)

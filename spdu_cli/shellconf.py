@@ -1,0 +1,247 @@
+"""Read the original daemon's shell-assignment files as data, never as code.
+
+Understands what its users wrote: `key=value`, `key="value"`, `key='value'`,
+comments, a `#!` line, `$key` / `${key}` references, backslash escapes and
+line continuations. Anything that would make a shell run something is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OPERATORS = ";&|<>()"
+_BLANK = " \t\r"
+
+
+@dataclass(frozen=True)
+class Assignment:
+    key: str
+    value: str
+    line: int
+
+
+class ShellSyntaxError(ValueError):
+    """A line is not a plain assignment; carries the line number and a hint."""
+
+    def __init__(self, line: int, message: str, hint: str):
+        super().__init__(f"line {line}: {message}")
+        self.line = line
+        self.message = message
+        self.hint = hint
+
+
+Lookup = Callable[[str, int, Mapping[str, str]], str]
+"""(name, line, values set so far in this file) -> the value of a key this
+file has not set, or raises ShellSyntaxError."""
+
+
+def parse(text: str, lookup: Lookup) -> list[Assignment]:
+    """Parse a whole file; references see earlier lines, then `lookup`."""
+    return _Parser(text, lookup).run()
+
+
+class _Parser:
+    def __init__(self, text: str, lookup: Lookup):
+        self.text = text
+        self.pos = 0
+        self.line = 1
+        self.lookup = lookup
+        self.seen: dict[str, str] = {}
+
+    # -- helpers -----------------------------------------------------------
+    def peek(self, offset: int = 0) -> str:
+        i = self.pos + offset
+        return self.text[i] if i < len(self.text) else ""
+
+    def advance(self) -> str:
+        ch = self.text[self.pos]
+        self.pos += 1
+        if ch == "\n":
+            self.line += 1
+        return ch
+
+    def fail(self, message: str, hint: str, line: int | None = None) -> ShellSyntaxError:
+        return ShellSyntaxError(line or self.line, message, hint)
+
+    def skip_blanks(self) -> None:
+        while self.peek() and self.peek() in _BLANK:
+            self.advance()
+
+    def skip_comment(self) -> None:
+        while self.peek() and self.peek() != "\n":
+            self.advance()
+
+    def rest_of_line(self) -> str:
+        end = self.text.find("\n", self.pos)
+        return self.text[self.pos : end if end >= 0 else len(self.text)].strip()
+
+    # -- grammar -----------------------------------------------------------
+    def run(self) -> list[Assignment]:
+        out: list[Assignment] = []
+        while True:
+            self.skip_blanks()
+            ch = self.peek()
+            if not ch:
+                return out
+            if ch == "\n":
+                self.advance()
+            elif ch == "#":
+                self.skip_comment()
+            elif ch == "\\" and self.peek(1) == "\n":
+                self.advance()
+                self.advance()
+            else:
+                out.append(self.assignment())
+
+    def assignment(self) -> Assignment:
+        line = self.line
+        m = _NAME.match(self.text, self.pos)
+        if not m or self.text[m.end() : m.end() + 1] != "=":
+            raise self.not_an_assignment(m.group() if m else "")
+        key = m.group()
+        self.pos = m.end() + 1
+        value = self.word(key)
+        self.skip_blanks()
+        ch = self.peek()
+        if ch == "#":
+            self.skip_comment()
+        elif ch and ch != "\n":
+            if ch in _OPERATORS:
+                raise self.fail(
+                    f"{key}: shell operator {ch!r} after the value",
+                    "spdu reads one key=value per line and runs nothing",
+                )
+            raise self.fail(
+                f"{key}: unquoted space in the value",
+                f'quote the whole value: {key}="{value} {self.rest_of_line()}"',
+            )
+        self.seen[key] = value
+        return Assignment(key, value, line)
+
+    def not_an_assignment(self, first_word: str) -> ShellSyntaxError:
+        text = self.rest_of_line()
+        if first_word in ("export", "readonly", "local", "declare", "typeset"):
+            hint = f"drop {first_word!r}: write key=value"
+        elif first_word in (".", "source") or text.startswith((". ", "source ")):
+            hint = "spdu does not include other files; copy the settings here"
+        elif first_word and self.text[self.pos + len(first_word) :].lstrip(_BLANK)[:1] == "=":
+            hint = "no spaces around '=': write key=value"
+        else:
+            hint = "spdu reads key=value lines only and never runs commands"
+        return self.fail(f"not an assignment: {text!r}", hint)
+
+    def word(self, key: str) -> str:
+        """Read one shell word: unquoted, '...' and "..." parts, concatenated."""
+        parts: list[str] = []
+        start = True
+        while True:
+            ch = self.peek()
+            if not ch or ch in _BLANK or ch == "\n":
+                return "".join(parts)
+            if ch == "'":
+                parts.append(self.single_quoted(key))
+            elif ch == '"':
+                parts.append(self.double_quoted(key))
+            elif ch == "\\":
+                self.advance()
+                nxt = self.peek()
+                if nxt == "\n":
+                    self.advance()  # line continuation
+                elif nxt:
+                    parts.append(self.advance())
+            elif ch == "$":
+                parts.append(self.expansion(key))
+            elif ch == "`":
+                raise self.command_substitution(key)
+            elif ch in _OPERATORS:
+                raise self.fail(
+                    f"{key}: shell operator {ch!r} in the value",
+                    f"quote the value if {ch!r} is meant literally: {key}='...'",
+                )
+            elif ch == "~" and start:
+                raise self.fail(
+                    f"{key}: '~' would be expanded by a shell",
+                    "write the full path, or quote it if '~' is meant literally",
+                )
+            else:
+                parts.append(self.advance())
+            start = False
+
+    def single_quoted(self, key: str) -> str:
+        line = self.line
+        self.advance()
+        end = self.text.find("'", self.pos)
+        if end < 0:
+            raise self.fail(f"{key}: unterminated single quote", "close the quote", line)
+        value = self.text[self.pos : end]
+        while self.pos <= end:
+            self.advance()
+        return value
+
+    def double_quoted(self, key: str) -> str:
+        line = self.line
+        self.advance()
+        parts: list[str] = []
+        while True:
+            ch = self.peek()
+            if not ch:
+                raise self.fail(f"{key}: unterminated double quote", "close the quote", line)
+            if ch == '"':
+                self.advance()
+                return "".join(parts)
+            if ch == "\\":
+                self.advance()
+                nxt = self.peek()
+                if nxt == "\n":
+                    self.advance()
+                elif nxt in ('"', "\\", "$", "`"):
+                    parts.append(self.advance())
+                else:
+                    parts.append("\\")
+            elif ch == "$":
+                parts.append(self.expansion(key))
+            elif ch == "`":
+                raise self.command_substitution(key)
+            else:
+                parts.append(self.advance())
+
+    def command_substitution(self, key: str) -> ShellSyntaxError:
+        return self.fail(
+            f"{key}: command substitution is not allowed",
+            "spdu never runs commands from its configuration; write the value itself",
+        )
+
+    def expansion(self, key: str) -> str:
+        self.advance()  # the '$'
+        ch = self.peek()
+        if ch == "(":
+            raise self.command_substitution(key)
+        if ch == "{":
+            close = self.text.find("}", self.pos)
+            inner = self.text[self.pos + 1 : close] if close >= 0 else ""
+            if close < 0 or not _NAME.fullmatch(inner):
+                raise self.fail(
+                    f"{key}: unsupported expansion ${{{inner or '...'}",
+                    "only ${key} and $key references to keys set earlier are understood",
+                )
+            while self.pos <= close:
+                self.advance()
+            return self.reference(key, inner)
+        m = _NAME.match(self.text, self.pos)
+        if m:
+            self.pos = m.end()
+            return self.reference(key, m.group())
+        if ch and (ch.isdigit() or ch in "@*#?$!-"):
+            raise self.fail(
+                f"{key}: shell parameter ${ch} is not allowed",
+                f"to write a literal '$', use single quotes: {key}='...$...'",
+            )
+        return "$"  # a lone '$' is literal in the shell too
+
+    def reference(self, key: str, name: str) -> str:
+        if name in self.seen:
+            return self.seen[name]
+        return self.lookup(name, self.line, self.seen)

@@ -1,0 +1,195 @@
+"""Value checkers for configuration keys: each turns a string into a value or
+raises ValueError with a short reason a user can act on."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_LOCAL_PART = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}")
+_PATH = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*")
+_TARGET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,62}")
+
+TSIG_ALGORITHMS = (
+    "hmac-md5",
+    "hmac-sha1",
+    "hmac-sha224",
+    "hmac-sha256",
+    "hmac-sha384",
+    "hmac-sha512",
+)
+
+
+def hostname(value: str) -> str:
+    """A DNS host name (LDH labels); a trailing dot is dropped, case folded."""
+    name = value[:-1] if value.endswith(".") else value
+    if not name:
+        raise ValueError("empty name")
+    if len(name) > 253:
+        raise ValueError("name longer than 253 characters")
+    for label in name.split("."):
+        if not _LABEL.fullmatch(label):
+            raise ValueError(
+                f"label {label!r} is not a valid host name label "
+                "(letters, digits and '-', 1-63 characters, no '-' at either end)"
+            )
+    return name.lower()
+
+
+def fqdn(value: str) -> str:
+    name = hostname(value)
+    if "." not in name:
+        raise ValueError("not a fully qualified name (no dot)")
+    return name
+
+
+def ip_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError("not an IPv4 or IPv6 address") from None
+
+
+def ip_list(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    out = []
+    for item in value.split():
+        try:
+            out.append(ipaddress.ip_address(item))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IPv4 or IPv6 address") from None
+    return tuple(dict.fromkeys(out))
+
+
+def integer(low: int, high: int):
+    def check(value: str) -> int:
+        if not re.fullmatch(r"[0-9]+", value):
+            raise ValueError(f"not a whole number (expected {low} to {high})")
+        n = int(value)
+        if not low <= n <= high:
+            raise ValueError(f"out of range (expected {low} to {high})")
+        return n
+
+    return check
+
+
+def decimal(low: float, high: float):
+    def check(value: str) -> float:
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?|\.[0-9]+", value):
+            raise ValueError(f"not a decimal number (expected {low:g} to {high:g})")
+        n = float(value)
+        if not low <= n <= high:
+            raise ValueError(f"out of range (expected {low:g} to {high:g})")
+        return n
+
+    return check
+
+
+def yes_no(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("yes", "true", "on", "1"):
+        return True
+    if lowered in ("no", "false", "off", "0"):
+        return False
+    raise ValueError("expected yes or no")
+
+
+def email(value: str) -> str:
+    local, at, domain = value.rpartition("@")
+    if not at or not _LOCAL_PART.fullmatch(local) or ".." in local:
+        raise ValueError("not an e-mail address (expected user@example.org)")
+    try:
+        hostname(domain)
+    except ValueError as e:
+        raise ValueError(f"not an e-mail address: domain {domain!r}: {e}") from None
+    return value
+
+
+def email_list(value: str) -> tuple[str, ...]:
+    out = []
+    for item in value.replace(",", " ").split():
+        try:
+            out.append(email(item))
+        except ValueError as e:
+            raise ValueError(f"{item!r}: {e}") from None
+    return tuple(dict.fromkeys(out))
+
+
+def url_path(value: str) -> str:
+    """The part after the first '/' of the probe URL, query allowed."""
+    path = value.lstrip("/")
+    if not _PATH.fullmatch(path) or "#" in path:
+        raise ValueError(
+            "not a URL path: use only URL characters (percent-encode spaces and the like)"
+        )
+    return path
+
+
+def absolute_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("not an absolute path")
+    if any(ord(c) < 32 or c == "\x7f" for c in value):
+        raise ValueError("control character in path")
+    return value
+
+
+def optional(check):
+    """An empty value means 'not set'; anything else must pass `check`."""
+
+    def wrapped(value: str):
+        return check(value) if value else ""
+
+    return wrapped
+
+
+def target_name(value: str) -> str:
+    """A target's short name: also a file name under the spool and config dirs."""
+    if not _TARGET.fullmatch(value) or ".." in value:
+        raise ValueError(
+            "not a target name (letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit, at most 63 characters)"
+        )
+    return value
+
+
+def target_list(value: str) -> tuple[str, ...]:
+    out = []
+    for item in value.split():
+        try:
+            out.append(target_name(item))
+        except ValueError as e:
+            raise ValueError(f"{item!r}: {e}") from None
+    return tuple(dict.fromkeys(out))
+
+
+def tag(value: str) -> str:
+    """This site's short name: it goes into mail headers, so plain text only."""
+    if not _TAG.fullmatch(value):
+        raise ValueError(
+            "not a site tag (letters, digits, spaces, '.', '_' and '-', at most 63 characters)"
+        )
+    return value
+
+
+def text(value: str) -> str:
+    if any(ord(c) < 32 or c == "\x7f" for c in value):
+        raise ValueError("control character (newline, NUL...) in the value")
+    return value
+
+
+def status_codes(value: str) -> tuple[tuple[int, int], ...]:
+    """'200-299 301' -> ((200, 299), (301, 301))."""
+    out = []
+    for item in value.replace(",", " ").split():
+        m = re.fullmatch(r"([1-5][0-9][0-9])(?:-([1-5][0-9][0-9]))?", item)
+        if not m:
+            raise ValueError(f"{item!r} is not an HTTP status code or range (like 200-299)")
+        low = int(m.group(1))
+        high = int(m.group(2) or low)
+        if high < low:
+            raise ValueError(f"{item!r}: range ends before it starts")
+        out.append((low, high))
+    if not out:
+        raise ValueError("no status code given")
+    return tuple(out)
