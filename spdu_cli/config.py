@@ -7,6 +7,7 @@ data (see shellconf), refused when unsafe, and every value is validated.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import logging
@@ -99,7 +100,7 @@ KEYS: dict[str, Key] = {
         Key("probeVerify", validate.yes_no, "yes", "verify HTTPS certificates"),
         Key("probeCAFile", validate.optional(validate.absolute_path), "", "CA bundle for HTTPS probes"),
         Key("selfIP", validate.ip_list, "", "this site's own addresses, always kept"),
-        Key("tsigKey", validate.text, "", "[alg:]name:secret", secret=True),
+        Key("tsigKey", validate.optional(tsig.parse_inline), "", "[alg:]name:secret", secret=True),
         Key("tsigKeyFile", validate.optional(validate.absolute_path), "", "TSIG key file"),
     ]
 }
@@ -273,7 +274,8 @@ def check_value(key: str, s: Setting) -> Any:
         return KEYS[key].check(s.value)
     except ValueError as e:
         where = f"{s.file}:{s.line}: " if s.file else "default "
-        raise ConfigError(f"{where}{key}={_quote(s.value)}: {e}") from None
+        shown = "(secret not shown)" if KEYS[key].secret else _quote(s.value)
+        raise ConfigError(f"{where}{key}={shown}: {e}") from None
 
 
 def _parse_file(
@@ -487,13 +489,9 @@ def build_target(
         pool_zone = _complete(get("poolZone"), "poolDomain", values, origin)
         pool_name = f"{pool_name}.{pool_zone}"
 
-    key = None
-    if settings.get("tsigKey", Setting("")).value:
-        s = settings["tsigKey"]
-        try:
-            key = tsig.parse_inline(s.value, f"{s.file}:{s.line}")
-        except ValueError as e:
-            raise ConfigError(f"{s.file}:{s.line}: tsigKey: {e}", "the secret is not shown") from None
+    key = get("tsigKey") or None
+    if key is not None:
+        key = dataclasses.replace(key, source=settings["tsigKey"].source)
     elif settings.get("tsigKeyFile", Setting("")).value:
         s = settings["tsigKeyFile"]
         f = read_safe_file(s.value, "TSIG key file")

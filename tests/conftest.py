@@ -1,0 +1,58 @@
+"""Shared fixtures: config files in tmp_path, and the CLI run as users run it."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from spdu_cli.cli import cli
+
+
+@dataclass
+class ConfDir:
+    """A configuration directory laid out as /usr/local/etc: spdu.conf + spdu/TARGET."""
+
+    root: Path
+
+    @property
+    def main(self) -> Path:
+        return self.root / "spdu.conf"
+
+    def write(self, text: str, target: str | None = None, mode: int = 0o644) -> Path:
+        path = self.main if target is None else self.root / "spdu" / target
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+        os.chmod(path, mode)
+        return path
+
+
+@pytest.fixture
+def confdir(tmp_path: Path) -> ConfDir:
+    d = tmp_path / "etc"
+    d.mkdir()
+    return ConfDir(d)
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run(confdir: ConfDir, monkeypatch):
+    """Run `spdu --config CONFDIR/spdu.conf ARGS...` and capture its streams."""
+    monkeypatch.delenv("SPDU_CONFIG", raising=False)
+
+    def invoke(*args: str, config: bool = True, env: dict | None = None) -> Result:
+        argv = (["--config", str(confdir.main)] if config else []) + list(args)
+        r = CliRunner().invoke(cli, argv, env=env, catch_exceptions=False)
+        return Result(r.exit_code, r.stdout, r.stderr)
+
+    return invoke

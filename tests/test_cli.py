@@ -1,0 +1,139 @@
+"""The CLI end to end: help and version, the error boundary, config show/check."""
+
+import json
+import os
+import subprocess
+import sys
+
+import click
+import pytest
+
+from spdu_cli import __version__
+from spdu_cli.cli import cli
+
+MAIN = """
+    domain="domain.tld"
+    targets="beta gamma"
+    mailTo="ops@domain.tld"
+    smtpPassword="s3cret-pass"
+    selfIP=1.2.3.4
+    """
+
+
+def all_commands(group=cli, path=()):
+    for name, cmd in group.commands.items():
+        yield path + (name,), cmd
+        if isinstance(cmd, click.Group):
+            yield from all_commands(cmd, path + (name,))
+
+
+def test_version(run):
+    r = run("--version", config=False)
+    assert r.exit_code == 0 and __version__ in r.stdout
+
+
+@pytest.mark.parametrize("path", [()] + [p for p, _ in all_commands()], ids=" ".join)
+def test_every_command_has_help_with_an_example(run, path):
+    r = run(*path, "--help", config=False)
+    assert r.exit_code == 0
+    assert "Example:" in r.stdout, f"spdu {' '.join(path)} --help has no example"
+
+
+def test_config_show_end_to_end(run, confdir):
+    confdir.write(MAIN, mode=0o600)
+    confdir.write("targetIP=5.6.7.8\nprobeSSL=yes\n", target="beta")
+    confdir.write("poolName=www.example.net\n", target="gamma")
+    r = run("config", "show")
+    assert r.exit_code == 0, r.stderr
+    assert "# target beta:" in r.stdout and "# target gamma:" in r.stdout
+    assert "GET https://api.domain.tld:443/status (Host: api.domain.tld) at 5.6.7.8" in r.stdout
+    assert "pool:  api.pool.domain.tld in zone pool.domain.tld on 127.0.0.1 port 53" in r.stdout
+    assert "www.example.net in zone example.net" in r.stdout
+    assert "mail:  ops@domain.tld via smtps://smtp.domain.tld:465" in r.stdout
+    assert "s3cret-pass" not in r.stdout and "smtpPassword='********'" in r.stdout
+    assert f"targetIP=5.6.7.8" in r.stdout and f"spdu/beta:1" in r.stdout
+
+
+def test_config_show_json_one_object_per_target(run, confdir):
+    confdir.write(MAIN, mode=0o600)
+    confdir.write("targetIP=5.6.7.8\n", target="beta")
+    r = run("config", "show", "--json")
+    objs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [o["target"] for o in objs] == ["beta", "gamma"]
+    beta = objs[0]
+    assert beta["probe_url"] == "http://api.domain.tld:80/status"
+    assert beta["connect_to"] == ["5.6.7.8"] and beta["resolve"] is None
+    assert objs[1]["resolve"] == "gamma.domain.tld"
+    assert beta["pool_name"] == "api.pool.domain.tld" and beta["name_port"] == 53
+    assert beta["mail_to"] == ["ops@domain.tld"] and beta["self_ip"] == ["1.2.3.4"]
+    assert beta["settings"]["smtpPassword"]["value"] == "********"
+    assert beta["settings"]["targetIP"]["source"].endswith("spdu/beta:1")
+    assert "s3cret-pass" not in r.stdout
+
+
+def test_config_show_one_target(run, confdir):
+    confdir.write(MAIN, mode=0o600)
+    r = run("config", "show", "gamma")
+    assert "# target gamma" in r.stdout and "beta" not in r.stdout.split("\n")[0]
+
+
+def test_config_check_ok_and_bad(run, confdir):
+    confdir.write(MAIN, mode=0o600)
+    assert run("config", "check").exit_code == 0
+    confdir.write("probeTimeout=fast\n", target="gamma")
+    r = run("config", "check")
+    assert r.exit_code == 78
+    assert r.stdout == ""
+    line = r.stderr.strip()
+    assert "\n" not in line
+    assert line.startswith("spdu: error: ") and "spdu/gamma:1: probeTimeout=fast" in line
+
+
+def test_unsafe_file_through_the_cli(run, confdir):
+    confdir.write(MAIN, mode=0o666)
+    r = run("config", "check")
+    assert r.exit_code == 78
+    assert "writable by group and others (mode 0666)" in r.stderr
+    assert "chmod go-w" in r.stderr
+
+
+def test_missing_config_names_the_file(run, confdir):
+    r = run("config", "show")
+    assert r.exit_code == 78 and f"{confdir.main} does not exist" in r.stderr
+
+
+def test_unknown_target_is_a_usage_error(run, confdir):
+    confdir.write(MAIN, mode=0o600)
+    r = run("config", "show", "delta")
+    assert r.exit_code == 2 and "unknown target 'delta'" in r.stderr
+
+
+def test_bad_option_is_a_usage_error(run):
+    assert run("config", "show", "--nope").exit_code == 2
+
+
+def test_spdu_config_env_var(run, confdir):
+    confdir.write(MAIN, mode=0o600)
+    r = run("config", "show", "beta", config=False, env={"SPDU_CONFIG": str(confdir.main)})
+    assert r.exit_code == 0 and "# target beta" in r.stdout
+
+
+def test_unknown_key_warning_reaches_stderr(run, confdir):
+    confdir.write(MAIN + "probetimeout=3\n", mode=0o600)
+    r = run("config", "check")
+    assert r.exit_code == 0
+    assert "unknown key probetimeout ignored; did you mean probeTimeout?" in r.stderr
+
+
+def test_console_script_runs(confdir, tmp_path):
+    """The installed entry point, in a real process, as cron starts it."""
+    confdir.write(MAIN, mode=0o600)
+    p = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "spdu"), "-c", str(confdir.main),
+         "config", "check"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([sys.executable, "-m", "spdu_cli", "--version"], capture_output=True,
+                       text=True)
+    assert p.returncode == 0 and __version__ in p.stdout
