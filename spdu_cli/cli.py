@@ -153,5 +153,39 @@ def config_check(obj: Context):
         click.echo(f"{site.path}: ok ({names})", err=True)
 
 
+@cli.command("probe")
+@click.argument("targets", nargs=-1, metavar="[TARGET]...")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per target per line.")
+@click.option(
+    "--lock-timeout", type=click.FloatRange(0, 600), default=5.0, show_default=True,
+    metavar="SECONDS", help="How long to wait for the spool lock before exiting 75.",
+)
+@click.pass_obj
+def probe_cmd(obj: Context, targets, as_json, lock_timeout):
+    """Health-check targets (default: every one in `targets`) into the spool.
+
+    All targets are probed at once. A target goes down after probeFall
+    failed probes in a row and up after probeRise good ones. Prints one line
+    per target on a terminal, nothing in a pipe unless --json.
+    Exit 0 when every probed target is up, 1 when any is not.
+
+    \b
+    Example:
+        spdu probe beta && echo "beta is up"
+    """
+    from spdu_cli import probe
+
+    reports = probe.run(obj.site(), targets, lock_timeout=lock_timeout)
+    if as_json:
+        for rep in reports:
+            click.echo(render.json_line(rep.to_json()))
+    elif sys.stdout.isatty():
+        click.echo(render.lines(render.probe_lines(reports)))
+    if any(rep.spool_error for rep in reports):
+        sys.exit(int(ExitStatus.TEMPFAIL))
+    if any(rep.health.state.value != "up" for rep in reports):
+        sys.exit(int(ExitStatus.TARGET_DOWN))
+
+
 def main() -> None:
     cli(prog_name="spdu")

@@ -102,3 +102,26 @@ def config_text(cfg: TargetConfig) -> Iterator[str]:
 
 def lines(rows: Iterable[str]) -> str:
     return "\n".join(rows)
+
+
+# -- probe ---------------------------------------------------------------------------
+
+
+def probe_lines(reports) -> Iterator[str]:
+    """One aligned line per target: state, latency, reason, and any change."""
+    width = max((len(r.result.target) for r in reports), default=0)
+    for rep in reports:
+        r = rep.result
+        latency = f"{r.latency_ms:>8.1f} ms" if r.latency_ms is not None else f"{'-':>11}"
+        line = f"{r.target:<{width}}  {rep.health.state.value:<7} {latency}  {r.summary}"
+        if r.ok is None:
+            line += " (inconclusive: state unchanged)"
+        elif rep.transition:
+            line += f"  [was {rep.transition['from']}]"
+        elif not r.ok and rep.health.state.value == "up":
+            line += f"  [failing {rep.health.bad}x, still up]"
+        elif r.ok and rep.health.state.value == "down":
+            line += f"  [good {rep.health.good}x, still down]"
+        if rep.spool_error:
+            line += f"  (spool not written: {rep.spool_error})"
+        yield line

@@ -56,3 +56,29 @@ def run(confdir: ConfDir, monkeypatch):
         return Result(r.exit_code, r.stdout, r.stderr)
 
     return invoke
+
+
+@pytest.fixture
+def http_server():
+    """Start StatusServer(host, ...) instances; all are stopped after the test."""
+    from tests.httpd import StatusServer
+
+    servers = []
+
+    def start(host: str = "127.0.0.1", **kw) -> StatusServer:
+        s = StatusServer(host, **kw)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on which nothing listens (connections to it are refused)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

@@ -1,0 +1,552 @@
+"""HTTP(S) health checks of the peer sites, all at once, each under a hard deadline.
+
+What the original did with `curl --resolve`: GET the status URL with the public
+name in the Host header and TLS SNI, connected to one target address. Every try
+has one deadline covering connect, TLS, headers and body, so a server that
+hangs or trickles cannot stretch it. One thread and non-blocking sockets probe
+every address of every target concurrently; only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from spdu_cli import __version__, health
+from spdu_cli.errors import SpduError
+from spdu_cli.health import Health
+from spdu_cli.spool import ResultRecord, Spool, iso
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER = 16 * 1024
+MAX_BODY = 8 * 1024  # read only when probeMatch is set
+RESOLVE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One target's probe, as the configuration says."""
+
+    target: str
+    host: str  # the public API name: Host header, SNI, certificate name
+    addresses: tuple[str, ...]  # empty: resolve `resolve_name`
+    resolve_name: str
+    port: int
+    path: str
+    tls: bool
+    verify: bool
+    cafile: str | None
+    timeout: float
+    retries: int
+    codes: tuple[tuple[int, int], ...]
+    match: str
+
+    @classmethod
+    def from_config(cls, cfg) -> ProbeSpec:
+        return cls(
+            target=cfg.target,
+            host=cfg.api_name,
+            addresses=tuple(str(ip) for ip in cfg.target_ips),
+            resolve_name=cfg.target_name,
+            port=cfg.probe_port,
+            path=cfg.probe_path,
+            tls=cfg.probe_ssl,
+            verify=cfg.probe_verify,
+            cafile=cfg.probe_ca_file,
+            timeout=cfg.probe_timeout,
+            retries=cfg.probe_retries,
+            codes=cfg.probe_codes,
+            match=cfg.probe_match,
+        )
+
+    def accepts(self, status: int) -> bool:
+        return any(low <= status <= high for low, high in self.codes)
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/{self.path}"
+
+
+@dataclass(frozen=True)
+class AddressResult:
+    address: str
+    ok: bool
+    status: int | None
+    latency_ms: float | None
+    error: str | None
+    tries: int
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe of one target: every address must answer for it to be good.
+
+    `ok` is None when the probe could not be made at all (the target's name
+    did not resolve here): that says nothing about the target's health.
+    """
+
+    target: str
+    at: float
+    ok: bool | None
+    addresses: tuple[str, ...]
+    status: int | None
+    latency_ms: float | None
+    error: str | None
+    address: str | None  # the address the status/error refers to
+
+    @property
+    def summary(self) -> str:
+        if self.ok:
+            return f"HTTP {self.status}"
+        return self.error or "failed"
+
+
+# -- name resolution (only for targets without targetIP) --------------------------
+
+
+def resolve(names: Iterable[str], timeout: float) -> dict[str, tuple[str, ...] | str]:
+    """name -> its IPv4/IPv6 addresses, or an error text. getaddrinfo cannot be
+    cancelled, so each lookup runs in a daemon thread that we stop waiting for."""
+    out: dict[str, tuple[str, ...] | str] = {}
+
+    def lookup(name: str) -> None:
+        try:
+            infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+            out[name] = tuple(dict.fromkeys(str(i[4][0]) for i in infos))
+        except (OSError, UnicodeError) as e:
+            out[name] = f"cannot resolve {name}: {getattr(e, 'strerror', None) or e}"
+
+    threads = [threading.Thread(target=lookup, args=(n,), daemon=True) for n in set(names)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    for name in set(names):
+        out.setdefault(name, f"cannot resolve {name}: timed out after {timeout:g} s")
+    return out
+
+
+# -- the event loop ------------------------------------------------------------------
+
+_CONNECT_ERRORS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ETIMEDOUT: "connection timed out",
+    errno.ECONNRESET: "connection reset",
+    errno.EADDRNOTAVAIL: "address not available",
+}
+
+
+class _Failure(Exception):
+    pass
+
+
+def _tls_words(e) -> str:
+    msg = (getattr(e, "verify_message", "") or getattr(e, "reason", "") or str(e)).rstrip(".")
+    lowered = msg.lower()
+    if "expired" in lowered:
+        return "certificate expired"
+    if "not yet valid" in lowered:
+        return "certificate not yet valid"
+    if "hostname mismatch" in lowered or "ip address mismatch" in lowered:
+        return f"certificate does not match the name ({msg})"
+    if "self-signed" in lowered or "self signed" in lowered:
+        return "self-signed certificate"
+    if "unable to get local issuer" in lowered:
+        return "certificate not trusted (unknown issuer)"
+    return f"TLS error: {msg}"
+
+
+class _Try:
+    """One connection attempt: connect, TLS, send, receive, under one deadline."""
+
+    def __init__(self, spec: ProbeSpec, address: str, ssl_context, now: float):
+        self.spec = spec
+        self.address = address
+        self.started = now
+        self.deadline = now + spec.timeout
+        self.phase = "connecting"
+        self.buf = bytearray()
+        self.status: int | None = None
+        self.header_end = -1
+        self.chunked = False
+        self.length: int | None = None
+        self.location: str | None = None
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        self.ssl_context = ssl_context
+        host = self.spec.host
+        default_port = 443 if spec.tls else 80
+        host_header = host if spec.port == default_port else f"{host}:{spec.port}"
+        self.request = (
+            f"GET /{spec.path} HTTP/1.1\r\nHost: {host_header}\r\n"
+            f"User-Agent: spdu/{__version__}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        ).encode("ascii")
+        err = self.sock.connect_ex((address, spec.port))
+        if err not in (0, errno.EINPROGRESS):
+            self.sock.close()
+            raise _Failure(_CONNECT_ERRORS.get(err, os.strerror(err).lower()))
+        self.want = selectors.EVENT_WRITE
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def step(self):
+        """Advance as far as the socket allows. Returns None to wait for
+        `self.want`, or (ok, status, error) when this try is decided."""
+        try:
+            if self.phase == "connecting":
+                err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise _Failure(_CONNECT_ERRORS.get(err, os.strerror(err).lower()))
+                if self.spec.tls:
+                    self.sock = self.ssl_context.wrap_socket(
+                        self.sock, server_hostname=self.spec.host, do_handshake_on_connect=False
+                    )
+                    self.phase = "in the TLS handshake"
+                else:
+                    self.phase = "sending the request"
+            if self.phase == "in the TLS handshake":
+                self.sock.do_handshake()
+                self.phase = "sending the request"
+            if self.phase == "sending the request":
+                while self.request:
+                    n = self.sock.send(self.request)
+                    self.request = self.request[n:]
+                self.phase = "waiting for the response"
+                self.want = selectors.EVENT_READ
+            while True:
+                room = MAX_HEADER + MAX_BODY + 64 - len(self.buf)
+                data = self.sock.recv(max(1, min(65536, room)))
+                decided = self.feed(data)
+                if decided is not None:
+                    return decided
+        except (BlockingIOError, InterruptedError):
+            pass
+        except _Failure as e:
+            return False, self.status, str(e)
+        except OSError as e:
+            return self.os_error(e)
+        return None
+
+    def os_error(self, e: OSError):
+        if self.spec.tls:
+            import ssl  # only TLS sockets raise these; plain probes never load ssl
+
+            if isinstance(e, ssl.SSLWantReadError):
+                self.want = selectors.EVENT_READ
+                return None
+            if isinstance(e, ssl.SSLWantWriteError):
+                self.want = selectors.EVENT_WRITE
+                return None
+            if isinstance(e, ssl.SSLError):
+                return False, self.status, _tls_words(e)
+        if isinstance(e, ConnectionRefusedError):
+            return False, None, "connection refused"
+        if isinstance(e, ConnectionResetError):
+            return False, self.status, f"connection reset {self.phase}"
+        return False, self.status, f"{(e.strerror or str(e)).lower()} {self.phase}"
+
+    def feed(self, data: bytes):
+        """Parse what has arrived; decide as soon as the answer is known."""
+        eof = not data
+        self.buf += data
+        if self.header_end < 0:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > MAX_HEADER:
+                    raise _Failure(f"response headers larger than {MAX_HEADER} bytes")
+                if eof:
+                    raise _Failure(
+                        "connection closed before a response"
+                        if not self.buf
+                        else "connection closed in the middle of the headers"
+                    )
+                return None
+            self.header_end = end + 4
+            self.parse_headers(bytes(self.buf[:end]))
+            self.phase = "reading the body"
+            if not self.spec.accepts(self.status):
+                return False, self.status, self.status_words()
+            if not self.spec.match:
+                return True, self.status, None
+        body, complete = self.body()
+        if self.spec.match.encode() in body:
+            return True, self.status, None
+        if complete or eof or len(body) >= MAX_BODY:
+            shown = self.spec.match if len(self.spec.match) <= 40 else self.spec.match[:37] + "..."
+            where = f"the first {MAX_BODY} bytes of the body" if len(body) >= MAX_BODY else "the body"
+            return False, self.status, f"{where} does not contain {shown!r}"
+        return None
+
+    def parse_headers(self, raw: bytes) -> None:
+        lines = raw.split(b"\r\n")
+        parts = lines[0].split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise _Failure("not an HTTP response")
+        self.status = int(parts[1])
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            value = value.strip()
+            if name == b"transfer-encoding" and b"chunked" in value.lower():
+                self.chunked = True
+            elif name == b"content-length" and value.isdigit():
+                self.length = int(value)
+            elif name == b"location":
+                self.location = value.decode("latin-1")[:200]
+
+    def status_words(self) -> str:
+        if 300 <= self.status < 400 and self.location:
+            return f"HTTP {self.status} redirect to {self.location} (not followed)"
+        return f"HTTP {self.status}"
+
+    def body(self) -> tuple[bytes, bool]:
+        raw = bytes(self.buf[self.header_end :])
+        if not self.chunked:
+            complete = self.length is not None and len(raw) >= self.length
+            return (raw[: self.length] if self.length is not None else raw), complete
+        out, pos = bytearray(), 0
+        while True:
+            eol = raw.find(b"\r\n", pos)
+            if eol < 0:
+                return bytes(out), False
+            size_text = raw[pos:eol].split(b";")[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise _Failure("malformed chunked body") from None
+            if size == 0:
+                return bytes(out), True
+            out += raw[eol + 2 : eol + 2 + size]
+            if eol + 2 + size + 2 > len(raw):
+                return bytes(out), False
+            pos = eol + 2 + size + 2
+
+
+def _ssl_context(spec: ProbeSpec, cache: dict):
+    key = (spec.verify, spec.cafile)
+    if key not in cache:
+        import ssl
+
+        if spec.verify:
+            ctx = ssl.create_default_context(cafile=spec.cafile)
+        else:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        cache[key] = ctx
+    return cache[key]
+
+
+def _fd_budget() -> int:
+    """Raise the soft descriptor limit to the hard one; keep some for the rest."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > 65536:
+        hard = 65536
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return max(16, soft - 64)
+
+
+def probe_addresses(jobs: list[tuple[ProbeSpec, str]]) -> list[AddressResult]:
+    """Probe every (spec, address) concurrently: up to spec.retries tries each."""
+    results: list[AddressResult | None] = [None] * len(jobs)
+    tries_made = [0] * len(jobs)
+    contexts: dict = {}
+    sel = selectors.DefaultSelector()
+    waiting = list(range(len(jobs)))[::-1]  # stack of job indexes to start
+    active: dict[int, _Try] = {}
+    budget = _fd_budget()
+    last_error: dict[int, tuple[int | None, str]] = {}
+
+    def finish(i: int, ok: bool, status: int | None, error: str | None, t: _Try | None) -> None:
+        spec, address = jobs[i]
+        if ok or tries_made[i] >= spec.retries:
+            latency = round((time.monotonic() - t.started) * 1000, 1) if t and ok else None
+            results[i] = AddressResult(address, ok, status, latency, error, tries_made[i])
+        else:
+            last_error[i] = (status, error or "")
+            waiting.append(i)  # try again at once
+
+    try:
+        while waiting or active:
+            while waiting and len(active) < budget:
+                i = waiting.pop()
+                spec, address = jobs[i]
+                tries_made[i] += 1
+                ctx = _ssl_context(spec, contexts) if spec.tls else None
+                try:
+                    t = _Try(spec, address, ctx, time.monotonic())
+                except _Failure as e:
+                    finish(i, False, None, str(e), None)
+                    continue
+                except OSError as e:
+                    finish(i, False, None, (e.strerror or str(e)).lower(), None)
+                    continue
+                active[i] = t
+                sel.register(t.sock, t.want, i)
+            if not active:
+                continue
+            now = time.monotonic()
+            timeout = max(0.0, min(t.deadline for t in active.values()) - now)
+            for key, _ in sel.select(timeout):
+                i = key.data
+                t = active[i]
+                decided = t.step()
+                if decided is None:
+                    sel.modify(t.sock, t.want, i)
+                    continue
+                sel.unregister(t.sock)
+                t.close()
+                del active[i]
+                finish(i, *decided, t)
+            now = time.monotonic()
+            for i, t in list(active.items()):
+                if now >= t.deadline:
+                    sel.unregister(t.sock)
+                    t.close()
+                    del active[i]
+                    spec = jobs[i][0]
+                    finish(i, False, t.status, f"timed out after {spec.timeout:g} s {t.phase}", t)
+    finally:
+        for t in active.values():
+            t.close()
+        sel.close()
+    return [r for r in results if r is not None]
+
+
+def probe(specs: list[ProbeSpec], now: float | None = None) -> list[ProbeResult]:
+    """Probe every target concurrently; one ProbeResult per spec, in order."""
+    now = time.time() if now is None else now
+    to_resolve = [s.resolve_name for s in specs if not s.addresses]
+    resolved = resolve(to_resolve, RESOLVE_TIMEOUT) if to_resolve else {}
+    addresses: dict[str, tuple[str, ...] | str] = {
+        s.target: s.addresses or resolved[s.resolve_name] for s in specs
+    }
+    jobs = [(s, a) for s in specs if isinstance(addresses[s.target], tuple)
+            for a in addresses[s.target]]
+    by_target: dict[str, list[AddressResult]] = {}
+    for (spec, _), r in zip(jobs, probe_addresses(jobs)):
+        by_target.setdefault(spec.target, []).append(r)
+    out = []
+    for s in specs:
+        addrs = addresses[s.target]
+        if isinstance(addrs, str) or not addrs:
+            error = addrs if isinstance(addrs, str) else f"{s.resolve_name} has no address"
+            out.append(ProbeResult(s.target, now, None, (), None, None, error, None))
+            continue
+        rs = by_target[s.target]
+        failed = [r for r in rs if not r.ok]
+        worst = failed[0] if failed else max(rs, key=lambda r: r.latency_ms or 0)
+        error = worst.error
+        if failed and len(rs) > 1:
+            error = f"{error} ({worst.address})"
+        out.append(
+            ProbeResult(
+                s.target, now, not failed, addrs, worst.status, worst.latency_ms, error,
+                worst.address,
+            )
+        )
+    return out
+
+
+# -- the `spdu probe` step ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TargetReport:
+    """What one probe did to one target's spool entry."""
+
+    result: ProbeResult
+    health: Health
+    transition: dict | None  # the journal entry, when the state changed
+    spool_error: str | None = None
+
+    def to_json(self) -> dict:
+        r = self.result
+        return {
+            "target": r.target,
+            "state": self.health.state.value,
+            "since": iso(self.health.since),
+            "ok": r.ok,
+            "status": r.status,
+            "latency_ms": r.latency_ms,
+            "error": r.error,
+            "address": r.address,
+            "addresses": list(r.addresses),
+            "good": self.health.good,
+            "bad": self.health.bad,
+            "transition": self.transition,
+            "spool_error": self.spool_error,
+        }
+
+
+def _reason(r: ProbeResult) -> str:
+    if r.ok:
+        return f"HTTP {r.status} in {r.latency_ms:g} ms"
+    return r.error or "failed"
+
+
+def run(site, names=(), lock_timeout: float = 5.0) -> list[TargetReport]:
+    """Probe the named targets (default: all), update their spool entries."""
+    cfgs = [site.target(n) for n in site.select(names)]
+    for c in cfgs:
+        if c.probe_ssl and not c.probe_verify:
+            log.warning(
+                "%s: probeVerify=no: the certificate of %s is NOT verified; a wrong or"
+                " expired certificate will not mark the target down",
+                c.target,
+                c.api_name,
+            )
+    results = probe([ProbeSpec.from_config(c) for c in cfgs])
+    store = Spool(site.spool_dir)
+    reports = []
+    with store.locked(lock_timeout):
+        for cfg, r in zip(cfgs, results):
+            entry = store.read(cfg.target)
+            h, t = health.advance(
+                entry.health, r.ok, cfg.probe_rise, cfg.probe_fall, r.at, _reason(r)
+            )
+            entry.health = h
+            entry.url = cfg.probe_url
+            if r.ok is not None:
+                entry.checked = r.at
+                entry.addresses = list(r.addresses)
+            entry.record(
+                ResultRecord(r.at, r.ok, r.address, r.status, r.latency_ms, r.error)
+            )
+            journal = entry.add_transition(t) if t else None
+            if t:
+                log.info("%s: %s -> %s: %s", cfg.target, t.old, t.new, t.reason)
+            error = None
+            try:
+                store.write(entry)
+            except SpduError as e:  # one target's failed write must not stop the others
+                log.error("%s", e)
+                error = str(e)
+            reports.append(TargetReport(r, h, journal, error))
+    return reports

@@ -1,0 +1,292 @@
+"""The spool: one small JSON file per target, the only state between steps.
+
+Each file holds the target's state, since when, its consecutive counts, the
+last results and a bounded journal of transitions. Files are written
+atomically (temp file, fsync, rename) while holding the spool lock, and read
+defensively: a missing, truncated or corrupt file is "unknown", never a crash.
+The format is documented in spdu(1), FILES.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from spdu_cli.errors import ConfigError, TemporaryFailure
+from spdu_cli.health import Health, State, Transition
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+MAX_RESULTS = 10  # recent probe results kept per target
+MAX_JOURNAL = 100  # transitions kept; notified ones are dropped first
+MAX_PENDING = 1000  # even unsent transitions are bounded, oldest dropped and counted
+MAX_FILE = 1 << 20
+LOCK_NAME = ".lock"
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def epoch(value: Any) -> float | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(str(value)).timestamp()
+
+
+@dataclass
+class ResultRecord:
+    """One probe, as kept in the spool's `results` list."""
+
+    at: float
+    ok: bool | None
+    address: str | None
+    status: int | None
+    latency_ms: float | None
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "at": iso(self.at)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ResultRecord:
+        return cls(
+            at=epoch(d["at"]) or 0.0,
+            ok=d.get("ok"),
+            address=d.get("address"),
+            status=d.get("status"),
+            latency_ms=d.get("latency_ms"),
+            error=d.get("error"),
+        )
+
+
+@dataclass
+class SpoolEntry:
+    target: str
+    health: Health = field(default_factory=Health)
+    checked: float | None = None  # last conclusive probe: what staleness is measured from
+    addresses: list[str] = field(default_factory=list)  # probed, from config or resolution
+    url: str | None = None
+    results: list[ResultRecord] = field(default_factory=list)
+    journal: list[dict[str, Any]] = field(default_factory=list)
+    next_id: int = 1
+    dropped_pending: int = 0
+    fresh: bool = True  # no valid file was read
+
+    def record(self, result: ResultRecord) -> None:
+        self.results.append(result)
+        del self.results[:-MAX_RESULTS]
+
+    def add_transition(self, t: Transition) -> dict[str, Any]:
+        entry = {
+            "id": self.next_id,
+            "at": iso(t.at),
+            "from": t.old.value,
+            "to": t.new.value,
+            "reason": t.reason,
+            "notified": False,
+            "dns": [],
+        }
+        self.next_id += 1
+        self.journal.append(entry)
+        self._trim()
+        return entry
+
+    def pending(self) -> list[dict[str, Any]]:
+        return [e for e in self.journal if not e.get("notified")]
+
+    def _trim(self) -> None:
+        while len(self.journal) > MAX_JOURNAL:
+            done = next((e for e in self.journal if e.get("notified")), None)
+            if done is None:
+                break
+            self.journal.remove(done)
+        while len(self.journal) > MAX_PENDING:
+            self.journal.pop(0)
+            self.dropped_pending += 1
+
+    def to_json(self) -> dict[str, Any]:
+        h = self.health
+        return {
+            "version": VERSION,
+            "target": self.target,
+            "state": h.state.value,
+            "since": iso(h.since),
+            "good": h.good,
+            "bad": h.bad,
+            "checked": iso(self.checked),
+            "addresses": self.addresses,
+            "url": self.url,
+            "results": [r.to_json() for r in self.results],
+            "journal": self.journal,
+            "next_id": self.next_id,
+            "dropped_pending": self.dropped_pending,
+        }
+
+    @classmethod
+    def from_json(cls, target: str, d: Any) -> SpoolEntry:
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        if d.get("version") != VERSION:
+            raise ValueError(f"unsupported version {d.get('version')!r} (this spdu writes {VERSION})")
+        if d.get("target") != target:
+            raise ValueError(f"holds target {d.get('target')!r}")
+        journal = d.get("journal", [])
+        if not isinstance(journal, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("id"), int) for e in journal
+        ):
+            raise ValueError("malformed journal")
+        return cls(
+            target=target,
+            health=Health(
+                state=State(d["state"]),
+                since=epoch(d.get("since")),
+                good=int(d.get("good", 0)),
+                bad=int(d.get("bad", 0)),
+            ),
+            checked=epoch(d.get("checked")),
+            addresses=[str(a) for a in d.get("addresses", [])],
+            url=d.get("url"),
+            results=[ResultRecord.from_json(r) for r in d.get("results", [])][-MAX_RESULTS:],
+            journal=journal,
+            next_id=max([int(d.get("next_id", 1))] + [e["id"] + 1 for e in journal]),
+            dropped_pending=int(d.get("dropped_pending", 0)),
+            fresh=False,
+        )
+
+
+class Spool:
+    """The spool directory: per-target files and the lock that guards them."""
+
+    def __init__(self, directory: str):
+        self.dir = Path(directory)
+
+    def path(self, target: str) -> Path:
+        # Target names are validated (no '/', no '..'); this is a second guard.
+        if "/" in target or target.startswith("."):
+            raise ValueError(f"unsafe target name {target!r}")
+        return self.dir / f"{target}.json"
+
+    def ensure_dir(self) -> None:
+        try:
+            self.dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            st = os.lstat(self.dir)
+        except OSError as e:
+            raise TemporaryFailure(f"cannot create spool directory {self.dir}: {e.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"spoolDir {self.dir} is not a directory")
+        if st.st_uid not in (0, os.geteuid()) or stat.S_IMODE(st.st_mode) & 0o002:
+            raise ConfigError(
+                f"refusing unsafe spool directory {self.dir}: owned by uid {st.st_uid},"
+                f" mode {stat.S_IMODE(st.st_mode):04o}",
+                f"chown the user that runs spdu {self.dir} && chmod 0750 {self.dir}",
+            )
+
+    @contextmanager
+    def locked(self, timeout: float = 5.0) -> Iterator[None]:
+        """Hold the spool lock (flock on spoolDir/.lock); 75 when not had in time."""
+        self.ensure_dir()
+        lock_path = self.dir / LOCK_NAME
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        except OSError as e:
+            raise TemporaryFailure(f"cannot open spool lock {lock_path}: {e.strerror}") from None
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise TemporaryFailure(
+                            f"spool lock {lock_path} is held by another spdu for over "
+                            f"{timeout:g} s",
+                            "try again; if it persists, look for a stuck spdu process",
+                        ) from None
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)
+
+    def read(self, target: str) -> SpoolEntry:
+        path = self.path(target)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            log.debug("%s: no spool file yet; state unknown", path)
+            return SpoolEntry(target)
+        except OSError as e:
+            why = "a symbolic link" if e.errno == errno.ELOOP else e.strerror
+            log.warning("spool file %s cannot be read (%s); state unknown", path, why)
+            return SpoolEntry(target)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                log.warning("spool file %s is not a regular file; state unknown", path)
+                return SpoolEntry(target)
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(MAX_FILE + 1)
+        finally:
+            os.close(fd)
+        try:
+            if len(data) > MAX_FILE:
+                raise ValueError("file too large")
+            return SpoolEntry.from_json(target, json.loads(data))
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning(
+                "spool file %s is corrupt (%s); state unknown until the next probe rewrites it",
+                path,
+                e,
+            )
+            return SpoolEntry(target)
+
+    def write(self, entry: SpoolEntry) -> None:
+        """Atomically replace the target's file; call with the lock held."""
+        path = self.path(entry.target)
+        data = json.dumps(entry.to_json(), indent=1).encode() + b"\n"
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{entry.target}.", suffix=".tmp", dir=self.dir)
+        except OSError as e:
+            raise TemporaryFailure(f"cannot write spool file {path}: {e.strerror}") from None
+        try:
+            try:
+                os.fchmod(fd, FILE_MODE)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)  # replaces a planted symlink itself, never its target
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise TemporaryFailure(
+                f"cannot write spool file {path}: {e.strerror}; the previous state is kept"
+            ) from None
+        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
