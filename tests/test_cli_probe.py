@@ -1,0 +1,133 @@
+"""`spdu probe` end to end: exit codes, output forms, hysteresis across runs,
+the spool it leaves, and the lock."""
+
+import fcntl
+import json
+import os
+
+import pytest
+
+
+@pytest.fixture
+def site(confdir, http_server, tmp_path):
+    """beta (127.0.0.12) and gamma (127.0.0.13) with real status servers."""
+    servers = {"beta": http_server("127.0.0.12"), "gamma": http_server("127.0.0.13")}
+    spool = tmp_path / "spool"
+    confdir.write(f"domain=domain.tld\ntargets='beta gamma'\nspoolDir={spool}\nprobeTimeout=0.5\n")
+    for name, srv in servers.items():
+        confdir.write(f"targetIP={srv.host}\nprobePort={srv.port}\n", target=name)
+    servers["spool"] = spool
+    return servers
+
+
+def states(r):
+    return {o["target"]: o["state"] for o in map(json.loads, r.stdout.splitlines())}
+
+
+def test_all_up_exit_0_and_quiet_in_a_pipe(run, site):
+    r = run("probe")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == "" and r.stderr == ""
+    assert json.loads((site["spool"] / "beta.json").read_text())["state"] == "up"
+
+
+def test_json_lines(run, site):
+    r = run("probe", "--json")
+    objs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [o["target"] for o in objs] == ["beta", "gamma"]
+    beta = objs[0]
+    assert beta["state"] == "up" and beta["ok"] is True and beta["status"] == 200
+    assert beta["address"] == "127.0.0.12" and beta["latency_ms"] > 0
+    assert beta["transition"]["from"] == "unknown" and beta["transition"]["to"] == "up"
+
+
+def test_fall_and_rise_across_runs(run, site):
+    assert run("probe", "beta").exit_code == 0
+    site["beta"].behaviour = "503"
+    r = run("probe", "beta", "--json")
+    assert r.exit_code == 0 and states(r) == {"beta": "up"}  # one failure: still up
+    assert json.loads(r.stdout)["error"] == "HTTP 503"
+    r = run("probe", "beta", "--json")
+    assert r.exit_code == 1 and states(r) == {"beta": "down"}
+    assert json.loads(r.stdout)["transition"]["reason"] == "HTTP 503"
+    site["beta"].behaviour = "ok"
+    r = run("probe", "beta", "--json")
+    assert r.exit_code == 1 and states(r) == {"beta": "down"}  # one success: still down
+    r = run("probe", "beta", "--json")
+    assert r.exit_code == 0 and states(r) == {"beta": "up"}
+    journal = json.loads((site["spool"] / "beta.json").read_text())["journal"]
+    assert [(j["id"], j["from"], j["to"]) for j in journal] == [
+        (1, "unknown", "up"), (2, "up", "down"), (3, "down", "up")]
+
+
+def test_one_down_target_exits_1(run, site):
+    site["gamma"].stop()
+    r = run("probe", "--json")
+    assert r.exit_code == 1
+    assert states(r) == {"beta": "up", "gamma": "down"}
+    assert json.loads(r.stdout.splitlines()[1])["error"] == "connection refused"
+
+
+def test_terminal_output(site, confdir):
+    """On a terminal: one aligned line per target (rendered from real reports)."""
+    from spdu_cli import config, probe, render
+
+    site["gamma"].behaviour = "500"
+    reports = probe.run(config.load(str(confdir.main)))
+    lines = list(render.probe_lines(reports))
+    assert lines[0].startswith("beta   up ") and lines[0].endswith("HTTP 200  [was unknown]")
+    assert " ms " in lines[0]
+    assert lines[1].startswith("gamma  down") and "HTTP 500" in lines[1]
+
+
+def test_lock_held_exits_75(run, site):
+    site["spool"].mkdir(mode=0o750)
+    fd = os.open(site["spool"] / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        r = run("probe", "--lock-timeout", "0.2")
+    finally:
+        os.close(fd)
+    assert r.exit_code == 75
+    assert "spool lock" in r.stderr and "held by another spdu" in r.stderr
+
+
+def test_corrupt_spool_file_warns_and_is_rewritten(run, site):
+    site["spool"].mkdir(mode=0o750)
+    (site["spool"] / "beta.json").write_text('{"version": 1, "tar')
+    r = run("probe", "beta")
+    assert r.exit_code == 0
+    assert "beta.json is corrupt" in r.stderr
+    assert json.loads((site["spool"] / "beta.json").read_text())["state"] == "up"
+
+
+def test_unknown_target_and_bad_config(run, site, confdir):
+    assert run("probe", "delta").exit_code == 2
+    confdir.write("probeFall=0\n", target="beta")
+    r = run("probe")
+    assert r.exit_code == 78 and "probeFall=0" in r.stderr
+
+
+def test_unwritable_spool_is_75_and_names_the_file(run, site):
+    site["spool"].mkdir(mode=0o750)
+    (site["spool"] / "beta.json").mkdir()  # rename over a directory fails
+    r = run("probe", "--json")
+    assert r.exit_code == 75
+    assert "cannot write spool file" in r.stderr and "beta.json" in r.stderr
+    assert states(r)["gamma"] == "up"  # the other target was still recorded
+    assert json.loads((site["spool"] / "gamma.json").read_text())["state"] == "up"
+
+
+def test_probe_path_imports_no_dnspython_no_rich_no_ssl(site, confdir):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from spdu_cli.cli import main; sys.argv=['spdu','-c',%r,'probe'];\n"
+        "try: main()\nexcept SystemExit: pass\n"
+        "bad=[m for m in ('dns','rich','ssl','requests','asyncio','urllib3') if m in sys.modules]\n"
+        "print(','.join(bad))" % str(confdir.main)
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == ""

@@ -1,0 +1,65 @@
+"""Hysteresis as pure logic: fall/rise counts, first result, inconclusive probes."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spdu_cli.health import Health, State, advance, suspect
+
+
+def run(outcomes, rise=2, fall=2, start=Health()):
+    h, transitions = start, []
+    for i, ok in enumerate(outcomes):
+        h, t = advance(h, ok, rise, fall, float(i), "r")
+        if t:
+            transitions.append((i, t.old.value, t.new.value))
+    return h, transitions
+
+
+def test_no_history_takes_the_first_result():
+    assert run([True])[1] == [(0, "unknown", "up")]
+    assert run([False])[1] == [(0, "unknown", "down")]
+
+
+def test_fall_after_consecutive_failures():
+    h, ts = run([True, False, True, False, False], fall=2)
+    assert ts == [(0, "unknown", "up"), (4, "up", "down")]
+    assert h.state is State.DOWN and h.since == 4.0 and h.bad == 2
+
+
+def test_one_lost_probe_changes_nothing():
+    h, ts = run([True, True, False, True, True], fall=2)
+    assert ts == [(0, "unknown", "up")] and h.state is State.UP
+
+
+def test_rise_after_consecutive_successes():
+    h, ts = run([False, True, True, True], rise=3)
+    assert ts == [(0, "unknown", "down"), (3, "down", "up")]
+    h, ts = run([False, True, False, True, True, True], rise=3)
+    assert ts[-1] == (5, "down", "up")
+
+
+def test_inconclusive_changes_nothing():
+    h0, _ = run([True, False], fall=2)
+    h1, t = advance(h0, None, 2, 2, 10.0)
+    assert h1 == h0 and t is None
+    assert run([None, None])[0] == Health()
+
+
+def test_suspect():
+    h, _ = run([True, False], fall=3)
+    assert suspect(h)
+    assert not suspect(run([True])[0]) and not suspect(run([False])[0])
+
+
+@given(st.lists(st.booleans(), max_size=60), st.integers(1, 5), st.integers(1, 5))
+def test_properties(outcomes, rise, fall):
+    h, ts = run(outcomes, rise, fall)
+    # Transitions alternate and each is preceded by enough identical results.
+    for (i, old, new), prev in zip(ts, [None] + ts[:-1]):
+        if prev:
+            assert prev[2] == old
+        if old != "unknown":
+            need = fall if new == "down" else rise
+            assert outcomes[i - need + 1 : i + 1] == [new == "up"] * need
+    if outcomes:
+        assert h.state is not State.UNKNOWN

@@ -1,0 +1,190 @@
+"""The spool on a real file system: atomic writes, modes, defensive reads,
+bounded journal, the lock, and two `spdu probe` processes at once."""
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from spdu_cli import spool as spool_mod
+from spdu_cli.errors import ConfigError, TemporaryFailure
+from spdu_cli.health import Health, State, Transition
+from spdu_cli.spool import ResultRecord, Spool, SpoolEntry
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Spool(str(tmp_path / "spool"))
+    s.ensure_dir()
+    return s
+
+
+def entry(target="beta"):
+    e = SpoolEntry(target, Health(State.UP, 1000.0, 3, 0), checked=1001.5,
+                   addresses=["5.6.7.8", "2001:db8::8"], url="http://api.x.tld:80/status")
+    e.record(ResultRecord(1001.5, True, "5.6.7.8", 200, 12.5, None))
+    e.add_transition(Transition(State.UNKNOWN, State.UP, 1000.0, "HTTP 200 in 3 ms"))
+    return e
+
+
+def test_round_trip_and_modes(store):
+    e = entry()
+    with store.locked():
+        store.write(e)
+    path = store.path("beta")
+    assert oct(os.stat(path).st_mode & 0o777) == "0o640"
+    assert oct(os.stat(store.dir).st_mode & 0o777) == "0o750"
+    data = json.loads(path.read_text())
+    assert data["version"] == 1 and data["state"] == "up"
+    assert data["since"] == "1970-01-01T00:16:40.000Z"
+    assert data["journal"][0]["id"] == 1 and data["journal"][0]["notified"] is False
+    back = store.read("beta")
+    assert back.health == e.health and back.checked == 1001.5
+    assert back.addresses == e.addresses and back.results == e.results
+    assert back.journal == e.journal and back.next_id == 2 and not back.fresh
+    assert [p.name for p in store.dir.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_missing_file_is_unknown(store):
+    e = store.read("beta")
+    assert e.health.state is State.UNKNOWN and e.fresh
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{", b"[]", b"\x00\xff", b'{"version": 99, "target": "beta", "state": "up"}',
+     b'{"version": 1, "target": "gamma", "state": "up"}',
+     b'{"version": 1, "target": "beta", "state": "sideways"}',
+     b'{"version": 1, "target": "beta", "state": "up", "journal": [{"no": "id"}]}',
+     b'{"version": 1, "target": "beta", "state": "up", "since": "yesterday"}'],
+)
+def test_corrupt_or_truncated_file_is_unknown_with_a_warning(store, content, caplog):
+    store.path("beta").write_bytes(content)
+    e = store.read("beta")
+    assert e.health.state is State.UNKNOWN
+    assert "corrupt" in caplog.text and str(store.path("beta")) in caplog.text
+    with store.locked():
+        store.write(entry())  # the next good write repairs it
+    assert store.read("beta").health.state is State.UP
+
+
+def test_truncated_real_file(store):
+    with store.locked():
+        store.write(entry())
+    data = store.path("beta").read_bytes()
+    store.path("beta").write_bytes(data[: len(data) // 2])
+    assert store.read("beta").health.state is State.UNKNOWN
+
+
+def test_symlink_is_not_followed(store, tmp_path):
+    secret = tmp_path / "elsewhere.json"
+    secret.write_text(json.dumps(entry().to_json()))
+    os.symlink(secret, store.path("beta"))
+    assert store.read("beta").health.state is State.UNKNOWN
+    with store.locked():
+        store.write(entry())
+    assert not store.path("beta").is_symlink()
+    assert json.loads(secret.read_text())["target"] == "beta"  # untouched
+    assert secret.read_text() == json.dumps(entry().to_json())
+
+
+def test_journal_is_bounded_dropping_notified_first(store):
+    e = SpoolEntry("beta")
+    for i in range(150):
+        j = e.add_transition(Transition(State.UP, State.DOWN, float(i), "x"))
+        if i >= 20:
+            j["notified"] = True
+    assert len(e.journal) <= spool_mod.MAX_JOURNAL + 1
+    ids = [j["id"] for j in e.journal]
+    assert ids[:20] == list(range(1, 21))  # pending ones kept
+    assert ids == sorted(ids) and ids[-1] == 150
+
+
+def test_results_are_bounded():
+    e = SpoolEntry("beta")
+    for i in range(25):
+        e.record(ResultRecord(float(i), True, "a", 200, 1.0, None))
+    assert len(e.results) == spool_mod.MAX_RESULTS and e.results[-1].at == 24.0
+
+
+def test_lock_timeout_is_75(store):
+    fd = os.open(store.dir / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(TemporaryFailure) as e:
+            with store.locked(timeout=0.2):
+                pass
+        assert e.value.exit_status == 75 and ".lock" in str(e.value)
+    finally:
+        os.close(fd)
+    with store.locked(timeout=0.2):
+        pass
+
+
+def test_world_writable_spool_dir_is_refused(tmp_path):
+    d = tmp_path / "spool"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    with pytest.raises(ConfigError) as e:
+        Spool(str(d)).ensure_dir()
+    assert "unsafe spool directory" in str(e.value)
+
+
+def test_write_failure_keeps_the_previous_state(store, monkeypatch):
+    with store.locked():
+        store.write(entry())
+    before = store.path("beta").read_bytes()
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool_mod.os, "write", full)
+    e = entry()
+    e.health = Health(State.DOWN, 5.0, 0, 2)
+    with pytest.raises(TemporaryFailure) as err:
+        store.write(e)
+    assert "No space left on device" in str(err.value) and "previous state is kept" in str(err.value)
+    monkeypatch.undo()
+    assert store.path("beta").read_bytes() == before
+    assert [p.name for p in store.dir.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_concurrent_writers_in_threads_never_interleave(store):
+    def work(n):
+        for i in range(30):
+            with store.locked():
+                e = store.read("beta")
+                e.record(ResultRecord(float(i), True, str(n), 200, 1.0, None))
+                e.next_id += 1
+                store.write(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.read("beta").next_id == 1 + 4 * 30  # no lost update
+
+
+def test_two_probe_processes_at_once_leave_a_valid_spool(confdir, http_server, tmp_path):
+    srv = http_server("127.0.0.11")
+    spool_dir = tmp_path / "spool"
+    confdir.write(
+        f"domain=domain.tld\ntargets='beta gamma'\nspoolDir={spool_dir}\n"
+        f"targetIP=127.0.0.11\nprobePort={srv.port}\n"
+    )
+    cmd = [sys.executable, "-m", "spdu_cli", "-c", str(confdir.main), "probe"]
+    for _ in range(3):
+        procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE) for _ in range(4)]
+        for p in procs:
+            _, err = p.communicate(timeout=30)
+            assert p.returncode == 0, err
+    for target in ("beta", "gamma"):
+        data = json.loads((spool_dir / f"{target}.json").read_text())
+        assert data["state"] == "up" and data["good"] == 12
+        assert len(data["results"]) == 10
+        assert [j["to"] for j in data["journal"]] == ["up"]
