@@ -1,0 +1,40 @@
+"""Helpers for the benchmark scripts: run a command N times in a real child
+process and report wall time, CPU time and peak memory (from wait4)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def measure(cmd: list[str], runs: int = 10, ok_codes=(0,)) -> dict[str, float]:
+    walls, cpus, rss = [], [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(p.pid, 0)
+        walls.append(time.perf_counter() - t)
+        code = os.waitstatus_to_exitcode(status)
+        if code not in ok_codes:
+            raise SystemExit(f"{' '.join(cmd)} exited {code}: {p.stderr.read().decode()}")
+        p.stderr.close()
+        p.returncode = code
+        cpus.append(usage.ru_utime + usage.ru_stime)
+        rss.append(usage.ru_maxrss / 1024)  # KiB -> MiB on Linux
+    return {
+        "wall_ms": statistics.median(walls) * 1000,
+        "cpu_ms": statistics.median(cpus) * 1000,
+        "peak_mib": max(rss),
+        "runs": runs,
+    }
+
+
+def row(name: str, m: dict[str, float]) -> str:
+    return (f"{name:<44} wall {m['wall_ms']:7.1f} ms   cpu {m['cpu_ms']:7.1f} ms   "
+            f"peak {m['peak_mib']:5.1f} MiB   (median of {m['runs']})")
