@@ -442,8 +442,10 @@ def probe_addresses(jobs: list[tuple[ProbeSpec, str]]) -> list[AddressResult]:
 def probe(specs: list[ProbeSpec], now: float | None = None) -> list[ProbeResult]:
     """Probe every target concurrently; one ProbeResult per spec, in order."""
     now = time.time() if now is None else now
-    to_resolve = [s.resolve_name for s in specs if not s.addresses]
-    resolved = resolve(to_resolve, RESOLVE_TIMEOUT) if to_resolve else {}
+    need = [s for s in specs if not s.addresses]
+    # A slow resolver must not hold up the probes more than a probe would take.
+    budget = min(RESOLVE_TIMEOUT, max((s.timeout for s in need), default=0))
+    resolved = resolve([s.resolve_name for s in need], budget) if need else {}
     addresses: dict[str, tuple[str, ...] | str] = {
         s.target: s.addresses or resolved[s.resolve_name] for s in specs
     }

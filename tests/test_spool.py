@@ -134,21 +134,36 @@ def test_world_writable_spool_dir_is_refused(tmp_path):
     assert "unsafe spool directory" in str(e.value)
 
 
-def test_write_failure_keeps_the_previous_state(store, monkeypatch):
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A real 256 KiB tmpfs, to fill up (mounting needs root, which CI has)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_full_disk_keeps_the_previous_state(tiny_fs):
+    store = Spool(str(tiny_fs / "spool"))
     with store.locked():
         store.write(entry())
     before = store.path("beta").read_bytes()
-
-    def full(fd, data):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(spool_mod.os, "write", full)
+    fd = os.open(tiny_fs / "filler", os.O_WRONLY | os.O_CREAT)
+    try:  # fill the file system to the last block
+        while True:
+            os.write(fd, b"x" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
     e = entry()
     e.health = Health(State.DOWN, 5.0, 0, 2)
+    e.journal.extend({"id": i, "reason": "x" * 200} for i in range(2, 60))
     with pytest.raises(TemporaryFailure) as err:
-        store.write(e)
+        with store.locked():
+            store.write(e)
     assert "No space left on device" in str(err.value) and "previous state is kept" in str(err.value)
-    monkeypatch.undo()
     assert store.path("beta").read_bytes() == before
     assert [p.name for p in store.dir.iterdir() if p.name.endswith(".tmp")] == []
 
