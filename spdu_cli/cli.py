@@ -187,5 +187,38 @@ def probe_cmd(obj: Context, targets, as_json, lock_timeout):
         sys.exit(int(ExitStatus.TARGET_DOWN))
 
 
+@cli.command("reconcile")
+@click.option("--dry-run", "-n", is_flag=True,
+              help="Print the nsupdate script that would be sent; send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per pool per line.")
+@click.pass_obj
+def reconcile_cmd(obj: Context, dry_run, as_json):
+    """Make each pool's A/AAAA RRset on its DNS server match the spool.
+
+    Reads the RRsets from nameServer itself, adds the addresses of targets
+    that are up, removes those of targets that are down, keeps selfIP and
+    every address spdu does not manage, leaves unknown or stale targets
+    alone, and never empties a pool. Sends one UPDATE per pool, conditional
+    on what was read; sends nothing when DNS already agrees.
+
+    \b
+    Example:
+        spdu reconcile --dry-run | nsupdate -k /usr/local/etc/spdu/tsig.key
+    """
+    from spdu_cli import reconcile
+
+    plans = reconcile.run(obj.site(), dry_run=dry_run)
+    if as_json:
+        for p in plans:
+            click.echo(render.json_line(p.to_json()))
+    elif dry_run:
+        click.echo(render.lines(render.reconcile_script(plans)))
+    elif sys.stdout.isatty():
+        click.echo(render.lines(render.reconcile_lines(plans)))
+    errors = [p.error for p in plans if p.error]
+    if errors:
+        sys.exit(int(errors[0].exit_status))
+
+
 def main() -> None:
     cli(prog_name="spdu")

@@ -100,6 +100,9 @@ KEYS: dict[str, Key] = {
         Key("probeVerify", validate.yes_no, "yes", "verify HTTPS certificates"),
         Key("probeCAFile", validate.optional(validate.absolute_path), "", "CA bundle for HTTPS probes"),
         Key("selfIP", validate.ip_list, "", "this site's own addresses, always kept"),
+        Key("staleAfter", validate.decimal(1, 86400), lambda get: f"{max(1.0, 5 * float(get('interval'))):g}",
+            "a probe older than this leaves the target's records as they are"),
+        Key("nameTimeout", validate.decimal(0.1, 60), "3", "deadline of each DNS exchange"),
         Key("tsigKey", validate.optional(tsig.parse_inline), "", "[alg:]name:secret", secret=True),
         Key("tsigKeyFile", validate.optional(validate.absolute_path), "", "TSIG key file"),
     ]
@@ -364,6 +367,8 @@ class TargetConfig:
     name_ttl: int
     tsig: tsig.TsigKey | None
     self_ips: tuple[IPAddress, ...]
+    stale_after: float
+    name_timeout: float
     mail: MailConfig | None
     spool_dir: str
     interval: float
@@ -545,6 +550,8 @@ def build_target(
         name_ttl=get("nameTTL"),
         tsig=key,
         self_ips=get("selfIP"),
+        stale_after=get("staleAfter"),
+        name_timeout=get("nameTimeout"),
         mail=mail,
         spool_dir=get("spoolDir"),
         interval=get("interval"),

@@ -125,3 +125,37 @@ def probe_lines(reports) -> Iterator[str]:
         if rep.spool_error:
             line += f"  (spool not written: {rep.spool_error})"
         yield line
+
+
+# -- reconcile -----------------------------------------------------------------------
+
+
+def reconcile_lines(plans) -> Iterator[str]:
+    for p in plans:
+        head = f"{p.pool.name} on {p.pool.where}:"
+        if p.error:
+            yield f"{head} error: {p.error}"
+        elif p.decision.blocked:
+            yield f"{head} withheld: {p.decision.blocked}"
+        elif p.in_sync:
+            yield f"{head} in sync"
+        else:
+            done = "" if p.sent else " (not sent)"
+            parts = [
+                f"{'added' if c.action == 'add' else 'removed'} {c.address} ({c.target or 'selfIP'})"
+                for c in p.changes
+            ]
+            yield f"{head} {', '.join(parts)}{done}"
+
+
+def reconcile_script(plans) -> Iterator[str]:
+    """--dry-run: what would be sent, as input for nsupdate/knsupdate."""
+    for p in plans:
+        if p.error:
+            yield f"; {p.pool.name} on {p.pool.where}: error: {p.error}"
+        elif p.decision.blocked:
+            yield f"; {p.pool.name} on {p.pool.where}: withheld: {p.decision.blocked}"
+        elif p.in_sync:
+            yield f"; {p.pool.name} on {p.pool.where}: in sync, nothing to send"
+        else:
+            yield p.script().rstrip("\n")

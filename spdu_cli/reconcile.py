@@ -1,0 +1,508 @@
+"""Make the pool RRset on this site's own DNS server match the spool.
+
+For each pool: read its A and AAAA RRsets straight from the authoritative
+server, build a Plan (the minimal diff, as data), then render it (nsupdate
+script, JSON) or send it as one RFC 2136 UPDATE whose prerequisites pin the
+RRsets to what was read, so a concurrent writer is never overwritten blindly.
+The decision itself (`decide`) is a pure function.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from spdu_cli.config import TargetConfig
+from spdu_cli.errors import ConfigError, ServiceUnavailable, SpduError, TemporaryFailure
+from spdu_cli.health import State
+from spdu_cli.spool import Spool, SpoolEntry, iso
+from spdu_cli.tsig import TsigKey
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3  # re-read and retry when a prerequisite fails (a concurrent writer)
+RDTYPES = ("A", "AAAA")
+
+
+def _rdtype(address: str) -> str:
+    return "AAAA" if ipaddress.ip_address(address).version == 6 else "A"
+
+
+def _canon(address: str) -> str:
+    return str(ipaddress.ip_address(address))
+
+
+# -- the pure decision -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TargetView:
+    """What reconcile knows of one target: its spool entry, seen through its config."""
+
+    target: str
+    state: State
+    addresses: tuple[str, ...]  # the addresses the last probe checked
+    checked: float | None  # last conclusive probe
+    configured: tuple[str, ...]  # targetIP, when set
+    ttl: int
+    stale_after: float
+
+
+@dataclass(frozen=True)
+class Change:
+    action: str  # "add" or "delete"
+    address: str
+    ttl: int
+    target: str | None  # None: this site's own address (selfIP)
+
+    @property
+    def rdtype(self) -> str:
+        return _rdtype(self.address)
+
+
+@dataclass(frozen=True)
+class Decision:
+    changes: tuple[Change, ...]
+    notes: tuple[str, ...]  # targets left as they are, and why
+    blocked: str | None  # set when the change is withheld (it would empty the pool)
+
+
+def decide(
+    current: Iterable[str],
+    targets: Iterable[TargetView],
+    self_ips: Iterable[str],
+    self_ttl: int,
+    now: float,
+) -> Decision:
+    """The minimal change that makes the pool agree with the targets' states.
+
+    Up targets' probed addresses must be present, down targets' absent;
+    unknown or stale targets are left as they are; selfIP is always present;
+    an address spdu does not manage is never touched; and a change that would
+    leave the pool without any address is withheld.
+    """
+    current = {_canon(a) for a in current}
+    present: dict[str, tuple[int, str | None]] = {}
+    absent: dict[str, str] = {}
+    notes = []
+    for t in targets:
+        if t.state is State.UNKNOWN:
+            notes.append(f"{t.target}: state unknown; its records are left as they are")
+            continue
+        if t.checked is None or now - t.checked > t.stale_after:
+            age = "never" if t.checked is None else f"{now - t.checked:.0f} s ago"
+            notes.append(
+                f"{t.target}: last probed {age} (staleAfter={t.stale_after:g}); "
+                "its records are left as they are"
+            )
+            continue
+        probed = {_canon(a) for a in t.addresses}
+        if t.configured and {_canon(a) for a in t.configured} != probed:
+            notes.append(
+                f"{t.target}: targetIP changed since the last probe; waiting for a probe "
+                "of the new addresses"
+            )
+            continue
+        for a in sorted(probed):
+            if t.state is State.UP:
+                present.setdefault(a, (t.ttl, t.target))
+            else:
+                absent.setdefault(a, t.target)
+    for a in self_ips:
+        present[_canon(a)] = (self_ttl, None)
+    changes = [
+        Change("add", a, ttl, who) for a, (ttl, who) in sorted(present.items()) if a not in current
+    ]
+    changes += [
+        Change("delete", a, 0, who)
+        for a, who in sorted(absent.items())
+        if a in current and a not in present  # up (or selfIP) wins over down
+    ]
+    after = (current - {c.address for c in changes if c.action == "delete"}) | {
+        c.address for c in changes if c.action == "add"
+    }
+    if changes and not after:
+        gone = " ".join(c.address for c in changes)
+        return Decision(
+            (),
+            tuple(notes),
+            f"removing {gone} would leave the pool with no address at all; nothing is sent"
+            " (set selfIP so that this site always stays in its own pool)",
+        )
+    return Decision(tuple(changes), tuple(notes), None)
+
+
+# -- pools and plans -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    name: str
+    zone: str
+    server: str
+    port: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.server} port {self.port}"
+
+
+@dataclass
+class Pool:
+    key: PoolKey
+    tsig: TsigKey | None
+    timeout: float
+    self_ips: tuple[str, ...]
+    self_ttl: int
+    targets: list[TargetConfig] = field(default_factory=list)
+
+
+def pools(cfgs: Iterable[TargetConfig]) -> list[Pool]:
+    """Group targets by the RRset they belong to (poolName and nameServer may
+    differ per target)."""
+    out: dict[PoolKey, Pool] = {}
+    for c in cfgs:
+        key = PoolKey(c.pool_name, c.pool_zone, str(c.name_server), c.name_port)
+        if key not in out:
+            out[key] = Pool(key, c.tsig, c.name_timeout, (), c.name_ttl)
+        pool = out[key]
+        if (pool.tsig and pool.tsig.name) != (c.tsig and c.tsig.name):
+            raise ConfigError(
+                f"targets {pool.targets[0].target} and {c.target} update {c.pool_name} on "
+                f"{key.where} with different TSIG keys",
+                "use one key per pool and server",
+            )
+        pool.self_ips = tuple(dict.fromkeys(pool.self_ips + tuple(str(i) for i in c.self_ips)))
+        pool.targets.append(c)
+    return list(out.values())
+
+
+@dataclass
+class Plan:
+    """One pool's diff, as data: rendered as a script, as JSON, or sent."""
+
+    pool: PoolKey
+    signed_with: str | None
+    current: dict[str, list[str]]  # rdtype -> addresses, as read from the server
+    decision: Decision
+    sent: bool = False
+    attempts: int = 0
+    error: SpduError | None = None
+
+    @property
+    def changes(self) -> tuple[Change, ...]:
+        return self.decision.changes
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.changes and not self.decision.blocked
+
+    def script(self) -> str:
+        """The nsupdate/knsupdate script this plan sends (no key: pass -k or -y)."""
+        name = self.pool.name + "."
+        lines = [f"; {self.pool.name} on {self.pool.where}"]
+        if self.signed_with:
+            lines.append(f"; sign with the key {self.signed_with}: nsupdate -k KEYFILE")
+        lines += [f"server {self.pool.server} {self.pool.port}", f"zone {self.pool.zone}."]
+        for rdtype in RDTYPES:
+            addrs = self.current.get(rdtype, [])
+            if addrs:
+                lines += [f"prereq yxrrset {name} IN {rdtype} {a}" for a in addrs]
+            else:
+                lines.append(f"prereq nxrrset {name} IN {rdtype}")
+        for c in self.changes:
+            if c.action == "add":
+                lines.append(f"update add {name} {c.ttl} IN {c.rdtype} {c.address}")
+            else:
+                lines.append(f"update delete {name} IN {c.rdtype} {c.address}")
+        lines.append("send")
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool.name,
+            "zone": self.pool.zone,
+            "server": self.pool.server,
+            "port": self.pool.port,
+            "signed_with": self.signed_with,
+            "current": self.current,
+            "in_sync": self.in_sync,
+            "changes": [
+                {"action": c.action, "type": c.rdtype, "address": c.address,
+                 "ttl": c.ttl if c.action == "add" else None, "target": c.target}
+                for c in self.changes
+            ],
+            "notes": list(self.decision.notes),
+            "blocked": self.decision.blocked,
+            "sent": self.sent,
+            "attempts": self.attempts,
+            "error": str(self.error) if self.error else None,
+        }
+
+
+# -- DNS I/O -----------------------------------------------------------------------------
+
+
+class _PrerequisiteFailed(Exception):
+    pass
+
+
+def _keyring(key: TsigKey | None):
+    if key is None:
+        return None
+    import dns.tsig
+
+    return dns.tsig.Key(key.name + ".", key.secret, key.algorithm + ".")
+
+
+def _exchange(pool: Pool, message, what: str, tcp: bool = True):
+    """Send one message and return the answer; every failure becomes one message."""
+    import dns.exception
+    import dns.flags
+    import dns.message
+    import dns.query
+    import dns.tsig
+
+    server = pool.key.where
+    try:
+        if tcp:
+            return dns.query.tcp(message, pool.key.server, timeout=pool.timeout, port=pool.key.port)
+        answer = dns.query.udp(message, pool.key.server, timeout=pool.timeout, port=pool.key.port)
+        if answer.flags & dns.flags.TC:  # truncated: ask again over TCP
+            return dns.query.tcp(message, pool.key.server, timeout=pool.timeout, port=pool.key.port)
+        return answer
+    except dns.exception.Timeout:
+        raise ServiceUnavailable(
+            f"DNS server {server} did not answer {what} within {pool.timeout:g} s",
+            "is it running and listening there? (nameServer, namePort, nameTimeout)",
+        ) from None
+    except ConnectionRefusedError:
+        raise ServiceUnavailable(
+            f"DNS server {server} refused the connection for {what}",
+            "is it running and listening there? (nameServer, namePort)",
+        ) from None
+    except dns.tsig.PeerBadKey:
+        raise ConfigError(
+            f"DNS server {server} does not know the TSIG key {pool.tsig.name} (BADKEY) for {what}",
+            "install the key on the server (spdu keygen prints the snippet), or fix tsigKey",
+        ) from None
+    except dns.tsig.PeerBadSignature:
+        raise ConfigError(
+            f"DNS server {server} rejected the signature of {what} with key {pool.tsig.name}"
+            " (BADSIG)",
+            "the secret differs between spdu and the server; install the same key on both",
+        ) from None
+    except (dns.tsig.PeerBadTime, dns.tsig.BadTime):
+        raise ServiceUnavailable(
+            f"DNS server {server} rejected {what}: the clocks differ too much (BADTIME)",
+            "synchronise this host's clock and the server's (NTP)",
+        ) from None
+    except (dns.tsig.BadSignature, dns.message.UnknownTSIGKey):
+        raise ConfigError(
+            f"the answer of DNS server {server} to {what} carries a signature that does not"
+            f" verify with key {pool.tsig.name if pool.tsig else '(none)'}",
+            "check the key on both sides",
+        ) from None
+    except dns.exception.FormError as e:
+        if "requires a TSIG" in str(e):
+            raise ConfigError(
+                f"DNS server {server} answered {what} without a signature: it does not accept"
+                f" the key {pool.tsig.name}",
+                "install the key on the server, or fix tsigKey/tsigKeyFile",
+            ) from None
+        raise ServiceUnavailable(f"DNS server {server} sent a malformed answer to {what}: {e}") from None
+    except OSError as e:
+        raise ServiceUnavailable(f"cannot reach DNS server {server} for {what}: {e.strerror or e}") from None
+    except dns.exception.DNSException as e:
+        raise ServiceUnavailable(f"DNS server {server} failed {what}: {e}") from None
+
+
+def read_current(pool: Pool) -> dict[str, list[str]]:
+    """The pool's A and AAAA RRsets, from the authoritative server itself."""
+    import dns.flags
+    import dns.message
+    import dns.name
+    import dns.rcode
+    import dns.rdataclass
+    import dns.rdatatype
+
+    out: dict[str, list[str]] = {}
+    for rdtype in RDTYPES:
+        q = dns.message.make_query(pool.key.name + ".", rdtype)
+        q.flags &= ~dns.flags.RD  # never recursion: the zone's own data
+        if pool.tsig:
+            q.use_tsig(_keyring(pool.tsig))
+        what = f"the query for {pool.key.name} {rdtype}"
+        answer = _exchange(pool, q, what, tcp=False)
+        rcode = answer.rcode()
+        if rcode == dns.rcode.REFUSED or (
+            rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and not answer.flags & dns.flags.AA
+        ):
+            raise ConfigError(
+                f"DNS server {pool.key.where} is not authoritative for {pool.key.name}"
+                f" ({dns.rcode.to_text(rcode)} without AA)",
+                f"does it serve the zone {pool.key.zone}? (nameServer, poolName, poolZone)",
+            )
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            raise ServiceUnavailable(
+                f"DNS server {pool.key.where} answered {dns.rcode.to_text(rcode)} to {what}"
+            )
+        rrset = answer.get_rrset(
+            answer.answer, dns.name.from_text(pool.key.name + "."), dns.rdataclass.IN,
+            dns.rdatatype.from_text(rdtype),
+        )
+        out[rdtype] = sorted((_canon(r.address) for r in rrset), key=ipaddress.ip_address) if rrset else []
+    return out
+
+
+def send(pool: Pool, plan: Plan) -> None:
+    """One UPDATE for the pool's zone, pinned to what was read."""
+    import dns.rcode
+    import dns.rdataset
+    import dns.update
+
+    u = dns.update.UpdateMessage(pool.key.zone + ".")
+    name = pool.key.name + "."
+    for rdtype in RDTYPES:
+        addrs = plan.current.get(rdtype, [])
+        if addrs:
+            u.present(name, dns.rdataset.from_text("IN", rdtype, 0, *addrs))
+        else:
+            u.absent(name, rdtype)
+    for c in plan.changes:
+        if c.action == "add":
+            u.add(name, c.ttl, c.rdtype, c.address)
+        else:
+            u.delete(name, c.rdtype, c.address)
+    if pool.tsig:
+        u.use_tsig(_keyring(pool.tsig))
+    answer = _exchange(pool, u, f"the update of {pool.key.name} in zone {pool.key.zone}")
+    rcode = answer.rcode()
+    if rcode == dns.rcode.NOERROR:
+        return
+    text = dns.rcode.to_text(rcode)
+    where = f"DNS server {pool.key.where}"
+    if rcode in (dns.rcode.YXRRSET, dns.rcode.NXRRSET, dns.rcode.YXDOMAIN, dns.rcode.NXDOMAIN):
+        raise _PrerequisiteFailed(text)
+    if rcode == dns.rcode.REFUSED:
+        who = f"the key {pool.tsig.name}" if pool.tsig else "unsigned updates from this host"
+        raise ConfigError(
+            f"{where} REFUSED the update of {pool.key.name}",
+            f"its ACL or update-policy does not allow {who} to change {pool.key.name} A/AAAA"
+            " in zone " + pool.key.zone,
+        )
+    if rcode in (dns.rcode.NOTAUTH, dns.rcode.NOTZONE):
+        raise ConfigError(
+            f"{where} answered {text} to the update of zone {pool.key.zone}",
+            "it is not the primary of that zone, or the key is not accepted there"
+            " (nameServer, poolZone, tsigKey)",
+        )
+    if rcode == dns.rcode.SERVFAIL:
+        raise ServiceUnavailable(f"{where} answered SERVFAIL to the update of {pool.key.zone}",
+                                 "see the server's log")
+    raise ServiceUnavailable(f"{where} answered {text} to the update of {pool.key.zone}")
+
+
+# -- the `spdu reconcile` step -----------------------------------------------------------
+
+
+def _views(pool: Pool, entries: dict[str, SpoolEntry]) -> list[TargetView]:
+    return [
+        TargetView(
+            c.target,
+            entries[c.target].health.state,
+            tuple(entries[c.target].addresses),
+            entries[c.target].checked,
+            tuple(str(ip) for ip in c.target_ips),
+            c.name_ttl,
+            c.stale_after,
+        )
+        for c in pool.targets
+    ]
+
+
+def reconcile_pool(pool: Pool, entries: dict[str, SpoolEntry], dry_run: bool) -> Plan:
+    """Read, decide, and (unless dry-run) send, re-reading when a concurrent
+    writer changed the RRsets in between."""
+    signed = pool.tsig.describe() if pool.tsig else None
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        current = read_current(pool)
+        decision = decide(
+            current["A"] + current["AAAA"], _views(pool, entries), pool.self_ips,
+            pool.self_ttl, time.time(),
+        )
+        plan = Plan(pool.key, signed, current, decision, attempts=attempt)
+        for note in decision.notes:
+            log.info("%s: %s", pool.key.name, note)
+        if decision.blocked:
+            log.error("%s on %s: %s", pool.key.name, pool.key.where, decision.blocked)
+        if dry_run or not plan.changes:
+            return plan
+        try:
+            send(pool, plan)
+        except _PrerequisiteFailed as e:
+            log.warning(
+                "%s on %s changed while spdu was updating it (%s); reading it again",
+                pool.key.name, pool.key.where, e,
+            )
+            continue
+        plan.sent = True
+        for c in plan.changes:
+            log.info("%s: %s %s %s on %s", c.target or "selfIP", c.action, pool.key.name,
+                     c.address, pool.key.where)
+        return plan
+    raise TemporaryFailure(
+        f"{pool.key.name} on {pool.key.where} kept changing under spdu ({MAX_ATTEMPTS} tries)",
+        "another writer is updating the same RRset; try again",
+    )
+
+
+def record(store: Spool, plan: Plan, now: float) -> None:
+    """Note each change in the target's latest transition, for the mail."""
+    by_target: dict[str, list[Change]] = {}
+    for c in plan.changes:
+        if c.target:
+            by_target.setdefault(c.target, []).append(c)
+    for target, changes in by_target.items():
+        entry = store.read(target)
+        if entry.fresh or not entry.journal:
+            continue
+        latest = entry.journal[-1]
+        latest.setdefault("dns", []).extend(
+            {
+                "at": iso(now),
+                "action": c.action,
+                "address": c.address,
+                "rrset": f"{plan.pool.name} {c.rdtype}",
+                "server": f"{plan.pool.server}:{plan.pool.port}",
+            }
+            for c in changes
+        )
+        store.write(entry)
+
+
+def run(site, dry_run: bool = False, lock_timeout: float = 5.0) -> list[Plan]:
+    """Reconcile every pool of the configured targets. A failing pool does not
+    stop the others: its Plan carries the error."""
+    cfgs = [site.target(n) for n in site.select(())]
+    store = Spool(site.spool_dir)
+    entries = {c.target: store.read(c.target) for c in cfgs}
+    plans = []
+    for pool in pools(cfgs):
+        try:
+            plan = reconcile_pool(pool, entries, dry_run)
+        except SpduError as e:
+            log.error("%s", e)
+            plan = Plan(pool.key, None, {}, Decision((), (), None), error=e)
+        plans.append(plan)
+    sent = [p for p in plans if p.sent]
+    if sent:
+        now = time.time()
+        with store.locked(lock_timeout):
+            for p in sent:
+                record(store, p, now)
+    return plans
