@@ -82,3 +82,47 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+# --- real DNS servers (tests/dnsservers.py): knotd and named on loopback ports ---
+
+TSIG_KEY_NAME = "spdu-test"
+TSIG_ALGORITHM = "hmac-sha256"
+
+
+def _tsig_key() -> tuple[str, str, str]:
+    """(name, algorithm, base64 secret) with a fresh random secret."""
+    import base64
+
+    return (TSIG_KEY_NAME, TSIG_ALGORITHM, base64.b64encode(os.urandom(32)).decode())
+
+
+@pytest.fixture
+def knot(tmp_path: Path):
+    """knotd for pool.domain.tld: unsigned updates from 127.0.0.1 allowed, plus
+    the TSIG key `knot.key` (api.pool.domain.tld A/AAAA only). A missing knotd
+    fails the test (no skip)."""
+    from tests.dnsservers import KnotServer
+
+    with KnotServer(tmp_path / "knot", key=_tsig_key(), allow_unsigned=True) as s:
+        yield s
+
+
+@pytest.fixture
+def knot_signed_only(tmp_path: Path):
+    """knotd accepting only updates signed with `knot_signed_only.key`, only for
+    api.pool.domain.tld types A/AAAA."""
+    from tests.dnsservers import KnotServer
+
+    with KnotServer(tmp_path / "knot-signed", key=_tsig_key(), allow_unsigned=False) as s:
+        yield s
+
+
+@pytest.fixture
+def bind(tmp_path: Path):
+    """named for pool.domain.tld: updates only with `bind.key`, only for
+    api.pool.domain.tld types A/AAAA."""
+    from tests.dnsservers import BindServer
+
+    with BindServer(tmp_path / "bind", key=_tsig_key()) as s:
+        yield s

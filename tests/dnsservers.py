@@ -1,0 +1,398 @@
+"""Real authoritative DNS servers (Knot DNS, BIND named) for the tests.
+
+Each server runs as a subprocess on a free loopback port, serving one zone
+(``pool.domain.tld`` by default) from files in a caller-supplied temporary
+directory, and accepts dynamic updates according to its ACL / update-policy:
+
+* ``KnotServer``: unsigned updates from 127.0.0.1 (``allow_unsigned``) and/or,
+  when ``key`` is given, TSIG-signed updates restricted to owner ``api.ZONE``
+  and types A/AAAA.
+* ``BindServer``: TSIG-signed updates with ``key`` only, restricted to owner
+  ``api.ZONE`` and types A/AAAA (``update-policy ... name``).
+
+Both offer ``query``, ``serial``, ``nsupdate`` (through the real ``nsupdate`` or
+``knsupdate`` client), ``log`` and ``stop``, and work as context managers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdatatype
+
+ZONE = "pool.domain.tld"
+
+#: Initial records, relative to the zone: (owner, type, rdata).
+DEFAULT_RECORDS: tuple[tuple[str, str, str], ...] = (
+    ("api", "A", "192.0.2.1"),
+    ("api", "A", "192.0.2.2"),
+    ("other", "A", "192.0.2.99"),
+    ("other", "TXT", '"not managed by spdu"'),
+)
+
+START_TIMEOUT = 10.0  # seconds to wait for a server to answer its SOA
+STOP_TIMEOUT = 5.0
+
+Key = tuple[str, str, str]  # (name, algorithm, base64 secret)
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def require_binary(name: str) -> str:
+    """Absolute path of a required program; a clear error when it is missing."""
+    path = shutil.which(name) or next(
+        (p for d in ("/usr/sbin", "/sbin", "/usr/local/sbin")
+         if os.access(p := os.path.join(d, name), os.X_OK)), None)
+    if path is None:
+        raise ServerError(
+            f"{name!r} not found (PATH and /usr/sbin): the DNS server tests need "
+            f"Knot DNS (knot, knot-dnsutils) and BIND (bind9, bind9-dnsutils) installed")
+    return path
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A port currently free for both UDP and TCP on ``address`` (then released)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    for _ in range(50):
+        with socket.socket(family, socket.SOCK_STREAM) as t:
+            t.bind((address, 0))
+            port = t.getsockname()[1]
+            with socket.socket(family, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind((address, port))
+                except OSError:
+                    continue
+                return port
+    raise ServerError(f"no free UDP+TCP port on {address}")
+
+
+def zone_text(zone: str, records) -> str:
+    """A zone file: SOA (serial 1, minimum 5), NS, then ``records``."""
+    lines = [
+        f"$ORIGIN {zone}.",
+        "$TTL 60",
+        f"@ IN SOA ns1.{zone}. hostmaster.{zone}. 1 60 30 600 5",
+        f"@ IN NS ns1.{zone}.",
+        "ns1 IN A 127.0.0.1",
+    ]
+    lines += [f"{owner} IN {rdtype} {rdata}" for owner, rdtype, rdata in records]
+    return "\n".join(lines) + "\n"
+
+
+class _DNSServer:
+    """Process handling, queries and updates common to both servers."""
+
+    program = ""  # e.g. "knotd"
+    logname = "server.log"
+
+    def __init__(self, tmpdir, address: str, zone: str, records, key: Key | None):
+        self.dir = Path(tmpdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.address = address
+        self.zone = zone.rstrip(".")
+        self.records = tuple(DEFAULT_RECORDS if records is None else records)
+        self.key = key
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.startup_seconds = 0.0
+        self._logpath = self.dir / self.logname
+        self.start_timeout = START_TIMEOUT
+
+    # -- lifecycle --------------------------------------------------------
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _write_config(self) -> None:
+        raise NotImplementedError
+
+    def start(self, attempts: int = 3):
+        require_binary(self.program)
+        t0 = time.monotonic()
+        last = ""
+        for _ in range(attempts):
+            self.port = free_port(self.address)
+            self._write_config()
+            with open(self._logpath, "ab") as out:
+                self.proc = subprocess.Popen(
+                    self._command(), stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True)
+            try:
+                self._wait_ready()
+            except ServerError as e:
+                last = str(e)
+                self.stop()
+                continue  # e.g. port taken in the meantime: try another one
+            self.startup_seconds = time.monotonic() - t0
+            return self
+        raise ServerError(last)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        err: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerError(
+                    f"{self.program} exited with status {self.proc.returncode} on "
+                    f"{self.address}@{self.port}; log:\n{self.log()}")
+            try:
+                r = self._ask(self.zone, "SOA", timeout=0.2)
+                if r.rcode() == dns.rcode.NOERROR and r.answer:
+                    return
+                err = ServerError(f"SOA answer {dns.rcode.to_text(r.rcode())}")
+            except (dns.exception.DNSException, OSError) as e:
+                err = e
+            time.sleep(0.02)
+        raise ServerError(
+            f"{self.program} did not answer SOA {self.zone} on {self.address}@{self.port} "
+            f"within {self.start_timeout:g}s ({err!r}); log:\n{self.log()}")
+
+    def stop(self) -> None:
+        p, self.proc = self.proc, None
+        if p is None or p.poll() is not None:
+            return
+        p.terminate()
+        try:
+            p.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(STOP_TIMEOUT)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def __enter__(self):
+        if self.proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __del__(self):  # last resort; fixtures and `with` stop explicitly
+        try:
+            self.stop()
+        except Exception:
+            pass
+
+    def log(self) -> str:
+        try:
+            return self._logpath.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # -- queries ----------------------------------------------------------
+
+    def fqdn(self, name: str) -> str:
+        """``name`` as an absolute name: '@' is the zone, relative names are in it."""
+        if name in ("", "@"):
+            return self.zone + "."
+        if name.endswith("."):
+            return name
+        if name == self.zone or name.endswith("." + self.zone):
+            return name + "."
+        return f"{name}.{self.zone}."
+
+    def _ask(self, name: str, rdtype, timeout: float = 2.0) -> dns.message.Message:
+        q = dns.message.make_query(self.fqdn(name), rdtype)
+        q.flags &= ~dns.flags.RD
+        r = dns.query.udp(q, self.address, port=self.port, timeout=timeout)
+        if r.flags & dns.flags.TC:
+            r = dns.query.tcp(q, self.address, port=self.port, timeout=timeout)
+        return r
+
+    def query(self, name: str, rdtype="A", timeout: float = 2.0) -> list[str]:
+        """Sorted rdata texts of ``name``/``rdtype`` (relative names are in the
+        zone); [] for NXDOMAIN/NODATA. Other rcodes raise ServerError."""
+        r = self._ask(name, rdtype, timeout=timeout)
+        rc = r.rcode()
+        if rc not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            raise ServerError(f"query {name} {rdtype}: {dns.rcode.to_text(rc)}")
+        qname = dns.name.from_text(self.fqdn(name))
+        t = dns.rdatatype.from_text(rdtype) if isinstance(rdtype, str) else rdtype
+        return sorted(rd.to_text() for rrset in r.answer
+                      if rrset.name == qname and rrset.rdtype == t for rd in rrset)
+
+    def serial(self) -> int:
+        soa = self.query("@", "SOA")
+        if len(soa) != 1:
+            raise ServerError(f"SOA of {self.zone}: {soa!r}")
+        return int(soa[0].split()[2])
+
+    # -- updates ----------------------------------------------------------
+
+    def nsupdate(self, script: str, key: Key | None = None, tool: str = "nsupdate",
+                 timeout: float = 5.0) -> subprocess.CompletedProcess:
+        """Run ``script`` through the real ``nsupdate`` or ``knsupdate``.
+
+        Owner names in ``update`` lines must be absolute (``api.ZONE.``): plain
+        nsupdate has no origin and reads ``api`` as ``api.`` (-> NOTZONE).
+        ``server ADDRESS PORT`` and ``zone ZONE`` lines are prepended unless the
+        script has its own, and ``send`` is appended unless present. With
+        ``key=(name, alg, secret)`` the update is TSIG-signed (``-y``). Returns
+        the CompletedProcess (text mode); non-zero ``returncode`` on failure.
+        Denied updates: named answers REFUSED; Knot 3.2 answers NOTAUTH
+        (unsigned) or NOTAUTH with TSIG error BADKEY (signed, outside the ACL).
+        """
+        if tool not in ("nsupdate", "knsupdate"):
+            raise ValueError(f"tool must be nsupdate or knsupdate, not {tool!r}")
+        lines = [ln.strip() for ln in script.strip().splitlines()]
+        words = {ln.split()[0] for ln in lines if ln}
+        head = []
+        if "server" not in words:
+            head.append(f"server {self.address} {self.port}")
+        if "zone" not in words:
+            head.append(f"zone {self.zone}.")
+        if "send" not in words:
+            lines.append("send")
+        text = "\n".join(head + lines) + "\n"
+        t = str(max(1, int(timeout)))
+        argv = [require_binary(tool), "-t", t]
+        if tool == "nsupdate":
+            argv += ["-u", "1"]  # UDP retry interval
+        if key is not None:
+            name, alg, secret = key
+            argv += ["-y", f"{alg}:{name}:{secret}"]
+        return subprocess.run(argv, input=text, capture_output=True, text=True,
+                              timeout=timeout * 4 + 5)
+
+
+class KnotServer(_DNSServer):
+    """knotd serving ``zone`` on ``address`` and a free port.
+
+    ACLs: with ``allow_unsigned`` (default) unsigned updates from ``address``
+    are allowed for anything in the zone; with ``key=(name, alg, secret)`` a
+    signed update is allowed only for owner ``api.ZONE`` and types A/AAAA.
+    """
+
+    program = "knotd"
+    logname = "knotd.log"
+
+    def __init__(self, tmpdir, address: str = "127.0.0.1", zone: str = ZONE,
+                 records=None, key: Key | None = None, allow_unsigned: bool = True,
+                 start: bool = True):
+        super().__init__(tmpdir, address, zone, records, key)
+        self.allow_unsigned = allow_unsigned
+        self.conf = self.dir / "knot.conf"
+        # knotd's control socket lives in rundir: keep that path short (sun_path
+        # is limited to 107 bytes and pytest's tmp_path can be long).
+        self._rundir = tempfile.mkdtemp(prefix="knot-")
+        if start:
+            self.start()
+
+    def _write_config(self) -> None:
+        (self.dir / "db").mkdir(exist_ok=True)
+        zonefile = self.dir / f"{self.zone}.zone"
+        if not zonefile.exists():
+            zonefile.write_text(zone_text(self.zone, self.records))
+        acls, acl_ids, keys = [], [], []
+        if self.allow_unsigned:
+            acls.append(f"  - id: unsigned\n    address: {self.address}\n"
+                        f"    action: update\n")
+            acl_ids.append("unsigned")
+        if self.key is not None:
+            name, alg, secret = self.key
+            keys.append(f"key:\n  - id: {name}\n    algorithm: {alg}\n"
+                        f"    secret: {secret}\n")
+            acls.append(f"  - id: signed\n    key: {name}\n    action: update\n"
+                        f"    update-owner: name\n    update-owner-match: equal\n"
+                        f"    update-owner-name: [api]\n    update-type: [A, AAAA]\n")
+            acl_ids.append("signed")
+        self.conf.write_text(
+            "server:\n"
+            f"  rundir: {self._rundir}\n"
+            f"  listen: {self.address}@{self.port}\n"
+            "  udp-workers: 1\n  tcp-workers: 1\n  background-workers: 1\n"
+            "log:\n  - target: stderr\n    any: info\n"
+            "database:\n"
+            f"  storage: {self.dir / 'db'}\n"
+            + "".join(keys)
+            + ("acl:\n" + "".join(acls) if acls else "")
+            + "template:\n  - id: default\n"
+            f"    storage: {self.dir}\n"
+            "    zonefile-sync: -1\n"
+            "    zonefile-load: whole\n"
+            "    journal-content: changes\n"
+            "zone:\n"
+            f"  - domain: {self.zone}\n"
+            f"    file: {zonefile}\n"
+            + (f"    acl: [{', '.join(acl_ids)}]\n" if acl_ids else ""))
+
+    def _command(self) -> list[str]:
+        return [require_binary("knotd"), "-c", str(self.conf)]
+
+    def stop(self) -> None:
+        super().stop()
+        # the rundir is outside tmpdir: remove it once the server is gone (a
+        # later start() of the same object makes a new one)
+        if getattr(self, "_rundir", None):
+            shutil.rmtree(self._rundir, ignore_errors=True)
+
+    def start(self, attempts: int = 3):
+        if not os.path.isdir(self._rundir):
+            self._rundir = tempfile.mkdtemp(prefix="knot-")
+        return super().start(attempts)
+
+
+class BindServer(_DNSServer):
+    """named serving ``zone`` on 127.0.0.1 and a free port; updates only with
+    ``key=(name, alg, secret)``, only for owner ``api.ZONE`` types A/AAAA."""
+
+    program = "named"
+    logname = "named.log"
+
+    def __init__(self, tmpdir, zone: str = ZONE, records=None, key: Key | None = None,
+                 address: str = "127.0.0.1", start: bool = True):
+        super().__init__(tmpdir, address, zone, records, key)
+        self.conf = self.dir / "named.conf"
+        if start:
+            self.start()
+
+    def _write_config(self) -> None:
+        zonefile = self.dir / f"{self.zone}.zone"
+        if not zonefile.exists():
+            zonefile.write_text(zone_text(self.zone, self.records))
+        keystmt, policy = "", "allow-update { none; };"
+        if self.key is not None:
+            name, alg, secret = self.key
+            keystmt = f'key "{name}" {{ algorithm {alg}; secret "{secret}"; }};\n'
+            policy = (f'update-policy {{ grant "{name}" name api.{self.zone}. A AAAA; }};')
+        d = self.dir
+        self.conf.write_text(
+            "options {\n"
+            f'  directory "{d}";\n'
+            f'  pid-file "{d}/named.pid";\n'
+            f'  session-keyfile "{d}/session.key";\n'
+            f'  managed-keys-directory "{d}";\n'
+            f"  listen-on port {self.port} {{ {self.address}; }};\n"
+            "  listen-on-v6 { none; };\n"
+            "  recursion no;\n"
+            "  allow-query { any; };\n"
+            "  dnssec-validation no;\n"
+            "  notify no;\n"
+            "};\n"
+            "controls { };\n"
+            + keystmt
+            + f'zone "{self.zone}" {{\n'
+            "  type primary;\n"
+            f'  file "{zonefile}";\n'
+            f"  {policy}\n"
+            "};\n")
+
+    def _command(self) -> list[str]:
+        return [require_binary("named"), "-g", "-n", "1", "-c", str(self.conf), "-u", "root"]
