@@ -38,3 +38,11 @@ def measure(cmd: list[str], runs: int = 10, ok_codes=(0,)) -> dict[str, float]:
 def row(name: str, m: dict[str, float]) -> str:
     return (f"{name:<44} wall {m['wall_ms']:7.1f} ms   cpu {m['cpu_ms']:7.1f} ms   "
             f"peak {m['peak_mib']:5.1f} MiB   (median of {m['runs']})")
+
+
+MEMORY_LIMIT_MIB = 50  # one spdu process with 100 targets must stay under this
+
+
+def memory_verdict(what: str, m: dict[str, float]) -> str:
+    verdict = "ok" if m["peak_mib"] < MEMORY_LIMIT_MIB else "OVER"
+    return f"{what} peak memory {m['peak_mib']:.1f} MiB (limit {MEMORY_LIMIT_MIB} MiB): {verdict}"

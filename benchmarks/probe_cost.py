@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import VENV_BIN, measure, row  # noqa: E402
+from _common import VENV_BIN, measure, memory_verdict, row  # noqa: E402
 
 
 class Quiet(http.server.BaseHTTPRequestHandler):
@@ -72,9 +72,7 @@ def main() -> None:
     print(row("spdu probe (100 targets, up)", hundred))
     print(f"ratio spdu probe t0 / import requests: wall {one['wall_ms'] / base['wall_ms']:.2f}"
           f"  cpu {one['cpu_ms'] / base['cpu_ms']:.2f}")
-    limit = 50
-    verdict = "ok" if hundred["peak_mib"] < limit else "OVER"
-    print(f"100 targets peak memory {hundred['peak_mib']:.1f} MiB (limit {limit} MiB): {verdict}")
+    print(memory_verdict("100 targets", hundred))
     srv.shutdown()
 
 

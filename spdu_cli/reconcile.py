@@ -287,8 +287,10 @@ def _exchange(pool: Pool, message, what: str, tcp: bool = True):
         ) from None
     except dns.tsig.PeerBadKey:
         raise ConfigError(
-            f"DNS server {server} does not know the TSIG key {pool.tsig.name} (BADKEY) for {what}",
-            "install the key on the server (spdu keygen prints the snippet), or fix tsigKey",
+            f"DNS server {server} rejected the TSIG key {pool.tsig.name} (BADKEY) for {what}",
+            "the server does not know this key, or (Knot) its ACL does not let this key"
+            f" update {pool.key.name} A/AAAA; install the key and the ACL on the server,"
+            " or fix tsigKey/tsigKeyFile",
         ) from None
     except dns.tsig.PeerBadSignature:
         raise ConfigError(

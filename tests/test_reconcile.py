@@ -1,0 +1,473 @@
+"""`spdu reconcile` against real authoritative servers: knotd and named.
+
+The spool is written through spdu's own Spool API (it is the interface between
+probe and reconcile); the DNS side is always a real server, read back with
+queries of our own and, for the dry-run script, driven by the real nsupdate and
+knsupdate clients.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from spdu_cli import reconcile
+from spdu_cli.health import Health, State
+from spdu_cli.spool import Spool, SpoolEntry
+from tests.dnsservers import BindServer, KnotServer
+
+API = "api.pool.domain.tld."
+SELF, BETA, GAMMA = "192.0.2.1", "192.0.2.2", "192.0.2.3"
+BETA6 = "2001:db8::2"
+
+
+@pytest.fixture
+def spool(tmp_path):
+    return Spool(str(tmp_path / "spool"))
+
+
+def set_state(spool: Spool, target: str, state: str, addresses, checked: float | None = None,
+              transition: bool = True) -> None:
+    """What `spdu probe` leaves behind: a state, the probed addresses, a journal."""
+    now = time.time()
+    entry = SpoolEntry(target, Health(State(state), now, 0, 0),
+                       checked=now if checked is None else checked,
+                       addresses=list(addresses), url="http://api.domain.tld:80/status")
+    if transition:
+        entry.journal.append({"id": 1, "at": "2026-01-01T00:00:00.000Z", "from": "unknown",
+                              "to": state, "reason": "test", "notified": False, "dns": []})
+        entry.next_id = 2
+    spool.ensure_dir()
+    spool.write(entry)
+
+
+def write_conf(confdir, server, spool: Spool, *, self_ip: str | None = SELF, key=None,
+               extra: str = "", targets: dict | None = None, mode: int = 0o644) -> None:
+    targets = targets or {"beta": BETA, "gamma": GAMMA}
+    lines = [
+        "domain=domain.tld",
+        f"targets='{' '.join(targets)}'",
+        f"spoolDir={spool.dir}",
+        f"nameServer={server.address}",
+        f"namePort={server.port}",
+        "nameTTL=5",
+        "nameTimeout=1",
+    ]
+    if self_ip:
+        lines.append(f"selfIP='{self_ip}'")
+    if key:
+        lines.append(f"tsigKey={key[1]}:{key[0]}:{key[2]}")
+        mode = 0o600
+    confdir.write("\n".join(lines) + "\n" + extra, mode=mode)
+    for name, ip in targets.items():
+        confdir.write(f"targetIP='{ip}'\n", target=name)
+
+
+def bad_key(key, name=None, secret=None):
+    """The same key with another name or another secret."""
+    import base64
+    import os
+
+    return (name or key[0], key[1], secret or base64.b64encode(os.urandom(32)).decode())
+
+
+def down_beta(confdir, server, spool, **kw):
+    """beta down, gamma up: the pool should lose beta and gain gamma."""
+    write_conf(confdir, server, spool, **kw)
+    set_state(spool, "beta", "down", [BETA])
+    set_state(spool, "gamma", "up", [GAMMA])
+
+
+def key_file(path, text: str) -> str:
+    path.write_text(text)
+    path.chmod(0o600)
+    return f"tsigKeyFile={path}\n"
+
+
+def pool(server) -> list[str]:
+    return server.query("api", "A") + server.query("api", "AAAA")
+
+
+# -- the decision applied to a real Knot ------------------------------------------------
+
+
+def test_down_target_removed_and_recorded(run, confdir, knot, spool):
+    write_conf(confdir, knot, spool)
+    set_state(spool, "beta", "down", [BETA])
+    set_state(spool, "gamma", "unknown", [GAMMA])
+    r = run("reconcile", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert pool(knot) == [SELF]
+    assert knot.serial() == 2
+    # records spdu does not manage are untouched
+    assert knot.query("other", "A") == ["192.0.2.99"]
+    assert knot.query("other", "TXT") == ['"not managed by spdu"']
+    plan = json.loads(r.stdout)
+    assert plan["sent"] is True and plan["current"] == {"A": [SELF, BETA], "AAAA": []}
+    assert [(c["action"], c["address"], c["target"]) for c in plan["changes"]] == [
+        ("delete", BETA, "beta")]
+    dns = json.loads((spool.dir / "beta.json").read_text())["journal"][-1]["dns"]
+    assert [(d["action"], d["address"], d["rrset"], d["server"]) for d in dns] == [
+        ("delete", BETA, "api.pool.domain.tld A", f"127.0.0.1:{knot.port}")]
+
+
+def test_up_target_added_back_with_name_ttl(run, confdir, knot, spool):
+    write_conf(confdir, knot, spool, extra="nameTTL=7\n")
+    set_state(spool, "beta", "up", [BETA])
+    set_state(spool, "gamma", "up", [GAMMA])
+    r = run("reconcile")
+    assert r.exit_code == 0, r.stderr
+    assert pool(knot) == [SELF, BETA, GAMMA]
+    rr = knot._ask("api", "A").answer[0]
+    assert rr.ttl == 7
+    assert knot.serial() == 2  # one UPDATE for the whole change
+
+
+def test_in_sync_sends_nothing(run, confdir, knot, spool):
+    write_conf(confdir, knot, spool)
+    set_state(spool, "beta", "up", [BETA])
+    set_state(spool, "gamma", "down", [GAMMA])
+    r = run("reconcile", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["in_sync"] is True and json.loads(r.stdout)["sent"] is False
+    assert knot.serial() == 1
+
+
+def test_unknown_missing_and_stale_targets_are_left_alone(run, confdir, knot, spool):
+    write_conf(confdir, knot, spool, extra="staleAfter=10\n",
+               targets={"beta": BETA, "gamma": GAMMA, "delta": "192.0.2.4"})
+    set_state(spool, "beta", "unknown", [BETA])
+    set_state(spool, "gamma", "up", [GAMMA], checked=time.time() - 60)  # stale
+    # delta: no spool file at all
+    r = run("-v", "reconcile")
+    assert r.exit_code == 0, r.stderr
+    assert pool(knot) == [SELF, BETA] and knot.serial() == 1
+    assert "beta: state unknown" in r.stderr and "gamma: last probed 60 s ago" in r.stderr
+
+
+def test_corrupt_spool_file_changes_nothing(run, confdir, knot, spool):
+    write_conf(confdir, knot, spool)
+    spool.ensure_dir()
+    (spool.dir / "beta.json").write_text('{"version": 1, "targ')
+    set_state(spool, "gamma", "unknown", [GAMMA])
+    r = run("reconcile")
+    assert r.exit_code == 0
+    assert "corrupt" in r.stderr
+    assert pool(knot) == [SELF, BETA] and knot.serial() == 1
+
+
+def test_self_ip_is_added_and_never_removed(run, confdir, knot, spool):
+    # selfIP is also what a (misconfigured) down target points at: it stays.
+    write_conf(confdir, knot, spool, self_ip="192.0.2.1 192.0.2.7",
+               targets={"beta": SELF})
+    set_state(spool, "beta", "down", [SELF])
+    r = run("reconcile")
+    assert r.exit_code == 0, r.stderr
+    assert pool(knot) == [SELF, BETA, "192.0.2.7"]
+
+
+def test_never_an_empty_pool(run, confdir, knot, spool):
+    write_conf(confdir, knot, spool, self_ip=None, targets={"beta": BETA, "self": SELF})
+    set_state(spool, "beta", "down", [BETA])
+    set_state(spool, "self", "down", [SELF])
+    r = run("reconcile", "--json")
+    assert r.exit_code == 0
+    assert "no address at all" in r.stderr and "nothing is sent" in r.stderr
+    assert json.loads(r.stdout)["blocked"]
+    assert pool(knot) == [SELF, BETA] and knot.serial() == 1
+
+
+def test_ipv6_targets_are_aaaa_records(run, confdir, knot, spool):
+    write_conf(confdir, knot, spool, targets={"beta": f"{BETA} {BETA6}", "gamma": GAMMA})
+    set_state(spool, "beta", "up", [BETA, BETA6])
+    set_state(spool, "gamma", "down", [GAMMA])
+    assert run("reconcile").exit_code == 0
+    assert knot.query("api", "AAAA") == [BETA6]
+    set_state(spool, "beta", "down", [BETA, BETA6])
+    assert run("reconcile").exit_code == 0
+    assert knot.query("api", "AAAA") == [] and knot.query("api", "A") == [SELF]
+
+
+def test_pool_that_does_not_exist_yet_is_created(run, confdir, tmp_path, spool):
+    with KnotServer(tmp_path / "empty", records=()) as k:
+        write_conf(confdir, k, spool)
+        set_state(spool, "beta", "up", [BETA])
+        set_state(spool, "gamma", "unknown", [GAMMA])
+        r = run("reconcile")
+        assert r.exit_code == 0, r.stderr
+        assert pool(k) == [SELF, BETA]
+
+
+# -- races: the prerequisites ------------------------------------------------------------
+
+
+def test_concurrent_change_is_detected_by_the_prerequisite(confdir, knot, spool):
+    from spdu_cli import config
+
+    write_conf(confdir, knot, spool)
+    set_state(spool, "beta", "down", [BETA])
+    set_state(spool, "gamma", "up", [GAMMA])
+    p = reconcile.pools([config.load(str(confdir.main)).target(n) for n in ("beta", "gamma")])[0]
+    current = reconcile.read_current(p)
+    entries = {n: spool.read(n) for n in ("beta", "gamma")}
+    d = reconcile.decide(current["A"] + current["AAAA"], reconcile._views(p, entries),
+                         p.self_ips, p.self_ttl, time.time())
+    plan = reconcile.Plan(p.key, None, current, d)
+    # another writer adds an address between spdu's read and its write
+    assert knot.nsupdate(f"update add {API} 60 A 192.0.2.50").returncode == 0
+    with pytest.raises(reconcile._PrerequisiteFailed):
+        reconcile.send(p, plan)
+    assert pool(knot) == [SELF, BETA, "192.0.2.50"]  # nothing of spdu's change went in
+    assert knot.serial() == 2
+
+
+def test_reconcile_rereads_and_retries_after_a_race(run, confdir, knot, spool, monkeypatch):
+    write_conf(confdir, knot, spool)
+    set_state(spool, "beta", "down", [BETA])
+    set_state(spool, "gamma", "up", [GAMMA])
+    real_send, raced = reconcile.send, []
+
+    def racing_send(p, plan):
+        if not raced:  # a concurrent writer gets in first, once
+            raced.append(knot.nsupdate(f"update add {API} 60 A 192.0.2.50").returncode)
+        return real_send(p, plan)
+
+    monkeypatch.setattr(reconcile, "send", racing_send)
+    r = run("reconcile", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert raced == [0]
+    assert json.loads(r.stdout)["attempts"] == 2
+    assert "changed while spdu was updating it" in r.stderr
+    # the other writer's address survives, spdu's change went in on the re-read
+    assert pool(knot) == [SELF, GAMMA, "192.0.2.50"]
+
+
+def test_a_writer_that_never_stops_gives_up_with_75(run, confdir, knot, spool, monkeypatch):
+    write_conf(confdir, knot, spool)
+    set_state(spool, "beta", "down", [BETA])
+    set_state(spool, "gamma", "unknown", [GAMMA])
+    real_send, n = reconcile.send, [0]
+
+    def racing_send(p, plan):
+        n[0] += 1
+        assert knot.nsupdate(f"update add {API} 60 A 192.0.2.{50 + n[0]}").returncode == 0
+        return real_send(p, plan)
+
+    monkeypatch.setattr(reconcile, "send", racing_send)
+    r = run("reconcile")
+    assert r.exit_code == 75
+    assert "kept changing" in r.stderr
+    assert BETA in pool(knot)
+
+
+# -- dry run: the script is what nsupdate and knsupdate accept ---------------------------
+
+
+@pytest.mark.parametrize("tool", ["nsupdate", "knsupdate"])
+def test_dry_run_script_piped_into_the_real_client(run, confdir, knot, spool, tool):
+    write_conf(confdir, knot, spool, targets={"beta": f"{BETA} {BETA6}", "gamma": GAMMA})
+    set_state(spool, "beta", "down", [BETA, BETA6])
+    set_state(spool, "gamma", "up", [GAMMA])
+    r = run("reconcile", "--dry-run")
+    assert r.exit_code == 0, r.stderr
+    script = r.stdout
+    assert f"server 127.0.0.1 {knot.port}" in script and "zone pool.domain.tld." in script
+    assert f"prereq yxrrset {API} IN A {SELF}" in script
+    assert f"prereq nxrrset {API} IN AAAA" in script
+    assert f"update add {API} 5 IN A {GAMMA}" in script
+    assert f"update delete {API} IN A {BETA}" in script
+    assert script.rstrip().endswith("send")
+    assert knot.serial() == 1 and pool(knot) == [SELF, BETA]  # nothing sent
+    done = knot.nsupdate(script, tool=tool)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert pool(knot) == [SELF, GAMMA]
+    # and what spdu would now do is nothing
+    assert json.loads(run("reconcile", "--json").stdout)["in_sync"] is True
+    assert knot.serial() == 2
+
+
+def test_dry_run_script_of_a_stale_read_is_refused_by_nsupdate(run, confdir, knot, spool):
+    write_conf(confdir, knot, spool)
+    set_state(spool, "beta", "down", [BETA])
+    set_state(spool, "gamma", "unknown", [GAMMA])
+    script = run("reconcile", "--dry-run").stdout
+    assert knot.nsupdate(f"update add {API} 60 A 192.0.2.50").returncode == 0
+    done = knot.nsupdate(script)
+    assert done.returncode != 0 and "NXRRSET" in done.stdout + done.stderr
+    assert BETA in pool(knot)
+
+
+# -- BIND with an update-policy granting one key the pool name's A/AAAA -------------------
+
+
+def test_bind_with_key_file_in_bind_format(run, confdir, bind, spool, tmp_path):
+    name, alg, secret = bind.key
+    down_beta(confdir, bind, spool, extra=key_file(
+        tmp_path / "tsig.key",
+        f'key "{name}" {{\n\talgorithm {alg};\n\tsecret "{secret}";\n}};\n'))
+    r = run("reconcile", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert pool(bind) == [SELF, GAMMA] and bind.serial() == 2
+    assert secret not in r.stdout + r.stderr
+    assert json.loads(r.stdout)["signed_with"].startswith(f"{name} (hmac-sha256)")
+    r = run("reconcile", "--json")
+    assert json.loads(r.stdout)["in_sync"] and bind.serial() == 2
+
+
+def test_bind_dry_run_piped_into_nsupdate_with_the_key(run, confdir, bind, spool):
+    down_beta(confdir, bind, spool, key=bind.key)
+    r = run("reconcile", "--dry-run")
+    assert bind.key[2] not in r.stdout + r.stderr
+    done = bind.nsupdate(r.stdout, key=bind.key)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert pool(bind) == [SELF, GAMMA]
+
+
+def test_knot_with_key_file_in_knot_format(run, confdir, knot_signed_only, spool, tmp_path):
+    k = knot_signed_only
+    name, alg, secret = k.key
+    down_beta(confdir, k, spool, extra=key_file(
+        tmp_path / "knot.key",
+        f"key:\n  - id: {name}\n    algorithm: {alg}\n    secret: {secret}\n"))
+    r = run("reconcile")
+    assert r.exit_code == 0, r.stderr
+    assert pool(k) == [SELF, GAMMA]
+
+
+# -- errors: one message, the documented exit code, DNS as it was -------------------------
+
+
+def test_server_unreachable_is_69(run, confdir, knot, spool):
+    port = knot.port
+    knot.stop()
+    down_beta(confdir, knot, spool, extra="nameTimeout=0.3\n")
+    t0 = time.monotonic()
+    r = run("reconcile")
+    assert r.exit_code == 69
+    assert time.monotonic() - t0 < 3
+    assert f"DNS server 127.0.0.1 port {port} did not answer" in r.stderr
+    assert r.stderr.count("error:") == 1
+
+
+def test_zone_not_served_by_that_server_is_78(run, confdir, knot, spool):
+    down_beta(confdir, knot, spool, extra="poolZone=elsewhere.example\npoolName=api\n")
+    r = run("reconcile")
+    assert r.exit_code == 78
+    assert "is not authoritative for api.elsewhere.example" in r.stderr
+    assert "poolZone" in r.stderr
+
+
+def test_unsigned_update_refused_by_bind_is_78_with_a_hint(run, confdir, bind, spool):
+    down_beta(confdir, bind, spool)
+    r = run("reconcile")
+    assert r.exit_code == 78
+    assert "REFUSED the update of api.pool.domain.tld" in r.stderr
+    assert "unsigned updates" in r.stderr and "update-policy" in r.stderr
+    assert pool(bind) == [SELF, BETA] and bind.serial() == 1
+
+
+def test_unknown_key_is_78_badkey(run, confdir, bind, spool):
+    key = bad_key(bind.key, name="not-the-key")
+    down_beta(confdir, bind, spool, key=key)
+    r = run("reconcile")
+    assert r.exit_code == 78
+    assert "BADKEY" in r.stderr and "not-the-key" in r.stderr
+    assert key[2] not in r.stderr
+    assert pool(bind) == [SELF, BETA]
+
+
+def test_wrong_secret_is_78_badsig(run, confdir, bind, spool):
+    key = bad_key(bind.key)
+    down_beta(confdir, bind, spool, key=key)
+    r = run("reconcile")
+    assert r.exit_code == 78
+    assert "BADSIG" in r.stderr and "secret differs" in r.stderr
+    assert key[2] not in r.stderr and bind.key[2] not in r.stderr
+    assert pool(bind) == [SELF, BETA]
+
+
+def test_clock_skew_is_badtime(run, confdir, bind, spool, monkeypatch):
+    import dns.message
+    import dns.renderer
+
+    class SkewedClock:
+        @staticmethod
+        def time():
+            return time.time() - 3600  # this host's clock is an hour behind
+
+    down_beta(confdir, bind, spool, key=bind.key)
+    for module in (dns.message, dns.renderer):  # where dnspython reads the clock to sign
+        monkeypatch.setattr(module, "time", SkewedClock)
+    r = run("reconcile")
+    assert r.exit_code == 69
+    assert "BADTIME" in r.stderr and "clock" in r.stderr
+    assert pool(bind) == [SELF, BETA]
+
+
+def test_key_outside_knot_acl_is_reported(run, confdir, tmp_path, spool):
+    # Knot denies a signed update outside the ACL with NOTAUTH + BADKEY
+    with KnotServer(tmp_path / "k", key=("spdu-test", "hmac-sha256",
+                                         "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="),
+                    allow_unsigned=False) as k:
+        down_beta(confdir, k, spool, extra="poolName=www\n", key=k.key)
+        r = run("reconcile")
+        assert r.exit_code == 78
+        assert "BADKEY" in r.stderr and "ACL" in r.stderr
+        assert k.serial() == 1
+
+
+class BrokenZoneBind(BindServer):
+    """named whose zone file does not load: it answers SERVFAIL for the zone."""
+
+    def _write_config(self) -> None:
+        (self.dir / f"{self.zone}.zone").write_text("this is not a zone file\n")
+        super()._write_config()
+
+    def _wait_ready(self) -> None:
+        import dns.rcode
+
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            try:
+                if self._ask(self.zone, "SOA", timeout=0.2).rcode() == dns.rcode.SERVFAIL:
+                    return
+            except Exception:
+                time.sleep(0.05)
+        raise AssertionError(f"named never answered SERVFAIL; log:\n{self.log()}")
+
+
+def test_servfail_is_69(run, confdir, tmp_path, spool):
+    with BrokenZoneBind(tmp_path / "broken") as b:
+        down_beta(confdir, b, spool)
+        r = run("reconcile")
+        assert r.exit_code == 69, r.stderr
+        assert f"DNS server 127.0.0.1 port {b.port} answered SERVFAIL" in r.stderr
+
+
+def test_one_failing_pool_does_not_stop_another(run, confdir, knot, tmp_path, spool):
+    with KnotServer(tmp_path / "second") as other:
+        write_conf(confdir, knot, spool)
+        confdir.write(f"targetIP={GAMMA}\nnameServer=127.0.0.1\nnamePort={other.port}\n",
+                      target="gamma")
+        set_state(spool, "beta", "down", [BETA])
+        set_state(spool, "gamma", "up", [GAMMA])
+        other.stop()
+        r = run("reconcile", "--json")
+        assert r.exit_code == 69
+        assert pool(knot) == [SELF]  # beta's pool was reconciled anyway
+        plans = [json.loads(line) for line in r.stdout.splitlines()]
+        assert [p["port"] for p in plans] == [knot.port, other.port]
+        assert plans[0]["sent"] and plans[1]["error"]
+
+
+def test_unsigned_update_to_knot_that_wants_a_key_is_78_notauth(run, confdir, knot_signed_only,
+                                                                 spool):
+    k = knot_signed_only
+    down_beta(confdir, k, spool)
+    r = run("reconcile")
+    assert r.exit_code == 78
+    assert "answered NOTAUTH to the update of zone pool.domain.tld" in r.stderr
+    assert "tsigKey" in r.stderr
+    assert pool(k) == [SELF, BETA] and k.serial() == 1
