@@ -474,6 +474,9 @@ def record(store: Spool, plan: Plan, now: float) -> None:
         if entry.fresh or not entry.journal:
             continue
         latest = entry.journal[-1]
+        wanted = {"add": "up", "delete": "down"}[changes[0].action]
+        if latest.get("to") != wanted:  # the state moved on since: not this transition's doing
+            continue
         latest.setdefault("dns", []).extend(
             {
                 "at": iso(now),

@@ -471,3 +471,15 @@ def test_unsigned_update_to_knot_that_wants_a_key_is_78_notauth(run, confdir, kn
     assert "answered NOTAUTH to the update of zone pool.domain.tld" in r.stderr
     assert "tsigKey" in r.stderr
     assert pool(k) == [SELF, BETA] and k.serial() == 1
+
+
+def test_a_change_is_recorded_only_on_the_transition_that_caused_it(spool):
+    key = reconcile.PoolKey("api.pool.domain.tld", "pool.domain.tld", "127.0.0.1", 53)
+    plan = reconcile.Plan(key, None, {}, reconcile.Decision(
+        (reconcile.Change("delete", BETA, 0, "beta"),), (), None))
+    set_state(spool, "beta", "up", [BETA])  # the state moved on: beta is up again
+    reconcile.record(spool, plan, time.time())
+    assert spool.read("beta").journal[-1]["dns"] == []
+    set_state(spool, "beta", "down", [BETA])
+    reconcile.record(spool, plan, time.time())
+    assert [d["action"] for d in spool.read("beta").journal[-1]["dns"]] == ["delete"]
