@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import click
 
@@ -147,6 +148,8 @@ def config_check(obj: Context):
     """
     site = obj.site()
     checked = site.check()
+    for warning in dict.fromkeys(w for cfg in checked for w in config.advisories(cfg)):
+        log.warning("%s", warning)
     names = ", ".join(t.target for t in checked) or "no targets"
     log.info("%s is valid (%s)", site.path, names)
     if sys.stderr.isatty():
@@ -218,6 +221,47 @@ def reconcile_cmd(obj: Context, dry_run, as_json):
     errors = [p.error for p in plans if p.error]
     if errors:
         sys.exit(int(errors[0].exit_status))
+
+
+@cli.command("keygen")
+@click.option("--name", metavar="NAME", help="Key name [default: spdu-MYTAG].")
+@click.option("--server", "server", type=click.Choice(["knot", "bind", "both"]), default="both",
+              show_default=True, help="Which DNS server's snippet and key file to make.")
+@click.option("--key-file", metavar="FILE",
+              help="spdu's key file [default: tsigKeyFile, else spdu.tsig.key beside the "
+                   "main configuration file].")
+@click.option("--server-dir", metavar="DIR",
+              help="Where to write the servers' key files [default: beside --key-file].")
+@click.option("--force", is_flag=True, help="Replace existing key files.")
+@click.pass_obj
+def keygen_cmd(obj: Context, name, server, key_file, server_dir, force):
+    """Make a TSIG key that may change only this site's pool name (A/AAAA).
+
+    Writes the secret (hmac-sha256, 256 bits from the OS) to spdu's key file
+    and to a key file for Knot and/or BIND, all mode 0600, and prints the
+    Knot acl / BIND update-policy that include them. The secret is never
+    printed.
+
+    \b
+    Example:
+        spdu keygen --server knot >> /etc/knot/knot.conf.spdu
+    """
+    from spdu_cli import keygen
+
+    site = obj.site()
+    cfgs = [site.target(n) for n in site.select(())]
+    pools = list(dict.fromkeys(keygen.Pool(c.pool_name, c.pool_zone) for c in cfgs))
+    configured = cfgs[0].settings["tsigKeyFile"].value
+    key_file = key_file or configured or str(Path(site.path).parent / "spdu.tsig.key")
+    servers = keygen.SERVERS if server == "both" else (server,)
+    made = keygen.generate(name or f"spdu-{cfgs[0].my_tag}", key_file,
+                           server_dir or str(Path(key_file).parent), servers, pools, force)
+    for s in servers:
+        click.echo(made.knot_snippet() if s == "knot" else made.bind_snippet())
+    files = " ".join([key_file, *made.server_files.values()])
+    click.echo(f"spdu: wrote the key {made.key.name} to {files} (mode 0600)", err=True)
+    if not configured or Path(key_file) != Path(configured):
+        click.echo(f"spdu: now set tsigKeyFile={key_file} in {site.path}", err=True)
 
 
 def main() -> None:

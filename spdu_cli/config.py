@@ -233,7 +233,26 @@ def _require_private(file: SafeFile, secret: str) -> None:
         )
 
 
+_SECRET_KEYS = frozenset(k for k, v in KEYS.items() if v.secret)
+
+
+def advisories(cfg: TargetConfig) -> list[str]:
+    """Valid but risky settings, for `spdu config check` to warn about."""
+    out = []
+    if cfg.tsig is None and not cfg.name_server.is_loopback:
+        out.append(
+            f"{cfg.target}: reconcile sends UNSIGNED updates to {cfg.name_server}, which is not"
+            " on this host: anyone who can send from an allowed address can change the pool"
+            " (make a key with `spdu keygen` and set tsigKeyFile)"
+        )
+    return out
+
+
 def _quote(value: str) -> str:
+    """A value as it may be shown in a one-line message: control characters
+    (a newline, NUL...) escaped, so a message is always one line."""
+    if any(ord(c) < 32 or c == "\x7f" for c in value):
+        return "$" + repr(value)  # a shell $'...' string, readable and unambiguous
     return shlex.quote(value) if value else "''"
 
 
@@ -302,7 +321,7 @@ def _parse_file(
         )
 
     try:
-        assignments = shellconf.parse(file.text, lookup)
+        assignments = shellconf.parse(file.text, lookup, _SECRET_KEYS)
     except shellconf.ShellSyntaxError as e:
         raise ConfigError(f"{file.path}:{e.line}: {e.message}", e.hint) from None
     for a in assignments:

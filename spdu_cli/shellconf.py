@@ -38,13 +38,15 @@ Lookup = Callable[[str, int, Mapping[str, str]], str]
 file has not set, or raises ShellSyntaxError."""
 
 
-def parse(text: str, lookup: Lookup) -> list[Assignment]:
-    """Parse a whole file; references see earlier lines, then `lookup`."""
-    return _Parser(text, lookup).run()
+def parse(text: str, lookup: Lookup, secret_keys: frozenset[str] = frozenset()) -> list[Assignment]:
+    """Parse a whole file; references see earlier lines, then `lookup`. An
+    error in the value of a key in `secret_keys` never repeats any of it."""
+    return _Parser(text, lookup, secret_keys).run()
 
 
 class _Parser:
-    def __init__(self, text: str, lookup: Lookup):
+    def __init__(self, text: str, lookup: Lookup, secret_keys: frozenset[str] = frozenset()):
+        self.secret_keys = secret_keys
         self.text = text
         self.pos = 0
         self.line = 1
@@ -102,6 +104,18 @@ class _Parser:
         if not m or self.text[m.end() : m.end() + 1] != "=":
             raise self.not_an_assignment(m.group() if m else "")
         key = m.group()
+        if key in self.secret_keys:
+            try:
+                return self.value_of(key, line, m)
+            except ShellSyntaxError as e:
+                raise self.fail(
+                    f"{key}: the value cannot be read as plain data (not shown: it is a secret)",
+                    f"put it in single quotes, {key}='...', where $, spaces and \" are literal",
+                    e.line,
+                ) from None
+        return self.value_of(key, line, m)
+
+    def value_of(self, key: str, line: int, m) -> Assignment:
         self.pos = m.end() + 1
         value = self.word(key)
         self.skip_blanks()

@@ -53,6 +53,14 @@ def epoch(value: Any) -> float | None:
     return datetime.fromisoformat(str(value)).timestamp()
 
 
+def _count(d: dict[str, Any], key: str, default: int = 0) -> int:
+    """A counter from the file: a whole number in a sane range, or the file is corrupt."""
+    value = d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 31:
+        raise ValueError(f"{key} is not a count: {str(value)[:20]}")
+    return value
+
+
 @dataclass
 class ResultRecord:
     """One probe, as kept in the spool's `results` list."""
@@ -160,16 +168,16 @@ class SpoolEntry:
             health=Health(
                 state=State(d["state"]),
                 since=epoch(d.get("since")),
-                good=int(d.get("good", 0)),
-                bad=int(d.get("bad", 0)),
+                good=_count(d, "good"),
+                bad=_count(d, "bad"),
             ),
             checked=epoch(d.get("checked")),
             addresses=[str(a) for a in d.get("addresses", [])],
             url=d.get("url"),
             results=[ResultRecord.from_json(r) for r in d.get("results", [])][-MAX_RESULTS:],
             journal=journal,
-            next_id=max([int(d.get("next_id", 1))] + [e["id"] + 1 for e in journal]),
-            dropped_pending=int(d.get("dropped_pending", 0)),
+            next_id=max([_count(d, "next_id", 1)] + [_count(e, "id") + 1 for e in journal]),
+            dropped_pending=_count(d, "dropped_pending"),
             fresh=False,
         )
 
@@ -251,7 +259,8 @@ class Spool:
             if len(data) > MAX_FILE:
                 raise ValueError("file too large")
             return SpoolEntry.from_json(target, json.loads(data))
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
+                RecursionError) as e:  # whatever a damaged or hostile file holds
             log.warning(
                 "spool file %s is corrupt (%s); state unknown until the next probe rewrites it",
                 path,

@@ -285,9 +285,13 @@ class KnotServer(_DNSServer):
 
     def __init__(self, tmpdir, address: str = "127.0.0.1", zone: str = ZONE,
                  records=None, key: Key | None = None, allow_unsigned: bool = True,
-                 start: bool = True):
+                 start: bool = True, extra_conf: str = "", zone_acls=(),
+                 other_zones=()):
         super().__init__(tmpdir, address, zone, records, key)
         self.allow_unsigned = allow_unsigned
+        self.extra_conf = extra_conf  # top-level config text (e.g. include: + acl:)
+        self.zone_acls = tuple(zone_acls)  # more ACL ids for the zone
+        self.other_zones = tuple(other_zones)  # more zones, with no ACL (no updates)
         self.conf = self.dir / "knot.conf"
         # knotd's control socket lives in rundir: keep that path short (sun_path
         # is limited to 107 bytes and pytest's tmp_path can be long).
@@ -313,8 +317,15 @@ class KnotServer(_DNSServer):
                         f"    update-owner: name\n    update-owner-match: equal\n"
                         f"    update-owner-name: [api]\n    update-type: [A, AAAA]\n")
             acl_ids.append("signed")
+        acl_ids += self.zone_acls
+        others = ""
+        for other in self.other_zones:
+            path = self.dir / f"{other}.zone"
+            path.write_text(zone_text(other, self.records))
+            others += f"  - domain: {other}\n    file: {path}\n"
         self.conf.write_text(
-            "server:\n"
+            self.extra_conf
+            + "server:\n"
             f"  rundir: {self._rundir}\n"
             f"  listen: {self.address}@{self.port}\n"
             "  udp-workers: 1\n  tcp-workers: 1\n  background-workers: 1\n"
@@ -331,7 +342,8 @@ class KnotServer(_DNSServer):
             "zone:\n"
             f"  - domain: {self.zone}\n"
             f"    file: {zonefile}\n"
-            + (f"    acl: [{', '.join(acl_ids)}]\n" if acl_ids else ""))
+            + (f"    acl: [{', '.join(acl_ids)}]\n" if acl_ids else "")
+            + others)
 
     def _command(self) -> list[str]:
         return [require_binary("knotd"), "-c", str(self.conf)]
@@ -357,9 +369,13 @@ class BindServer(_DNSServer):
     logname = "named.log"
 
     def __init__(self, tmpdir, zone: str = ZONE, records=None, key: Key | None = None,
-                 address: str = "127.0.0.1", start: bool = True):
+                 address: str = "127.0.0.1", start: bool = True, extra_conf: str = "",
+                 policy: str | None = None, other_zones=()):
         super().__init__(tmpdir, address, zone, records, key)
         self.conf = self.dir / "named.conf"
+        self.extra_conf = extra_conf  # top-level statements (e.g. include "...";)
+        self.policy = policy  # the zone's update-policy/allow-update, replacing the default
+        self.other_zones = tuple(other_zones)  # more zones, with no updates allowed
         if start:
             self.start()
 
@@ -372,6 +388,12 @@ class BindServer(_DNSServer):
             name, alg, secret = self.key
             keystmt = f'key "{name}" {{ algorithm {alg}; secret "{secret}"; }};\n'
             policy = (f'update-policy {{ grant "{name}" name api.{self.zone}. A AAAA; }};')
+        policy = self.policy if self.policy is not None else policy
+        others = ""
+        for other in self.other_zones:
+            path = self.dir / f"{other}.zone"
+            path.write_text(zone_text(other, self.records))
+            others += f'zone "{other}" {{ type primary; file "{path}"; }};\n'
         d = self.dir
         self.conf.write_text(
             "options {\n"
@@ -388,6 +410,8 @@ class BindServer(_DNSServer):
             "};\n"
             "controls { };\n"
             + keystmt
+            + self.extra_conf
+            + others
             + f'zone "{self.zone}" {{\n'
             "  type primary;\n"
             f'  file "{zonefile}";\n'

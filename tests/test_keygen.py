@@ -1,0 +1,117 @@
+"""`spdu keygen`: the key files it writes, and its snippets installed in a real
+knotd and a real named: with the key, reconcile changes the pool; the same key
+can touch nothing else; without it nothing changes."""
+
+from __future__ import annotations
+
+import re
+import stat
+
+import pytest
+
+from tests.dnsservers import BindServer, KnotServer
+from tests.test_reconcile import BETA, GAMMA, SELF, down_beta, pool
+
+API = "api.pool.domain.tld."
+
+
+@pytest.fixture
+def keygen(run, confdir, tmp_path):
+    """Run `spdu keygen` for a site whose pool is api.pool.domain.tld."""
+
+    def make(*args: str):
+        confdir.write(f"domain=domain.tld\nmyTag=alpha\ntargets=beta\nspoolDir={tmp_path}/s\n")
+        confdir.write(f"targetIP={BETA}\n", target="beta")
+        return run("keygen", "--key-file", str(tmp_path / "keys" / "spdu.key"), *args)
+
+    return make
+
+
+def secret_of(path) -> str:
+    return re.search(r'secret:? "?([A-Za-z0-9+/=]+)"?', path.read_text()).group(1)
+
+
+def test_key_files_are_private_and_the_secret_is_never_printed(keygen, tmp_path):
+    r = keygen()
+    assert r.exit_code == 0, r.stderr
+    keys = tmp_path / "keys"
+    files = sorted(p.name for p in keys.iterdir())
+    assert files == ["spdu-alpha.bind.key", "spdu-alpha.knot.key", "spdu.key"]
+    for p in keys.iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    secret = secret_of(keys / "spdu.key")
+    assert len(__import__("base64").b64decode(secret)) == 32
+    assert secret_of(keys / "spdu-alpha.knot.key") == secret
+    assert secret not in r.stdout + r.stderr
+    assert "tsigKeyFile=" in r.stderr  # tells the user what to add
+    assert "grant \"spdu-alpha\" name api.pool.domain.tld. A AAAA;" in r.stdout
+    assert "update-owner-name: [api.pool.domain.tld.]" in r.stdout
+
+
+def test_refuses_to_overwrite_without_force(keygen, tmp_path):
+    assert keygen().exit_code == 0
+    first = secret_of(tmp_path / "keys" / "spdu.key")
+    r = keygen()
+    assert r.exit_code == 2 and "refusing to overwrite" in r.stderr and "--force" in r.stderr
+    assert secret_of(tmp_path / "keys" / "spdu.key") == first
+    r = keygen("--force", "--name", "spdu-alpha-2")
+    assert r.exit_code == 0, r.stderr
+    assert secret_of(tmp_path / "keys" / "spdu.key") != first
+
+
+def test_one_server_only_and_a_bad_name(keygen, tmp_path):
+    r = keygen("--server", "knot")
+    assert r.exit_code == 0 and "update-policy" not in r.stdout and "acl:" in r.stdout
+    assert not (tmp_path / "keys" / "spdu-alpha.bind.key").exists()
+    r = keygen("--force", "--name", "bad name!")
+    assert r.exit_code == 2 and "--name" in r.stderr
+
+
+def _knot_with_snippet(tmp_path, snippet: str) -> KnotServer:
+    return KnotServer(tmp_path / "knot", allow_unsigned=False, extra_conf=snippet,
+                      zone_acls=["spdu-alpha"], other_zones=["elsewhere.example"])
+
+
+def _bind_with_snippet(tmp_path, snippet: str) -> BindServer:
+    include = next(line for line in snippet.splitlines() if line.startswith("include"))
+    policy = re.search(r"update-policy \{.*?\n    \};", snippet, re.S).group(0)
+    return BindServer(tmp_path / "bind", extra_conf=include + "\n", policy=policy,
+                      other_zones=["elsewhere.example"])
+
+
+@pytest.mark.parametrize("server", ["knot", "bind"])
+def test_generated_snippet_scopes_the_key_to_the_pool(keygen, run, confdir, tmp_path, server):
+    r = keygen("--server", server)
+    assert r.exit_code == 0, r.stderr
+    start = _knot_with_snippet if server == "knot" else _bind_with_snippet
+    keyfile = tmp_path / "keys" / "spdu.key"
+    key = ("spdu-alpha", "hmac-sha256", secret_of(keyfile))
+    with start(tmp_path, r.stdout) as dns:
+        from spdu_cli.spool import Spool
+
+        spool = Spool(str(tmp_path / "spool"))
+        # without the key: nothing changes
+        down_beta(confdir, dns, spool)
+        assert run("reconcile").exit_code == 78
+        assert pool(dns) == [SELF, BETA] and dns.serial() == 1
+        # with the generated key file: reconcile changes the pool
+        down_beta(confdir, dns, spool, extra=f"tsigKeyFile={keyfile}\n")
+        r = run("reconcile")
+        assert r.exit_code == 0, r.stderr
+        assert pool(dns) == [SELF, GAMMA] and dns.serial() == 2
+        # the same key cannot add another name, a TXT record, or touch another zone
+        other = dns.nsupdate(f"update add www.pool.domain.tld. 5 A {BETA}", key=key)
+        txt = dns.nsupdate(f'update add {API} 5 TXT "x"', key=key)
+        zone = dns.nsupdate(f"zone elsewhere.example.\nupdate add api.elsewhere.example. 5 A {BETA}",
+                            key=key)
+        for denied in (other, txt, zone):
+            assert denied.returncode != 0
+            assert re.search(r"REFUSED|NOTAUTH|BADKEY", denied.stdout + denied.stderr)
+        assert dns.query("www", "A") == [] and dns.query("api", "TXT") == []
+        assert dns.query("api.elsewhere.example.", "A") == ["192.0.2.1", "192.0.2.2"]
+        assert dns.serial() == 2
+        # a pool name outside the grant is reported clearly by reconcile itself
+        down_beta(confdir, dns, spool, extra=f"tsigKeyFile={keyfile}\npoolName=www\n")
+        r = run("reconcile")
+        assert r.exit_code == 78
+        assert re.search(r"REFUSED|BADKEY", r.stderr) and "www.pool.domain.tld" in r.stderr
