@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from spdu_cli import __version__, health
-from spdu_cli.errors import SpduError
+from spdu_cli.errors import ConfigError, SpduError
 from spdu_cli.health import Health
 from spdu_cli.spool import ResultRecord, Spool, iso
 
@@ -347,7 +347,14 @@ def _ssl_context(spec: ProbeSpec, cache: dict):
         import ssl
 
         if spec.verify:
-            ctx = ssl.create_default_context(cafile=spec.cafile)
+            try:
+                ctx = ssl.create_default_context(cafile=spec.cafile)
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigError(
+                    f"probeCAFile {spec.cafile}: cannot load CA certificates"
+                    f" ({getattr(e, 'strerror', None) or e})",
+                    "point probeCAFile at a readable PEM file of CA certificates",
+                ) from None
         else:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
@@ -386,7 +393,8 @@ def probe_addresses(jobs: list[tuple[ProbeSpec, str]]) -> list[AddressResult]:
     def finish(i: int, ok: bool, status: int | None, error: str | None, t: _Try | None) -> None:
         spec, address = jobs[i]
         if ok or tries_made[i] >= spec.retries:
-            latency = round((time.monotonic() - t.started) * 1000, 1) if t and ok else None
+            answered = t is not None and (ok or status is not None)  # e.g. HTTP 503 in 12 ms
+            latency = round((time.monotonic() - t.started) * 1000, 1) if answered else None
             results[i] = AddressResult(address, ok, status, latency, error, tries_made[i])
         else:
             last_error[i] = (status, error or "")

@@ -92,6 +92,7 @@ def test_http_500_and_accepted_codes(http_server):
     srv.behaviour = "500"
     r, _ = one(spec(srv.port))
     assert (r.ok, r.status, r.error) == (False, 500, "HTTP 500")
+    assert r.latency_ms is not None and r.latency_ms > 0  # it answered: how fast is known
     r, _ = one(spec(srv.port, codes=((200, 299), (500, 500))))
     assert (r.ok, r.status) == (True, 500)
 
@@ -272,3 +273,31 @@ def test_https_to_a_plain_http_server(http_server, cafile):
     srv = http_server()
     r, _ = one(spec(srv.port, tls=True, cafile=cafile))
     assert (r.ok, r.error) == (False, "timed out after 1 s in the TLS handshake")
+
+
+def _https_site(confdir, tmp_path, srv, cafile_line):
+    confdir.write(f"domain=domain.tld\ntargets=beta\nspoolDir={tmp_path}/spool\nprobeSSL=yes\n"
+                  f"targetIP=127.0.0.10\nprobePort={srv.port}\nprobeTimeout=1\n{cafile_line}")
+
+
+def test_https_through_the_cli_with_a_configured_ca_file(run, confdir, tmp_path, http_server,
+                                                         ca, cafile):
+    srv = tls_server(http_server, ca, API)
+    _https_site(confdir, tmp_path, srv, f"probeCAFile={cafile}\n")
+    r = run("probe", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert srv.sni == [API]
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"])
+def test_a_missing_or_bad_ca_file_is_a_config_error(run, confdir, tmp_path, http_server, ca,
+                                                    content):
+    srv = tls_server(http_server, ca, API)
+    bad = tmp_path / "ca-bad.pem"
+    if content is not None:
+        bad.write_text(content)
+    _https_site(confdir, tmp_path, srv, f"probeCAFile={bad}\n")
+    r = run("probe")
+    assert r.exit_code == 78, r.stderr
+    assert f"probeCAFile {bad}: cannot load CA certificates" in r.stderr
+    assert r.stderr.count("\n") == 1
