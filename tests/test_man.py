@@ -33,7 +33,9 @@ PAGES = [MAN1, MAN5]
 
 def tool(name: str) -> str:
     path = shutil.which(name)
-    assert path, f"{name} is not installed; the man page tests need it (apt-get install groff-base man-db)"
+    assert path, (
+        f"{name} is not installed; the man page tests need it (apt-get install groff-base man-db)"
+    )
     return path
 
 
@@ -205,7 +207,7 @@ def test_every_command_has_a_section_in_spdu_1(path):
 def test_spdu_1_documents_no_command_that_does_not_exist():
     known = {p for p, _ in registered()}
     ghosts = [" ".join(p) for p in documented_commands() if p not in known]
-    assert not ghosts, f"man/spdu.1 documents commands that spdu_cli.cli does not register: {ghosts}"
+    assert not ghosts, f"man/spdu.1 documents commands that spdu_cli.cli lacks: {ghosts}"
 
 
 @pytest.mark.parametrize(
@@ -333,7 +335,8 @@ def test_each_key_gives_its_default_and_a_valid_example(key):
     default = config.KEYS[key].default
     shown = m.group(1).rstrip(".,;")
     if isinstance(default, str):
-        assert shown == (default or "empty"), f"{key}: the page says {shown!r}, the code {default!r}"
+        wanted = default or "empty"
+        assert shown == wanted, f"{key}: the page says {shown!r}, the code {default!r}"
     m = re.search(r"Example: (.*)$", text)
     assert m, f"{key}: no 'Example:' in man/spdu.conf.5"
     example = m.group(1).removesuffix(".")
@@ -434,14 +437,14 @@ def test_a_wheel_installs_the_pages_under_share_man(tmp_path):
     so the checkout gets no build/ directory)."""
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".hypothesis", ".pytest_cache", ".ruff_cache", "__pycache__", "*.egg-info", "build", "dist", "tests",
-        "benchmarks", ".ci", "cron"))
+        ".git", ".venv", ".hypothesis", ".pytest_cache", ".ruff_cache", "__pycache__",
+        "*.egg-info", "build", "dist", "tests", "benchmarks", ".ci", "cron"))
     r = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"),
          str(src)],
         capture_output=True, text=True, timeout=300,
     )
-    assert r.returncode == 0, f"pip wheel failed (it needs setuptools>=77 from the index):\n{r.stderr}"
+    assert r.returncode == 0, f"pip wheel failed (needs setuptools>=77 from the index):\n{r.stderr}"
     [wheel] = (tmp_path / "dist").glob("spdu-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     data = sorted(n.split(".data/data/", 1)[1] for n in names if ".data/data/" in n)
