@@ -264,5 +264,43 @@ def keygen_cmd(obj: Context, name, server, key_file, server_dir, force):
         click.echo(f"spdu: now set tsigKeyFile={key_file} in {site.path}", err=True)
 
 
+@cli.command("notify")
+@click.option("--dry-run", "-n", is_flag=True,
+              help="Print the mails that would be sent; send, log and mark nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per mail per line.")
+@click.option(
+    "--lock-timeout", type=click.FloatRange(0, 600), default=5.0, show_default=True,
+    metavar="SECONDS", help="How long to wait for the spool lock before exiting 75.",
+)
+@click.pass_obj
+def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
+    """Mail each state change in the spool once, to every address in mailTo.
+
+    Several pending changes go out as one digest; a target that changes more
+    than flapCount times within flapWindow gets one summary per window. A
+    change is marked notified only after the relay accepted its mail, so a
+    relay outage (exit 69) delays mail and loses none; a crash in between
+    may repeat a mail. Each change is also logged to syslog (daemon) once.
+    Without mailTo, changes are only logged.
+
+    \b
+    Example:
+        spdu notify --dry-run | less
+    """
+    from spdu_cli import notify
+
+    outcome = notify.run(obj.site(), dry_run=dry_run, lock_timeout=lock_timeout)
+    if as_json:
+        for d in outcome.deliveries:
+            click.echo(render.json_line(d.to_json()))
+    elif dry_run:
+        if outcome.deliveries:
+            click.echo(render.lines(render.notify_messages(outcome)))
+    elif sys.stdout.isatty():
+        click.echo(render.lines(render.notify_lines(outcome)))
+    if outcome.errors:
+        sys.exit(int(outcome.errors[0].exit_status))
+
+
 def main() -> None:
     cli(prog_name="spdu")

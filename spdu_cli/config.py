@@ -59,6 +59,14 @@ def _host_or_ip(value: str) -> str:
         return validate.hostname(value)
 
 
+def _auto_yes_no(value: str) -> str:
+    return "auto" if value.lower() == "auto" else ("yes" if validate.yes_no(value) else "no")
+
+
+def _syslog_socket(value: str) -> str:
+    return value.lower() if value.lower() in ("", "none") else validate.absolute_path(value)
+
+
 KEYS: dict[str, Key] = {
     k.name: k
     for k in [
@@ -105,6 +113,17 @@ KEYS: dict[str, Key] = {
         Key("nameTimeout", validate.decimal(0.1, 60), "3", "deadline of each DNS exchange"),
         Key("tsigKey", validate.optional(tsig.parse_inline), "", "[alg:]name:secret", secret=True),
         Key("tsigKeyFile", validate.optional(validate.absolute_path), "", "TSIG key file"),
+        Key("smtpStartTLS", _auto_yes_no, "auto",
+            "with smtpSSL=no: auto upgrades when the relay offers it, yes requires it, no never"),
+        Key("smtpCAFile", validate.optional(validate.absolute_path), "",
+            "CA bundle to verify the relay's certificate (else the system's)"),
+        Key("smtpTimeout", validate.decimal(0.1, 300), "10", "deadline of each SMTP exchange"),
+        Key("flapCount", validate.integer(0, 50), "4",
+            "more changes than this within flapWindow: one summary mail per window (0: off)"),
+        Key("flapWindow", validate.decimal(10, 86400), "600", "seconds, for flapCount"),
+        Key("syslogSocket", _syslog_socket, "",
+            "where transitions are logged (empty: /dev/log or /var/run/log; none: off)",
+            site_only=True),
     ]
 }
 
@@ -355,6 +374,10 @@ class MailConfig:
     ssl: bool
     user: str
     password: str = field(repr=False)
+    starttls: str = "auto"  # with ssl=False: "auto", "yes" (required) or "no"
+    ca_file: str | None = None
+    timeout: float = 10.0
+    tag: str = ""  # myTag, for the From name
 
 
 @dataclass(frozen=True)
@@ -393,6 +416,8 @@ class TargetConfig:
     interval: float
     settings: Mapping[str, Setting] = field(repr=False, compare=False)
     """Every key's raw value as in effect: from a file, or its default."""
+    flap_count: int = 4
+    flap_window: float = 600.0
 
     @property
     def probe_url(self) -> str:
@@ -429,6 +454,10 @@ class Site:
     @property
     def interval(self) -> float:
         return self._site_value("interval")
+
+    @property
+    def syslog_socket(self) -> str:
+        return self._site_value("syslogSocket")
 
     def select(self, names: tuple[str, ...] | list[str] = ()) -> list[str]:
         """The targets a command acts on: those named, else every configured one."""
@@ -536,6 +565,10 @@ def build_target(
             ssl=get("smtpSSL"),
             user=get("smtpUser"),
             password=get("smtpPassword"),
+            starttls=get("smtpStartTLS"),
+            ca_file=get("smtpCAFile") or None,
+            timeout=get("smtpTimeout"),
+            tag=get("myTag"),
         )
 
     try:
@@ -575,6 +608,8 @@ def build_target(
         spool_dir=get("spoolDir"),
         interval=get("interval"),
         settings=_effective(values),
+        flap_count=get("flapCount"),
+        flap_window=get("flapWindow"),
     )
 
 

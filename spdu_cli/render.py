@@ -159,3 +159,32 @@ def reconcile_script(plans) -> Iterator[str]:
             yield f"; {p.pool.name} on {p.pool.where}: in sync, nothing to send"
         else:
             yield p.script().rstrip("\n")
+
+
+# -- notify --------------------------------------------------------------------------
+
+
+def notify_lines(outcome) -> Iterator[str]:
+    """One line per mail (sent, or why not), per held flapping target, per silent mark."""
+    for d in outcome.deliveries:
+        subject = d.message["Subject"]
+        targets = ", ".join(dict.fromkeys(t for t, _ in d.mail.changes))
+        if d.error:
+            yield f"not sent: {subject!r} ({targets}): {d.error}"
+            continue
+        to = [a for a in d.mail.config.to if a not in d.refused]
+        line = f"sent {subject!r} to {', '.join(to)}"
+        if d.refused:
+            line += f" (refused: {', '.join(d.refused)})"
+        yield line
+    for h in outcome.plan.held:
+        yield f"{h.view.target}: flapping, {len(h.changes)} change(s) held for the next summary"
+    silent = [v.target for v, _ in outcome.plan.silent]
+    for target in dict.fromkeys(silent):
+        yield f"{target}: {silent.count(target)} change(s) marked without mail (mailTo is empty)"
+
+
+def notify_messages(outcome) -> Iterator[str]:
+    """--dry-run: each mail as it would be sent, headers and body."""
+    for d in outcome.deliveries:
+        yield d.message.as_string().rstrip("\n") + "\n"

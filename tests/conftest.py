@@ -126,3 +126,33 @@ def bind(tmp_path: Path):
 
     with BindServer(tmp_path / "bind", key=_tsig_key()) as s:
         yield s
+
+
+# --- real SMTP relays (tests/smtpd.py): aiosmtpd on loopback ports ---
+
+
+@pytest.fixture(scope="session")
+def smtp_ca():
+    """A trustme CA and a certificate for 127.0.0.1 and localhost."""
+    import trustme
+
+    ca = trustme.CA()
+    return ca, ca.issue_cert("127.0.0.1", "localhost")
+
+
+@pytest.fixture
+def smtp_relay(smtp_ca):
+    """Start SmtpRelay(tls=..., password=..., port=...) instances on 127.0.0.1
+    (a free port unless given); all are stopped after the test."""
+    from tests.smtpd import SmtpRelay
+
+    relays = []
+
+    def start(port: int | None = None, **kw) -> SmtpRelay:
+        relay = SmtpRelay(port or free_port(), cert=smtp_ca[1], **kw)
+        relays.append(relay)
+        return relay
+
+    yield start
+    for r in relays:
+        r.stop()
