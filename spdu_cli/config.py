@@ -205,7 +205,9 @@ def read_safe_file(path: str, what: str = "configuration file") -> SafeFile:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist") from None
+        hint = (f"create it, or select another with --config FILE or {ENV_VAR}=FILE"
+                if what == "configuration file" else None)
+        raise ConfigError(f"{what} {path} does not exist", hint) from None
     except PermissionError:
         raise ConfigError(
             f"cannot read {what} {path}: permission denied",
@@ -218,17 +220,21 @@ def read_safe_file(path: str, what: str = "configuration file") -> SafeFile:
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"{what} {path} is not a regular file")
         mode = stat.S_IMODE(st.st_mode)
-        if st.st_uid not in (0, os.geteuid()):
+        foreign = st.st_uid not in (0, os.geteuid())
+        if foreign or mode & 0o022:
+            allowed = "root" if os.geteuid() == 0 else f"root or {_owner(os.geteuid())} (who runs spdu)"
+            why = []
+            if foreign:
+                why.append(f"it must be owned by {allowed}")
+            if mode & 0o022:
+                who = " and ".join(w for w, b in (("group", 0o020), ("others", 0o002)) if mode & b)
+                why.append(f"it is writable by {who}")
+            fix = ([f"chown root {path}"] if foreign else []) + (
+                [f"chmod go-w {path}"] if mode & 0o022 else [])
             raise ConfigError(
-                f"refusing unsafe {what} {path}: owned by {_owner(st.st_uid)}, "
-                f"neither root nor {_owner(os.geteuid())} who runs spdu",
-                f"chown root {path}",
-            )
-        if mode & 0o022:
-            who = " and ".join(w for w, bit in (("group", 0o020), ("others", 0o002)) if mode & bit)
-            raise ConfigError(
-                f"refusing unsafe {what} {path}: writable by {who} (mode {mode:04o})",
-                f"chmod go-w {path}",
+                f"refusing unsafe {what} {path}: owned by {_owner(st.st_uid)},"
+                f" mode {mode:04o}; {' and '.join(why)}",
+                " && ".join(fix),
             )
         if st.st_size > MAX_FILE_SIZE:
             raise ConfigError(f"{what} {path} is larger than {MAX_FILE_SIZE} bytes")
@@ -435,6 +441,7 @@ class Site:
     path: str
     settings: dict[str, Setting]
     system: System = field(default_factory=System)
+    _main_checked: bool = field(default=False, repr=False, compare=False)
 
     @property
     def target_dir(self) -> Path:
@@ -485,6 +492,11 @@ class Site:
 
     def target(self, name: str) -> TargetConfig:
         validate.target_name(name)
+        if not self._main_checked:  # a bad value in the main file is an error even where
+            for key, s in self.settings.items():  # a target's own file overrides it
+                if key in KEYS:
+                    check_value(key, s)
+            self._main_checked = True
         files = [self.path]
         settings = dict(self.settings)
         path = self.target_dir / name
@@ -547,7 +559,7 @@ def build_target(
         key = dataclasses.replace(key, source=settings["tsigKey"].source)
     elif settings.get("tsigKeyFile", Setting("")).value:
         s = settings["tsigKeyFile"]
-        f = read_safe_file(s.value, "TSIG key file")
+        f = read_safe_file(s.value, f"TSIG key file (tsigKeyFile, {s.source})")
         _require_private(f, "a TSIG key")
         try:
             key = tsig.parse_file(f.text, s.value)

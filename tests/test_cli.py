@@ -93,13 +93,14 @@ def test_unsafe_file_through_the_cli(run, confdir):
     confdir.write(MAIN, mode=0o666)
     r = run("config", "check")
     assert r.exit_code == 78
-    assert "writable by group and others (mode 0666)" in r.stderr
+    assert "owned by root, mode 0666; it is writable by group and others" in r.stderr
     assert "chmod go-w" in r.stderr
 
 
 def test_missing_config_names_the_file(run, confdir):
     r = run("config", "show")
     assert r.exit_code == 78 and f"{confdir.main} does not exist" in r.stderr
+    assert "--config FILE or SPDU_CONFIG=FILE" in r.stderr
 
 
 def test_unknown_target_is_a_usage_error(run, confdir):

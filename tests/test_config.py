@@ -308,7 +308,20 @@ def test_owned_by_another_user_is_refused(confdir):
     with pytest.raises(ConfigError) as e:
         load(confdir)
     msg = str(e.value)
-    assert "owned by nobody" in msg and f"chown root {confdir.main}" in msg
+    assert "owned by nobody, mode 0644; it must be owned by root" in msg
+    assert f"chown root {confdir.main}" in msg
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 and not os.environ.get("CI"), reason="chown to another user needs root"
+)
+def test_owned_by_another_user_and_writable_names_both_fixes(confdir):
+    confdir.write("domain=domain.tld\n", mode=0o664)
+    os.chown(confdir.main, 65534, 65534)
+    with pytest.raises(ConfigError) as e:
+        load(confdir)
+    assert "it must be owned by root and it is writable by group" in str(e.value)
+    assert f"chown root {confdir.main} && chmod go-w {confdir.main}" in str(e.value)
 
 
 def test_owned_by_the_running_user_is_accepted(confdir):
@@ -427,3 +440,11 @@ def test_tsig_key_file_garbage(confdir):
     with pytest.raises(ConfigError) as e:
         target(confdir)
     assert f"TSIG key file {keyfile}" in str(e.value) and "not a key file" in str(e.value)
+
+
+def test_a_bad_main_value_is_an_error_even_where_a_target_overrides_it(confdir):
+    confdir.write("domain=domain.tld\nprobePort=99999\n")
+    confdir.write("probePort=80\n", target="beta")
+    with pytest.raises(ConfigError) as e:
+        target(confdir)
+    assert f"{confdir.main}:2: probePort=99999" in str(e.value)
