@@ -236,7 +236,7 @@ def plan(views: Iterable[TargetView], now: float) -> Plan:
         else:
             groups.setdefault(v.mail, []).extend(notices)
     for cfg, notices in groups.items():
-        out.mails.append(Mail(cfg, tuple(sorted(notices, key=lambda n: n.changes[0].at))))
+        out.mails.append(Mail(cfg, tuple(sorted(notices, key=lambda n: (n.changes[0].at, n.view.target, n.changes[0].id)))))
     return out
 
 

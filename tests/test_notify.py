@@ -230,9 +230,10 @@ def test_plain_one_mail_per_transition_then_none(site, smtp_relay):
 
 def test_several_pending_go_out_as_one_digest(site, smtp_relay):
     relay = smtp_relay()
-    site.change("beta", "up", "down", reason="HTTP 503")
-    site.change("gamma", "unknown", "up", reason="HTTP 200 in 1 ms")
-    site.change("beta", "down", "up")
+    now = time.time()
+    site.change("beta", "up", "down", at=now - 3, reason="HTTP 503")
+    site.change("gamma", "unknown", "up", at=now - 2, reason="HTTP 200 in 1 ms")
+    site.change("beta", "down", "up", at=now - 1)
     notify.run(site.load(smtpPort=relay.port))
     (got,) = relay.received
     assert got.message["Subject"] == "NOTICE: 3 changes: gamma is up, beta is up"
