@@ -102,6 +102,12 @@ def cli(ctx: click.Context, config_path, debug, verbose, quiet):
     ctx.obj = Context(config_path, debug)
 
 
+LOCK_TIMEOUT = click.option(
+    "--lock-timeout", type=click.FloatRange(0, 600), default=5.0, show_default=True,
+    metavar="SECONDS", help="How long to wait for the spool lock before exiting 75.",
+)
+
+
 @cli.group("config")
 def config_group():
     """Show or check the configuration.
@@ -159,10 +165,7 @@ def config_check(obj: Context):
 @cli.command("probe")
 @click.argument("targets", nargs=-1, metavar="[TARGET]...")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per target per line.")
-@click.option(
-    "--lock-timeout", type=click.FloatRange(0, 600), default=5.0, show_default=True,
-    metavar="SECONDS", help="How long to wait for the spool lock before exiting 75.",
-)
+@LOCK_TIMEOUT
 @click.pass_obj
 def probe_cmd(obj: Context, targets, as_json, lock_timeout):
     """Health-check targets (default: every one in `targets`) into the spool.
@@ -194,8 +197,9 @@ def probe_cmd(obj: Context, targets, as_json, lock_timeout):
 @click.option("--dry-run", "-n", is_flag=True,
               help="Print the nsupdate script that would be sent; send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per pool per line.")
+@LOCK_TIMEOUT
 @click.pass_obj
-def reconcile_cmd(obj: Context, dry_run, as_json):
+def reconcile_cmd(obj: Context, dry_run, as_json, lock_timeout):
     """Make each pool's A/AAAA RRset on its DNS server match the spool.
 
     Reads the RRsets from nameServer itself, adds the addresses of targets
@@ -206,11 +210,11 @@ def reconcile_cmd(obj: Context, dry_run, as_json):
 
     \b
     Example:
-        spdu reconcile --dry-run | nsupdate -k /usr/local/etc/spdu/tsig.key
+        spdu reconcile --dry-run | nsupdate -k /usr/local/etc/spdu.tsig.key
     """
     from spdu_cli import reconcile
 
-    plans = reconcile.run(obj.site(), dry_run=dry_run)
+    plans = reconcile.run(obj.site(), dry_run=dry_run, lock_timeout=lock_timeout)
     if as_json:
         for p in plans:
             click.echo(render.json_line(p.to_json()))
@@ -254,7 +258,7 @@ def keygen_cmd(obj: Context, name, server, key_file, server_dir, force):
     configured = cfgs[0].settings["tsigKeyFile"].value
     key_file = key_file or configured or str(Path(site.path).parent / "spdu.tsig.key")
     servers = keygen.SERVERS if server == "both" else (server,)
-    made = keygen.generate(name or f"spdu-{cfgs[0].my_tag}", key_file,
+    made = keygen.generate(name or keygen.default_name(cfgs[0].my_tag), key_file,
                            server_dir or str(Path(key_file).parent), servers, pools, force)
     for s in servers:
         click.echo(made.knot_snippet() if s == "knot" else made.bind_snippet())
@@ -268,10 +272,7 @@ def keygen_cmd(obj: Context, name, server, key_file, server_dir, force):
 @click.option("--dry-run", "-n", is_flag=True,
               help="Print the mails that would be sent; send, log and mark nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per mail per line.")
-@click.option(
-    "--lock-timeout", type=click.FloatRange(0, 600), default=5.0, show_default=True,
-    metavar="SECONDS", help="How long to wait for the spool lock before exiting 75.",
-)
+@LOCK_TIMEOUT
 @click.pass_obj
 def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
     """Mail each state change in the spool once, to every address in mailTo.

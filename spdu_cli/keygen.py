@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
 import tempfile
 from dataclasses import dataclass, field
@@ -20,6 +21,12 @@ from spdu_cli.tsig import DEFAULT_ALGORITHM, TsigKey, parse_inline
 
 SECRET_BYTES = 32  # 256 bits: the length of hmac-sha256's output, as RFC 8945 advises
 SERVERS = ("knot", "bind")
+
+
+def default_name(my_tag: str) -> str:
+    """spdu-MYTAG, made a DNS label whatever the tag holds (it may have spaces)."""
+    label = re.sub(r"[^a-z0-9-]+", "-", my_tag.lower()).strip("-")[:50] or "site"
+    return f"spdu-{label}"
 
 
 def new_key(name: str) -> TsigKey:

@@ -199,7 +199,8 @@ class Plan:
 
     @property
     def in_sync(self) -> bool:
-        return not self.changes and not self.decision.blocked
+        """DNS was read and already agrees (not: the read failed)."""
+        return self.error is None and not self.changes and not self.decision.blocked
 
     def script(self) -> str:
         """The nsupdate/knsupdate script this plan sends (no key: pass -k or -y)."""

@@ -115,3 +115,10 @@ def test_generated_snippet_scopes_the_key_to_the_pool(keygen, run, confdir, tmp_
         r = run("reconcile")
         assert r.exit_code == 78
         assert re.search(r"REFUSED|BADKEY", r.stderr) and "www.pool.domain.tld" in r.stderr
+
+
+def test_default_name_from_a_tag_with_spaces(run, confdir, tmp_path):
+    confdir.write(f"domain=domain.tld\nmyTag='Alpha Site'\ntargets=beta\nspoolDir={tmp_path}/s\n")
+    r = run("keygen", "--key-file", str(tmp_path / "k" / "spdu.key"))
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "k" / "spdu-alpha-site.knot.key").exists()

@@ -459,7 +459,7 @@ def test_one_failing_pool_does_not_stop_another(run, confdir, knot, tmp_path, sp
         assert pool(knot) == [SELF]  # beta's pool was reconciled anyway
         plans = [json.loads(line) for line in r.stdout.splitlines()]
         assert [p["port"] for p in plans] == [knot.port, other.port]
-        assert plans[0]["sent"] and plans[1]["error"]
+        assert plans[0]["sent"] and plans[1]["error"] and plans[1]["in_sync"] is False
 
 
 def test_unsigned_update_to_knot_that_wants_a_key_is_78_notauth(run, confdir, knot_signed_only,
