@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from spdu_cli import __version__, config, render
+from spdu_cli import __version__, config, logsetup, render
 from spdu_cli.errors import ExitStatus, SpduError
 
 log = logging.getLogger(__name__)
@@ -24,11 +24,15 @@ log = logging.getLogger(__name__)
 class Context:
     config_path: str | None
     debug: bool = False
+    logging: tuple = (0, False, False)  # verbose, quiet, syslog
     _site: config.Site | None = field(default=None, repr=False)
 
     def site(self) -> config.Site:
         if self._site is None:
             self._site = config.load(self.config_path)
+            verbose, quiet, use_syslog = self.logging
+            if use_syslog and self._site.syslog_socket:  # the configured socket
+                logsetup.setup(verbose, quiet, True, self._site.syslog_socket)
         return self._site
 
 
@@ -57,23 +61,6 @@ class SpduGroup(click.Group):
             ctx.exit(int(ExitStatus.SOFTWARE))
 
 
-class _StderrFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"spdu: {record.levelname.lower()}: {record.getMessage()}"
-
-
-def _setup_logging(verbose: int, quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_StderrFormatter())
-    root = logging.getLogger("spdu_cli")
-    root.handlers[:] = [handler]
-    root.propagate = False
-    if quiet:
-        root.setLevel(logging.ERROR)
-    else:
-        root.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG))
-
-
 @click.group(cls=SpduGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
@@ -86,9 +73,11 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+@click.option("--syslog", "use_syslog", is_flag=True,
+              help="Log to syslog (facility daemon, ident spdu) instead of stderr.")
 @click.version_option(__version__, "-V", "--version", prog_name="spdu")
 @click.pass_context
-def cli(ctx: click.Context, config_path, debug, verbose, quiet):
+def cli(ctx: click.Context, config_path, debug, verbose, quiet, use_syslog):
     """Keep a DNS pool honest for a service spread over independent sites.
 
     Run by cron: probe the peer sites, reconcile the pool on this site's own
@@ -98,8 +87,8 @@ def cli(ctx: click.Context, config_path, debug, verbose, quiet):
     Example:
         spdu --config /etc/spdu.conf config show beta
     """
-    _setup_logging(verbose, quiet)
-    ctx.obj = Context(config_path, debug)
+    logsetup.setup(verbose, quiet, use_syslog)
+    ctx.obj = Context(config_path, debug, (verbose, quiet, use_syslog))
 
 
 LOCK_TIMEOUT = click.option(
@@ -301,6 +290,43 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
         click.echo(render.lines(render.notify_lines(outcome)))
     if outcome.errors:
         sys.exit(int(outcome.errors[0].exit_status))
+
+
+@cli.command("cron")
+@click.option("--for", "seconds", type=click.FloatRange(1, 3600), default=60.0,
+              show_default=True, metavar="SECONDS", help="How long to loop.")
+@LOCK_TIMEOUT
+@click.pass_obj
+def cron_cmd(obj: Context, seconds, lock_timeout):
+    """Probe, reconcile and mail every `interval` seconds for a minute.
+
+    What cron runs every minute (spdu-cron is `spdu --syslog cron`): one
+    process runs the three steps in turn, probing a suspect target again
+    after fastInterval, mailing from the background so a slow relay never
+    delays a probe or a DNS update. A second copy exits 75 at once, and the
+    running one covers its minute. A failing step does not stop the others;
+    the exit status is that of the last failure, 0 when none.
+
+    \b
+    Example:
+        spdu -v cron --for 10     # by hand, ten seconds
+        # crontab: * * * * * knot /usr/local/bin/spdu-cron
+    """
+    from spdu_cli import cycle
+
+    obj.site()  # errors at start exit here (78); and syslog goes to syslogSocket
+    path = config.config_path(obj.config_path)
+    tally = cycle.run(lambda: config.load(path), path, seconds, lock_timeout)
+    if tally.last_error is not None:
+        sys.exit(int(tally.last_error))
+
+
+def cron_main() -> None:
+    """The `spdu-cron` command: `spdu --syslog [GLOBAL OPTIONS] cron [-- CRON OPTIONS]`."""
+    args = sys.argv[1:]
+    own, extra = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (
+        args, [])
+    cli(["--syslog", *own, "cron", *extra], prog_name="spdu-cron")
 
 
 def main() -> None:

@@ -551,7 +551,7 @@ def run(site, names=(), lock_timeout: float = 5.0) -> list[TargetReport]:
             )
             journal = entry.add_transition(t) if t else None
             if t:
-                log.info("%s: %s -> %s: %s", cfg.target, t.old, t.new, t.reason)
+                log.debug("%s: %s -> %s: %s", cfg.target, t.old, t.new, t.reason)
             error = None
             try:
                 store.write(entry)

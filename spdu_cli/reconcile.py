@@ -440,7 +440,7 @@ def reconcile_pool(pool: Pool, entries: dict[str, SpoolEntry], dry_run: bool) ->
         )
         plan = Plan(pool.key, signed, current, decision, attempts=attempt)
         for note in decision.notes:
-            log.info("%s: %s", pool.key.name, note)
+            log.debug("%s: %s", pool.key.name, note)
         if decision.blocked:
             log.error("%s on %s: %s", pool.key.name, pool.key.where, decision.blocked)
         if dry_run or not plan.changes:

@@ -141,7 +141,7 @@ def test_unknown_missing_and_stale_targets_are_left_alone(run, confdir, knot, sp
     set_state(spool, "beta", "unknown", [BETA])
     set_state(spool, "gamma", "up", [GAMMA], checked=time.time() - 60)  # stale
     # delta: no spool file at all
-    r = run("-v", "reconcile")
+    r = run("-vv", "reconcile")
     assert r.exit_code == 0, r.stderr
     assert pool(knot) == [SELF, BETA] and knot.serial() == 1
     assert "beta: state unknown" in r.stderr and "gamma: last probed 60 s ago" in r.stderr

@@ -1,0 +1,324 @@
+"""The cron loop: probe, reconcile and notify in one process, every `interval`
+seconds, for about a minute; cron starts the next one.
+
+It calls the same functions as the three subcommands, and the spool is the
+only state between steps, so a crash loses nothing. A suspect target (up, but
+its last probe failed) is probed again after `fastInterval` (HAProxy's
+fastinter). Mail goes out from a background thread, so a relay that hangs
+never delays the next probe or DNS update. One loop per spool at a time: a
+second copy exits at once, after asking the running one to cover its minute.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spdu_cli import health
+from spdu_cli.errors import SpduError, TemporaryFailure
+from spdu_cli.spool import Spool
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".cron.lock"
+HANDOVER_NAME = ".cron.handover"  # touched by a copy that found the loop running
+END_MARGIN = 0.5  # no tick starts this close to the end of the minute
+HANDOVER_WAIT = 1.0  # a copy that found the loop running tries once more after this
+NOTIFY_RETRY = 10.0  # seconds before mail that failed is tried again
+
+
+# -- the schedule (pure) -----------------------------------------------------------------
+
+
+@dataclass
+class Schedule:
+    """When each target is due for its next probe."""
+
+    due_at: dict[str, float] = field(default_factory=dict)
+
+    def due(self, targets, now: float) -> list[str]:
+        return [t for t in targets if self.due_at.get(t, now) <= now]
+
+    def probed(self, target: str, h: health.Health, now: float, interval: float,
+               fast: float) -> None:
+        self.due_at[target] = now + (fast if health.suspect(h) else interval)
+
+    def next(self, targets, default: float) -> float:
+        return min([self.due_at.get(t, default) for t in targets] or [default])
+
+
+# -- the loop ----------------------------------------------------------------------------
+
+
+class SiteCache:
+    """The configuration, read again only when one of its files changes."""
+
+    def __init__(self, load: Callable[[], object], path: str):
+        self.load = load
+        self.path = Path(path)
+        self.site = None
+        self.stamp: tuple = ()
+
+    def _stamp(self) -> tuple:
+        out = []
+        for p in [self.path, self.path.parent / "spdu"]:
+            try:
+                st = p.stat()
+                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                out.append(None)
+            if p.is_dir():
+                for f in sorted(p.iterdir()):
+                    st = f.stat()
+                    out.append((f.name, st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(out)
+
+    def get(self):
+        stamp = self._stamp()
+        if self.site is None or stamp != self.stamp:
+            try:
+                site = self.load()
+                site.check()
+            except SpduError as e:
+                if self.site is None:
+                    raise
+                log.error("%s; going on with the configuration read before", e)
+                self.stamp = stamp  # say it once, not every tick
+                return self.site
+            if self.site is not None:
+                log.warning("configuration changed: read again")
+            self.site, self.stamp = site, stamp
+        return self.site
+
+
+@dataclass
+class Tally:
+    """What one run of the loop did, for the log line at its end and the tests."""
+
+    ticks: int = 0
+    probes: int = 0
+    reconciles: int = 0
+    notifies: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    last_error: int | None = None  # exit status of the last failure
+
+    def failed(self, step: str, status: int = 70) -> None:
+        self.failures[step] = self.failures.get(step, 0) + 1
+        self.last_error = int(status)
+
+
+class Loop:
+    def __init__(self, cache: SiteCache, seconds: float, lock_timeout: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.cache = cache
+        self.seconds = seconds
+        self.lock_timeout = lock_timeout
+        self.clock = clock
+        self.stop = threading.Event()
+        self.schedule = Schedule()
+        self.tally = Tally()
+        self.next_reconcile = 0.0
+        self.next_notify: float | None = 0.0  # None: nothing pending
+        self.mailer: threading.Thread | None = None
+
+    # -- steps, each of which may fail without stopping the others --------------------
+
+    def probe(self, site, now: float) -> bool:
+        from spdu_cli import probe
+
+        due = self.schedule.due(site.targets, now)
+        if not due:
+            return False
+        self.tally.probes += 1
+        changed = False
+        try:
+            reports = probe.run(site, due, lock_timeout=self.lock_timeout)
+        except SpduError as e:
+            log.error("probe: %s", e)
+            self.tally.failed("probe", e.exit_status)
+            for t in due:
+                self.schedule.due_at[t] = now + site.interval
+            return False
+        for rep in reports:
+            self.schedule.probed(rep.result.target, rep.health, now, site.interval,
+                                 site.fast_interval)
+            changed |= rep.transition is not None
+        return changed
+
+    def reconcile(self, site) -> None:
+        from spdu_cli import reconcile
+
+        self.tally.reconciles += 1
+        try:
+            plans = reconcile.run(site, lock_timeout=self.lock_timeout)
+        except SpduError as e:
+            log.error("reconcile: %s", e)
+            self.tally.failed("reconcile", e.exit_status)
+            return
+        for p in plans:
+            if p.error:
+                self.tally.failed("reconcile", p.error.exit_status)
+
+    def notify(self, site) -> None:
+        """Start a mail run in the background unless one is still going."""
+        if self.mailer is not None and self.mailer.is_alive():
+            return
+        self.tally.notifies += 1
+        self.next_notify = None
+        self.mailer = threading.Thread(target=self._mail, args=(site,), name="spdu-notify",
+                                       daemon=True)
+        self.mailer.start()
+
+    def _mail(self, site) -> None:
+        from spdu_cli import notify
+
+        try:
+            outcome = notify.run(site, lock_timeout=self.lock_timeout)
+        except SpduError as e:
+            log.error("notify: %s", e)
+            self.tally.failed("notify", e.exit_status)
+            self.next_notify = self.clock() + NOTIFY_RETRY
+            return
+        except Exception:  # a bug in one step must not end the loop
+            log.exception("notify failed")
+            self.tally.failed("notify")
+            self.next_notify = self.clock() + NOTIFY_RETRY
+            return
+        if outcome.errors:
+            self.tally.failed("notify", outcome.errors[-1].exit_status)
+            self.next_notify = self.clock() + NOTIFY_RETRY
+        elif outcome.plan.held:  # a flapping target's summary is due later
+            wall = time.time()
+            self.next_notify = self.clock() + max(0.0, min(h.until for h in outcome.plan.held)
+                                                  - wall)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        site = self.cache.get()
+        self.tally.ticks += 1
+        changed = False
+        try:
+            changed = self.probe(site, now)
+        except Exception:
+            log.exception("probe failed")
+            self.tally.failed("probe")
+        if changed or now >= self.next_reconcile:
+            self.next_reconcile = now + site.interval
+            try:
+                self.reconcile(site)
+            except Exception:
+                log.exception("reconcile failed")
+                self.tally.failed("reconcile")
+        if changed or (self.next_notify is not None and now >= self.next_notify):
+            self.notify(site)
+
+    def run(self) -> Tally:
+        start, started_wall = self.clock(), time.time()
+        end = start + self.seconds
+        site = self.cache.get()
+        if not _pending(site):
+            self.next_notify = None
+        while not self.stop.is_set():
+            now = self.clock()
+            if now >= end - END_MARGIN:
+                # A copy cron started for the next minute found us running and gave up:
+                # cover its minute. (A copy started with us shares our minute.)
+                if not _handover_asked(site, after=started_wall + self.seconds / 2):
+                    break
+                end += self.seconds
+                log.info("covering the next minute for a copy that found this one running")
+            self.tick(now)
+            wake = min(self.schedule.next(site.targets, now + site.interval),
+                       self.next_reconcile,
+                       self.next_notify if self.next_notify is not None else end)
+            self.stop.wait(max(0.0, min(wake, end - END_MARGIN) - self.clock()))
+            site = self.cache.site or site
+        if self.mailer is not None:
+            self.mailer.join(max(0.0, end - self.clock()))
+        return self.tally
+
+
+def _pending(site) -> bool:
+    """Any transition not yet notified (cheap: the spool only, no mail modules)."""
+    store = Spool(site.spool_dir)
+    return any(store.read(t).pending() for t in site.targets)
+
+
+def _handover_asked(site, after: float) -> bool:
+    path = Path(site.spool_dir) / HANDOVER_NAME
+    try:
+        if path.stat().st_mtime < after:
+            return False
+        path.unlink()
+    except OSError:
+        return False
+    return True
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def hold_lock(spool_dir: str):
+    """The loop's own lock (not the spool lock): held for the whole run. A
+    second copy does not wait: it leaves a note for the running one and exits 75."""
+    store = Spool(spool_dir)
+    store.ensure_dir()
+    path = store.dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    if not _try_lock(fd):
+        note = store.dir / HANDOVER_NAME
+        try:
+            note.touch(mode=0o640)
+            os.utime(note)
+        except OSError:
+            pass
+        # The running loop may have ended just before it could see the note: one
+        # more try a moment later, so a minute is never left without a loop.
+        time.sleep(HANDOVER_WAIT)
+        if not _try_lock(fd):
+            os.close(fd)
+            raise TemporaryFailure(
+                f"another spdu cron loop holds {path}; this one exits (the running one"
+                " covers this minute)"
+            )
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def run(load: Callable[[], object], config_path: str, seconds: float = 60.0,
+        lock_timeout: float = 5.0) -> Tally:
+    """`spdu cron`: the loop, for `seconds`, under the loop lock; SIGTERM ends it
+    after the current tick."""
+    cache = SiteCache(load, config_path)
+    site = cache.get()
+    fd = hold_lock(site.spool_dir)
+    loop = Loop(cache, seconds, lock_timeout)
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        signal.signal(signal.SIGTERM, lambda *_: loop.stop.set())
+    try:
+        tally = loop.run()
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+        os.close(fd)
+    failed = ", ".join(f"{k} {v}x" for k, v in sorted(tally.failures.items()))
+    log.info("cron loop done: %d ticks, %d probe runs, %d reconciles, %d mail runs%s",
+             tally.ticks, tally.probes, tally.reconciles, tally.notifies,
+             f"; failed: {failed}" if failed else "")
+    return tally

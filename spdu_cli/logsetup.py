@@ -1,0 +1,59 @@
+"""Where spdu's log lines go: stderr on a terminal or in a pipe, or syslog
+(facility daemon, ident spdu) when run by the cron wrapper or with --syslog."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+
+SYSLOG_SOCKETS = ("/dev/log", "/var/run/log")  # Linux, FreeBSD
+
+
+class StderrFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"spdu: {record.levelname.lower()}: {record.getMessage()}"
+
+
+class SyslogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            line = f"{record.levelname.lower()}: {line}"
+        return line.replace("\n", " ")
+
+
+def syslog_handler(socket_path: str = "") -> logging.Handler | None:
+    """A handler for the daemon facility at `socket_path`, or the system's
+    socket when empty; None when there is none (or it is 'none')."""
+    if socket_path == "none":
+        return None
+    path = socket_path or next((p for p in SYSLOG_SOCKETS if os.path.exists(p)), None)
+    if path is None:
+        return None
+    try:
+        handler = logging.handlers.SysLogHandler(
+            address=path, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+    except OSError:
+        return None
+    handler.ident = f"spdu[{os.getpid()}]: "
+    handler.setFormatter(SyslogFormatter())
+    return handler
+
+
+def setup(verbose: int, quiet: bool, use_syslog: bool, socket_path: str = "") -> None:
+    """stderr by default (warnings and errors; -v info, -vv debug; -q errors only).
+    With syslog: info by default (one line per transition and DNS change), and
+    stderr only when syslog cannot be reached."""
+    root = logging.getLogger("spdu_cli")
+    root.propagate = False
+    handler = syslog_handler(socket_path) if use_syslog else None
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(StderrFormatter())
+        levels = {0: logging.WARNING, 1: logging.INFO}
+    else:
+        levels = {0: logging.INFO}
+    root.handlers[:] = [handler]
+    root.setLevel(logging.ERROR if quiet else levels.get(verbose, logging.DEBUG))

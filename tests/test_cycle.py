@@ -1,0 +1,217 @@
+"""The cron loop (`spdu cron`, what spdu-cron runs): real processes against
+real HTTP, DNS and SMTP servers on loopback, with short loops (--for)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from spdu_cli.cycle import Schedule
+from spdu_cli.health import Health, State
+from tests.smtpd import SilentRelay
+
+SPDU = [sys.executable, "-m", "spdu_cli"]
+SELF, BETA, GAMMA = "192.0.2.1", "127.0.0.12", "127.0.0.13"
+
+
+# -- the schedule (pure) ----------------------------------------------------------------
+
+
+def test_suspect_targets_are_probed_again_sooner():
+    s = Schedule()
+    s.probed("beta", Health(State.UP, 0, 0, 1), now=10, interval=2, fast=0.5)  # failed once
+    s.probed("gamma", Health(State.UP, 0, 3, 0), now=10, interval=2, fast=0.5)
+    s.probed("delta", Health(State.DOWN, 0, 0, 3), now=10, interval=2, fast=0.5)
+    assert s.due(["beta", "gamma", "delta"], 10.5) == ["beta"]
+    assert s.due(["beta", "gamma", "delta"], 12) == ["beta", "gamma", "delta"]
+    assert s.next(["beta", "gamma"], 99) == 10.5
+    assert s.due(["new"], 0) == ["new"]  # never probed: due at once
+
+
+# -- the loop, as a process --------------------------------------------------------------
+
+
+@pytest.fixture
+def site(confdir, tmp_path, http_server, knot):
+    """Two peers with real status servers, Knot holding the pool, a spool."""
+    servers = {"beta": http_server(BETA), "gamma": http_server(GAMMA)}
+    spool = tmp_path / "spool"
+
+    def write(extra: str = "", name_port: int | None = None, name_timeout: float = 2) -> None:
+        confdir.write(
+            f"domain=domain.tld\ntargets='beta gamma'\nspoolDir={spool}\nselfIP={SELF}\n"
+            f"nameServer=127.0.0.1\nnamePort={name_port or knot.port}\n"
+            f"nameTimeout={name_timeout}\n"
+            f"interval=0.4\nfastInterval=0.1\nprobeTimeout=0.5\nsyslogSocket=none\n{extra}")
+        for name, srv in servers.items():
+            confdir.write(f"targetIP={srv.host}\nprobePort={srv.port}\n", target=name)
+
+    write()
+    return {"servers": servers, "spool": spool, "write": write, "knot": knot,
+            "conf": str(confdir.main)}
+
+
+def start(site, *args: str, seconds: float = 3.0) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*SPDU, "--config", site["conf"], *args, "cron", "--for", str(seconds)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def spool_of(site, target: str) -> dict:
+    return json.loads((site["spool"] / f"{target}.json").read_text())
+
+
+def pool(knot) -> list[str]:
+    return knot.query("api", "A")
+
+
+def wait_for(predicate, timeout: float) -> float:
+    """Seconds until predicate() held; fails the test after timeout."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if predicate():
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def test_the_loop_keeps_the_pool_and_ends_within_its_time(site):
+    t0 = time.monotonic()
+    p = start(site, seconds=4)
+    wait_for(lambda: {SELF, BETA, GAMMA} <= set(pool(site["knot"])), 3)
+    site["servers"]["beta"].behaviour = "503"
+    took = wait_for(lambda: BETA not in pool(site["knot"]), 3)
+    # fall=2: two failed probes 0.1 s apart (fastInterval), not two intervals
+    assert took < 0.4 + 0.1 + 0.5
+    out, err = p.communicate(timeout=10)
+    elapsed = time.monotonic() - t0
+    assert p.returncode == 0, err
+    assert elapsed < 4 + 1.5  # the loop ends within its time (plus start-up)
+    journal = spool_of(site, "beta")["journal"]
+    assert [(j["from"], j["to"]) for j in journal] == [("unknown", "up"), ("up", "down")]
+    assert [d["action"] for d in journal[-1]["dns"]] == ["delete"]
+    assert all(j["notified"] for j in journal)  # mailTo empty: logged only, nothing piles up
+    assert out == ""
+
+
+def test_two_loops_started_together_one_runs(site):
+    a, b = start(site, seconds=3), start(site, seconds=3)
+    codes = {}
+    t0 = time.monotonic()
+    while len(codes) < 1 and time.monotonic() - t0 < 5:
+        for name, p in (("a", a), ("b", b)):
+            if p.poll() is not None:
+                codes[name] = (p.returncode, time.monotonic() - t0)
+        time.sleep(0.02)
+    (first, (code, when)), = codes.items()
+    other = b if first == "a" else a
+    assert code == 75 and when < 2.0  # the second exits at once (after one more try)
+    assert "another spdu cron loop holds" in (a if first == "a" else b).stderr.read()
+    assert other.poll() is None  # the first goes on
+    assert other.wait(timeout=10) == 0
+
+
+def test_a_failing_reconcile_does_not_stop_the_probes(site, tmp_path):
+    from tests.conftest import free_port
+
+    site["write"](name_port=free_port(), name_timeout=0.3)  # no DNS server there
+    p = start(site, seconds=2.5)
+    time.sleep(0.6)
+    site["servers"]["beta"].behaviour = "503"
+    out, err = p.communicate(timeout=10)
+    assert p.returncode == 69
+    assert "did not answer" in err
+    beta = spool_of(site, "beta")
+    assert beta["state"] == "down"  # probes went on and saw it die
+    assert len(beta["results"]) >= 4
+
+
+def test_a_relay_that_never_answers_does_not_delay_probes(site):
+    relay = SilentRelay()
+    try:
+        site["write"](f"mailTo=ops@domain.tld\nsmtpRelay=127.0.0.1\nsmtpPort={relay.port}\n"
+                      "smtpSSL=no\nsmtpTimeout=5\n")
+        p = start(site, seconds=3)
+        time.sleep(0.8)  # the first mail run is now stuck in the relay's silence
+        site["servers"]["beta"].behaviour = "503"
+        took = wait_for(lambda: BETA not in pool(site["knot"]), 2)
+        assert took < 1.5
+        out, err = p.communicate(timeout=15)
+        assert p.returncode in (0, 69), err
+        assert any(not j["notified"] for j in spool_of(site, "beta")["journal"])  # kept
+    finally:
+        relay.stop()
+
+
+def test_sigterm_ends_the_loop_after_the_current_tick(site):
+    p = start(site, seconds=30)
+    wait_for(lambda: (site["spool"] / "beta.json").exists(), 3)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=5)
+    assert time.monotonic() - t0 < 1.5 and p.returncode == 0
+
+
+def test_a_copy_from_the_next_minute_is_covered_by_the_running_loop(site):
+    a = start(site, seconds=2)
+    time.sleep(1.3)  # past half of a's time: b is "the next minute's" copy
+    b = start(site, seconds=2)
+    assert b.wait(timeout=5) == 75
+    t0 = time.monotonic()
+    assert a.wait(timeout=10) == 0
+    assert time.monotonic() - t0 > 1.0  # a ran on to cover b's time
+
+
+def test_config_error_at_start_is_78_and_no_loop(site, confdir):
+    confdir.write("domain=domain.tld\ntargets=beta\nprobePort=99999\n")
+    p = start(site, seconds=2)
+    out, err = p.communicate(timeout=10)
+    assert p.returncode == 78 and "probePort=99999" in err
+
+
+def test_spdu_cron_entry_point_logs_to_syslog(site, tmp_path):
+    """spdu-cron is `spdu --syslog cron`: transitions and DNS changes go to the
+    daemon facility, one line each; nothing for an unchanged tick."""
+    import socket
+
+    path = str(tmp_path / "log.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.1)
+    lines: list[str] = []
+    stop = threading.Event()
+
+    def collect():
+        while not stop.is_set():
+            try:
+                lines.append(sock.recv(4096).decode())
+            except TimeoutError:
+                pass
+
+    thread = threading.Thread(target=collect)
+    thread.start()
+    try:
+        site["write"](f"syslogSocket={path}\n")
+        spdu_cron = Path(sys.executable).parent / "spdu-cron"
+        q = subprocess.run([str(spdu_cron), "--config", site["conf"], "--", "--for", "2"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=15)
+        assert q.returncode == 0, q.stderr
+        assert q.stderr == "" and q.stdout == ""  # nothing on the terminal: cron mails nobody
+    finally:
+        stop.set()
+        thread.join()
+        sock.close()
+    text = "\n".join(lines)
+    assert all(line.startswith("<") for line in lines)
+    # <daemon.info>=30: one line per transition (unknown -> up) and the DNS changes
+    assert sum("beta is up" in line for line in lines) == 1, text
+    assert sum("add api.pool.domain.tld 127.0.0.12" in line for line in lines) == 1, text
+    assert len(lines) <= 6, text  # nothing per unchanged tick
