@@ -215,3 +215,11 @@ def test_spdu_cron_entry_point_logs_to_syslog(site, tmp_path):
     assert sum("beta is up" in line for line in lines) == 1, text
     assert sum("add api.pool.domain.tld 127.0.0.12" in line for line in lines) == 1, text
     assert len(lines) <= 6, text  # nothing per unchanged tick
+
+
+def test_the_example_config_is_valid(run, confdir):
+    example = Path(__file__).parent.parent / "cron" / "spdu.conf.example"
+    confdir.write(example.read_text())
+    r = run("config", "check")
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr == ""  # no unknown key, no warning
