@@ -34,8 +34,8 @@ ORIGINAL_CPU_PER_TARGET_MINUTE = 0.32  # seconds, the bash daemon (issue 6)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0,
-                    help="length of the measured loop (a shorter one overstates the
-                    per-minute cost: start-up is scaled up with it)")
+                    help="length of the measured loop (a shorter one overstates the"
+                         " per-minute cost: its start-up is scaled up with it)")
     ap.add_argument("--interval", type=float, default=2.0)
     args = ap.parse_args()
     import threading
