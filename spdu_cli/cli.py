@@ -171,6 +171,7 @@ def probe_cmd(obj: Context, targets, as_json, lock_timeout):
     from spdu_cli import probe
 
     reports = probe.run(obj.site(), targets, lock_timeout=lock_timeout)
+    _write_metrics(obj.site())
     if as_json:
         for rep in reports:
             click.echo(render.json_line(rep.to_json()))
@@ -204,6 +205,8 @@ def reconcile_cmd(obj: Context, dry_run, as_json, lock_timeout):
     from spdu_cli import reconcile
 
     plans = reconcile.run(obj.site(), dry_run=dry_run, lock_timeout=lock_timeout)
+    if not dry_run:
+        _write_metrics(obj.site())
     if as_json:
         for p in plans:
             click.echo(render.json_line(p.to_json()))
@@ -257,6 +260,136 @@ def keygen_cmd(obj: Context, name, server, key_file, server_dir, force):
         click.echo(f"spdu: now set tsigKeyFile={key_file} in {site.path}", err=True)
 
 
+def _write_metrics(site: config.Site) -> None:
+    """metricsFile, after a run; a failure is logged, it does not change the exit status."""
+    if not site.metrics_file:
+        return
+    from spdu_cli import metrics
+
+    try:
+        metrics.write(site)
+    except SpduError as e:
+        log.warning("%s", e)
+
+
+def _tty() -> bool:
+    return sys.stdout.isatty()
+
+
+@cli.command("status")
+@click.argument("targets", nargs=-1, metavar="[TARGET]...")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per target per line.")
+@click.option("--dns", is_flag=True,
+              help="Also read each pool from its DNS server and say whether it agrees.")
+@click.pass_obj
+def status_cmd(obj: Context, targets, as_json, dns):
+    """Show each target's state, since when, last probe, pending mail and maintenance.
+
+    Reads the spool only, unless --dns: then each pool is read from its DNS
+    server as reconcile would, and the change it would make is shown (nothing
+    is sent). A table on a terminal, aligned lines in a pipe. Exit 0, also
+    when DNS does not agree; with --dns, a pool that cannot be read gives
+    reconcile's exit status (69, 78).
+
+    \b
+    Example:
+        spdu status --dns
+    """
+    import time
+
+    from spdu_cli import status
+
+    now = time.time()
+    statuses = status.collect(obj.site(), targets, dns=dns, now=now)
+    if as_json:
+        for s in statuses:
+            click.echo(render.json_line(s.to_json()))
+    elif _tty():
+        headers = render.STATUS_HEADERS + (["DNS"] if dns else [])
+        click.echo(render.table(headers, render.status_rows(statuses, now, dns)))
+    else:
+        click.echo(render.lines(render.status_lines(statuses, now, dns)))
+    failed = [s.dns.exit_status for s in statuses if s.dns and s.dns.error]
+    if failed:
+        sys.exit(failed[0])
+
+
+def _duration(ctx, param, value):
+    from spdu_cli import maint
+
+    try:
+        return maint.parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@cli.command("maint")
+@click.argument("target")
+@click.option("--for", "seconds", default="1h", show_default=True, metavar="DURATION",
+              callback=_duration,
+              help="How long: 90s, 30m, 2h, 1d or plain seconds; at most 7d.")
+@click.option("--reason", default="", metavar="TEXT", help="Why, for the mail and status.")
+@click.option("--clear", is_flag=True, help="End the maintenance now.")
+@LOCK_TIMEOUT
+@click.pass_obj
+def maint_cmd(obj: Context, target, seconds, reason, clear, lock_timeout):
+    """Take TARGET out of the pool on purpose, for a while (or --clear it).
+
+    Reconcile removes its addresses while probes go on (the pool is never
+    emptied, selfIP stays); notify mails the start and the end. It ends by
+    itself after --for; again while in maintenance sets a new end.
+
+    \b
+    Example:
+        spdu maint beta --for 2h --reason "kernel upgrade"
+    """
+    from spdu_cli import maint
+
+    site = obj.site()
+    if clear:
+        out = maint.clear(site, target, lock_timeout=lock_timeout)
+        said = "is back from maintenance" if out.change else "was not in maintenance"
+        line = f"{out.target} {said}: {out.state}"
+    else:
+        out = maint.start(site, target, seconds, reason, lock_timeout=lock_timeout)
+        line = f"{out.target} is in maintenance until {out.maint.to_json()['until']}"
+    _write_metrics(site)
+    if _tty():
+        click.echo(line)
+
+
+@cli.command("history")
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object with every transition.")
+@click.pass_obj
+def history_cmd(obj: Context, target, as_json):
+    """Show TARGET's transitions, newest first, with the time spent in each state.
+
+    The last line gives the availability over the period the journal covers:
+    the share of time up among the time up or down (maintenance and unknown
+    are not counted).
+
+    \b
+    Example:
+        spdu history beta | tail -1
+    """
+    from spdu_cli import history
+    from spdu_cli.spool import Spool
+
+    site = obj.site()
+    [target] = site.select([target])
+    h = history.of_entry(Spool(site.spool_dir).read(target))
+    if as_json:
+        click.echo(render.json_line(h.to_json()))
+        return
+    rows = render.history_rows(h)
+    if _tty() and rows:
+        click.echo(render.table(render.HISTORY_HEADERS, rows))
+    elif rows:
+        click.echo(render.lines(render.aligned(rows)))
+    click.echo(render.availability_line(h))
+
+
 @cli.command("notify")
 @click.option("--dry-run", "-n", is_flag=True,
               help="Print the mails that would be sent; send, log and mark nothing.")
@@ -280,6 +413,8 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
     from spdu_cli import notify
 
     outcome = notify.run(obj.site(), dry_run=dry_run, lock_timeout=lock_timeout)
+    if not dry_run:
+        _write_metrics(obj.site())
     if as_json:
         for d in outcome.deliveries:
             click.echo(render.json_line(d.to_json()))

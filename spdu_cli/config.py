@@ -128,6 +128,8 @@ KEYS: dict[str, Key] = {
         Key("syslogSocket", _syslog_socket, "",
             "where transitions are logged (empty: /dev/log or /var/run/log; none: off)",
             site_only=True),
+        Key("metricsFile", validate.optional(validate.absolute_path), "",
+            "Prometheus text file written after each run (empty: none)", site_only=True),
     ]
 }
 
@@ -473,6 +475,10 @@ class Site:
     @property
     def syslog_socket(self) -> str:
         return self._site_value("syslogSocket")
+
+    @property
+    def metrics_file(self) -> str:
+        return self._site_value("metricsFile")
 
     def select(self, names: tuple[str, ...] | list[str] = ()) -> list[str]:
         """The targets a command acts on: those named, else every configured one."""

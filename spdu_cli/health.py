@@ -58,3 +58,47 @@ def advance(
 def suspect(h: Health) -> bool:
     """Up but failing, not yet down: worth re-probing soon (HAProxy's fastinter)."""
     return h.state is State.UP and h.bad > 0
+
+
+@dataclass(frozen=True)
+class Failover:
+    """Worst-case seconds, from the settings, until DNS is changed (`dns`) and
+    until every client sees it (`clients`, after nameTTL of caching)."""
+
+    out_refused: float  # a dead site that refuses connections: each try fails at once
+    out_hang: float  # a dead site that accepts nothing and answers nothing
+    back: float  # a site that answers again
+    ttl: float
+
+    def to_json(self) -> dict[str, dict[str, float]]:
+        return {
+            case: {"dns": round(v, 3), "clients": round(v + self.ttl, 3)}
+            for case, v in (("out_refused", self.out_refused), ("out_hang", self.out_hang),
+                            ("back", self.back))
+        }
+
+
+def failover(interval: float, fast_interval: float, timeout: float, retries: int,
+             fall: int, rise: int, ttl: float) -> Failover:
+    """What fall/rise mean in seconds under the cron loop (spdu cron).
+
+    The loop probes a target every `interval`, and a suspect one (up, last
+    probe failed) `fast_interval` after the start of its failed probe, or at
+    once when that probe took longer; a probe takes up to timeout x retries
+    when the site hangs, about nothing when it refuses; reconcile runs right
+    after a probe that changed a state, taking milliseconds on a local server.
+    Worst case for going out: the site dies just after a good probe, so the
+    first failure ends `interval` + one probe later, and each further one a
+    max(fast_interval, probe) later. Coming back: it recovers just after a
+    probe began (which still fails, up to one probe long), the next probe
+    comes `interval` after that one began (or when it ends), then rise-1 more
+    at `interval`. Other targets are assumed to answer (a hanging target's
+    probe runs alongside, not before, theirs).
+    """
+    probe = timeout * retries
+    return Failover(
+        out_refused=interval + (fall - 1) * fast_interval,
+        out_hang=interval + probe + (fall - 1) * max(fast_interval, probe),
+        back=max(interval, probe) + (rise - 1) * interval,
+        ttl=ttl,
+    )

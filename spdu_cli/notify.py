@@ -74,6 +74,7 @@ class StateChange:
     notified_at: float | None = None
     flap: bool = False  # went out in a flap summary
     logged: bool = False  # written to syslog
+    until: float | None = None  # a change to maint: when the maintenance ends
 
     @property
     def key(self) -> tuple[int, str]:
@@ -101,6 +102,7 @@ class StateChange:
             notified_at=_epoch(e.get("notified_at")),
             flap=bool(e.get("flap")),
             logged=bool(e.get("logged")),
+            until=_epoch(e.get("until")),
         )
 
 
@@ -165,6 +167,12 @@ class Notice:
         if self.flapping:
             return (f"{self.view.target} is flapping ({self.flapping} changes in"
                     f" {duration(self.view.flap_window)}), now {_state(self.final)}")
+        c = self.changes[-1]
+        if c.new == "maint":
+            why = f" ({c.reason})" if c.reason and c.reason != "maintenance" else ""
+            return f"{self.view.target} is in maintenance until {_clock(c.until)}{why}"
+        if c.old == "maint":
+            return f"{self.view.target} is back from maintenance: {_state(c.new)}"
         return f"{self.view.target} is {_state(self.final)}"
 
 
@@ -244,7 +252,7 @@ def plan(views: Iterable[TargetView], now: float) -> Plan:
 
 
 def _state(state: str) -> str:
-    return "DOWN" if state == "down" else state
+    return {"down": "DOWN", "maint": "in maintenance"}.get(state, state)
 
 
 def _clock(ts: float | None) -> str:
@@ -294,7 +302,23 @@ def _history_line(view: TargetView, change: StateChange) -> str:
 def change_text(view: TargetView, change: StateChange, tag: str) -> list[str]:
     """One transition, as the original's mail said it, plus what DNS did."""
     who = f"{view.target} ({view.host}, {_addresses(view)})"
-    if change.new == "down":
+    if change.new == "maint":
+        lines = [
+            f"{who} is in maintenance until {_clock(change.until)}, as set on {tag}"
+            f" at {_clock(change.at)}.",
+            f"Reason: {change.reason or 'not given'}",
+            "Its addresses are taken out of the pool; probes go on, and decide again"
+            " when the maintenance ends.",
+            _history_line(view, change),
+        ]
+    elif change.old == "maint":
+        lines = [
+            f"{who} is back from maintenance ({change.reason or 'ended'} at"
+            f" {_clock(change.at)}), and {_state(change.new)} as seen from {tag}.",
+            f"Probed at {view.url}.",
+            _history_line(view, change),
+        ]
+    elif change.new == "down":
         lines = [
             f"{who} is DOWN, as seen from {tag}.",
             f"It stopped answering {view.url} at {_clock(change.at)}.",

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from spdu_cli import __version__, health
+from spdu_cli import __version__, health, maint
 from spdu_cli.errors import ConfigError, SpduError
 from spdu_cli.health import Health
 from spdu_cli.spool import ResultRecord, Spool, iso
@@ -538,6 +538,7 @@ def run(site, names=(), lock_timeout: float = 5.0) -> list[TargetReport]:
     with store.locked(lock_timeout):
         for cfg, r in zip(cfgs, results):
             entry = store.read(cfg.target)
+            ended = maint.expire(entry, r.at)
             h, t = health.advance(
                 entry.health, r.ok, cfg.probe_rise, cfg.probe_fall, r.at, _reason(r)
             )
@@ -549,7 +550,13 @@ def run(site, names=(), lock_timeout: float = 5.0) -> list[TargetReport]:
             entry.record(
                 ResultRecord(r.at, r.ok, r.address, r.status, r.latency_ms, r.error)
             )
-            journal = entry.add_transition(t) if t else None
+            entry.counters["probes"] += 1
+            entry.counters["probe_failures"] += r.ok is False
+            if t and entry.maint is not None:  # the way back from maint is journaled then
+                log.info("%s: %s -> %s during maintenance: %s", cfg.target, t.old, t.new,
+                         t.reason)
+                t = None
+            journal = entry.add_transition(t) if t else ended
             if t:
                 log.debug("%s: %s -> %s: %s", cfg.target, t.old, t.new, t.reason)
             error = None

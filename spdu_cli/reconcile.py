@@ -50,6 +50,7 @@ class TargetView:
     configured: tuple[str, ...]  # targetIP, when set
     ttl: int
     stale_after: float
+    maint_until: float | None = None  # in maintenance (`spdu maint`) until then
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,9 @@ def decide(
 ) -> Decision:
     """The minimal change that makes the pool agree with the targets' states.
 
-    Up targets' probed addresses must be present, down targets' absent;
+    Up targets' probed addresses must be present, down targets' absent, and
+    so are those of a target in maintenance (probed or configured, whatever
+    its state; a maintenance past its end is over even before it is cleared);
     unknown or stale targets are left as they are; selfIP is always present;
     an address spdu does not manage is never touched; and a change that would
     leave the pool without any address is withheld.
@@ -90,6 +93,10 @@ def decide(
     absent: dict[str, str] = {}
     notes = []
     for t in targets:
+        if t.maint_until is not None and now < t.maint_until:
+            for a in sorted({_canon(a) for a in t.addresses + t.configured}):
+                absent.setdefault(a, t.target)
+            continue
         if t.state is State.UNKNOWN:
             notes.append(f"{t.target}: state unknown; its records are left as they are")
             continue
@@ -423,6 +430,7 @@ def _views(pool: Pool, entries: dict[str, SpoolEntry]) -> list[TargetView]:
             tuple(str(ip) for ip in c.target_ips),
             c.name_ttl,
             c.stale_after,
+            entries[c.target].maint.until if entries[c.target].maint else None,
         )
         for c in pool.targets
     ]
@@ -475,8 +483,8 @@ def record(store: Spool, plan: Plan, now: float) -> None:
         if entry.fresh or not entry.journal:
             continue
         latest = entry.journal[-1]
-        wanted = {"add": "up", "delete": "down"}[changes[0].action]
-        if latest.get("to") != wanted:  # the state moved on since: not this transition's doing
+        wanted = {"add": ("up",), "delete": ("down", "maint")}[changes[0].action]
+        if latest.get("to") not in wanted:  # it moved on since: not this transition's doing
             continue
         latest.setdefault("dns", []).extend(
             {
@@ -505,10 +513,36 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0) -> list[Plan]:
             log.error("%s", e)
             plan = Plan(pool.key, None, {}, Decision((), (), None), error=e)
         plans.append(plan)
-    sent = [p for p in plans if p.sent]
-    if sent:
-        now = time.time()
+    if dry_run:
+        return plans
+    now = time.time()
+    try:
         with store.locked(lock_timeout):
-            for p in sent:
-                record(store, p, now)
+            for p in plans:
+                if p.sent:
+                    record(store, p, now)
+            note_runs(store, plans, now)
+    except SpduError as e:
+        if any(p.sent for p in plans):
+            raise
+        log.warning("%s (the reconcile record in the spool is not updated)", e)
     return plans
+
+
+def pool_id(key: PoolKey) -> str:
+    return f"{key.name} {key.server}:{key.port}"
+
+
+def note_runs(store: Spool, plans: list[Plan], now: float) -> None:
+    """Keep, per pool, the time of the last successful run and how many UPDATEs
+    were sent (spoolDir/.reconcile.json), for the metrics."""
+    pools = store.read_reconcile()
+    for p in plans:
+        rec = pools.setdefault(pool_id(p.pool), {
+            "pool": p.pool.name, "server": f"{p.pool.server}:{p.pool.port}",
+            "last_success": None, "updates": 0,
+        })
+        if p.error is None:
+            rec["last_success"] = iso(now)
+        rec["updates"] = int(rec.get("updates", 0)) + p.sent
+    store.write_reconcile(pools)

@@ -9,7 +9,8 @@ import shlex
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from spdu_cli.config import KEYS, TargetConfig
+from spdu_cli import health
+from spdu_cli.config import KEYS, TargetConfig, check_value
 
 MASK = "********"
 
@@ -47,7 +48,26 @@ def derived(cfg: TargetConfig) -> dict[str, Any]:
         "mail_to": list(mail.to) if mail else [],
         "smtp": f"{'smtps' if mail.ssl else 'smtp'}://{mail.relay}:{mail.port}" if mail else None,
         "spool_dir": cfg.spool_dir,
+        "failover": failover(cfg).to_json(),
     }
+
+
+def failover(cfg: TargetConfig) -> health.Failover:
+    fast = min(check_value("fastInterval", cfg.settings["fastInterval"]), cfg.interval)
+    return health.failover(cfg.interval, fast, cfg.probe_timeout, cfg.probe_retries,
+                           cfg.probe_fall, cfg.probe_rise, cfg.name_ttl)
+
+
+def failover_text(cfg: TargetConfig) -> Iterator[str]:
+    f = failover(cfg)
+    probe = f"probeTimeout {cfg.probe_timeout:g} s x probeRetries {cfg.probe_retries}"
+    yield (f"#   out of DNS within {f.out_refused:g} s if it refuses connections, "
+           f"{f.out_hang:g} s if it hangs ({probe}), after probeFall={cfg.probe_fall}")
+    yield (f"#   back in DNS within {f.back:g} s after it answers again,"
+           f" after probeRise={cfg.probe_rise}")
+    yield (f"#   clients may keep the old answer nameTTL={cfg.name_ttl} s longer:"
+           f" {f.out_refused + f.ttl:g} s / {f.out_hang + f.ttl:g} s out,"
+           f" {f.back + f.ttl:g} s back (cron loop, interval {cfg.interval:g} s)")
 
 
 def effective_settings(cfg: TargetConfig) -> dict[str, dict[str, str]]:
@@ -93,6 +113,7 @@ def config_text(cfg: TargetConfig) -> Iterator[str]:
         yield f"#   mail:  {' '.join(cfg.mail.to)} via {d['smtp']} from {cfg.mail.sender}"
     else:
         yield "#   mail:  none (mailTo is empty)"
+    yield from failover_text(cfg)
     rows = effective_settings(cfg)
     width = max(len(k) + len(shlex.quote(v["value"] or "''")) for k, v in rows.items()) + 3
     for key, row in rows.items():
@@ -188,3 +209,115 @@ def notify_messages(outcome) -> Iterator[str]:
     """--dry-run: each mail as it would be sent, headers and body."""
     for d in outcome.deliveries:
         yield d.message.as_string().rstrip("\n") + "\n"
+
+
+# -- tables: rich on a terminal, aligned plain lines elsewhere ---------------------------
+
+
+def table(headers: list[str], rows: list[list[str]], width: int | None = None) -> str:
+    """A rich table, with colour codes, for a terminal (imports rich only here)."""
+    import io
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(*headers, box=box.SIMPLE_HEAD)
+    for row in rows:
+        t.add_row(*row)
+    console = Console(file=io.StringIO(), force_terminal=True, width=width)
+    console.print(t)
+    return console.file.getvalue().rstrip("\n")
+
+
+def aligned(rows: list[list[str]]) -> Iterator[str]:
+    """Columns padded to their widest cell, two spaces apart; no header."""
+    widths = [max(len(c) for c in col) for col in zip(*rows)] if rows else []
+    for row in rows:
+        yield "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+
+
+def _stamp(ts: float | None) -> str:
+    from datetime import datetime, timezone
+
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+STATUS_HEADERS = ["TARGET", "STATE", "SINCE", "LATENCY", "LAST PROBE", "PENDING", "MAINT"]
+
+
+def _dns_cell(s) -> str:
+    d = s.dns
+    if d is None:
+        return "-"
+    if d.error:
+        return f"error: {d.error}"
+    mine = [f"would {'add' if a == 'add' else 'remove'} {addr}" for a, addr, t in d.changes
+            if t == s.target]
+    if d.blocked and not mine:
+        return "withheld: would empty the pool"
+    if mine:
+        return ", ".join(mine)
+    return "in sync" if d.in_sync else "agrees (other changes pending)"
+
+
+def status_rows(statuses, now: float, dns: bool = False) -> list[list[str]]:
+    from spdu_cli.notify import duration
+
+    rows = []
+    for s in statuses:
+        since = "-" if s.since is None else f"{_stamp(s.since)} ({duration(now - s.since)})"
+        latency = "-" if not s.last or s.last.latency_ms is None else f"{s.last.latency_ms:.1f} ms"
+        m = s.maint
+        maint = "-" if m is None else f"until {_stamp(m.until)}" + (f": {m.reason}" if m.reason else "")
+        row = [s.target, s.state, since, latency, s.reason or "never probed", str(s.pending), maint]
+        rows.append(row + [_dns_cell(s)] if dns else row)
+    return rows
+
+
+def status_lines(statuses, now: float, dns: bool = False) -> Iterator[str]:
+    """Plain lines for a pipe: each field labelled where a bare value would be unclear."""
+    rows = status_rows(statuses, now, dns)
+    for r in rows:
+        r[5] = f"pending {r[5]}"
+        r[6] = "maint -" if r[6] == "-" else f"maint {r[6]}"
+        if dns:
+            r[7] = f"dns {r[7]}"
+    yield from aligned(rows)
+
+
+# -- history -----------------------------------------------------------------------------
+
+
+def availability_line(h) -> str:
+    from spdu_cli.notify import duration
+
+    sec = h.seconds
+    if h.start is None:
+        return f"{h.target}: no transitions recorded yet"
+    a = h.availability
+    share = "n/a (never up or down)" if a is None else f"{100 * a:.2f} %"
+    return (
+        f"{h.target}: availability {share} from {_stamp(h.start)} to {_stamp(h.end)}"
+        f" (up {duration(sec['up'])}, down {duration(sec['down'])}; not counted:"
+        f" maintenance {duration(sec['maint'])}, unknown {duration(sec['unknown'])})"
+    )
+
+
+HISTORY_HEADERS = ["AT", "CHANGE", "FOR", "REASON", "MAILED"]
+
+
+def history_rows(h) -> list[list[str]]:
+    from spdu_cli.notify import duration
+
+    return [
+        [_stamp(p.at), f"{p.old} -> {p.new}",
+         duration(p.seconds) + (" (now)" if p.current else ""), p.reason or "-",
+         "yes" if p.notified else "no"]
+        for p in h.periods
+    ]

@@ -35,6 +35,8 @@ MAX_JOURNAL = 100  # transitions kept; notified ones are dropped first
 MAX_PENDING = 1000  # even unsent transitions are bounded, oldest dropped and counted
 MAX_FILE = 1 << 20
 LOCK_NAME = ".lock"
+RECONCILE_NAME = ".reconcile.json"  # site-level: each pool's last successful reconcile
+COUNTERS = ("probes", "probe_failures")  # per target, for the metrics; they only grow
 DIR_MODE = 0o750
 FILE_MODE = 0o640
 
@@ -59,6 +61,14 @@ def _count(d: dict[str, Any], key: str, default: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 31:
         raise ValueError(f"{key} is not a count: {str(value)[:20]}")
     return value
+
+
+def _counters(d: Any) -> dict[str, int]:
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ValueError("counters is not an object")
+    return {k: _count(d, k) for k in COUNTERS}
 
 
 @dataclass
@@ -87,6 +97,32 @@ class ResultRecord:
         )
 
 
+@dataclass(frozen=True)
+class Maintenance:
+    """An operator's override (`spdu maint`): the target is out of the pool until `until`."""
+
+    since: float
+    until: float
+    reason: str = ""
+
+    def active(self, now: float) -> bool:
+        return now < self.until
+
+    def to_json(self) -> dict[str, Any]:
+        return {"since": iso(self.since), "until": iso(self.until), "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, d: Any) -> Maintenance | None:
+        if d is None:
+            return None
+        if not isinstance(d, dict):
+            raise ValueError("maint is not an object")
+        since, until = epoch(d["since"]), epoch(d["until"])
+        if since is None or until is None:
+            raise ValueError("maint lacks since or until")
+        return cls(since, until, str(d.get("reason") or ""))
+
+
 @dataclass
 class SpoolEntry:
     target: str
@@ -98,6 +134,8 @@ class SpoolEntry:
     journal: list[dict[str, Any]] = field(default_factory=list)
     next_id: int = 1
     dropped_pending: int = 0
+    maint: Maintenance | None = None  # set by `spdu maint`, cleared by --clear or expiry
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     fresh: bool = True  # no valid file was read
 
     def record(self, result: ResultRecord) -> None:
@@ -105,12 +143,18 @@ class SpoolEntry:
         del self.results[:-MAX_RESULTS]
 
     def add_transition(self, t: Transition) -> dict[str, Any]:
+        return self.add_change(t.old.value, t.new.value, t.at, t.reason)
+
+    def add_change(self, old: str, new: str, at: float, reason: str,
+                   **extra: Any) -> dict[str, Any]:
+        """Journal a change of what the target is seen as: a state, or `maint`."""
         entry = {
             "id": self.next_id,
-            "at": iso(t.at),
-            "from": t.old.value,
-            "to": t.new.value,
-            "reason": t.reason,
+            "at": iso(at),
+            "from": old,
+            "to": new,
+            "reason": reason,
+            **extra,
             "notified": False,
             "dns": [],
         }
@@ -148,6 +192,8 @@ class SpoolEntry:
             "journal": self.journal,
             "next_id": self.next_id,
             "dropped_pending": self.dropped_pending,
+            "maint": self.maint.to_json() if self.maint else None,
+            "counters": self.counters,
         }
 
     @classmethod
@@ -178,6 +224,8 @@ class SpoolEntry:
             journal=journal,
             next_id=max([_count(d, "next_id", 1)] + [_count(e, "id") + 1 for e in journal]),
             dropped_pending=_count(d, "dropped_pending"),
+            maint=Maintenance.from_json(d.get("maint")),
+            counters=_counters(d.get("counters")),
             fresh=False,
         )
 
@@ -270,32 +318,65 @@ class Spool:
 
     def write(self, entry: SpoolEntry) -> None:
         """Atomically replace the target's file; call with the lock held."""
-        path = self.path(entry.target)
         data = json.dumps(entry.to_json(), indent=1).encode() + b"\n"
+        atomic_write(self.path(entry.target), data, FILE_MODE, "spool file", "state")
+
+    def read_reconcile(self) -> dict[str, Any]:
+        """The site-level record of reconcile runs (see RECONCILE_NAME): pool key ->
+        {pool, server, last_success, updates}; empty when missing or damaged."""
+        path = self.dir / RECONCILE_NAME
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{entry.target}.", suffix=".tmp", dir=self.dir)
-        except OSError as e:
-            raise TemporaryFailure(f"cannot write spool file {path}: {e.strerror}") from None
+            with open(path, "rb") as f:
+                d = json.loads(f.read(MAX_FILE))
+            if not isinstance(d, dict) or d.get("version") != VERSION:
+                raise ValueError(f"unsupported version {d.get('version')!r}")
+            pools = d.get("pools")
+            if not isinstance(pools, dict) or not all(isinstance(p, dict) for p in pools.values()):
+                raise ValueError("malformed pools")
+            for p in pools.values():
+                _count(p, "updates")
+                epoch(p.get("last_success"))
+            return pools
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError) as e:
+            log.warning("%s is damaged (%s); the reconcile record starts again", path, e)
+            return {}
+
+    def write_reconcile(self, pools: dict[str, Any]) -> None:
+        """Atomically replace the reconcile record; call with the lock held."""
+        data = json.dumps({"version": VERSION, "pools": pools}, indent=1).encode() + b"\n"
+        atomic_write(self.dir / RECONCILE_NAME, data, FILE_MODE, "spool file", "state")
+
+
+def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "file") -> None:
+    """Replace `path` with `data`: temp file in the same directory, fsync, rename,
+    directory fsync. A reader sees the old file or the new one, never a part."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise TemporaryFailure(f"cannot write {what} {path}: {e.strerror}") from None
+    try:
         try:
-            try:
-                os.fchmod(fd, FILE_MODE)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)  # replaces a planted symlink itself, never its target
-        except OSError as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise TemporaryFailure(
-                f"cannot write spool file {path}: {e.strerror}; the previous state is kept"
-            ) from None
-        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
         finally:
-            os.close(dfd)
+            os.close(fd)
+        os.rename(tmp, path)  # replaces a planted symlink itself, never its target
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise TemporaryFailure(
+            f"cannot write {what} {path}: {e.strerror}; the previous {kept} is kept"
+        ) from None
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

@@ -1,0 +1,113 @@
+"""`spdu status`: what the spool says of each target, and, when asked, whether
+the pool in DNS agrees (reconcile's read and decision, sending nothing).
+
+Reads the spool without the lock and writes nothing: a maintenance past its
+end is shown as over, as the next probe will record it.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from spdu_cli import maint
+from spdu_cli.spool import Maintenance, ResultRecord, Spool, SpoolEntry, iso
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """The pool a target belongs to, as read from its DNS server."""
+
+    pool: str
+    server: str
+    in_sync: bool
+    changes: tuple[tuple[str, str, str | None], ...]  # (action, address, target or None: selfIP)
+    blocked: str | None
+    error: str | None
+    exit_status: int = 0
+
+    @classmethod
+    def from_plan(cls, plan) -> PoolStatus:
+        return cls(
+            plan.pool.name, f"{plan.pool.server}:{plan.pool.port}", plan.in_sync,
+            tuple((c.action, c.address, c.target) for c in plan.changes),
+            plan.decision.blocked, str(plan.error) if plan.error else None,
+            int(plan.error.exit_status) if plan.error else 0,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool,
+            "server": self.server,
+            "in_sync": self.in_sync,
+            "changes": [{"action": a, "address": addr, "target": t}
+                        for a, addr, t in self.changes],
+            "blocked": self.blocked,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    target: str
+    state: str  # probed: up, down, unknown
+    since: float | None
+    last: ResultRecord | None  # the latest probe
+    pending: int  # transitions not yet mailed
+    maint: Maintenance | None  # only while in effect
+    dns: PoolStatus | None = None  # with --dns, when the target's pool was read
+
+    @property
+    def reason(self) -> str | None:
+        r = self.last
+        if r is None:
+            return None
+        if r.ok:
+            return f"HTTP {r.status}"
+        words = r.error or (f"HTTP {r.status}" if r.status else "failed")
+        return f"inconclusive: {words}" if r.ok is None else words
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.last
+        return {
+            "target": self.target,
+            "state": self.state,
+            "since": iso(self.since),
+            "maint": self.maint.to_json() if self.maint else None,
+            "last_probe": iso(r.at) if r else None,
+            "ok": r.ok if r else None,
+            "latency_ms": r.latency_ms if r else None,
+            "reason": self.reason,
+            "pending": self.pending,
+            "dns": self.dns.to_json() if self.dns else None,
+        }
+
+
+def of_entry(entry: SpoolEntry, now: float) -> TargetStatus:
+    entry = copy.deepcopy(entry)
+    maint.expire(entry, now)  # in memory only: what the next probe will record
+    h = entry.health
+    return TargetStatus(
+        entry.target, h.state.value, h.since, entry.results[-1] if entry.results else None,
+        len(entry.pending()), entry.maint,
+    )
+
+
+def collect(site, names=(), dns: bool = False, now: float | None = None) -> list[TargetStatus]:
+    """Each target's status from the spool; with `dns`, its pool's too."""
+    now = time.time() if now is None else now
+    targets = site.select(names)
+    store = Spool(site.spool_dir)
+    out = [of_entry(store.read(t), now) for t in targets]
+    if not dns:
+        return out
+    from spdu_cli import reconcile
+
+    plans = {p.pool: PoolStatus.from_plan(p) for p in reconcile.run(site, dry_run=True)}
+    keys = {c.target: reconcile.PoolKey(c.pool_name, c.pool_zone, str(c.name_server),
+                                        c.name_port)
+            for c in (site.target(t) for t in targets)}
+    return [TargetStatus(s.target, s.state, s.since, s.last, s.pending, s.maint,
+                         plans.get(keys[s.target])) for s in out]
