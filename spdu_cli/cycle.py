@@ -126,6 +126,7 @@ class Loop:
         self.tally = Tally()
         self.next_reconcile = 0.0
         self.next_notify: float | None = 0.0  # None: nothing pending
+        self.next_pending_check = 0.0
         self.mailer: threading.Thread | None = None
 
     # -- steps, each of which may fail without stopping the others --------------------
@@ -217,8 +218,22 @@ class Loop:
             except Exception:
                 log.exception("reconcile failed")
                 self.tally.failed("reconcile")
+        if self.next_notify is None and now >= self.next_pending_check:
+            # a transition made outside the loop (`spdu maint` by hand) is mailed too
+            self.next_pending_check = now + site.interval
+            changed |= _pending(site)
         if changed or (self.next_notify is not None and now >= self.next_notify):
             self.notify(site)
+        if site.metrics_file:
+            self.write_metrics(site)
+
+    def write_metrics(self, site) -> None:
+        from spdu_cli import metrics
+
+        try:
+            metrics.write(site)
+        except SpduError as e:
+            log.warning("metrics: %s", e)
 
     def run(self) -> Tally:
         start, started_wall = self.clock(), time.time()
