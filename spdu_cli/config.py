@@ -448,6 +448,7 @@ class Site:
     settings: dict[str, Setting]
     system: System = field(default_factory=System)
     _main_checked: bool = field(default=False, repr=False, compare=False)
+    _targets: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def target_dir(self) -> Path:
@@ -505,6 +506,13 @@ class Site:
         return list(dict.fromkeys(out))
 
     def target(self, name: str) -> TargetConfig:
+        """One target's configuration, read once per Site (the cron loop makes a
+        new Site when a file changes)."""
+        if name not in self._targets:
+            self._targets[name] = self._read_target(name)
+        return self._targets[name]
+
+    def _read_target(self, name: str) -> TargetConfig:
         validate.target_name(name)
         if not self._main_checked:  # a bad value in the main file is an error even where
             for key, s in self.settings.items():  # a target's own file overrides it
