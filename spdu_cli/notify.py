@@ -25,11 +25,11 @@ from typing import Any
 from spdu_cli import __version__
 from spdu_cli.config import MailConfig, TargetConfig
 from spdu_cli.errors import ConfigError, ServiceUnavailable, SpduError
+from spdu_cli.logsetup import SYSLOG_SOCKETS
 from spdu_cli.spool import Spool, SpoolEntry, epoch, iso
 
 log = logging.getLogger(__name__)
 
-SYSLOG_SOCKETS = ("/dev/log", "/var/run/log")  # Linux, FreeBSD
 MAX_SUBJECT = 150
 
 
