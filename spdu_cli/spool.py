@@ -251,11 +251,24 @@ class Spool:
             raise TemporaryFailure(f"cannot create spool directory {self.dir}: {e.strerror}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise ConfigError(f"spoolDir {self.dir} is not a directory")
-        if st.st_uid not in (0, os.geteuid()) or stat.S_IMODE(st.st_mode) & 0o002:
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o002:
             raise ConfigError(
-                f"refusing unsafe spool directory {self.dir}: owned by uid {st.st_uid},"
-                f" mode {stat.S_IMODE(st.st_mode):04o}",
-                f"chown the user that runs spdu {self.dir} && chmod 0750 {self.dir}",
+                f"refusing unsafe spool directory {self.dir}: writable by others"
+                f" (mode {mode:04o})",
+                f"chmod 0750 {self.dir}",
+            )
+        if st.st_uid not in (0, os.geteuid()):
+            import pwd
+
+            try:
+                owner = pwd.getpwuid(st.st_uid).pw_name
+            except KeyError:
+                owner = f"uid {st.st_uid}"
+            raise ConfigError(
+                f"spool directory {self.dir} belongs to {owner}, not to the user running"
+                " spdu: files written now would lock its owner out",
+                f"run it as that user (sudo -u {owner} spdu ...), or chown it to this one",
             )
 
     @contextmanager

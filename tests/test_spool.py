@@ -203,3 +203,26 @@ def test_two_probe_processes_at_once_leave_a_valid_spool(confdir, http_server, t
         assert data["state"] == "up" and data["good"] == 12
         assert len(data["results"]) == 10
         assert [j["to"] for j in data["journal"]] == ["up"]
+
+
+def test_world_writable_spool_directory_is_refused(tmp_path):
+    from spdu_cli.errors import ConfigError
+
+    d = tmp_path / "spool"
+    d.mkdir()
+    d.chmod(0o777)
+    with pytest.raises(ConfigError) as e:
+        Spool(str(d)).ensure_dir()
+    assert "writable by others (mode 0777)" in str(e.value) and f"chmod 0750 {d}" in str(e.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="chown needs root")
+def test_spool_directory_of_another_user_names_the_owner(tmp_path):
+    from spdu_cli.errors import ConfigError
+
+    d = tmp_path / "spool"
+    d.mkdir(mode=0o750)
+    os.chown(d, 65534, 65534)
+    with pytest.raises(ConfigError) as e:
+        Spool(str(d)).ensure_dir()
+    assert "belongs to nobody" in str(e.value) and "sudo -u nobody spdu" in str(e.value)
