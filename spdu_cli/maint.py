@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT = 3600.0
 MAX = 7 * 86400.0  # a forgotten maintenance never keeps a healthy site out for long
+MAX_REASON = 200
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -76,6 +77,9 @@ def start(site, target: str, seconds: float, reason: str = "", now: float | None
     [target] = site.select([target])
     if not 0 < seconds <= MAX:
         raise UsageError(f"a maintenance of {seconds:g} s is not within 1 s to {MAX / 86400:g} days")
+    if len(reason) > MAX_REASON or any(ord(c) < 32 or c == "\x7f" for c in reason):
+        raise UsageError(f"--reason: one line of at most {MAX_REASON} characters, please"
+                         " (it goes into mail subjects)")
     store = Spool(site.spool_dir)
     with store.locked(lock_timeout):
         entry = store.read(target)

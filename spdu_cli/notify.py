@@ -11,6 +11,7 @@ import hashlib
 import logging
 import logging.handlers
 import os
+import re
 import smtplib
 import socket
 import ssl
@@ -31,6 +32,7 @@ from spdu_cli.spool import Spool, SpoolEntry, epoch, iso
 log = logging.getLogger(__name__)
 
 MAX_SUBJECT = 150
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _epoch(value: Any) -> float | None:
@@ -406,7 +408,9 @@ def compose(mail: Mail, now: float) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = f'"spdu on {cfg.tag}" <{cfg.sender}>'  # the original's form, quoted
     msg["To"] = ", ".join(cfg.to)
-    msg["Subject"] = subject(mail)
+    # The subject may carry words from the spool (a maintenance reason): one line,
+    # always, so nothing read there can add a header (Bcc:...) or break the mail.
+    msg["Subject"] = _CONTROL.sub(" ", subject(mail))
     msg["Date"] = format_datetime(datetime.fromtimestamp(now, timezone.utc))
     msg["Message-ID"] = message_id(mail)
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to a robot

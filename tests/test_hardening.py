@@ -177,3 +177,24 @@ def test_config_check_warns_about_unsigned_updates_to_another_host(run, confdir,
     confdir.write(f"domain=domain.tld\ntargets=beta\nspoolDir={tmp_path}/s\n")
     r = run("config", "check")
     assert r.exit_code == 0 and "UNSIGNED" not in r.stderr  # loopback: the original's setup
+
+
+def test_a_maintenance_reason_cannot_inject_a_mail_header(run, confdir, tmp_path):
+    confdir.write(f"domain=domain.tld\ntargets=beta\nspoolDir={tmp_path}/spool\n"
+                  "mailTo=ops@domain.tld\n")
+    r = run("maint", "beta", "--reason", "upgrade\r\nBcc: evil@example.org")
+    assert r.exit_code == 2 and "--reason" in r.stderr
+    # and one planted in the spool by other means is flattened, not obeyed
+    store = Spool(str(tmp_path / "spool"))
+    entry = store.read("beta")
+    from spdu_cli.health import State, Transition
+
+    j = entry.add_transition(Transition(State.UP, State.DOWN, 1.0, "x"))
+    j["to"], j["reason"] = "maint", "upgrade\r\nBcc: evil@example.org"
+    j["until"] = "2099-01-01T00:00:00.000Z"
+    with store.locked():
+        store.write(entry)
+    r = run("notify", "--dry-run")
+    assert r.exit_code == 0, r.stderr
+    headers = r.stdout.split("\n\n")[0]
+    assert "\nBcc:" not in headers and "Bcc: evil" in headers  # kept as text, in the subject
