@@ -1,0 +1,74 @@
+"""How `spdu probe` scales: 1, 10, 100, 500 targets, half of them hanging.
+
+A hanging target accepts TCP connections (the kernel's backlog) and never
+reads or answers; the others are the HTTP status server of probe_cost.py, all
+on loopback. Every target is probed at once, so the wall time should stay about
+one probeTimeout (default 2 s) plus start-up, whatever the number of targets;
+the script prints wall, CPU and peak memory (median of --runs) for each size.
+With one target, that target hangs.
+
+Run: .venv/bin/python benchmarks/probe_scaling.py [--runs 3] [--sizes 1 10 100 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import VENV_BIN, measure, row  # noqa: E402
+from probe_cost import Server, Quiet  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 100, 500])
+    ap.add_argument("--timeout", default="2.0", help="probeTimeout (default: spdu's, 2.0)")
+    args = ap.parse_args()
+
+    up = Server(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=up.serve_forever, daemon=True).start()
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(4096)  # accepts (the kernel does), never reads
+    spdu = str(VENV_BIN / "spdu")
+    results = []
+    for n in args.sizes:
+        hanging = (n + 1) // 2
+        tmp = tempfile.mkdtemp(prefix="spdu-scale-")
+        try:
+            conf = Path(tmp) / "spdu.conf"
+            names = [f"t{i}" for i in range(n)]
+            conf.write_text(f"domain=bench.example\ntargets='{' '.join(names)}'\n"
+                            f"spoolDir={tmp}/spool\ntargetIP=127.0.0.1\n"
+                            f"probeTimeout={args.timeout}\nsyslogSocket=none\n")
+            os.chmod(conf, 0o644)
+            (Path(tmp) / "spdu").mkdir()
+            for i, name in enumerate(names):
+                port = hang.getsockname()[1] if i < hanging else up.server_address[1]
+                (Path(tmp) / "spdu" / name).write_text(f"probePort={port}\n")
+            m = measure([spdu, "-c", str(conf), "probe"], args.runs, ok_codes=(1,))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        results.append((n, hanging, m))
+        print(row(f"spdu probe: {n} targets, {hanging} hanging", m), file=sys.stderr)
+    up.shutdown()
+    hang.close()
+
+    print(f"spdu probe scaling, half the targets hanging, probeTimeout {args.timeout} s"
+          f" ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})")
+    print(f"{'targets':>7} {'hanging':>7} {'wall':>9} {'CPU':>9} {'peak memory':>12}")
+    for n, hanging, m in results:
+        print(f"{n:7d} {hanging:7d} {m['wall_ms']:7.0f}ms {m['cpu_ms']:7.0f}ms"
+              f" {m['peak_mib']:8.1f} MiB   (median of {m['runs']})")
+
+
+if __name__ == "__main__":
+    main()
