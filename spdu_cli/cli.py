@@ -245,6 +245,7 @@ def keygen_cmd(obj: Context, name, server, key_file, server_dir, force):
     from spdu_cli import keygen
 
     site = obj.site()
+    site.read_key_file = False  # tsigKeyFile may name the file about to be written
     cfgs = [site.target(n) for n in site.select(())]
     pools = list(dict.fromkeys(keygen.Pool(c.pool_name, c.pool_zone) for c in cfgs))
     configured = cfgs[0].settings["tsigKeyFile"].value

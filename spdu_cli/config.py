@@ -448,6 +448,7 @@ class Site:
     settings: dict[str, Setting]
     system: System = field(default_factory=System)
     _main_checked: bool = field(default=False, repr=False, compare=False)
+    read_key_file: bool = True  # False for keygen, which is about to write it
     _targets: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -530,7 +531,8 @@ class Site:
                     continue
                 settings[key] = s
             files.append(str(path))
-        return build_target(name, settings, tuple(files), self.path, self.system)
+        return build_target(name, settings, tuple(files), self.path, self.system,
+                            self.read_key_file)
 
     def check(self) -> list[TargetConfig]:
         """Validate the main file and every configured target."""
@@ -560,6 +562,7 @@ def build_target(
     files: tuple[str, ...],
     origin: str,
     system: System,
+    read_key_file: bool = True,
 ) -> TargetConfig:
     values = _Values(settings, name, system)
     for key, s in settings.items():  # every value a file sets is checked, used or not
@@ -579,7 +582,7 @@ def build_target(
     key = get("tsigKey") or None
     if key is not None:
         key = dataclasses.replace(key, source=settings["tsigKey"].source)
-    elif settings.get("tsigKeyFile", Setting("")).value:
+    elif read_key_file and settings.get("tsigKeyFile", Setting("")).value:
         s = settings["tsigKeyFile"]
         f = read_safe_file(s.value, f"TSIG key file (tsigKeyFile, {s.source})")
         _require_private(f, "a TSIG key")

@@ -122,3 +122,15 @@ def test_default_name_from_a_tag_with_spaces(run, confdir, tmp_path):
     r = run("keygen", "--key-file", str(tmp_path / "k" / "spdu.key"))
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "k" / "spdu-alpha-site.knot.key").exists()
+
+
+def test_keygen_writes_the_configured_tsig_key_file_that_does_not_exist_yet(run, confdir,
+                                                                            tmp_path):
+    keyfile = tmp_path / "k" / "spdu.tsig.key"
+    confdir.write(f"domain=domain.tld\ntargets=beta\nspoolDir={tmp_path}/s\n"
+                  f"tsigKeyFile={keyfile}\n")
+    assert run("config", "check").exit_code == 78  # missing: every other command says so
+    r = run("keygen")
+    assert r.exit_code == 0, r.stderr
+    assert keyfile.exists() and "now set tsigKeyFile" not in r.stderr
+    assert run("config", "check").exit_code == 0
