@@ -31,7 +31,7 @@ class Context:
         if self._site is None:
             self._site = config.load(self.config_path)
             verbose, quiet, use_syslog = self.logging
-            if use_syslog and self._site.syslog_socket:  # the configured socket
+            if use_syslog:  # the configured socket, now that it is known
                 logsetup.setup(verbose, quiet, True, self._site.syslog_socket)
         return self._site
 
@@ -87,7 +87,7 @@ def cli(ctx: click.Context, config_path, debug, verbose, quiet, use_syslog):
     Example:
         spdu --config /etc/spdu.conf config show beta
     """
-    logsetup.setup(verbose, quiet, use_syslog)
+    logsetup.setup(verbose, quiet, use_syslog, warn=False)  # again once the config is read
     ctx.obj = Context(config_path, debug, (verbose, quiet, use_syslog))
 
 

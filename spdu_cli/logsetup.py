@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import stat
 import sys
 
 SYSLOG_SOCKETS = ("/dev/log", "/var/run/log")  # Linux, FreeBSD
@@ -24,17 +25,43 @@ class SyslogFormatter(logging.Formatter):
         return line.replace("\n", " ")
 
 
+def is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def system_socket() -> str | None:
+    """The system's syslog socket (/var/run/log may be a directory: systemd's)."""
+    return next((p for p in SYSLOG_SOCKETS if is_socket(p)), None)
+
+
+class _Syslog(logging.handlers.SysLogHandler):
+    """Syslog, or stderr when syslogd stops listening: a log line is never lost
+    and never turns into a traceback in cron's mail."""
+
+    fallback: logging.Handler | None = None
+
+    def handleError(self, record):  # noqa: N802 - logging's API
+        if self.fallback is None:
+            self.fallback = logging.StreamHandler(sys.stderr)
+            self.fallback.setFormatter(StderrFormatter())
+            sys.stderr.write(f"spdu: warning: cannot log to syslog at {self.address};"
+                             " logging to stderr\n")
+        self.fallback.emit(record)
+
+
 def syslog_handler(socket_path: str = "") -> logging.Handler | None:
     """A handler for the daemon facility at `socket_path`, or the system's
     socket when empty; None when there is none (or it is 'none')."""
     if socket_path == "none":
         return None
-    path = socket_path or next((p for p in SYSLOG_SOCKETS if os.path.exists(p)), None)
-    if path is None:
+    path = socket_path or system_socket()
+    if path is None or not is_socket(path):
         return None
     try:
-        handler = logging.handlers.SysLogHandler(
-            address=path, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler = _Syslog(address=path, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
     except OSError:
         return None
     handler.ident = f"spdu[{os.getpid()}]: "
@@ -42,13 +69,17 @@ def syslog_handler(socket_path: str = "") -> logging.Handler | None:
     return handler
 
 
-def setup(verbose: int, quiet: bool, use_syslog: bool, socket_path: str = "") -> None:
+def setup(verbose: int, quiet: bool, use_syslog: bool, socket_path: str = "",
+          warn: bool = True) -> None:
     """stderr by default (warnings and errors; -v info, -vv debug; -q errors only).
     With syslog: info by default (one line per transition and DNS change), and
     stderr only when syslog cannot be reached."""
     root = logging.getLogger("spdu_cli")
     root.propagate = False
     handler = syslog_handler(socket_path) if use_syslog else None
+    if use_syslog and handler is None and socket_path != "none" and warn:
+        sys.stderr.write(f"spdu: warning: no syslog socket at {socket_path or ' or '.join(SYSLOG_SOCKETS)};"
+                         " logging to stderr\n")
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(StderrFormatter())

@@ -26,7 +26,7 @@ from typing import Any
 from spdu_cli import __version__
 from spdu_cli.config import MailConfig, TargetConfig
 from spdu_cli.errors import ConfigError, ServiceUnavailable, SpduError
-from spdu_cli.logsetup import SYSLOG_SOCKETS
+from spdu_cli.logsetup import SYSLOG_SOCKETS, system_socket
 from spdu_cli.spool import Spool, SpoolEntry, epoch, iso
 
 log = logging.getLogger(__name__)
@@ -570,7 +570,7 @@ def open_syslog(setting: str) -> _Syslog | None:
     when empty; None when off or there is none."""
     if setting == "none":
         return None
-    path = setting or next((p for p in SYSLOG_SOCKETS if os.path.exists(p)), None)
+    path = setting or system_socket()
     if path is None:
         log.debug("no syslog socket (%s): transitions are not logged to syslog",
                   " or ".join(SYSLOG_SOCKETS))

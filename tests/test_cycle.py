@@ -245,3 +245,32 @@ def test_maintenance_set_by_hand_is_applied_mailed_and_counted_by_the_loop(site,
     assert "spdu_target_maintenance{target=\"beta\"} 1" in prom.read_text()
     p.communicate(timeout=10)
     assert p.returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["missing", "dead", "closes"])
+def test_syslog_that_is_not_listening_falls_back_to_stderr(site, tmp_path, kind):
+    import socket
+
+    path = str(tmp_path / "log.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if kind != "missing":
+        sock.bind(path)
+    if kind == "dead":
+        sock.close()  # the file stays, nobody listens
+    site["write"](f"syslogSocket={path}\n")
+    spdu_cron = Path(sys.executable).parent / "spdu-cron"
+    p = subprocess.Popen([str(spdu_cron), "--config", site["conf"], "--", "--for", "2"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    if kind == "closes":
+        time.sleep(0.8)  # logging to it by now
+        sock.close()
+        os.unlink(path)
+        site["servers"]["beta"].behaviour = "503"  # something to log after it is gone
+    out, err = p.communicate(timeout=15)
+    sock.close()
+    assert p.returncode == 0, err
+    assert "Traceback" not in err and "Logging error" not in err
+    assert err.count("logging to stderr") == 1, err
+    if kind == "closes":
+        assert "delete api.pool.domain.tld 127.0.0.12" in err  # the line is not lost
