@@ -102,3 +102,11 @@ def failover(interval: float, fast_interval: float, timeout: float, retries: int
         back=max(interval, probe) + (rise - 1) * interval,
         ttl=ttl,
     )
+
+
+def carried_over(before: Health, h: Health, t: Transition | None) -> tuple[Health, Transition | None]:
+    """After a restart from unknown (the target's addresses changed): the same
+    state as before is no transition; another one is a transition from it."""
+    if h.state is before.state:
+        return replace(h, since=before.since), None
+    return h, replace(t, old=before.state) if t else None

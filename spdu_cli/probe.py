@@ -539,14 +539,23 @@ def run(site, names=(), lock_timeout: float = 5.0) -> list[TargetReport]:
         for cfg, r in zip(cfgs, results):
             entry = store.read(cfg.target)
             ended = maint.expire(entry, r.at)
+            before = entry.health
+            moved = r.ok is not None and entry.readdress(list(r.addresses))
+            if moved:
+                # New addresses have earned nothing yet: this probe decides their state
+                # at once, so an address that never answered is never added to the pool.
+                log.warning("%s: its addresses changed to %s; the old ones (%s) leave the"
+                            " pool", cfg.target, " ".join(r.addresses), " ".join(entry.retired))
             h, t = health.advance(
-                entry.health, r.ok, cfg.probe_rise, cfg.probe_fall, r.at, _reason(r)
+                health.Health() if moved else before, r.ok, cfg.probe_rise, cfg.probe_fall,
+                r.at, _reason(r),
             )
+            if moved and before.state is not health.State.UNKNOWN:
+                h, t = health.carried_over(before, h, t)
             entry.health = h
             entry.url = cfg.probe_url
             if r.ok is not None:
                 entry.checked = r.at
-                entry.addresses = list(r.addresses)
             entry.record(
                 ResultRecord(r.at, r.ok, r.address, r.status, r.latency_ms, r.error)
             )

@@ -51,6 +51,7 @@ class TargetView:
     ttl: int
     stale_after: float
     maint_until: float | None = None  # in maintenance (`spdu maint`) until then
+    retired: tuple[str, ...] = ()  # its addresses before they changed: to be removed
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ def decide(
     absent: dict[str, str] = {}
     notes = []
     for t in targets:
+        for a in t.retired:  # no longer this target's, whatever its state
+            absent.setdefault(_canon(a), t.target)
         if t.maint_until is not None and now < t.maint_until:
             for a in sorted({_canon(a) for a in t.addresses + t.configured}):
                 absent.setdefault(a, t.target)
@@ -203,6 +206,15 @@ class Plan:
     @property
     def changes(self) -> tuple[Change, ...]:
         return self.decision.changes
+
+    def after(self) -> set[str] | None:
+        """The pool's addresses once this plan is done; None when not known (an
+        error, or changes that were not sent)."""
+        if self.error is not None or (self.changes and not self.sent):
+            return None
+        now = set(self.current.get("A", []) + self.current.get("AAAA", []))
+        now -= {c.address for c in self.changes if c.action == "delete"}
+        return now | {c.address for c in self.changes if c.action == "add"}
 
     @property
     def in_sync(self) -> bool:
@@ -431,6 +443,7 @@ def _views(pool: Pool, entries: dict[str, SpoolEntry]) -> list[TargetView]:
             c.name_ttl,
             c.stale_after,
             entries[c.target].maint.until if entries[c.target].maint else None,
+            tuple(entries[c.target].retired),
         )
         for c in pool.targets
     ]
@@ -506,6 +519,7 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0) -> list[Plan]:
     store = Spool(site.spool_dir)
     entries = {c.target: store.read(c.target) for c in cfgs}
     plans = []
+    done: dict[str, set[str]] = {}  # target -> the addresses its pool holds now
     for pool in pools(cfgs):
         try:
             plan = reconcile_pool(pool, entries, dry_run)
@@ -513,6 +527,9 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0) -> list[Plan]:
             log.error("%s", e)
             plan = Plan(pool.key, None, {}, Decision((), (), None), error=e)
         plans.append(plan)
+        after = plan.after()
+        if after is not None:
+            done.update({c.target: after for c in pool.targets})
     if dry_run:
         return plans
     now = time.time()
@@ -521,12 +538,23 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0) -> list[Plan]:
             for p in plans:
                 if p.sent:
                     record(store, p, now)
+            forget_retired(store, {t: a for t, a in done.items() if entries[t].retired})
             note_runs(store, plans, now)
     except SpduError as e:
         if any(p.sent for p in plans):
             raise
         log.warning("%s (the reconcile record in the spool is not updated)", e)
     return plans
+
+
+def forget_retired(store: Spool, pool_now: dict[str, set[str]]) -> None:
+    """Drop from each target's `retired` the addresses its pool no longer holds."""
+    for target, after in pool_now.items():
+        entry = store.read(target)
+        still = [a for a in entry.retired if _canon(a) in after]
+        if still != entry.retired and not entry.fresh:
+            entry.retired = still
+            store.write(entry)
 
 
 def pool_id(key: PoolKey) -> str:

@@ -33,6 +33,7 @@ VERSION = 1
 MAX_RESULTS = 10  # recent probe results kept per target
 MAX_JOURNAL = 100  # transitions kept; notified ones are dropped first
 MAX_PENDING = 1000  # even unsent transitions are bounded, oldest dropped and counted
+MAX_RETIRED = 16  # old addresses of a target still to be removed from the pool
 MAX_FILE = 1 << 20
 LOCK_NAME = ".lock"
 RECONCILE_NAME = ".reconcile.json"  # site-level: each pool's last successful reconcile
@@ -130,6 +131,9 @@ class SpoolEntry:
     health: Health = field(default_factory=Health)
     checked: float | None = None  # last conclusive probe: what staleness is measured from
     addresses: list[str] = field(default_factory=list)  # probed, from config or resolution
+    # Addresses the target had before its addresses changed (targetIP edited, its
+    # name resolving elsewhere): reconcile removes them from the pool, then forgets them.
+    retired: list[str] = field(default_factory=list)
     url: str | None = None
     results: list[ResultRecord] = field(default_factory=list)
     journal: list[dict[str, Any]] = field(default_factory=list)
@@ -138,6 +142,17 @@ class SpoolEntry:
     maint: Maintenance | None = None  # set by `spdu maint`, cleared by --clear or expiry
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     fresh: bool = True  # no valid file was read
+
+    def readdress(self, addresses: list[str]) -> bool:
+        """Take the addresses a conclusive probe checked; True when they changed
+        (the old ones are kept in `retired` for reconcile to remove)."""
+        old, self.addresses = self.addresses, list(addresses)
+        if not old or set(old) == set(addresses):
+            return False
+        gone = [a for a in old if a not in addresses]
+        keep = [a for a in self.retired if a not in addresses and a not in gone]
+        self.retired = (keep + gone)[-MAX_RETIRED:]
+        return True
 
     def record(self, result: ResultRecord) -> None:
         self.results.append(result)
@@ -188,6 +203,7 @@ class SpoolEntry:
             "bad": h.bad,
             "checked": iso(self.checked),
             "addresses": self.addresses,
+            "retired": self.retired,
             "url": self.url,
             "results": [r.to_json() for r in self.results],
             "journal": self.journal,
@@ -220,6 +236,7 @@ class SpoolEntry:
             ),
             checked=epoch(d.get("checked")),
             addresses=[str(a) for a in d.get("addresses", [])],
+            retired=[str(a) for a in d.get("retired", [])][-MAX_RETIRED:],
             url=d.get("url"),
             results=[ResultRecord.from_json(r) for r in d.get("results", [])][-MAX_RESULTS:],
             journal=journal,

@@ -483,3 +483,47 @@ def test_a_change_is_recorded_only_on_the_transition_that_caused_it(spool):
     set_state(spool, "beta", "down", [BETA])
     reconcile.record(spool, plan, time.time())
     assert [d["action"] for d in spool.read("beta").journal[-1]["dns"]] == ["delete"]
+
+
+# -- a target whose addresses change ------------------------------------------------------
+
+
+def test_retired_addresses_leave_the_pool_whatever_the_state():
+    from spdu_cli.reconcile import TargetView, decide
+
+    now = 1000.0
+    moved = TargetView("beta", State.UNKNOWN, ("192.0.2.31",), now, (), 5, 10,
+                       retired=("192.0.2.2",))
+    d = decide([SELF, BETA], [moved], [SELF], 5, now)
+    assert [(c.action, c.address) for c in d.changes] == [("delete", BETA)]
+    # but never an address that selfIP or an up target claims
+    other = TargetView("gamma", State.UP, (BETA,), now, (), 5, 10)
+    assert decide([SELF, BETA], [moved, other], [SELF], 5, now).changes == ()
+    assert decide([SELF, BETA], [moved], [SELF, BETA], 5, now).changes == ()
+
+
+@pytest.mark.parametrize("listening", [False, True])
+def test_a_changed_target_ip_replaces_the_old_address(run, confdir, knot, spool, http_server,
+                                                      listening):
+    old, new = http_server("127.0.0.12"), http_server("127.0.0.14")
+    if not listening:
+        new.stop()
+    write_conf(confdir, knot, spool, targets={"beta": old.host},
+               extra=f"probePort={old.port}\n")
+    confdir.write(f"targetIP={old.host}\nprobePort={old.port}\n", target="beta")
+    assert run("probe").exit_code == 0 and run("reconcile").exit_code == 0
+    assert "127.0.0.12" in pool(knot)
+    confdir.write(f"targetIP={new.host}\nprobePort={new.port if listening else old.port}\n",
+                  target="beta")
+    r = run("probe", "--json")
+    state = json.loads(r.stdout)["state"]
+    assert "addresses changed" in r.stderr
+    assert run("reconcile").exit_code == 0
+    if listening:  # still up: the new address replaces the old one, no transition
+        assert state == "up" and json.loads(r.stdout)["transition"] is None
+        assert "127.0.0.14" in pool(knot) and "127.0.0.12" not in pool(knot)
+    else:  # the new address never answered: down at once, never added; the old one goes
+        assert state == "down" and json.loads(r.stdout)["transition"]["from"] == "up"
+        assert "127.0.0.14" not in pool(knot) and "127.0.0.12" not in pool(knot)
+    assert spool.read("beta").retired == []  # done: forgotten
+    assert json.loads(run("reconcile", "--json").stdout)["in_sync"] is True
