@@ -69,8 +69,13 @@ class Change:
 @dataclass(frozen=True)
 class Decision:
     changes: tuple[Change, ...]
-    notes: tuple[str, ...]  # targets left as they are, and why
+    notes: tuple[str, ...]  # "TARGET: why": targets left as they are
     blocked: str | None  # set when the change is withheld (it would empty the pool)
+
+    @property
+    def left(self) -> dict[str, str]:
+        """Target -> why its records are left as they are (DNS is not judged for it)."""
+        return dict(n.split(": ", 1) for n in self.notes)
 
 
 def decide(
@@ -257,6 +262,7 @@ class Plan:
                 for c in self.changes
             ],
             "notes": list(self.decision.notes),
+            "left_alone": self.decision.left,
             "blocked": self.decision.blocked,
             "sent": self.sent,
             "attempts": self.attempts,

@@ -159,7 +159,7 @@ def reconcile_lines(plans) -> Iterator[str]:
         elif p.decision.blocked:
             yield f"{head} withheld: {p.decision.blocked}"
         elif p.in_sync:
-            yield f"{head} in sync"
+            yield f"{head} in sync{_left(p)}"
         else:
             done = "" if p.sent else " (not sent)"
             parts = [
@@ -177,9 +177,17 @@ def reconcile_script(plans) -> Iterator[str]:
         elif p.decision.blocked:
             yield f"; {p.pool.name} on {p.pool.where}: withheld: {p.decision.blocked}"
         elif p.in_sync:
-            yield f"; {p.pool.name} on {p.pool.where}: in sync, nothing to send"
+            yield f"; {p.pool.name} on {p.pool.where}: in sync, nothing to send{_left(p)}"
         else:
             yield p.script().rstrip("\n")
+        for target, why in p.decision.left.items():
+            yield f"; {target}: {why}"
+
+
+def _left(plan) -> str:
+    """In sync is said only of what could be judged: name the targets left alone."""
+    left = plan.decision.left
+    return f" for the targets it can judge; left as is: {'; '.join(f'{t}: {w}' for t, w in left.items())}" if left else ""
 
 
 # -- notify --------------------------------------------------------------------------
@@ -263,6 +271,8 @@ def _dns_cell(s) -> str:
         return "withheld: would empty the pool"
     if mine:
         return ", ".join(mine)
+    if s.target in d.left:
+        return f"left as is: {d.left[s.target]}"
     return "in sync" if d.in_sync else "agrees (other changes pending)"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from spdu_cli import maint
@@ -27,6 +27,7 @@ class PoolStatus:
     blocked: str | None
     error: str | None
     exit_status: int = 0
+    left: dict = field(default_factory=dict)  # target -> why its records are left as is
 
     @classmethod
     def from_plan(cls, plan) -> PoolStatus:
@@ -34,7 +35,7 @@ class PoolStatus:
             plan.pool.name, f"{plan.pool.server}:{plan.pool.port}", plan.in_sync,
             tuple((c.action, c.address, c.target) for c in plan.changes),
             plan.decision.blocked, str(plan.error) if plan.error else None,
-            int(plan.error.exit_status) if plan.error else 0,
+            int(plan.error.exit_status) if plan.error else 0, plan.decision.left,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -46,6 +47,7 @@ class PoolStatus:
                         for a, addr, t in self.changes],
             "blocked": self.blocked,
             "error": self.error,
+            "left_alone": self.left,
         }
 
 

@@ -527,3 +527,17 @@ def test_a_changed_target_ip_replaces_the_old_address(run, confdir, knot, spool,
         assert "127.0.0.14" not in pool(knot) and "127.0.0.12" not in pool(knot)
     assert spool.read("beta").retired == []  # done: forgotten
     assert json.loads(run("reconcile", "--json").stdout)["in_sync"] is True
+
+
+def test_in_sync_names_the_targets_it_could_not_judge(run, confdir, knot, spool):
+    write_conf(confdir, knot, spool, extra="staleAfter=10\n")
+    set_state(spool, "beta", "up", [BETA], checked=time.time() - 60)  # stale
+    set_state(spool, "gamma", "unknown", [GAMMA])
+    knot.nsupdate(f"update delete {API} A {BETA}")  # DNS disagrees, but beta is stale
+    r = run("reconcile", "--dry-run")
+    assert "in sync, nothing to send for the targets it can judge" in r.stdout
+    assert "; beta: last probed 60 s ago" in r.stdout and "; gamma: state unknown" in r.stdout
+    assert json.loads(run("reconcile", "--json").stdout)["left_alone"]["beta"].startswith(
+        "last probed 60 s ago")
+    r = run("status", "--dns")
+    assert "left as is: last probed" in r.stdout
