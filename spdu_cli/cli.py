@@ -441,7 +441,7 @@ def cron_cmd(obj: Context, seconds, lock_timeout):
     after fastInterval, mailing from the background so a slow relay never
     delays a probe or a DNS update. A second copy exits 75 at once, and the
     running one covers its minute. A failing step does not stop the others;
-    the exit status is that of the last failure, 0 when none.
+    the exit status says what still failed at the end, 0 when nothing did.
 
     \b
     Example:

@@ -31,6 +31,7 @@ LOCK_NAME = ".cron.lock"
 HANDOVER_NAME = ".cron.handover"  # touched by a copy that found the loop running
 END_MARGIN = 0.5  # no tick starts this close to the end of the minute
 HANDOVER_WAIT = 1.0  # a copy that found the loop running tries once more after this
+STOP_WAIT = 1.0  # on SIGTERM, how long a mail run in progress may finish
 NOTIFY_RETRY = 10.0  # seconds before mail that failed is tried again
 
 
@@ -107,11 +108,20 @@ class Tally:
     reconciles: int = 0
     notifies: int = 0
     failures: dict[str, int] = field(default_factory=dict)
-    last_error: int | None = None  # exit status of the last failure
+    latest: dict[str, int] = field(default_factory=dict)  # step -> status of its last run
 
     def failed(self, step: str, status: int = 70) -> None:
         self.failures[step] = self.failures.get(step, 0) + 1
-        self.last_error = int(status)
+        self.latest[step] = int(status)
+
+    def ok(self, step: str) -> None:
+        self.latest[step] = 0
+
+    @property
+    def last_error(self) -> int | None:
+        """The exit status: what still failed when the loop ended (a mail that
+        failed once and went out later is no error), the most serious first."""
+        return max((s for s in self.latest.values() if s), default=None)
 
 
 class Loop:
@@ -147,6 +157,7 @@ class Loop:
             for t in due:
                 self.schedule.due_at[t] = now + site.interval
             return False
+        self.tally.ok("probe")
         for rep in reports:
             self.schedule.probed(rep.result.target, rep.health, now, site.interval,
                                  site.fast_interval)
@@ -163,6 +174,7 @@ class Loop:
             log.error("reconcile: %s", e)
             self.tally.failed("reconcile", e.exit_status)
             return
+        self.tally.ok("reconcile")
         for p in plans:
             if p.error:
                 self.tally.failed("reconcile", p.error.exit_status)
@@ -195,7 +207,9 @@ class Loop:
         if outcome.errors:
             self.tally.failed("notify", outcome.errors[-1].exit_status)
             self.next_notify = self.clock() + NOTIFY_RETRY
-        elif outcome.plan.held:  # a flapping target's summary is due later
+            return
+        self.tally.ok("notify")
+        if outcome.plan.held:  # a flapping target's summary is due later
             wall = time.time()
             self.next_notify = self.clock() + max(0.0, min(h.until for h in outcome.plan.held)
                                                   - wall)
@@ -257,7 +271,14 @@ class Loop:
             self.stop.wait(max(0.0, min(wake, end - END_MARGIN) - self.clock()))
             site = self.cache.site or site
         if self.mailer is not None:
-            self.mailer.join(max(0.0, end - self.clock()))
+            # On SIGTERM, a second at most; else until the end of the minute. A mail run
+            # still waiting on the relay then is abandoned: its transitions stay pending
+            # (they are marked only once the relay accepted) and the next run sends them.
+            self.mailer.join(STOP_WAIT if self.stop.is_set() else max(0.0, end - self.clock()))
+            if self.mailer.is_alive():
+                log.warning("a mail run is still waiting on the SMTP relay; its transitions"
+                            " stay pending for the next run")
+                self.tally.failed("notify", 69)
         return self.tally
 
 

@@ -274,3 +274,37 @@ def test_syslog_that_is_not_listening_falls_back_to_stderr(site, tmp_path, kind)
     assert err.count("logging to stderr") == 1, err
     if kind == "closes":
         assert "delete api.pool.domain.tld 127.0.0.12" in err  # the line is not lost
+
+
+def test_sigterm_does_not_wait_for_a_hung_relay(site):
+    relay = SilentRelay()
+    try:
+        site["write"](f"mailTo=ops@domain.tld\nsmtpRelay=127.0.0.1\nsmtpPort={relay.port}\n"
+                      "smtpSSL=no\nsmtpTimeout=30\n")
+        p = start(site, seconds=30)
+        wait_for(lambda: (site["spool"] / "beta.json").exists(), 3)
+        time.sleep(0.5)  # the first mail run now waits on the silent relay
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=10)
+        assert time.monotonic() - t0 < 2.5
+        assert p.returncode == 69 and "still waiting on the SMTP relay" in err
+        assert all(not j["notified"] for j in spool_of(site, "beta")["journal"])  # kept
+    finally:
+        relay.stop()
+
+
+def test_a_mail_that_failed_once_and_went_out_later_is_no_error(site, smtp_relay):
+    from tests.conftest import free_port
+
+    port = free_port()
+    site["write"](f"mailTo=ops@domain.tld\nsmtpRelay=127.0.0.1\nsmtpPort={port}\n"
+                  "smtpSSL=no\nsmtpStartTLS=no\n")
+    p = start(site, seconds=12)
+    wait_for(lambda: (site["spool"] / "beta.json").exists(), 3)
+    time.sleep(1)  # the first mail run fails: nothing listens
+    relay = smtp_relay(port=port)
+    wait_for(lambda: relay.received, 12)  # retried after 10 s
+    out, err = p.communicate(timeout=20)
+    assert "refused the connection" in err  # the failure was logged
+    assert p.returncode == 0, err  # but nothing was pending at the end
