@@ -8,6 +8,7 @@ status; a traceback is shown only with --debug.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,7 +144,8 @@ def config_check(obj: Context):
     """
     site = obj.site()
     checked = site.check()
-    for warning in dict.fromkeys(w for cfg in checked for w in config.advisories(cfg)):
+    warnings = config.site_advisories(site) + [w for c in checked for w in config.advisories(c)]
+    for warning in dict.fromkeys(warnings):
         log.warning("%s", warning)
     names = ", ".join(t.target for t in checked) or "no targets"
     log.info("%s is valid (%s)", site.path, names)
@@ -249,7 +251,8 @@ def keygen_cmd(obj: Context, name, server, key_file, server_dir, force):
     cfgs = [site.target(n) for n in site.select(())]
     pools = list(dict.fromkeys(keygen.Pool(c.pool_name, c.pool_zone) for c in cfgs))
     configured = cfgs[0].settings["tsigKeyFile"].value
-    key_file = key_file or configured or str(Path(site.path).parent / "spdu.tsig.key")
+    key_file = os.path.abspath(key_file or configured
+                               or str(Path(site.path).parent / "spdu.tsig.key"))
     servers = keygen.SERVERS if server == "both" else (server,)
     made = keygen.generate(name or keygen.default_name(cfgs[0].my_tag), key_file,
                            server_dir or str(Path(key_file).parent), servers, pools, force)
@@ -257,7 +260,7 @@ def keygen_cmd(obj: Context, name, server, key_file, server_dir, force):
         click.echo(made.knot_snippet() if s == "knot" else made.bind_snippet())
     files = " ".join([key_file, *made.server_files.values()])
     click.echo(f"spdu: wrote the key {made.key.name} to {files} (mode 0600)", err=True)
-    if not configured or Path(key_file) != Path(configured):
+    if not configured or key_file != os.path.abspath(configured):
         click.echo(f"spdu: now set tsigKeyFile={key_file} in {site.path}", err=True)
 
 
@@ -452,7 +455,13 @@ def cron_cmd(obj: Context, seconds, lock_timeout):
 
     obj.site()  # errors at start exit here (78); and syslog goes to syslogSocket
     path = config.config_path(obj.config_path)
-    tally = cycle.run(lambda: config.load(path), path, seconds, lock_timeout)
+    try:
+        tally = cycle.run(lambda: config.load(path), path, seconds, lock_timeout)
+    except cycle.LoopRunning as e:
+        if not obj.logging[2]:
+            raise
+        log.warning("%s", e)  # under cron: to syslog, not a mail every time a tick overran
+        sys.exit(int(e.exit_status))
     if tally.last_error is not None:
         sys.exit(int(tally.last_error))
 

@@ -276,6 +276,24 @@ def advisories(cfg: TargetConfig) -> list[str]:
             " on this host: anyone who can send from an allowed address can change the pool"
             " (make a key with `spdu keygen` and set tsigKeyFile)"
         )
+    if not cfg.self_ips:
+        out.append(
+            f"{cfg.target}: selfIP is empty: this site's own addresses are not kept in its"
+            f" pool {cfg.pool_name}, and a change that would empty it is withheld"
+            " (set selfIP)"
+        )
+    return out
+
+
+def site_advisories(site: Site) -> list[str]:
+    """Site-wide settings worth a warning in `spdu config check`."""
+    out = []
+    if not site.targets:
+        out.append(f"{site.path}: targets is empty: probe, reconcile and the cron loop"
+                   " have nothing to do (they exit 78)")
+    if site._site_value("fastInterval") > site.interval:
+        out.append(f"fastInterval={site._site_value('fastInterval'):g} is longer than"
+                   f" interval={site.interval:g}: interval is used")
     return out
 
 

@@ -72,13 +72,14 @@ class SiteCache:
         for p in [self.path, self.path.parent / "spdu"]:
             try:
                 st = p.stat()
-                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+                out.append((st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode, st.st_uid))
             except OSError:
                 out.append(None)
             if p.is_dir():
                 for f in sorted(p.iterdir()):
                     st = f.stat()
-                    out.append((f.name, st.st_mtime_ns, st.st_size, st.st_ino))
+                    out.append((f.name, st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode,
+                                st.st_uid))  # a chmod makes a file unsafe: read it again
         return tuple(out)
 
     def get(self):
@@ -299,6 +300,10 @@ def _handover_asked(site, after: float) -> bool:
     return True
 
 
+class LoopRunning(TemporaryFailure):
+    """Another loop holds the loop lock: normal when a tick overran the minute."""
+
+
 def _try_lock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -326,7 +331,7 @@ def hold_lock(spool_dir: str):
         time.sleep(HANDOVER_WAIT)
         if not _try_lock(fd):
             os.close(fd)
-            raise TemporaryFailure(
+            raise LoopRunning(
                 f"another spdu cron loop holds {path}; this one exits (the running one"
                 " covers this minute)"
             )

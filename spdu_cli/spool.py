@@ -348,9 +348,27 @@ class Spool:
             return SpoolEntry(target)
 
     def write(self, entry: SpoolEntry) -> None:
-        """Atomically replace the target's file; call with the lock held."""
+        """Atomically replace the target's file; call with the lock held. A file
+        that could not be read (corrupt) is kept aside first, as TARGET.json.corrupt,
+        so what it held (unsent transitions) can still be recovered by hand."""
+        path = self.path(entry.target)
+        if entry.fresh:
+            self._keep_corrupt(path, entry.target)
         data = json.dumps(entry.to_json(), separators=(",", ":")).encode() + b"\n"  # C speed
-        atomic_write(self.path(entry.target), data, FILE_MODE, "spool file", "state")
+        atomic_write(path, data, FILE_MODE, "spool file", "state")
+
+    def _keep_corrupt(self, path: Path, target: str) -> None:
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or not st.st_size or not self.read(target).fresh:
+                return  # nothing there, a planted link, or a good file
+            aside = path.with_name(path.name + ".corrupt")
+            if os.path.lexists(aside):
+                os.unlink(aside)
+            os.link(path, aside)  # a second name: the rename below leaves it in place
+        except OSError:
+            return
+        log.warning("the unreadable spool file of %s is kept as %s", target, aside)
 
     def read_reconcile(self) -> dict[str, Any]:
         """The site-level record of reconcile runs (see RECONCILE_NAME): pool key ->

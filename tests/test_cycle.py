@@ -308,3 +308,16 @@ def test_a_mail_that_failed_once_and_went_out_later_is_no_error(site, smtp_relay
     out, err = p.communicate(timeout=20)
     assert "refused the connection" in err  # the failure was logged
     assert p.returncode == 0, err  # but nothing was pending at the end
+
+
+def test_under_spdu_cron_a_second_copy_exits_75_quietly(site, tmp_path):
+    a = start(site, seconds=3)
+    wait_for(lambda: (site["spool"] / ".cron.lock").exists(), 3)
+    time.sleep(0.3)
+    spdu_cron = Path(sys.executable).parent / "spdu-cron"
+    b = subprocess.run([str(spdu_cron), "--config", site["conf"], "--", "--for", "1"],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=15)
+    assert b.returncode == 75
+    assert "another spdu cron loop" in b.stderr  # syslogSocket=none here: the log is stderr
+    assert "error:" not in b.stderr  # a warning, not an error
+    assert a.wait(timeout=15) == 0

@@ -198,3 +198,12 @@ def test_a_maintenance_reason_cannot_inject_a_mail_header(run, confdir, tmp_path
     assert r.exit_code == 0, r.stderr
     headers = r.stdout.split("\n\n")[0]
     assert "\nBcc:" not in headers and "Bcc: evil" in headers  # kept as text, in the subject
+
+
+def test_config_check_warns_about_settings_that_do_nothing(run, confdir, tmp_path):
+    confdir.write(f"domain=domain.tld\nspoolDir={tmp_path}/s\ninterval=2\nfastInterval=5\n")
+    r = run("config", "check")
+    assert r.exit_code == 0
+    assert "targets is empty" in r.stderr and "fastInterval=5 is longer than interval=2" in r.stderr
+    confdir.write(f"domain=domain.tld\ntargets=beta\nspoolDir={tmp_path}/s\n")
+    assert "selfIP is empty" in run("config", "check").stderr

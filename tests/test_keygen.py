@@ -134,3 +134,11 @@ def test_keygen_writes_the_configured_tsig_key_file_that_does_not_exist_yet(run,
     assert r.exit_code == 0, r.stderr
     assert keyfile.exists() and "now set tsigKeyFile" not in r.stderr
     assert run("config", "check").exit_code == 0
+
+
+def test_the_tsig_key_file_hint_is_an_absolute_path(run, confdir, tmp_path, monkeypatch):
+    confdir.write(f"domain=domain.tld\ntargets=beta\nspoolDir={tmp_path}/s\n")
+    monkeypatch.chdir(tmp_path)
+    r = run("keygen", "--key-file", "rel/spdu.key")
+    assert r.exit_code == 0, r.stderr
+    assert f"tsigKeyFile={tmp_path}/rel/spdu.key" in r.stderr

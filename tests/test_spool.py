@@ -226,3 +226,14 @@ def test_spool_directory_of_another_user_names_the_owner(tmp_path):
     with pytest.raises(ConfigError) as e:
         Spool(str(d)).ensure_dir()
     assert "belongs to nobody" in str(e.value) and "sudo -u nobody spdu" in str(e.value)
+
+
+def test_a_corrupt_file_is_kept_aside_when_rewritten(store, caplog):
+    store.path("beta").write_text('{"version": 1, "journal": [{"id": 1, "notified": fal')
+    e = store.read("beta")
+    with store.locked():
+        store.write(e)
+    aside = store.path("beta").with_name("beta.json.corrupt")
+    assert aside.read_text().startswith('{"version": 1, "journal"')
+    assert "kept as" in caplog.text and str(aside) in caplog.text
+    assert store.read("beta").fresh is False  # the new file is good
