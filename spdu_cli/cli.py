@@ -197,7 +197,7 @@ def reconcile_cmd(obj: Context, dry_run, as_json, lock_timeout):
     Reads the RRsets from nameServer itself, adds the addresses of targets
     that are up, removes those of targets that are down, keeps selfIP and
     every address spdu does not manage, leaves unknown or stale targets
-    alone, and never empties a pool. Sends one UPDATE per pool, conditional
+    alone, and never empties a pool. Sends one UPDATE per zone, conditional
     on what was read; sends nothing when DNS already agrees.
 
     \b

@@ -176,6 +176,31 @@ class Pool:
     targets: list[TargetConfig] = field(default_factory=list)
 
 
+def zone_script(plans: list[Plan]) -> str:
+    """One nsupdate/knsupdate block for plans of one zone on one server: what
+    one UPDATE carries (no key: pass -k or -y)."""
+    first = plans[0].pool
+    lines = [f"; {', '.join(p.pool.name for p in plans)} on {first.where}"]
+    if plans[0].signed_with:
+        lines.append(f"; sign with the key {plans[0].signed_with}: nsupdate -k KEYFILE")
+    lines += [f"server {first.server} {first.port}", f"zone {first.zone}."]
+    for p in plans:
+        lines += p.prereq_lines()
+    for p in plans:
+        lines += p.update_lines()
+    lines.append("send")
+    return "\n".join(lines) + "\n"
+
+
+def zones(all_pools: list[Pool]) -> list[list[Pool]]:
+    """Pools whose changes go in one UPDATE: one zone, one server, one key."""
+    out: dict[tuple, list[Pool]] = {}
+    for pool in all_pools:
+        k = pool.key
+        out.setdefault((k.zone, k.server, k.port, pool.tsig and pool.tsig.name), []).append(pool)
+    return list(out.values())
+
+
 def pools(cfgs: Iterable[TargetConfig]) -> list[Pool]:
     """Group targets by the RRset they belong to (poolName and nameServer may
     differ per target)."""
@@ -226,26 +251,28 @@ class Plan:
         """DNS was read and already agrees (not: the read failed)."""
         return self.error is None and not self.changes and not self.decision.blocked
 
-    def script(self) -> str:
-        """The nsupdate/knsupdate script this plan sends (no key: pass -k or -y)."""
+    def prereq_lines(self) -> list[str]:
         name = self.pool.name + "."
-        lines = [f"; {self.pool.name} on {self.pool.where}"]
-        if self.signed_with:
-            lines.append(f"; sign with the key {self.signed_with}: nsupdate -k KEYFILE")
-        lines += [f"server {self.pool.server} {self.pool.port}", f"zone {self.pool.zone}."]
+        lines = []
         for rdtype in RDTYPES:
             addrs = self.current.get(rdtype, [])
             if addrs:
                 lines += [f"prereq yxrrset {name} IN {rdtype} {a}" for a in addrs]
             else:
                 lines.append(f"prereq nxrrset {name} IN {rdtype}")
-        for c in self.changes:
-            if c.action == "add":
-                lines.append(f"update add {name} {c.ttl} IN {c.rdtype} {c.address}")
-            else:
-                lines.append(f"update delete {name} IN {c.rdtype} {c.address}")
-        lines.append("send")
-        return "\n".join(lines) + "\n"
+        return lines
+
+    def update_lines(self) -> list[str]:
+        name = self.pool.name + "."
+        return [
+            f"update add {name} {c.ttl} IN {c.rdtype} {c.address}" if c.action == "add"
+            else f"update delete {name} IN {c.rdtype} {c.address}"
+            for c in self.changes
+        ]
+
+    def script(self) -> str:
+        """The nsupdate/knsupdate script this plan sends (no key: pass -k or -y)."""
+        return zone_script([self])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -387,28 +414,33 @@ def read_current(pool: Pool) -> dict[str, list[str]]:
     return out
 
 
-def send(pool: Pool, plan: Plan) -> None:
-    """One UPDATE for the pool's zone, pinned to what was read."""
+def send(items: list[tuple[Pool, Plan]]) -> None:
+    """One UPDATE for the pools of one zone on one server, pinned to what was read."""
     import dns.rcode
     import dns.rdataset
     import dns.update
 
+    pool = items[0][0]
     u = dns.update.UpdateMessage(pool.key.zone + ".")
-    name = pool.key.name + "."
-    for rdtype in RDTYPES:
-        addrs = plan.current.get(rdtype, [])
-        if addrs:
-            u.present(name, dns.rdataset.from_text("IN", rdtype, 0, *addrs))
-        else:
-            u.absent(name, rdtype)
-    for c in plan.changes:
-        if c.action == "add":
-            u.add(name, c.ttl, c.rdtype, c.address)
-        else:
-            u.delete(name, c.rdtype, c.address)
+    for p, plan in items:
+        name = p.key.name + "."
+        for rdtype in RDTYPES:
+            addrs = plan.current.get(rdtype, [])
+            if addrs:
+                u.present(name, dns.rdataset.from_text("IN", rdtype, 0, *addrs))
+            else:
+                u.absent(name, rdtype)
+    for p, plan in items:
+        name = p.key.name + "."
+        for c in plan.changes:
+            if c.action == "add":
+                u.add(name, c.ttl, c.rdtype, c.address)
+            else:
+                u.delete(name, c.rdtype, c.address)
     if pool.tsig:
         u.use_tsig(_keyring(pool.tsig))
-    answer = _exchange(pool, u, f"the update of {pool.key.name} in zone {pool.key.zone}")
+    names = ", ".join(p.key.name for p, _ in items)
+    answer = _exchange(pool, u, f"the update of {names} in zone {pool.key.zone}")
     rcode = answer.rcode()
     if rcode == dns.rcode.NOERROR:
         return
@@ -419,8 +451,8 @@ def send(pool: Pool, plan: Plan) -> None:
     if rcode == dns.rcode.REFUSED:
         who = f"the key {pool.tsig.name}" if pool.tsig else "unsigned updates from this host"
         raise ConfigError(
-            f"{where} REFUSED the update of {pool.key.name}",
-            f"its ACL or update-policy does not allow {who} to change {pool.key.name} A/AAAA"
+            f"{where} REFUSED the update of {names}",
+            f"its ACL or update-policy does not allow {who} to change {names} A/AAAA"
             " in zone " + pool.key.zone,
         )
     if rcode in (dns.rcode.NOTAUTH, dns.rcode.NOTZONE):
@@ -455,38 +487,47 @@ def _views(pool: Pool, entries: dict[str, SpoolEntry]) -> list[TargetView]:
     ]
 
 
-def reconcile_pool(pool: Pool, entries: dict[str, SpoolEntry], dry_run: bool) -> Plan:
-    """Read, decide, and (unless dry-run) send, re-reading when a concurrent
-    writer changed the RRsets in between."""
+def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int) -> Plan:
+    """Read the pool's RRsets and decide."""
+    current = read_current(pool)
+    decision = decide(
+        current["A"] + current["AAAA"], _views(pool, entries), pool.self_ips,
+        pool.self_ttl, time.time(),
+    )
+    for note in decision.notes:
+        log.debug("%s: %s", pool.key.name, note)
+    if decision.blocked:
+        log.error("%s on %s: %s", pool.key.name, pool.key.where, decision.blocked)
     signed = pool.tsig.describe() if pool.tsig else None
+    return Plan(pool.key, signed, current, decision, attempts=attempt)
+
+
+def reconcile_zone(group: list[Pool], entries: dict[str, SpoolEntry],
+                   dry_run: bool) -> list[Plan]:
+    """Read and decide each pool of one zone, then (unless dry-run) send all
+    their changes as one UPDATE, re-reading when a concurrent writer changed
+    the RRsets in between."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        current = read_current(pool)
-        decision = decide(
-            current["A"] + current["AAAA"], _views(pool, entries), pool.self_ips,
-            pool.self_ttl, time.time(),
-        )
-        plan = Plan(pool.key, signed, current, decision, attempts=attempt)
-        for note in decision.notes:
-            log.debug("%s: %s", pool.key.name, note)
-        if decision.blocked:
-            log.error("%s on %s: %s", pool.key.name, pool.key.where, decision.blocked)
-        if dry_run or not plan.changes:
-            return plan
+        plans = [_plan(pool, entries, attempt) for pool in group]
+        items = [(pool, plan) for pool, plan in zip(group, plans) if plan.changes]
+        if dry_run or not items:
+            return plans
         try:
-            send(pool, plan)
+            send(items)
         except _PrerequisiteFailed as e:
-            log.warning(
-                "%s on %s changed while spdu was updating it (%s); reading it again",
-                pool.key.name, pool.key.where, e,
-            )
+            names = ", ".join(p.key.name for p, _ in items)
+            log.warning("%s on %s changed while spdu was updating it (%s); reading it again",
+                        names, group[0].key.where, e)
             continue
-        plan.sent = True
-        for c in plan.changes:
-            log.info("%s: %s %s %s on %s", c.target or "selfIP", c.action, pool.key.name,
-                     c.address, pool.key.where)
-        return plan
+        for pool, plan in items:
+            plan.sent = True
+            for c in plan.changes:
+                log.info("%s: %s %s %s on %s", c.target or "selfIP", c.action, pool.key.name,
+                         c.address, pool.key.where)
+        return plans
+    names = ", ".join(p.key.name for p in group)
     raise TemporaryFailure(
-        f"{pool.key.name} on {pool.key.where} kept changing under spdu ({MAX_ATTEMPTS} tries)",
+        f"{names} on {group[0].key.where} kept changing under spdu ({MAX_ATTEMPTS} tries)",
         "another writer is updating the same RRset; try again",
     )
 
@@ -526,16 +567,17 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0) -> list[Plan]:
     entries = {c.target: store.read(c.target) for c in cfgs}
     plans = []
     done: dict[str, set[str]] = {}  # target -> the addresses its pool holds now
-    for pool in pools(cfgs):
+    for group in zones(pools(cfgs)):
         try:
-            plan = reconcile_pool(pool, entries, dry_run)
+            got = reconcile_zone(group, entries, dry_run)
         except SpduError as e:
             log.error("%s", e)
-            plan = Plan(pool.key, None, {}, Decision((), (), None), error=e)
-        plans.append(plan)
-        after = plan.after()
-        if after is not None:
-            done.update({c.target: after for c in pool.targets})
+            got = [Plan(pool.key, None, {}, Decision((), (), None), error=e) for pool in group]
+        for pool, plan in zip(group, got):
+            plans.append(plan)
+            after = plan.after()
+            if after is not None:
+                done.update({c.target: after for c in pool.targets})
     if dry_run:
         return plans
     now = time.time()

@@ -170,7 +170,11 @@ def reconcile_lines(plans) -> Iterator[str]:
 
 
 def reconcile_script(plans) -> Iterator[str]:
-    """--dry-run: what would be sent, as input for nsupdate/knsupdate."""
+    """--dry-run: what would be sent, as input for nsupdate/knsupdate: one block
+    (one UPDATE) per zone and server."""
+    from spdu_cli.reconcile import zone_script
+
+    blocks: dict[tuple, list] = {}
     for p in plans:
         if p.error:
             yield f"; {p.pool.name} on {p.pool.where}: error: {p.error}"
@@ -179,9 +183,12 @@ def reconcile_script(plans) -> Iterator[str]:
         elif p.in_sync:
             yield f"; {p.pool.name} on {p.pool.where}: in sync, nothing to send{_left(p)}"
         else:
-            yield p.script().rstrip("\n")
+            key = (p.pool.zone, p.pool.server, p.pool.port, p.signed_with)
+            blocks.setdefault(key, []).append(p)
         for target, why in p.decision.left.items():
             yield f"; {target}: {why}"
+    for group in blocks.values():
+        yield zone_script(group).rstrip("\n")
 
 
 def _left(plan) -> str:

@@ -218,7 +218,7 @@ def test_concurrent_change_is_detected_by_the_prerequisite(confdir, knot, spool)
     # another writer adds an address between spdu's read and its write
     assert knot.nsupdate(f"update add {API} 60 A 192.0.2.50").returncode == 0
     with pytest.raises(reconcile._PrerequisiteFailed):
-        reconcile.send(p, plan)
+        reconcile.send([(p, plan)])
     assert pool(knot) == [SELF, BETA, "192.0.2.50"]  # nothing of spdu's change went in
     assert knot.serial() == 2
 
@@ -229,10 +229,10 @@ def test_reconcile_rereads_and_retries_after_a_race(run, confdir, knot, spool, m
     set_state(spool, "gamma", "up", [GAMMA])
     real_send, raced = reconcile.send, []
 
-    def racing_send(p, plan):
+    def racing_send(items):
         if not raced:  # a concurrent writer gets in first, once
             raced.append(knot.nsupdate(f"update add {API} 60 A 192.0.2.50").returncode)
-        return real_send(p, plan)
+        return real_send(items)
 
     monkeypatch.setattr(reconcile, "send", racing_send)
     r = run("reconcile", "--json")
@@ -250,10 +250,10 @@ def test_a_writer_that_never_stops_gives_up_with_75(run, confdir, knot, spool, m
     set_state(spool, "gamma", "unknown", [GAMMA])
     real_send, n = reconcile.send, [0]
 
-    def racing_send(p, plan):
+    def racing_send(items):
         n[0] += 1
         assert knot.nsupdate(f"update add {API} 60 A 192.0.2.{50 + n[0]}").returncode == 0
-        return real_send(p, plan)
+        return real_send(items)
 
     monkeypatch.setattr(reconcile, "send", racing_send)
     r = run("reconcile")
@@ -541,3 +541,20 @@ def test_in_sync_names_the_targets_it_could_not_judge(run, confdir, knot, spool)
         "last probed 60 s ago")
     r = run("status", "--dns")
     assert "left as is: last probed" in r.stdout
+
+
+
+def test_two_pool_names_in_one_zone_go_in_one_update(run, confdir, knot, spool):
+    write_conf(confdir, knot, spool)
+    confdir.write(f"targetIP={GAMMA}\npoolName=www\n", target="gamma")
+    set_state(spool, "beta", "down", [BETA])
+    set_state(spool, "gamma", "up", [GAMMA])
+    script = run("reconcile", "--dry-run").stdout
+    assert script.count("send") == 1 and script.count("zone pool.domain.tld.") == 1
+    assert f"prereq yxrrset {API} IN A {SELF}" in script
+    assert "prereq nxrrset www.pool.domain.tld. IN A" in script
+    r = run("reconcile", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert [p["sent"] for p in map(json.loads, r.stdout.splitlines())] == [True, True]
+    assert pool(knot) == [SELF] and knot.query("www", "A") == [SELF, GAMMA]  # selfIP too
+    assert knot.serial() == 2  # one UPDATE: the serial moved once
