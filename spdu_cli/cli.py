@@ -471,6 +471,8 @@ def cron_main() -> None:
     args = sys.argv[1:]
     own, extra = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (
         args, [])
+    if {"-h", "--help"} & set(own):  # the help of what spdu-cron runs, not of the group
+        own, extra = [a for a in own if a not in ("-h", "--help")], ["--help"]
     cli(["--syslog", *own, "cron", *extra], prog_name="spdu-cron")
 
 

@@ -27,7 +27,7 @@ from spdu_cli import __version__
 from spdu_cli.config import MailConfig, TargetConfig
 from spdu_cli.errors import ConfigError, ServiceUnavailable, SpduError
 from spdu_cli.logsetup import SYSLOG_SOCKETS, system_socket
-from spdu_cli.spool import Spool, SpoolEntry, epoch, iso
+from spdu_cli.spool import Spool, SpoolEntry, duration, epoch, iso
 
 log = logging.getLogger(__name__)
 
@@ -261,20 +261,6 @@ def _clock(ts: float | None) -> str:
     if ts is None:
         return "an unknown time"
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def duration(seconds: float) -> str:
-    """3725 -> '1 h 2 min'; two units at most."""
-    s = max(0, int(seconds))
-    units = [("d", 86400), ("h", 3600), ("min", 60), ("s", 1)]
-    parts = []
-    for name, size in units:
-        if s >= size or (name == "s" and not parts):
-            parts.append(f"{s // size} {name}")
-            s %= size
-        if len(parts) == 2 or (parts and not s):
-            break
-    return " ".join(parts)
 
 
 def _addresses(view: TargetView) -> str:

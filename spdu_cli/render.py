@@ -284,7 +284,7 @@ def _dns_cell(s) -> str:
 
 
 def status_rows(statuses, now: float, dns: bool = False) -> list[list[str]]:
-    from spdu_cli.notify import duration
+    from spdu_cli.spool import duration
 
     rows = []
     for s in statuses:
@@ -312,7 +312,7 @@ def status_lines(statuses, now: float, dns: bool = False) -> Iterator[str]:
 
 
 def availability_line(h) -> str:
-    from spdu_cli.notify import duration
+    from spdu_cli.spool import duration
 
     sec = h.seconds
     if h.start is None:
@@ -330,7 +330,7 @@ HISTORY_HEADERS = ["AT", "CHANGE", "FOR", "REASON", "MAILED"]
 
 
 def history_rows(h) -> list[list[str]]:
-    from spdu_cli.notify import duration
+    from spdu_cli.spool import duration
 
     return [
         [_stamp(p.at), f"{p.old} -> {p.new}",

@@ -50,6 +50,20 @@ def iso(ts: float | None) -> str | None:
     )
 
 
+def duration(seconds: float) -> str:
+    """3725 -> '1 h 2 min'; two units at most."""
+    s = max(0, int(seconds))
+    units = [("d", 86400), ("h", 3600), ("min", 60), ("s", 1)]
+    parts = []
+    for name, size in units:
+        if s >= size or (name == "s" and not parts):
+            parts.append(f"{s // size} {name}")
+            s %= size
+        if len(parts) == 2 or (parts and not s):
+            break
+    return " ".join(parts)
+
+
 def epoch(value: Any) -> float | None:
     if value is None:
         return None

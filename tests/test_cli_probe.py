@@ -131,3 +131,21 @@ def test_probe_path_imports_no_dnspython_no_rich_no_ssl(site, confdir):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("command", [["status"], ["history", "beta"], ["config", "show"]])
+def test_reports_in_a_pipe_import_no_rich_and_no_dnspython(site, confdir, command):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from spdu_cli.cli import main; sys.argv=['spdu','-c',%r,*%r];\n"
+        "try: main()\nexcept SystemExit: pass\n"
+        "sys.stderr.write('MODULES:' + ','.join(m for m in ('dns','rich','smtplib')"
+        " if m in sys.modules) + '\\n')"
+        % (str(confdir.main), command)
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    assert "MODULES:\n" in p.stderr, p.stderr

@@ -322,6 +322,7 @@ def test_relay_that_never_greets_times_out(site):
     finally:
         silent.stop()
     assert "did not answer within 0.3 s" in str(out.errors[0])
+    assert out.errors[0].exit_status == 69
     assert site.pending("beta") == [1]
 
 

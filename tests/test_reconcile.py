@@ -558,3 +558,14 @@ def test_two_pool_names_in_one_zone_go_in_one_update(run, confdir, knot, spool):
     assert [p["sent"] for p in map(json.loads, r.stdout.splitlines())] == [True, True]
     assert pool(knot) == [SELF] and knot.query("www", "A") == [SELF, GAMMA]  # selfIP too
     assert knot.serial() == 2  # one UPDATE: the serial moved once
+
+
+def test_a_server_of_the_parent_zone_only_is_78(run, confdir, tmp_path, spool):
+    # It answers for api.pool.domain.tld (NXDOMAIN, authoritative: no delegation)
+    # but does not serve the zone pool.domain.tld, so it cannot take the update.
+    with KnotServer(tmp_path / "parent", zone="domain.tld") as parent:
+        down_beta(confdir, parent, spool)
+        r = run("reconcile")
+        assert r.exit_code == 78, r.stderr
+        assert "answered NOTAUTH to the update of zone pool.domain.tld" in r.stderr
+        assert parent.serial() == 1
