@@ -12,16 +12,17 @@ import logging
 import logging.handlers
 import os
 import re
-import smtplib
 import socket
-import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from email.message import EmailMessage
-from email.utils import format_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the mail modules are loaded only when there is mail to send
+    import smtplib
+    import ssl
+    from email.message import EmailMessage
 
 from spdu_cli import __version__
 from spdu_cli.config import MailConfig, TargetConfig
@@ -390,6 +391,9 @@ def message_id(mail: Mail) -> str:
 
 
 def compose(mail: Mail, now: float) -> EmailMessage:
+    from email.message import EmailMessage
+    from email.utils import format_datetime
+
     cfg = mail.config
     msg = EmailMessage()
     msg["From"] = f'"spdu on {cfg.tag}" <{cfg.sender}>'  # the original's form, quoted
@@ -423,6 +427,9 @@ def _helo_name(cfg: MailConfig) -> str:
 
 def _failure(cfg: MailConfig, e: BaseException, during: str) -> SpduError:
     """One clear error for whatever the SMTP conversation raised."""
+    import smtplib
+    import ssl
+
     where = f"SMTP relay {relay_where(cfg)}"
     later = "the mail stays pending and goes out with the next run"
     if isinstance(e, smtplib.SMTPAuthenticationError):
@@ -470,6 +477,8 @@ def _failure(cfg: MailConfig, e: BaseException, during: str) -> SpduError:
 
 
 def _tls_context(cfg: MailConfig) -> ssl.SSLContext:
+    import ssl
+
     try:
         return ssl.create_default_context(cafile=cfg.ca_file)
     except (OSError, ssl.SSLError) as e:
@@ -478,6 +487,8 @@ def _tls_context(cfg: MailConfig) -> ssl.SSLContext:
 
 def _connect(cfg: MailConfig, during: list[str]) -> tuple[smtplib.SMTP, bool]:
     """Connected, greeted, encrypted as configured: (connection, encrypted)."""
+    import smtplib
+
     context = _tls_context(cfg)
     helo = _helo_name(cfg)
     if cfg.ssl:
@@ -512,6 +523,8 @@ def send(cfg: MailConfig, msg: EmailMessage) -> dict[str, str]:
     """Hand `msg` to the relay. Returns the recipients it refused (address ->
     reply) when it took the mail for the others; raises when it took it for
     no one. The password is sent only over TLS unless smtpStartTLS=no."""
+    import smtplib
+
     during = ["connecting"]
     conn = None
     try:
