@@ -51,6 +51,11 @@ def measure(cmd: list[str], runs: int = 10, ok_codes=(0,)) -> dict[str, float]:
     }
 
 
+def machine() -> str:
+    """What the figures were measured on, for the heading of each script's output."""
+    return f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+
+
 def row(name: str, m: dict[str, float]) -> str:
     return (f"{name:<44} wall {m['wall_ms']:7.1f} ms   cpu {m['cpu_ms']:7.1f} ms   "
             f"peak {m['peak_mib']:5.1f} MiB   (median of {m['runs']})")

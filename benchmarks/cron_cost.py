@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT))
-from _common import VENV_BIN, measure, row  # noqa: E402
+from _common import VENV_BIN, machine, measure, row  # noqa: E402
 from probe_cost import Quiet, Server  # noqa: E402
 
 from tests.dnsservers import KnotServer  # noqa: E402
@@ -77,7 +77,7 @@ def main() -> None:
     per_minute = loop["cpu_ms"] / 1000 * 60 / args.seconds
     three = (probe["cpu_ms"] + reconcile["cpu_ms"] + notify["cpu_ms"]) / 1000
     print(f"cron loop cost, 2 targets up, nothing to change, interval {args.interval:g} s"
-          f" ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})")
+          f" ({machine()})")
     print(row(f"spdu cron --for {args.seconds:g}", loop))
     print(row("spdu probe (a process)", probe))
     print(row("spdu reconcile (a process)", reconcile))

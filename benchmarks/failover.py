@@ -22,7 +22,6 @@ Needs root (ip netns). Run:
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine  # noqa: E402
 from tests.e2e.netlab import SITES, Lab  # noqa: E402
 
 from spdu_cli.health import failover  # noqa: E402
@@ -112,7 +113,7 @@ def main() -> None:
                 rows.append((name, mode, outs, backs, predicted(settings)))
 
     print(f"failover on 3 namespaced sites (Knot + HAProxy + spdu cron each), victim {VICTIM},"
-          f" {args.runs} runs ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})")
+          f" {args.runs} runs ({machine()})")
     for name in args.profile:
         shown = {**{k: str(v) for k, v in EFFECTIVE.items() if k != "nameTTL"},
                  **{k: v for k, v in PROFILES[name].items() if k != "flapCount"}}

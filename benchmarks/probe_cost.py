@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import VENV_BIN, measure, memory_verdict, row  # noqa: E402
+from _common import VENV_BIN, machine, measure, memory_verdict, row  # noqa: E402
 
 
 class Quiet(http.server.BaseHTTPRequestHandler):
@@ -65,7 +65,7 @@ def main() -> None:
         one = measure([spdu, "-c", str(conf), "probe", "t0"], args.runs)
         hundred = measure([spdu, "-c", str(conf), "probe"], max(3, args.runs // 3))
 
-    print(f"spdu probe cost ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})")
+    print(f"spdu probe cost ({machine()})")
     print(row("python -c pass", bare))
     print(row('python -c "import requests"', base))
     print(row("spdu probe t0 (1 target, up)", one))

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import VENV_BIN, measure, row  # noqa: E402
+from _common import VENV_BIN, machine, measure, row  # noqa: E402
 from probe_cost import Server, Quiet  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def main() -> None:
     hang.close()
 
     print(f"spdu probe scaling, half the targets hanging, probeTimeout {args.timeout} s"
-          f" ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})")
+          f" ({machine()})")
     print(f"{'targets':>7} {'hanging':>7} {'wall':>9} {'CPU':>9} {'peak memory':>12}")
     for n, hanging, m in results:
         print(f"{n:7d} {hanging:7d} {m['wall_ms']:7.0f}ms {m['cpu_ms']:7.0f}ms"

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT))
-from _common import VENV_BIN, measure, memory_verdict, row  # noqa: E402
+from _common import VENV_BIN, machine, measure, memory_verdict, row  # noqa: E402
 
 from spdu_cli.health import Health, State  # noqa: E402
 from spdu_cli.spool import Spool, SpoolEntry  # noqa: E402
@@ -66,8 +66,7 @@ def main() -> None:
             knot1.stop()
             knot100.stop()
 
-    print(f"spdu reconcile cost, nothing to change ({os.cpu_count()} CPUs,"
-          f" Python {sys.version.split()[0]})")
+    print(f"spdu reconcile cost, nothing to change ({machine()})")
     print(row("python -c pass", bare))
     print(row("python -c 'import dns.message, dns.query, dns.update'", base))
     print(row("spdu reconcile (1 target, in sync)", one))

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT))
-from _common import VENV_BIN, measure, row  # noqa: E402
+from _common import VENV_BIN, machine, measure, row  # noqa: E402
 from probe_cost import Quiet, Server  # noqa: E402
 
 from tests.dnsservers import KnotServer  # noqa: E402
@@ -119,7 +119,7 @@ def main() -> None:
         unchanged = knot.serial() == serial
 
     tick_ms = statistics.median(per_tick) * 1000
-    print(f"idle tick and command cost ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})")
+    print(f"idle tick and command cost ({machine()})")
     print(f"one idle tick in spdu cron (2 targets up, probe + reconcile, nothing to change):"
           f" {tick_ms:.1f} CPU ms (median of {args.loops}: "
           + ", ".join(f"{t * 1000:.1f}" for t in per_tick) + ")")

@@ -177,7 +177,7 @@ def probe_cmd(obj: Context, targets, as_json, lock_timeout):
     if as_json:
         for rep in reports:
             click.echo(render.json_line(rep.to_json()))
-    elif sys.stdout.isatty():
+    elif _tty():
         click.echo(render.lines(render.probe_lines(reports)))
     if any(rep.spool_error for rep in reports):
         sys.exit(int(ExitStatus.TEMPFAIL))
@@ -214,7 +214,7 @@ def reconcile_cmd(obj: Context, dry_run, as_json, lock_timeout):
             click.echo(render.json_line(p.to_json()))
     elif dry_run:
         click.echo(render.lines(render.reconcile_script(plans)))
-    elif sys.stdout.isatty():
+    elif _tty():
         click.echo(render.lines(render.reconcile_lines(plans)))
     errors = [p.error for p in plans if p.error]
     if errors:
@@ -265,15 +265,10 @@ def keygen_cmd(obj: Context, name, server, key_file, server_dir, force):
 
 
 def _write_metrics(site: config.Site) -> None:
-    """metricsFile, after a run; a failure is logged, it does not change the exit status."""
-    if not site.metrics_file:
-        return
-    from spdu_cli import metrics
+    if site.metrics_file:  # the module is loaded only when there is a file to write
+        from spdu_cli import metrics
 
-    try:
-        metrics.write(site)
-    except SpduError as e:
-        log.warning("%s", e)
+        metrics.write_after_run(site)
 
 
 def _tty() -> bool:
@@ -425,7 +420,7 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
     elif dry_run:
         if outcome.deliveries:
             click.echo(render.lines(render.notify_messages(outcome)))
-    elif sys.stdout.isatty():
+    elif _tty():
         click.echo(render.lines(render.notify_lines(outcome)))
     if outcome.errors:
         sys.exit(int(outcome.errors[0].exit_status))
@@ -453,10 +448,10 @@ def cron_cmd(obj: Context, seconds, lock_timeout):
     """
     from spdu_cli import cycle
 
-    obj.site()  # errors at start exit here (78); and syslog goes to syslogSocket
+    site = obj.site()  # errors at start exit here (78); and syslog goes to syslogSocket
     path = config.config_path(obj.config_path)
     try:
-        tally = cycle.run(lambda: config.load(path), path, seconds, lock_timeout)
+        tally = cycle.run(lambda: config.load(path), path, seconds, lock_timeout, site)
     except cycle.LoopRunning as e:
         if not obj.logging[2]:
             raise

@@ -61,11 +61,15 @@ class Schedule:
 class SiteCache:
     """The configuration, read again only when one of its files changes."""
 
-    def __init__(self, load: Callable[[], object], path: str):
+    def __init__(self, load: Callable[[], object], path: str, site=None):
+        """`site`: the configuration the caller has just read, so it is not read twice."""
         self.load = load
         self.path = Path(path)
+        self.stamp: tuple = self._stamp() if site is not None else ()
         self.site = None
-        self.stamp: tuple = ()
+        if site is not None:
+            site.check()
+            self.site = site
 
     def _stamp(self) -> tuple:
         out = []
@@ -240,20 +244,14 @@ class Loop:
         if changed or (self.next_notify is not None and now >= self.next_notify):
             self.notify(site)
         if site.metrics_file:
-            self.write_metrics(site)
+            from spdu_cli import metrics
 
-    def write_metrics(self, site) -> None:
-        from spdu_cli import metrics
-
-        try:
-            metrics.write(site)
-        except SpduError as e:
-            log.warning("metrics: %s", e)
+            metrics.write_after_run(site)
 
     def run(self) -> Tally:
         start, started_wall = self.clock(), time.time()
         end = start + self.seconds
-        site = self.cache.get()
+        site = self.cache.site or self.cache.get()
         if not _pending(site):
             self.next_notify = None
         while not self.stop.is_set():
@@ -341,10 +339,10 @@ def hold_lock(spool_dir: str):
 
 
 def run(load: Callable[[], object], config_path: str, seconds: float = 60.0,
-        lock_timeout: float = 5.0) -> Tally:
+        lock_timeout: float = 5.0, site=None) -> Tally:
     """`spdu cron`: the loop, for `seconds`, under the loop lock; SIGTERM ends it
-    after the current tick."""
-    cache = SiteCache(load, config_path)
+    after the current tick. `site`: the configuration, when already read."""
+    cache = SiteCache(load, config_path, site)
     site = cache.get()
     fd = hold_lock(site.spool_dir)
     loop = Loop(cache, seconds, lock_timeout)

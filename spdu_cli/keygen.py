@@ -65,7 +65,7 @@ class Generated:
         names = ", ".join(f"{p.name}." for p in self.pools)
         zones = sorted({p.zone for p in self.pools})
         lines = [
-            f"# Knot DNS (knot.conf): the key for spdu on this site, allowed to change only",
+            "# Knot DNS (knot.conf): the key for spdu on this site, allowed to change only",
             f"# {names} A and AAAA. {self.server_files['knot']} holds the secret:",
             "# keep it mode 0600, owned by the user knotd runs as.",
             f"include: {self.server_files['knot']}",

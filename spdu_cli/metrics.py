@@ -9,11 +9,15 @@ loop; it reads the spool without the lock (its files are replaced atomically).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from spdu_cli.errors import SpduError
 from spdu_cli.spool import Spool, atomic_write, epoch
+
+log = logging.getLogger(__name__)
 
 FILE_MODE = 0o644  # node_exporter runs as another user
 
@@ -90,6 +94,15 @@ def exposition(site, now: float | None = None) -> str:
                "When reconcile last read the pool and made it agree (or found it did).",
                [(pool_label(p), epoch(p.get("last_success"))) for p in recs])
     return out.text()
+
+
+def write_after_run(site) -> None:
+    """write(), after a command or a tick: a failure is a warning, it does not
+    change the run's exit status."""
+    try:
+        write(site)
+    except SpduError as e:
+        log.warning("metrics: %s", e)
 
 
 def write(site, now: float | None = None) -> str | None:

@@ -69,13 +69,16 @@ class Change:
 @dataclass(frozen=True)
 class Decision:
     changes: tuple[Change, ...]
-    notes: tuple[str, ...]  # "TARGET: why": targets left as they are
+    left_as_is: tuple[tuple[str, str], ...]  # (target, why): DNS is not judged for it
     blocked: str | None  # set when the change is withheld (it would empty the pool)
 
     @property
     def left(self) -> dict[str, str]:
-        """Target -> why its records are left as they are (DNS is not judged for it)."""
-        return dict(n.split(": ", 1) for n in self.notes)
+        return dict(self.left_as_is)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(f"{target}: {why}" for target, why in self.left_as_is)
 
 
 def decide(
@@ -97,7 +100,7 @@ def decide(
     current = {_canon(a) for a in current}
     present: dict[str, tuple[int, str | None]] = {}
     absent: dict[str, str] = {}
-    notes = []
+    left = []
     for t in targets:
         for a in t.retired:  # no longer this target's, whatever its state
             absent.setdefault(_canon(a), t.target)
@@ -106,21 +109,17 @@ def decide(
                 absent.setdefault(a, t.target)
             continue
         if t.state is State.UNKNOWN:
-            notes.append(f"{t.target}: state unknown; its records are left as they are")
+            left.append((t.target, "state unknown; its records are left as they are"))
             continue
         if t.checked is None or now - t.checked > t.stale_after:
             age = "never" if t.checked is None else f"{now - t.checked:.0f} s ago"
-            notes.append(
-                f"{t.target}: last probed {age} (staleAfter={t.stale_after:g}); "
-                "its records are left as they are"
-            )
+            left.append((t.target, f"last probed {age} (staleAfter={t.stale_after:g});"
+                                   " its records are left as they are"))
             continue
         probed = {_canon(a) for a in t.addresses}
         if t.configured and {_canon(a) for a in t.configured} != probed:
-            notes.append(
-                f"{t.target}: targetIP changed since the last probe; waiting for a probe "
-                "of the new addresses"
-            )
+            left.append((t.target, "targetIP changed since the last probe; waiting for a"
+                                   " probe of the new addresses"))
             continue
         for a in sorted(probed):
             if t.state is State.UP:
@@ -144,11 +143,11 @@ def decide(
         gone = " ".join(c.address for c in changes)
         return Decision(
             (),
-            tuple(notes),
+            tuple(left),
             f"removing {gone} would leave the pool with no address at all; nothing is sent"
             " (set selfIP so that this site always stays in its own pool)",
         )
-    return Decision(tuple(changes), tuple(notes), None)
+    return Decision(tuple(changes), tuple(left), None)
 
 
 # -- pools and plans -----------------------------------------------------------------

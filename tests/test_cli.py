@@ -51,7 +51,7 @@ def test_config_show_end_to_end(run, confdir):
     assert "www.example.net in zone example.net" in r.stdout
     assert "mail:  ops@domain.tld via smtps://smtp.domain.tld:465" in r.stdout
     assert "s3cret-pass" not in r.stdout and "smtpPassword='********'" in r.stdout
-    assert f"targetIP=5.6.7.8" in r.stdout and f"spdu/beta:1" in r.stdout
+    assert "targetIP=5.6.7.8" in r.stdout and "spdu/beta:1" in r.stdout
 
 
 def test_config_show_json_one_object_per_target(run, confdir):

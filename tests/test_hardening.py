@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from spdu_cli import config, reconcile
 from spdu_cli.config import System
 from spdu_cli.errors import ConfigError
-from spdu_cli.reconcile import Decision, Plan, PoolKey
+from spdu_cli.reconcile import Plan, PoolKey
 from spdu_cli.spool import Spool
 
 ALPHA = System(hostname="alpha.domain.tld")

@@ -13,7 +13,7 @@ from spdu_cli import config, maint, notify, reconcile
 from spdu_cli.errors import UsageError
 from spdu_cli.health import Health, State
 from spdu_cli.spool import Maintenance, Spool, SpoolEntry, iso
-from tests.test_reconcile import BETA, GAMMA, SELF, pool, set_state, write_conf
+from tests.test_reconcile import BETA, GAMMA, SELF, pool, write_conf
 
 NOW = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC
 

@@ -96,7 +96,7 @@ def test_off_by_default_and_an_unwritable_file_is_a_warning(run, confdir, tmp_pa
                   f"metricsFile={prom}\n")
     r = run("maint", "beta")
     assert r.exit_code == 0 and "cannot write metrics file" in r.stderr
-    confdir.write(f"domain=domain.tld\ntargets=beta\nmetricsFile=relative.prom\n")
+    confdir.write("domain=domain.tld\ntargets=beta\nmetricsFile=relative.prom\n")
     assert run("config", "check").exit_code == 78
 
 

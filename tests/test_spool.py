@@ -216,7 +216,6 @@ def test_world_writable_spool_directory_is_refused(tmp_path):
     assert "writable by others (mode 0777)" in str(e.value) and f"chmod 0750 {d}" in str(e.value)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="chown needs root")
 def test_spool_directory_of_another_user_names_the_owner(tmp_path):
     from spdu_cli.errors import ConfigError
 
