@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spdu_cli import health
-from spdu_cli.errors import SpduError, TemporaryFailure
+from spdu_cli.errors import ProbeInterrupted, SpduError, TemporaryFailure
 from spdu_cli.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,9 @@ class Loop:
         self.tally.probes += 1
         changed = False
         try:
-            reports = probe.run(site, due, lock_timeout=self.lock_timeout)
+            reports = probe.run(site, due, lock_timeout=self.lock_timeout, stop=self.stop)
+        except ProbeInterrupted:
+            return False  # SIGTERM: the loop ends; these targets are probed next time
         except SpduError as e:
             log.error("probe: %s", e)
             self.tally.failed("probe", e.exit_status)
@@ -230,6 +232,8 @@ class Loop:
         except Exception:
             log.exception("probe failed")
             self.tally.failed("probe")
+        if self.stop.is_set():
+            return  # SIGTERM during the probes: end now, not after a DNS round trip
         if changed or now >= self.next_reconcile:
             self.next_reconcile = now + site.interval
             try:

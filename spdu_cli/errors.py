@@ -53,3 +53,7 @@ class TemporaryFailure(SpduError):
     """Lock held or a write failed for a reason that may pass: try again."""
 
     exit_status = ExitStatus.TEMPFAIL
+
+
+class ProbeInterrupted(TemporaryFailure):
+    """A probe run was abandoned because spdu is stopping; nothing was recorded."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import selectors
 import socket
 import threading
@@ -20,14 +21,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from spdu_cli import __version__, health, maint
-from spdu_cli.errors import ConfigError, SpduError
+from spdu_cli.errors import ConfigError, ProbeInterrupted, SpduError
 from spdu_cli.health import Health
 from spdu_cli.spool import ResultRecord, Spool, iso
 
 log = logging.getLogger(__name__)
 
-MAX_HEADER = 16 * 1024
-MAX_BODY = 8 * 1024  # read only when probeMatch is set
+MAX_HEADER = 16 * 1024  # one response head (interim ones each count alone)
+MAX_BODY = 8 * 1024  # decoded body examined for probeMatch (read only when it is set)
+MAX_PIECES = 1024  # body pieces (chunks): parsing each costs CPU that other probes wait for
+MAX_RAW = 64 * 1024  # every byte read on one try: heads, framing, compressed body
+READ_SIZE = 16 * 1024  # one recv()
+STOP_POLL = 0.2  # how often a probe run looks at its stop event (SIGTERM in the cron loop)
 RESOLVE_TIMEOUT = 5.0
 
 
@@ -168,31 +173,44 @@ def _tls_words(e) -> str:
 
 
 class _Try:
-    """One connection attempt: connect, TLS, send, receive, under one deadline."""
+    """One connection attempt: connect, TLS, send, receive, under one deadline.
+
+    h11 parses the response; this class only moves bytes and judges. Every
+    read is bounded (READ_SIZE), the deadline is checked after each one, and
+    the bytes read (MAX_RAW), the decoded body (MAX_BODY) and its pieces
+    (MAX_PIECES) are capped, so no peer can hold the loop or its memory.
+    """
 
     def __init__(self, spec: ProbeSpec, address: str, ssl_context, now: float):
+        import h11
+
         self.spec = spec
         self.address = address
         self.started = now
         self.deadline = now + spec.timeout
         self.phase = "connecting"
-        self.buf = bytearray()
         self.status: int | None = None
-        self.header_end = -1
-        self.chunked = False
-        self.length: int | None = None
         self.location: str | None = None
+        self.length: int | None = None  # Content-Length of the final response
+        self.decoder = None  # zlib decompressor, for a gzip/deflate body
+        self.body = bytearray()  # decoded, at most MAX_BODY bytes
+        self.body_raw = 0  # body bytes as framed by h11, before any decoding
+        self.pieces = 0
+        self.found = False
+        self.received = 0  # every byte read on this try
+        self.head_start = 0  # where the response head being read began
+        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER)
+        host = spec.host
+        host_header = host if spec.port == (443 if spec.tls else 80) else f"{host}:{spec.port}"
+        self.request = self.conn.send(h11.Request(method="GET", target=f"/{spec.path}", headers=[
+            ("Host", host_header), ("User-Agent", f"spdu/{__version__}"), ("Accept", "*/*"),
+            # Whatever coding comes anyway is decoded before probeMatch.
+            ("Accept-Encoding", "identity"), ("Connection", "close"),
+        ])) + self.conn.send(h11.EndOfMessage())
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setblocking(False)
         self.ssl_context = ssl_context
-        host = self.spec.host
-        default_port = 443 if spec.tls else 80
-        host_header = host if spec.port == default_port else f"{host}:{spec.port}"
-        self.request = (
-            f"GET /{spec.path} HTTP/1.1\r\nHost: {host_header}\r\n"
-            f"User-Agent: spdu/{__version__}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-        ).encode("ascii")
         err = self.sock.connect_ex((address, spec.port))
         if err not in (0, errno.EINPROGRESS):
             self.sock.close()
@@ -207,6 +225,9 @@ class _Try:
             self.sock.close()
         except OSError:
             pass
+
+    def timed_out(self):
+        return False, self.status, f"timed out after {self.spec.timeout:g} s {self.phase}"
 
     def step(self):
         """Advance as far as the socket allows. Returns None to wait for
@@ -233,8 +254,15 @@ class _Try:
                 self.phase = "waiting for the response"
                 self.want = selectors.EVENT_READ
             while True:
-                room = MAX_HEADER + MAX_BODY + 64 - len(self.buf)
-                data = self.sock.recv(max(1, min(65536, room)))
+                # A peer that keeps data coming never sees EAGAIN: the deadline and the
+                # cap on bytes read end this loop, not the peer.
+                if time.monotonic() >= self.deadline:
+                    return self.timed_out()
+                room = MAX_RAW - self.received
+                if room <= 0:
+                    return self.gave_up(f"after {MAX_RAW} bytes")
+                data = self.sock.recv(min(READ_SIZE, room))
+                self.received += len(data)
                 decided = self.feed(data)
                 if decided is not None:
                     return decided
@@ -264,81 +292,143 @@ class _Try:
             return False, self.status, f"connection reset {self.phase}"
         return False, self.status, f"{(e.strerror or str(e)).lower()} {self.phase}"
 
+    # -- judging what h11 parsed ---------------------------------------------------------
+
     def feed(self, data: bytes):
-        """Parse what has arrived; decide as soon as the answer is known."""
-        eof = not data
-        self.buf += data
-        if self.header_end < 0:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buf) > MAX_HEADER:
-                    raise _Failure(f"response headers larger than {MAX_HEADER} bytes")
-                if eof:
-                    raise _Failure(
-                        "connection closed before a response"
-                        if not self.buf
-                        else "connection closed in the middle of the headers"
-                    )
+        """Hand h11 what arrived (b"": the peer closed); decide as soon as the
+        answer is known."""
+        import h11
+
+        if self.received <= len(data) and data and not b"HTTP/".startswith(data[:5]):
+            raise _Failure(f"not an HTTP response (it begins {_shown(data[:24])})")
+        self.conn.receive_data(data)
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as e:
+                return self.protocol_error(e, eof=not data)
+            except ValueError as e:  # e.g. a Content-Length of 5000 digits: int() refuses it
+                return False, self.status, f"malformed response: {_shown(str(e))}"
+            if event is h11.NEED_DATA:
                 return None
-            self.header_end = end + 4
-            self.parse_headers(bytes(self.buf[:end]))
-            self.phase = "reading the body"
-            if not self.spec.accepts(self.status):
-                return False, self.status, self.status_words()
-            if not self.spec.match:
-                return True, self.status, None
-        body, complete = self.body()
-        if self.spec.match.encode() in body:
-            return True, self.status, None
-        if complete or eof or len(body) >= MAX_BODY:
-            shown = self.spec.match if len(self.spec.match) <= 40 else self.spec.match[:37] + "..."
-            where = f"the first {MAX_BODY} bytes of the body" if len(body) >= MAX_BODY else "the body"
-            return False, self.status, f"{where} does not contain {shown!r}"
+            if isinstance(event, (h11.InformationalResponse, h11.Response)):
+                consumed = self.received - len(self.conn.trailing_data[0])
+                if consumed - self.head_start > MAX_HEADER:  # whatever the TCP segments were
+                    raise _Failure(f"response headers larger than {MAX_HEADER} bytes")
+                self.head_start = consumed
+                if isinstance(event, h11.InformationalResponse):
+                    continue  # 100 Continue, 103 Early Hints: the answer is still to come
+                decided = self.head(event)
+            elif isinstance(event, h11.Data):
+                decided = self.take(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                if self.decoder is not None and not self.decoder.eof:
+                    raise _Failure(f"malformed response: bad {self.coding} body (it ends"
+                                   " before its compressed data does)")
+                decided = self.verdict()
+            else:  # ConnectionClosed before a response, or h11 in a state we did not ask for
+                raise _Failure("connection closed before a response")
+            if decided is not None:
+                return decided
+
+    def protocol_error(self, e, eof: bool):
+        # h11 shows the offending bytes as bytearray(b'...'), already escaped
+        detail = _shown(re.sub(r"bytearray\(b(['\"])(.*)\1\)", r"'\2'", str(e)), quote=False)
+        if self.status is None:
+            if eof:
+                return False, None, ("connection closed before a response" if self.received == 0
+                                     else "connection closed in the middle of the headers")
+            if getattr(e, "error_status_hint", None) == 431:
+                return False, None, f"response headers larger than {MAX_HEADER} bytes"
+            return False, None, f"malformed response: {detail}"
+        if eof:
+            of = f" of {self.length}" if self.length is not None else ""
+            return False, self.status, (f"body cut short: the connection closed after"
+                                        f" {self.body_raw}{of} bytes")
+        if getattr(e, "error_status_hint", None) == 431:
+            detail = f"a chunk header or trailer longer than {MAX_HEADER} bytes"
+        return False, self.status, f"malformed response: {detail}"
+
+    def head(self, response):
+        self.status = response.status_code
+        self.phase = "reading the body"
+        codings = []
+        for name, value in response.headers:  # h11 gives lower-case names
+            if name == b"location":
+                self.location = _shown(value, quote=False)
+            elif name == b"content-length" and len(value) < 20:  # h11 checked the digits
+                self.length = int(value)
+            elif name == b"content-encoding":
+                codings += [c.strip() for c in value.lower().split(b",") if c.strip()]
+        if not self.spec.accepts(self.status):
+            return False, self.status, self.status_words()
+        if not self.spec.match:
+            return True, self.status, None  # the body is not even read
+        codings = [c for c in codings if c != b"identity"]
+        if codings:
+            if len(codings) > 1 or codings[0] not in _DECODERS:
+                return False, self.status, (f"the body is in an encoding spdu cannot read"
+                                            f" ({_shown(b', '.join(codings), quote=False)}),"
+                                            " so probeMatch cannot be checked")
+            import zlib
+
+            self.decoder = zlib.decompressobj(_DECODERS[codings[0]])
+            self.coding = codings[0].decode()
         return None
 
-    def parse_headers(self, raw: bytes) -> None:
-        lines = raw.split(b"\r\n")
-        parts = lines[0].split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise _Failure("not an HTTP response")
-        self.status = int(parts[1])
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            value = value.strip()
-            if name == b"transfer-encoding" and b"chunked" in value.lower():
-                self.chunked = True
-            elif name == b"content-length" and value.isdigit():
-                self.length = int(value)
-            elif name == b"location":
-                self.location = value.decode("latin-1")[:200]
+    def take(self, data: bytes):
+        self.pieces += 1
+        self.body_raw += len(data)
+        if self.decoder is not None:
+            import zlib
+
+            try:
+                data = self.decoder.decompress(data, MAX_BODY - len(self.body))
+            except zlib.error as e:
+                raise _Failure(f"malformed response: bad {self.coding} body ({e})") from None
+        seen = len(self.body)
+        self.body += data[: MAX_BODY - seen]
+        needle = self.spec.match.encode()
+        if not self.found:
+            self.found = self.body.find(needle, max(0, seen - len(needle) + 1)) >= 0
+        if len(self.body) >= MAX_BODY:
+            return self.verdict(f"the first {MAX_BODY} bytes of the body")
+        if self.pieces >= MAX_PIECES:
+            return self.verdict(f"the first {MAX_PIECES} pieces of the body")
+        return None
+
+    def verdict(self, read: str | None = None):
+        """Up when probeMatch is in the body read: all of it, or the first part of
+        a body too long to read whole (`read` says which)."""
+        if self.found:
+            return True, self.status, None
+        shown = self.spec.match if len(self.spec.match) <= 40 else self.spec.match[:37] + "..."
+        return False, self.status, f"{read or 'the body'} does not contain {shown!r}"
+
+    def gave_up(self, when: str):
+        if self.status is None:
+            return False, None, f"no response {when}"
+        if self.spec.match:
+            return self.verdict(f"the body read in {MAX_RAW} bytes")
+        return True, self.status, None
 
     def status_words(self) -> str:
         if 300 <= self.status < 400 and self.location:
             return f"HTTP {self.status} redirect to {self.location} (not followed)"
         return f"HTTP {self.status}"
 
-    def body(self) -> tuple[bytes, bool]:
-        raw = bytes(self.buf[self.header_end :])
-        if not self.chunked:
-            complete = self.length is not None and len(raw) >= self.length
-            return (raw[: self.length] if self.length is not None else raw), complete
-        out, pos = bytearray(), 0
-        while True:
-            eol = raw.find(b"\r\n", pos)
-            if eol < 0:
-                return bytes(out), False
-            size_text = raw[pos:eol].split(b";")[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise _Failure("malformed chunked body") from None
-            if size == 0:
-                return bytes(out), True
-            out += raw[eol + 2 : eol + 2 + size]
-            if eol + 2 + size + 2 > len(raw):
-                return bytes(out), False
-            pos = eol + 2 + size + 2
+
+_DECODERS = {b"gzip": 16 + 15, b"x-gzip": 16 + 15, b"deflate": 15}
+
+
+def _shown(value, quote: bool = True, limit: int = 60) -> str:
+    """Peer-sent text made safe for a log line or a mail: printable, one line, short."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("latin-1")
+    text = "".join(c if " " <= c <= "~" else repr(c)[1:-1] for c in value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"'{text}'" if quote else text
 
 
 def _ssl_context(spec: ProbeSpec, cache: dict):
@@ -379,8 +469,10 @@ def _fd_budget() -> int:
     return max(16, soft - 64)
 
 
-def probe_addresses(jobs: list[tuple[ProbeSpec, str]]) -> list[AddressResult]:
-    """Probe every (spec, address) concurrently: up to spec.retries tries each."""
+def probe_addresses(jobs: list[tuple[ProbeSpec, str]], stop=None) -> list[AddressResult]:
+    """Probe every (spec, address) concurrently: up to spec.retries tries each.
+    `stop` (a threading.Event): when set, every try is abandoned within
+    STOP_POLL seconds and ProbeInterrupted is raised."""
     results: list[AddressResult | None] = [None] * len(jobs)
     tries_made = [0] * len(jobs)
     contexts: dict = {}
@@ -421,6 +513,10 @@ def probe_addresses(jobs: list[tuple[ProbeSpec, str]]) -> list[AddressResult]:
                 continue
             now = time.monotonic()
             timeout = max(0.0, min(t.deadline for t in active.values()) - now)
+            if stop is not None:
+                if stop.is_set():
+                    raise ProbeInterrupted("probe interrupted: spdu is stopping")
+                timeout = min(timeout, STOP_POLL)
             for key, _ in sel.select(timeout):
                 i = key.data
                 t = active[i]
@@ -438,8 +534,7 @@ def probe_addresses(jobs: list[tuple[ProbeSpec, str]]) -> list[AddressResult]:
                     sel.unregister(t.sock)
                     t.close()
                     del active[i]
-                    spec = jobs[i][0]
-                    finish(i, False, t.status, f"timed out after {spec.timeout:g} s {t.phase}", t)
+                    finish(i, *t.timed_out(), t)
     finally:
         for t in active.values():
             t.close()
@@ -447,7 +542,7 @@ def probe_addresses(jobs: list[tuple[ProbeSpec, str]]) -> list[AddressResult]:
     return [r for r in results if r is not None]
 
 
-def probe(specs: list[ProbeSpec], now: float | None = None) -> list[ProbeResult]:
+def probe(specs: list[ProbeSpec], now: float | None = None, stop=None) -> list[ProbeResult]:
     """Probe every target concurrently; one ProbeResult per spec, in order."""
     now = time.time() if now is None else now
     need = [s for s in specs if not s.addresses]
@@ -460,7 +555,7 @@ def probe(specs: list[ProbeSpec], now: float | None = None) -> list[ProbeResult]
     jobs = [(s, a) for s in specs if isinstance(addresses[s.target], tuple)
             for a in addresses[s.target]]
     by_target: dict[str, list[AddressResult]] = {}
-    for (spec, _), r in zip(jobs, probe_addresses(jobs)):
+    for (spec, _), r in zip(jobs, probe_addresses(jobs, stop)):
         by_target.setdefault(spec.target, []).append(r)
     out = []
     for s in specs:
@@ -521,8 +616,9 @@ def _reason(r: ProbeResult) -> str:
     return r.error or "failed"
 
 
-def run(site, names=(), lock_timeout: float = 5.0) -> list[TargetReport]:
-    """Probe the named targets (default: all), update their spool entries."""
+def run(site, names=(), lock_timeout: float = 5.0, stop=None) -> list[TargetReport]:
+    """Probe the named targets (default: all), update their spool entries.
+    `stop`: an Event that abandons the probes (ProbeInterrupted, nothing written)."""
     cfgs = [site.target(n) for n in site.select(names)]
     for c in cfgs:
         if c.probe_ssl and not c.probe_verify:
@@ -532,7 +628,7 @@ def run(site, names=(), lock_timeout: float = 5.0) -> list[TargetReport]:
                 c.target,
                 c.api_name,
             )
-    results = probe([ProbeSpec.from_config(c) for c in cfgs])
+    results = probe([ProbeSpec.from_config(c) for c in cfgs], stop=stop)
     store = Spool(site.spool_dir)
     reports = []
     with store.locked(lock_timeout):

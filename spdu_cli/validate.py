@@ -53,12 +53,21 @@ def ip_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 def ip_list(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    """Addresses of the pool: each one is published in DNS and probed from here,
+    so it must mean the same host from anywhere."""
     out = []
     for item in value.split():
         try:
-            out.append(ipaddress.ip_address(item))
+            ip = ipaddress.ip_address(item)
         except ValueError:
             raise ValueError(f"{item!r} is not an IPv4 or IPv6 address") from None
+        if getattr(ip, "scope_id", None) or ip.is_link_local and ip.version == 6:
+            raise ValueError(f"{item!r} is an IPv6 link-local address: it names a host on one"
+                             " link of this machine only, so it can neither go in a DNS pool"
+                             " nor be probed as a site; use the site's global address")
+        if ip.is_unspecified or ip.is_multicast:
+            raise ValueError(f"{item!r} is not the address of one host")
+        out.append(ip)
     return tuple(dict.fromkeys(out))
 
 

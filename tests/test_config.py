@@ -238,6 +238,11 @@ def test_site_wide_key_in_target_file_warns(confdir, caplog):
         ("domain=nodots", "not a fully qualified name"),
         ("targetIP=5.6.7", "'5.6.7' is not an IPv4 or IPv6 address"),
         ("selfIP='1.2.3.4 ::g'", "'::g'"),
+        ("targetIP=fe80::1%eth0", "'fe80::1%eth0' is an IPv6 link-local address"),
+        ("targetIP=fe80::1", "'fe80::1' is an IPv6 link-local address"),
+        ("selfIP=fe80::1%lo", "link-local"),
+        ("targetIP=0.0.0.0", "not the address of one host"),
+        ("targetIP=ff02::1", "not the address of one host"),
         ("probePath='status page'", "not a URL path"),
         ("spoolDir=spool", "not an absolute path"),
         ("targets='beta ../etc'", "'../etc'"),
@@ -442,3 +447,12 @@ def test_a_bad_main_value_is_an_error_even_where_a_target_overrides_it(confdir):
     with pytest.raises(ConfigError) as e:
         target(confdir)
     assert f"{confdir.main}:2: probePort=99999" in str(e.value)
+
+
+def test_config_check_refuses_a_scoped_link_local_target(run, confdir):
+    confdir.write("domain=domain.tld\ntargets=beta\nselfIP=192.0.2.1\n")
+    path = confdir.write('targetIP="fe80::1%eth0"\n', target="beta")
+    r = run("config", "check")
+    assert r.exit_code == 78
+    assert f"{path}:1: targetIP=fe80::1%eth0: 'fe80::1%eth0' is an IPv6 link-local" in r.stderr
+    assert r.stderr.count("\n") == 1

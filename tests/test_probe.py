@@ -144,7 +144,8 @@ def test_chunked_body_match_spans_chunks(http_server):
 
 @pytest.mark.parametrize(
     "behaviour, error",
-    [("garbage", "not an HTTP response"), ("close", "connection closed before a response")],
+    [("garbage", r"not an HTTP response (it begins 'SSH-2.0-OpenSSH_9.2\r\n\r\n')"),
+     ("close", "connection closed before a response")],
 )
 def test_garbage_answers(http_server, behaviour, error):
     srv = http_server()
