@@ -8,7 +8,6 @@ data (see shellconf), refused when unsafe, and every value is validated.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import ipaddress
 import logging
 import os
@@ -376,6 +375,8 @@ def _parse_file(
     for a in assignments:
         settings[a.key] = Setting(a.value, file.path, a.line)
         if a.key not in KEYS:
+            import difflib  # only for a key that is not known
+
             close = difflib.get_close_matches(a.key, KEYS, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             log.warning("%s:%d: unknown key %s ignored%s", file.path, a.line, a.key, hint)

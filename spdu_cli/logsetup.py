@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import stat
 import sys
@@ -37,19 +36,26 @@ def system_socket() -> str | None:
     return next((p for p in SYSLOG_SOCKETS if is_socket(p)), None)
 
 
-class _Syslog(logging.handlers.SysLogHandler):
-    """Syslog, or stderr when syslogd stops listening: a log line is never lost
-    and never turns into a traceback in cron's mail."""
+def _syslog_class():
+    """The handler class, made on first use: logging.handlers (with pickle and
+    queue) is loaded only by runs that log to syslog."""
+    import logging.handlers
 
-    fallback: logging.Handler | None = None
+    class _Syslog(logging.handlers.SysLogHandler):
+        """Syslog, or stderr when syslogd stops listening: a log line is never lost
+        and never turns into a traceback in cron's mail."""
 
-    def handleError(self, record):  # noqa: N802 - logging's API
-        if self.fallback is None:
-            self.fallback = logging.StreamHandler(sys.stderr)
-            self.fallback.setFormatter(StderrFormatter())
-            sys.stderr.write(f"spdu: warning: cannot log to syslog at {self.address};"
-                             " logging to stderr\n")
-        self.fallback.emit(record)
+        fallback: logging.Handler | None = None
+
+        def handleError(self, record):  # noqa: N802 - logging's API
+            if self.fallback is None:
+                self.fallback = logging.StreamHandler(sys.stderr)
+                self.fallback.setFormatter(StderrFormatter())
+                sys.stderr.write(f"spdu: warning: cannot log to syslog at {self.address};"
+                                 " logging to stderr\n")
+            self.fallback.emit(record)
+
+    return _Syslog
 
 
 def syslog_handler(socket_path: str = "") -> logging.Handler | None:
@@ -61,7 +67,8 @@ def syslog_handler(socket_path: str = "") -> logging.Handler | None:
     if path is None or not is_socket(path):
         return None
     try:
-        handler = _Syslog(address=path, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        syslog = _syslog_class()
+        handler = syslog(address=path, facility=syslog.LOG_DAEMON)
     except OSError:
         return None
     handler.ident = f"spdu[{os.getpid()}]: "

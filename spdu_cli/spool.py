@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -412,12 +411,26 @@ class Spool:
         atomic_write(self.dir / RECONCILE_NAME, data, FILE_MODE, "spool file", "state")
 
 
+def _create_temp(path: Path) -> tuple[int, str]:
+    """tempfile.mkstemp beside `path`, without importing tempfile (shutil,
+    random...) into every probe run: a random name, created exclusively, mode
+    0600 until fchmod, never through a link."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.stem}.{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
+
+
 def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "file") -> None:
     """Replace `path` with `data`: temp file in the same directory, fsync, rename,
     directory fsync. A reader sees the old file or the new one, never a part."""
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _create_temp(path)
     except OSError as e:
         raise TemporaryFailure(f"cannot write {what} {path}: {e.strerror}") from None
     try:
