@@ -120,10 +120,13 @@ KEYS: dict[str, Key] = {
         Key("flapCount", validate.integer(0, 50), "4",
             "more changes than this within flapWindow: one summary mail per window (0: off)"),
         Key("flapWindow", validate.decimal(10, 86400), "600", "seconds, for flapCount"),
-        Key("fastInterval", validate.decimal(0.1, 60),
-            lambda get: f"{min(float(get('interval')), 0.5):g}",
-            "seconds before re-probing a suspect target (up, but its last probe failed)",
+        Key("fastInterval", validate.decimal(0.05, 60),
+            lambda get: f"{min(float(get('interval')), 0.25):g}",
+            "seconds before a probe confirms one that disagrees with the state",
             site_only=True),
+        Key("downInterval", validate.decimal(0.1, 60),
+            lambda get: f"{min(float(get('interval')), 0.5):g}",
+            "seconds between probes of a target that is down", site_only=True),
         Key("syslogSocket", _syslog_socket, "",
             "where transitions are logged (empty: /dev/log or /var/run/log; none: off)",
             site_only=True),
@@ -494,6 +497,10 @@ class Site:
         return min(self._site_value("fastInterval"), self.interval)
 
     @property
+    def down_interval(self) -> float:
+        return min(self._site_value("downInterval"), self.interval)
+
+    @property
     def syslog_socket(self) -> str:
         return self._site_value("syslogSocket")
 
@@ -558,7 +565,7 @@ class Site:
         for key, s in self.settings.items():
             if key in KEYS:
                 check_value(key, s)
-        self.spool_dir, self.interval, self.fast_interval  # noqa: B018 - validates the site-wide defaults
+        self.spool_dir, self.interval, self.fast_interval, self.down_interval  # noqa: B018 - validates the site-wide defaults
         return [self.target(name) for name in self.targets]
 
 

@@ -48,8 +48,14 @@ class Schedule:
         return [t for t in targets if self.due_at.get(t, now) <= now]
 
     def probed(self, target: str, h: health.Health, now: float, interval: float,
-               fast: float) -> None:
-        self.due_at[target] = now + (fast if health.suspect(h) else interval)
+               fast: float, down: float | None = None) -> None:
+        if health.suspect(h):
+            wait = fast
+        elif h.state is health.State.DOWN and down is not None:
+            wait = down  # HAProxy's downinter: a repaired site is seen soon
+        else:
+            wait = interval
+        self.due_at[target] = now + wait
 
     def next(self, targets, default: float) -> float:
         return min([self.due_at.get(t, default) for t in targets] or [default])
@@ -155,7 +161,8 @@ class Loop:
         self.tally.probes += 1
         changed = False
         try:
-            reports = probe.run(site, due, lock_timeout=self.lock_timeout, stop=self.stop)
+            reports = probe.run(site, due, lock_timeout=self.lock_timeout, stop=self.stop,
+                                confirm=True)
         except ProbeInterrupted:
             return False  # SIGTERM: the loop ends; these targets are probed next time
         except SpduError as e:
@@ -167,7 +174,7 @@ class Loop:
         self.tally.ok("probe")
         for rep in reports:
             self.schedule.probed(rep.result.target, rep.health, now, site.interval,
-                                 site.fast_interval)
+                                 site.fast_interval, site.down_interval)
             changed |= rep.transition is not None
         return changed
 

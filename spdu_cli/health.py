@@ -56,8 +56,49 @@ def advance(
 
 
 def suspect(h: Health) -> bool:
-    """Up but failing, not yet down: worth re-probing soon (HAProxy's fastinter)."""
-    return h.state is State.UP and h.bad > 0
+    """The last probe disagrees with the state, which hysteresis still holds (up
+    but failing, or down but answering): worth re-probing soon (HAProxy's
+    fastinter, in both directions)."""
+    return (h.state is State.UP and h.bad > 0) or (h.state is State.DOWN and h.good > 0)
+
+
+CERTAIN_GAP = 0.05  # seconds between a certain failure (refused, reset, no route) and its check
+OVERDUE_MIN = 0.05  # a probe is never overdue sooner than this...
+OVERDUE_FACTOR = 4  # ...nor before it took this many times the target's usual latency
+MAX_OVERLAP = 3  # probes of one target in flight at once, at most
+
+
+def confirm_after(h: Health, ok: bool | None, certain: bool, fast: float) -> float | None:
+    """After one outcome was applied (`h` is the health it gave): seconds until
+    a probe that confirms it, or None when nothing needs confirming (the outcome
+    agrees with the state, or has just changed it, or said nothing).
+
+    A failure that is certain at once (the peer's kernel refused or reset the
+    connection, a router said there is no route) is checked again at once, a
+    new connection CERTAIN_GAP later; any other disagreement `fast` seconds
+    later (fastInterval)."""
+    if ok is None or h.state is State.UNKNOWN or (h.state is State.UP) == ok:
+        return None
+    return CERTAIN_GAP if certain and not ok else fast
+
+
+def overlap(h: Health, fall: int) -> int:
+    """Probes of one target that may be in flight at once: for an up target,
+    as many as the failures it still takes to go down (a hang is then
+    confirmed in one probeTimeout, not `fall` of them), at most MAX_OVERLAP."""
+    if h.state is not State.UP:
+        return 1
+    return max(1, min(MAX_OVERLAP, fall - h.bad))
+
+
+def overdue(latencies_ms: list[float], fast: float) -> float:
+    """How long an up target's probe may go unanswered before an overlapping
+    one starts beside it (each keeps its own full deadline): OVERDUE_FACTOR
+    times its median latency of late, at least OVERDUE_MIN, at most `fast`."""
+    if not latencies_ms:
+        return fast
+    usual = sorted(latencies_ms)[len(latencies_ms) // 2] / 1000
+    return min(fast, max(OVERDUE_MIN, OVERDUE_FACTOR * usual))
 
 
 @dataclass(frozen=True)
@@ -79,27 +120,28 @@ class Failover:
 
 
 def failover(interval: float, fast_interval: float, timeout: float, retries: int,
-             fall: int, rise: int, ttl: float) -> Failover:
+             fall: int, rise: int, ttl: float, down_interval: float | None = None) -> Failover:
     """What fall/rise mean in seconds under the cron loop (spdu cron).
 
-    The loop probes a target every `interval`, and a suspect one (up, last
-    probe failed) `fast_interval` after the start of its failed probe, or at
-    once when that probe took longer; a probe takes up to timeout x retries
-    when the site hangs, about nothing when it refuses; reconcile runs right
-    after a probe that changed a state, taking milliseconds on a local server.
-    Worst case for going out: the site dies just after a good probe, so the
-    first failure ends `interval` + one probe later, and each further one a
-    max(fast_interval, probe) later. Coming back: it recovers just after a
-    probe began (which still fails, up to one probe long), the next probe
-    comes `interval` after that one began (or when it ends), then rise-1 more
-    at `interval`. Other targets are assumed to answer (a hanging target's
-    probe runs alongside, not before, theirs).
+    The loop probes an up target every `interval` and a down one every
+    `down_interval`; a probe that disagrees with the state is confirmed in the
+    same run, by probes `fast_interval` apart (CERTAIN_GAP after a refused or
+    reset connection), and an up target's probe that goes unanswered gets an
+    overlapping one at most `fast_interval` later (up to MAX_OVERLAP in
+    flight), each with its own deadline of timeout x retries. Reconcile runs
+    as soon as the run that changed a state ends, taking milliseconds on a
+    local server. Worst cases: the site dies just after a good probe, so the
+    first failing probe starts `interval` later; it recovers just after a
+    failed probe, so the next one starts `down_interval` later. Other targets
+    are assumed to answer (a hanging target's probe runs alongside theirs).
     """
     probe = timeout * retries
+    down = interval if down_interval is None else down_interval
+    groups = -(-fall // MAX_OVERLAP)  # hung probes that must end one after another
     return Failover(
-        out_refused=interval + (fall - 1) * fast_interval,
-        out_hang=interval + probe + (fall - 1) * max(fast_interval, probe),
-        back=max(interval, probe) + (rise - 1) * interval,
+        out_refused=interval + (fall - 1) * CERTAIN_GAP,
+        out_hang=interval + groups * probe + (fall - 1) * fast_interval,
+        back=down + (rise - 1) * fast_interval,
         ttl=ttl,
     )
 

@@ -17,7 +17,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from spdu_cli import __version__, health, maint
@@ -469,113 +469,292 @@ def _fd_budget() -> int:
     return max(16, soft - 64)
 
 
+class _Engine:
+    """The event loop: jobs of (spec, address), each tried up to spec.retries
+    times, all at once in one thread. Jobs may be added while it runs (the
+    confirming probes of `probe_rounds`); `on_done(i, result)` hears of each."""
+
+    def __init__(self, stop=None, on_done=None):
+        self.jobs: list[tuple[ProbeSpec, str]] = []
+        self.tries: list[int] = []
+        self.results: dict[int, AddressResult] = {}
+        self.waiting: list[int] = []  # stack of job indexes to start
+        self.active: dict[int, _Try] = {}
+        self.sel = selectors.DefaultSelector()
+        self.contexts: dict = {}
+        self.budget = _fd_budget()
+        self.stop = stop
+        self.on_done = on_done
+
+    def add(self, spec: ProbeSpec, address: str) -> int:
+        self.jobs.append((spec, address))
+        self.tries.append(0)
+        self.waiting.append(len(self.jobs) - 1)
+        return len(self.jobs) - 1
+
+    def cancel(self, i: int) -> None:
+        """Drop job i unfinished (its answer is no longer needed)."""
+        t = self.active.pop(i, None)
+        if t is not None:
+            self.sel.unregister(t.sock)
+            t.close()
+        if i in self.waiting:
+            self.waiting.remove(i)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.active)
+
+    def finish(self, i: int, ok: bool, status: int | None, error: str | None,
+               t: _Try | None) -> None:
+        spec, address = self.jobs[i]
+        if ok or self.tries[i] >= spec.retries:
+            answered = t is not None and (ok or status is not None)  # e.g. HTTP 503 in 12 ms
+            latency = round((time.monotonic() - t.started) * 1000, 1) if answered else None
+            self.results[i] = r = AddressResult(address, ok, status, latency, error,
+                                                self.tries[i])
+            if self.on_done is not None:
+                self.on_done(i, r)
+        else:
+            self.waiting.append(i)  # try again at once
+
+    def _start(self) -> None:
+        while self.waiting and len(self.active) < self.budget:
+            i = self.waiting.pop()
+            spec, address = self.jobs[i]
+            self.tries[i] += 1
+            ctx = _ssl_context(spec, self.contexts) if spec.tls else None
+            try:
+                t = _Try(spec, address, ctx, time.monotonic())
+            except _Failure as e:
+                self.finish(i, False, None, str(e), None)
+                continue
+            except OSError as e:
+                self.finish(i, False, None, (e.strerror or str(e)).lower(), None)
+                continue
+            self.active[i] = t
+            self.sel.register(t.sock, t.want, i)
+
+    def step(self, wake_at: float | None = None) -> None:
+        """Start what waits, then wait for sockets until the first deadline (or
+        `wake_at`, monotonic), and move every try that can move."""
+        self._start()
+        now = time.monotonic()
+        until = [t.deadline for t in self.active.values()]
+        if wake_at is not None:
+            until.append(wake_at)
+        if not until:
+            return
+        timeout = max(0.0, min(until) - now)
+        if self.stop is not None:
+            if self.stop.is_set():
+                raise ProbeInterrupted("probe interrupted: spdu is stopping")
+            timeout = min(timeout, STOP_POLL)
+        for key, _ in self.sel.select(timeout):
+            i = key.data
+            t = self.active.get(i)
+            if t is None:  # cancelled by an earlier answer of this round
+                continue
+            decided = t.step()
+            if decided is None:
+                self.sel.modify(t.sock, t.want, i)
+                continue
+            self.cancel(i)
+            self.finish(i, *decided, t)
+        now = time.monotonic()
+        for i, t in list(self.active.items()):
+            if now >= t.deadline:
+                self.cancel(i)
+                self.finish(i, *t.timed_out(), t)
+
+    def close(self) -> None:
+        for t in self.active.values():
+            t.close()
+        self.active.clear()
+        self.sel.close()
+
+
 def probe_addresses(jobs: list[tuple[ProbeSpec, str]], stop=None) -> list[AddressResult]:
     """Probe every (spec, address) concurrently: up to spec.retries tries each.
     `stop` (a threading.Event): when set, every try is abandoned within
     STOP_POLL seconds and ProbeInterrupted is raised."""
-    results: list[AddressResult | None] = [None] * len(jobs)
-    tries_made = [0] * len(jobs)
-    contexts: dict = {}
-    sel = selectors.DefaultSelector()
-    waiting = list(range(len(jobs)))[::-1]  # stack of job indexes to start
-    active: dict[int, _Try] = {}
-    budget = _fd_budget()
-    last_error: dict[int, tuple[int | None, str]] = {}
-
-    def finish(i: int, ok: bool, status: int | None, error: str | None, t: _Try | None) -> None:
-        spec, address = jobs[i]
-        if ok or tries_made[i] >= spec.retries:
-            answered = t is not None and (ok or status is not None)  # e.g. HTTP 503 in 12 ms
-            latency = round((time.monotonic() - t.started) * 1000, 1) if answered else None
-            results[i] = AddressResult(address, ok, status, latency, error, tries_made[i])
-        else:
-            last_error[i] = (status, error or "")
-            waiting.append(i)  # try again at once
-
+    engine = _Engine(stop)
     try:
-        while waiting or active:
-            while waiting and len(active) < budget:
-                i = waiting.pop()
-                spec, address = jobs[i]
-                tries_made[i] += 1
-                ctx = _ssl_context(spec, contexts) if spec.tls else None
-                try:
-                    t = _Try(spec, address, ctx, time.monotonic())
-                except _Failure as e:
-                    finish(i, False, None, str(e), None)
-                    continue
-                except OSError as e:
-                    finish(i, False, None, (e.strerror or str(e)).lower(), None)
-                    continue
-                active[i] = t
-                sel.register(t.sock, t.want, i)
-            if not active:
-                continue
-            now = time.monotonic()
-            timeout = max(0.0, min(t.deadline for t in active.values()) - now)
-            if stop is not None:
-                if stop.is_set():
-                    raise ProbeInterrupted("probe interrupted: spdu is stopping")
-                timeout = min(timeout, STOP_POLL)
-            for key, _ in sel.select(timeout):
-                i = key.data
-                t = active[i]
-                decided = t.step()
-                if decided is None:
-                    sel.modify(t.sock, t.want, i)
-                    continue
-                sel.unregister(t.sock)
-                t.close()
-                del active[i]
-                finish(i, *decided, t)
-            now = time.monotonic()
-            for i, t in list(active.items()):
-                if now >= t.deadline:
-                    sel.unregister(t.sock)
-                    t.close()
-                    del active[i]
-                    finish(i, *t.timed_out(), t)
+        for spec, address in jobs:
+            engine.add(spec, address)
+        engine.waiting.reverse()  # start them in order
+        while engine.busy:
+            engine.step()
     finally:
-        for t in active.values():
-            t.close()
-        sel.close()
-    return [r for r in results if r is not None]
+        engine.close()
+    return [engine.results[i] for i in range(len(jobs))]
+
+
+def _addresses(specs: list[ProbeSpec]) -> dict[str, tuple[str, ...] | str]:
+    """target -> the addresses to probe, or why there are none."""
+    need = [s for s in specs if not s.addresses]
+    # A slow resolver must not hold up the probes more than a probe would take.
+    budget = min(RESOLVE_TIMEOUT, max((s.timeout for s in need), default=0))
+    resolved = resolve([s.resolve_name for s in need], budget) if need else {}
+    out: dict[str, tuple[str, ...] | str] = {}
+    for s in specs:
+        addrs = s.addresses or resolved[s.resolve_name]
+        out[s.target] = addrs or f"{s.resolve_name} has no address"
+    return out
+
+
+def _verdict(target: str, at: float, addrs: tuple[str, ...] | str,
+             rs: list[AddressResult]) -> ProbeResult:
+    """One target's result from its addresses' (the first failure decides)."""
+    if isinstance(addrs, str):
+        return ProbeResult(target, at, None, (), None, None, addrs, None)
+    failed = [r for r in rs if not r.ok]
+    worst = failed[0] if failed else max(rs, key=lambda r: r.latency_ms or 0)
+    error = worst.error
+    if failed and len(addrs) > 1:
+        error = f"{error} ({worst.address})"
+    return ProbeResult(target, at, not failed, addrs, worst.status, worst.latency_ms, error,
+                       worst.address)
 
 
 def probe(specs: list[ProbeSpec], now: float | None = None, stop=None) -> list[ProbeResult]:
     """Probe every target concurrently; one ProbeResult per spec, in order."""
     now = time.time() if now is None else now
-    need = [s for s in specs if not s.addresses]
-    # A slow resolver must not hold up the probes more than a probe would take.
-    budget = min(RESOLVE_TIMEOUT, max((s.timeout for s in need), default=0))
-    resolved = resolve([s.resolve_name for s in need], budget) if need else {}
-    addresses: dict[str, tuple[str, ...] | str] = {
-        s.target: s.addresses or resolved[s.resolve_name] for s in specs
-    }
+    addresses = _addresses(specs)
     jobs = [(s, a) for s in specs if isinstance(addresses[s.target], tuple)
             for a in addresses[s.target]]
     by_target: dict[str, list[AddressResult]] = {}
     for (spec, _), r in zip(jobs, probe_addresses(jobs, stop)):
         by_target.setdefault(spec.target, []).append(r)
-    out = []
-    for s in specs:
-        addrs = addresses[s.target]
-        if isinstance(addrs, str) or not addrs:
-            error = addrs if isinstance(addrs, str) else f"{s.resolve_name} has no address"
-            out.append(ProbeResult(s.target, now, None, (), None, None, error, None))
-            continue
-        rs = by_target[s.target]
-        failed = [r for r in rs if not r.ok]
-        worst = failed[0] if failed else max(rs, key=lambda r: r.latency_ms or 0)
-        error = worst.error
-        if failed and len(rs) > 1:
-            error = f"{error} ({worst.address})"
-        out.append(
-            ProbeResult(
-                s.target, now, not failed, addrs, worst.status, worst.latency_ms, error,
-                worst.address,
-            )
-        )
+    return [_verdict(s.target, now, addresses[s.target], by_target.get(s.target, []))
+            for s in specs]
+
+
+# -- confirming probes (the cron loop) ---------------------------------------------------
+
+
+CERTAIN = ("connection refused", "connection reset", "network unreachable",
+           "host unreachable")  # failures the peer's own kernel or a router states at once
+
+
+def certain(r: ProbeResult) -> bool:
+    """A failure known at once, not a silence that might still end."""
+    return r.ok is False and (r.error or "").startswith(CERTAIN)
+
+
+@dataclass
+class Rounds:
+    """How one target's probes go on within one run: `after` is told each
+    result in the order they end and answers the seconds until the next
+    probe, or None when the target is settled; `overdue` (seconds, or None)
+    starts an overlapping probe beside one that has not answered by then,
+    up to `overlap` probes in flight; at most `limit` probes in all."""
+
+    after: Callable[[ProbeResult], float | None]
+    overdue: Callable[[], float | None]
+    overlap: Callable[[], int]
+    limit: int
+
+
+class _Target:
+    def __init__(self, spec: ProbeSpec, addrs: tuple[str, ...], rules: Rounds):
+        self.spec, self.addrs, self.rules = spec, addrs, rules
+        self.inflight: list[tuple[float, float, list[int]]] = []  # (started, wall, jobs)
+        self.results: dict[int, AddressResult] = {}
+        self.next_at: float | None = time.monotonic()
+        self.started = 0
+        self.settled = False
+        self.out: list[ProbeResult] = []
+
+
+def probe_rounds(specs: list[ProbeSpec], rules: dict[str, Rounds], stop=None
+                 ) -> dict[str, list[ProbeResult]]:
+    """Probe every target, and probe again the ones whose `rules` want it
+    (confirmation), overlapping a probe that hangs: target -> its results, in
+    the order they ended. Returns when every target is settled."""
+    addresses = _addresses(specs)
+    targets: dict[str, _Target] = {}
+    out: dict[str, list[ProbeResult]] = {}
+    owner: dict[int, _Target] = {}
+
+    def ended(i: int, r: AddressResult) -> None:
+        tg = owner.pop(i)
+        tg.results[i] = r
+        for k, (started, wall, jobs) in enumerate(tg.inflight):
+            if i in jobs:
+                break
+        else:
+            return
+        if r.ok and not all(j in tg.results for j in jobs):
+            return  # this round waits for its other addresses
+        del tg.inflight[k]
+        for j in jobs:  # a failed address decides the round: the others need not answer
+            if j not in tg.results:
+                owner.pop(j, None)
+                engine.cancel(j)
+        result = _verdict(tg.spec.target, wall, tg.addrs, [tg.results.pop(j) for j in jobs
+                                                           if j in tg.results])
+        tg.out.append(result)
+        if tg.settled:
+            return
+        delay = tg.rules.after(result)
+        if delay is None or tg.started >= tg.rules.limit:
+            settle(tg)
+        else:  # started when there is room beside the probes still in flight
+            tg.next_at = time.monotonic() + delay
+
+    def settle(tg: _Target) -> None:
+        tg.settled, tg.next_at = True, None
+        for _, _, jobs in tg.inflight:
+            for j in jobs:
+                owner.pop(j, None)
+                engine.cancel(j)
+        tg.inflight.clear()
+
+    def start(tg: _Target, now: float) -> None:
+        jobs = [engine.add(tg.spec, a) for a in tg.addrs]
+        for j in jobs:
+            owner[j] = tg
+        tg.inflight.append((now, time.time(), jobs))
+        tg.started += 1
+        tg.next_at = None
+
+    engine = _Engine(stop, on_done=ended)
+    try:
+        for s in specs:
+            addrs = addresses[s.target]
+            if isinstance(addrs, str):
+                out[s.target] = [_verdict(s.target, time.time(), addrs, [])]
+                continue
+            targets[s.target] = _Target(s, addrs, rules[s.target])
+        while True:
+            now = time.monotonic()
+            wake: list[float] = []
+            for tg in targets.values():
+                if tg.settled:
+                    continue
+                room = len(tg.inflight) < max(1, tg.rules.overlap())
+                if tg.next_at is not None and now >= tg.next_at and room:
+                    start(tg, now)
+                elif tg.inflight and room and tg.started < tg.rules.limit:
+                    overdue = tg.rules.overdue()
+                    if overdue is not None:
+                        due = tg.inflight[-1][0] + overdue
+                        if now >= due:
+                            start(tg, now)
+                        else:
+                            wake.append(due)
+                if tg.next_at is not None:
+                    wake.append(tg.next_at)
+                if not tg.inflight and tg.next_at is None:
+                    tg.settled = True
+            if not engine.busy and not wake:
+                break
+            engine.step(min(wake) if wake else None)
+    finally:
+        engine.close()
+    for name, tg in targets.items():
+        out[name] = tg.out
     return out
 
 
@@ -590,6 +769,7 @@ class TargetReport:
     health: Health
     transition: dict | None  # the journal entry, when the state changed
     spool_error: str | None = None
+    probes: int = 1  # results recorded in this run (more when confirmed at once)
 
     def to_json(self) -> dict:
         r = self.result
@@ -616,9 +796,33 @@ def _reason(r: ProbeResult) -> str:
     return r.error or "failed"
 
 
-def run(site, names=(), lock_timeout: float = 5.0, stop=None) -> list[TargetReport]:
+def _rules(cfg, entry, fast: float) -> Rounds:
+    """The cron loop's confirmation of one target (see health.confirm_after)."""
+    state = {"h": entry.health}
+    latencies = [r.latency_ms for r in entry.results if r.ok and r.latency_ms is not None]
+
+    def after(r: ProbeResult) -> float | None:
+        h, _ = health.advance(state["h"], r.ok, cfg.probe_rise, cfg.probe_fall, r.at)
+        state["h"] = h
+        return health.confirm_after(h, r.ok, certain(r), fast)
+
+    def overdue() -> float | None:
+        if state["h"].state is not health.State.UP:
+            return None  # a failure would agree with the state: nothing to hurry
+        return health.overdue(latencies, fast)
+
+    return Rounds(after, overdue, lambda: health.overlap(state["h"], cfg.probe_fall),
+                  limit=cfg.probe_fall + cfg.probe_rise + 2)
+
+
+def run(site, names=(), lock_timeout: float = 5.0, stop=None,
+        confirm: bool = False) -> list[TargetReport]:
     """Probe the named targets (default: all), update their spool entries.
-    `stop`: an Event that abandons the probes (ProbeInterrupted, nothing written)."""
+    `stop`: an Event that abandons the probes (ProbeInterrupted, nothing written).
+    `confirm` (the cron loop): a probe that disagrees with the target's state is
+    followed by confirming ones within this run (fastInterval apart, sooner for
+    a certain failure, overlapping one that hangs), so a change of state is
+    settled, and recorded, before the run returns."""
     cfgs = [site.target(n) for n in site.select(names)]
     for c in cfgs:
         if c.probe_ssl and not c.probe_verify:
@@ -628,47 +832,58 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None) -> list[TargetRepo
                 c.target,
                 c.api_name,
             )
-    results = probe([ProbeSpec.from_config(c) for c in cfgs], stop=stop)
+    specs = [ProbeSpec.from_config(c) for c in cfgs]
     store = Spool(site.spool_dir)
+    if confirm:
+        fast = site.fast_interval
+        rules = {c.target: _rules(c, store.read(c.target), fast) for c in cfgs}
+        rounds = probe_rounds(specs, rules, stop=stop)
+        results = [rounds[c.target] for c in cfgs]
+    else:
+        results = [[r] for r in probe(specs, stop=stop)]
     reports = []
     with store.locked(lock_timeout):
-        for cfg, r in zip(cfgs, results):
+        for cfg, rs in zip(cfgs, results):
             entry = store.read(cfg.target)
-            ended = maint.expire(entry, r.at)
-            before = entry.health
-            moved = r.ok is not None and entry.readdress(list(r.addresses))
-            if moved:
-                # New addresses have earned nothing yet: this probe decides their state
-                # at once, so an address that never answered is never added to the pool.
-                log.warning("%s: its addresses changed to %s; the old ones (%s) leave the"
-                            " pool", cfg.target, " ".join(r.addresses), " ".join(entry.retired))
-            h, t = health.advance(
-                health.Health() if moved else before, r.ok, cfg.probe_rise, cfg.probe_fall,
-                r.at, _reason(r),
-            )
-            if moved and before.state is not health.State.UNKNOWN:
-                h, t = health.carried_over(before, h, t)
-            entry.health = h
-            entry.url = cfg.probe_url
-            if r.ok is not None:
-                entry.checked = r.at
-            entry.record(
-                ResultRecord(r.at, r.ok, r.address, r.status, r.latency_ms, r.error)
-            )
-            entry.counters["probes"] += 1
-            entry.counters["probe_failures"] += r.ok is False
-            if t and entry.maint is not None:  # the way back from maint is journaled then
-                log.info("%s: %s -> %s during maintenance: %s", cfg.target, t.old, t.new,
-                         t.reason)
-                t = None
-            journal = entry.add_transition(t) if t else ended
-            if t:
-                log.debug("%s: %s -> %s: %s", cfg.target, t.old, t.new, t.reason)
+            journal = None
+            for r in rs:
+                journal = _record(entry, cfg, r) or journal
             error = None
             try:
                 store.write(entry)
             except SpduError as e:  # one target's failed write must not stop the others
                 log.error("%s", e)
                 error = str(e)
-            reports.append(TargetReport(r, h, journal, error))
+            reports.append(TargetReport(rs[-1], entry.health, journal, error, len(rs)))
     return reports
+
+
+def _record(entry, cfg, r: ProbeResult) -> dict | None:
+    """Apply one result to a spool entry; the journal entry it added, if any."""
+    ended = maint.expire(entry, r.at)
+    before = entry.health
+    moved = r.ok is not None and entry.readdress(list(r.addresses))
+    if moved:
+        # New addresses have earned nothing yet: this probe decides their state
+        # at once, so an address that never answered is never added to the pool.
+        log.warning("%s: its addresses changed to %s; the old ones (%s) leave the"
+                    " pool", cfg.target, " ".join(r.addresses), " ".join(entry.retired))
+    h, t = health.advance(
+        health.Health() if moved else before, r.ok, cfg.probe_rise, cfg.probe_fall,
+        r.at, _reason(r),
+    )
+    if moved and before.state is not health.State.UNKNOWN:
+        h, t = health.carried_over(before, h, t)
+    entry.health = h
+    entry.url = cfg.probe_url
+    if r.ok is not None:
+        entry.checked = r.at
+    entry.record(ResultRecord(r.at, r.ok, r.address, r.status, r.latency_ms, r.error))
+    entry.counters["probes"] += 1
+    entry.counters["probe_failures"] += r.ok is False
+    if t and entry.maint is not None:  # the way back from maint is journaled then
+        log.info("%s: %s -> %s during maintenance: %s", cfg.target, t.old, t.new, t.reason)
+        t = None
+    if t:
+        log.debug("%s: %s -> %s: %s", cfg.target, t.old, t.new, t.reason)
+    return entry.add_transition(t) if t else ended

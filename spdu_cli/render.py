@@ -54,8 +54,9 @@ def derived(cfg: TargetConfig) -> dict[str, Any]:
 
 def failover(cfg: TargetConfig) -> health.Failover:
     fast = min(check_value("fastInterval", cfg.settings["fastInterval"]), cfg.interval)
+    down = min(check_value("downInterval", cfg.settings["downInterval"]), cfg.interval)
     return health.failover(cfg.interval, fast, cfg.probe_timeout, cfg.probe_retries,
-                           cfg.probe_fall, cfg.probe_rise, cfg.name_ttl)
+                           cfg.probe_fall, cfg.probe_rise, cfg.name_ttl, down)
 
 
 def failover_text(cfg: TargetConfig) -> Iterator[str]:

@@ -5,6 +5,7 @@ A script is a callable returning an iterable of steps:
   bytes          sent as they are (one send, so usually one TCP segment)
   float          a pause of that many seconds (cut short when the server stops)
   "hang"         keep the connection open and send nothing more
+  "until-closed" send nothing more, until the client closes the connection
   "rst"          close with SO_LINGER 0: the peer sees a reset
 The connection is closed after the last step. By default the request is read
 first (up to its blank line); `read_request=False` answers before reading it,
@@ -69,6 +70,15 @@ class RawServer:
                         return
                 elif step == "hang":
                     self._stop.wait(30)
+                    return
+                elif step == "until-closed":
+                    conn.settimeout(0.02)
+                    while not self._stop.is_set():
+                        try:
+                            if not conn.recv(4096):
+                                return
+                        except TimeoutError:
+                            continue
                     return
                 elif step == "rst":
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
