@@ -563,7 +563,7 @@ class _Engine:
             self.finish(i, *decided, t)
         now = time.monotonic()
         for i, t in list(self.active.items()):
-            if now >= t.deadline:
+            if now >= t.deadline and i in self.active:  # (an earlier one may cancel it)
                 self.cancel(i)
                 self.finish(i, *t.timed_out(), t)
 
@@ -678,7 +678,9 @@ def probe_rounds(specs: list[ProbeSpec], rules: dict[str, Rounds], stop=None
     owner: dict[int, _Target] = {}
 
     def ended(i: int, r: AddressResult) -> None:
-        tg = owner.pop(i)
+        tg = owner.pop(i, None)
+        if tg is None:  # its round was decided, or its target settled, meanwhile
+            return
         tg.results[i] = r
         for k, (started, wall, jobs) in enumerate(tg.inflight):
             if i in jobs:

@@ -24,7 +24,7 @@ Step = bytes | float | str
 
 class RawServer:
     def __init__(self, host: str, script: Callable[[], Iterable[Step]],
-                 read_request: bool = True):
+                 read_request: bool = True, port: int = 0):
         self.host = host
         self.script = script
         self.read_request = read_request
@@ -33,7 +33,7 @@ class RawServer:
         self._conns: list[socket.socket] = []
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
+        self.sock.bind((host, port))
         self.sock.listen(512)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]

@@ -24,13 +24,13 @@ _hosts = iter(range(10, 250))
 class Peer(RawServer):
     """A RawServer whose behaviour can be switched, counting connections in flight."""
 
-    def __init__(self, host: str, delay: float = 0.0):
+    def __init__(self, host: str, delay: float = 0.0, port: int = 0):
         self.mode = "ok"
         self.queue: list[str] = []
         self.delay = delay
         self.inflight = self.most = 0
         self._count = threading.Lock()
-        super().__init__(host, self._script)
+        super().__init__(host, self._script, port=port)
 
     def _script(self):
         mode = self.queue.pop(0) if self.queue else self.mode
@@ -208,3 +208,25 @@ def test_the_tick_that_sees_the_change_updates_dns(lab, knot, confdir):
     loop.tick(loop.schedule.due_at["t0"])  # the next probe: refused, confirmed, updated
     assert p.host not in knot.query("api", "A")
     assert loop.tally.reconciles == 2
+
+
+@pytest.mark.parametrize("mode", ["hang", "refused"])
+def test_one_of_two_addresses_fails(lab, confdir, mode):
+    # every address must answer: a round fails on its first failed address (the
+    # others' tries are dropped), and the next round confirms it
+    load, [a] = lab()
+    b = Peer(f"127.0.2.{next(_hosts)}", port=a.port)
+    try:
+        confdir.write(f"targetIP='{a.host} {b.host}'\nprobePort={a.port}\n", target="t0")
+        site = load()
+        up_first(site, [a, b])
+        if mode == "hang":
+            b.mode = "hang"
+        else:
+            b.stop()
+        [rep], took = confirmed(site)
+        assert rep.health.state is State.DOWN and rep.probes == 2
+        assert rep.result.address == b.host
+        assert took < (1.0 + 0.25 + 0.3 if mode == "hang" else 0.5), took
+    finally:
+        b.stop()
