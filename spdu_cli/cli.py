@@ -433,7 +433,8 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
 
 @cli.command("cron")
 @click.option("--for", "seconds", type=click.FloatRange(1, 3600), default=60.0,
-              show_default=True, metavar="SECONDS", help="How long to loop.")
+              show_default=True, metavar="SECONDS", envvar="SPDU_CRON_FOR",
+              help="How long to loop [env SPDU_CRON_FOR].")
 @LOCK_TIMEOUT
 @click.pass_obj
 def cron_cmd(obj: Context, seconds, lock_timeout):
