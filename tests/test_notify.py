@@ -190,6 +190,12 @@ class Site:
             store.write(entry)
         return e["id"]
 
+    def flap(self, target, n, start):
+        """n transitions of `target`, 10 s apart from `start`, alternately down and up."""
+        for i in range(n):
+            old, new = ("up", "down") if i % 2 == 0 else ("down", "up")
+            self.change(target, old, new, at=start + i * 10, reason=f"flap {i + 1}")
+
     def journal(self, target):
         return Spool(str(self.spool)).read(target).journal
 
@@ -359,14 +365,11 @@ def test_a_transition_added_while_mailing_is_kept(site, smtp_relay):
 
 def test_flap_summary_end_to_end(site, smtp_relay):
     relay = smtp_relay()
-    start = time.time() - 100
-    for i in range(5):
-        old, new = ("up", "down") if i % 2 == 0 else ("down", "up")
-        site.change("beta", old, new, at=start + i * 10, reason=f"flap {i + 1}")
+    site.flap("beta", 5, time.time() - 100)
     notify.run(site.load(smtpPort=relay.port, flapCount=2))
     (got,) = relay.received
     assert got.message["Subject"] == "WARNING: beta is flapping (5 changes in 10 min), now DOWN"
-    assert all(e["flap"] for e in site.journal("beta"))
+    assert all(e["sent"]["mail"]["flap"] for e in site.journal("beta"))
     site.change("beta", "down", "up")
     notify.run(site.load())  # within the window: held, not mailed
     assert len(relay.received) == 1 and site.pending("beta") == [6]
