@@ -289,3 +289,23 @@ def test_the_spool_file_is_fsynced_before_its_rename_and_the_directory_after(
     dir_synced = [i for i, c in enumerate(calls)
                   if re.match(rf"f(data)?sync\(\d+<{re.escape(str(spool_dir))}>\) = 0", c)]
     assert dir_synced and dir_synced[-1] > renames[0], calls
+
+
+def test_the_first_addresses_of_a_target_are_no_move():
+    e = SpoolEntry("beta")
+    assert not e.readdress(["192.0.2.2"])  # nothing to retire, no "addresses changed"
+    assert e.addresses == ["192.0.2.2"] and e.retired == []
+
+
+def test_a_journal_id_is_never_reused_even_when_next_id_is_behind(store):
+    """Ids are what marking matches on: an entry whose next_id lags its journal
+    (written by hand, or by an older spdu) continues after the highest id."""
+    e = entry()
+    e.journal.append({"id": 7, "at": "2026-01-01T00:00:00.000Z", "from": "up", "to": "down",
+                      "reason": "x", "notified": True, "dns": []})
+    e.next_id = 2
+    with store.locked():
+        store.write(e)
+    back = store.read("beta")
+    t = back.add_transition(Transition(State.DOWN, State.UP, 2000.0, "back"))
+    assert t["id"] == 8
