@@ -98,7 +98,7 @@ class Script:
 
     # -- the stand-ins for probe.run, reconcile.run, notify.run --------------------
 
-    def probe_run(self, site, names, lock_timeout=5.0):
+    def probe_run(self, site, names, lock_timeout=5.0, **_):  # stop=, confirm=: not needed
         now = self.clock()
         self.calls["probe"].append(now)
         healths = self.probe(now, list(names))
