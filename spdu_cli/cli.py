@@ -391,19 +391,24 @@ def history_cmd(obj: Context, target, as_json):
 
 @cli.command("notify")
 @click.option("--dry-run", "-n", is_flag=True,
-              help="Print the mails that would be sent; send, log and mark nothing.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per mail per line.")
+              help="Print the mails and webhook POSTs that would be sent; send, log and"
+                   " mark nothing.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per mail and per webhook POST, one a line.")
 @LOCK_TIMEOUT
 @click.pass_obj
 def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
-    """Mail each state change in the spool once, to every address in mailTo.
+    """Mail each state change in the spool once, to every address in mailTo,
+    and post it once to each webhookURL.
 
     Several pending changes go out as one digest; a target that changes more
     than flapCount times within flapWindow gets one summary per window. A
-    change is marked notified only after the relay accepted its mail, so a
-    relay outage (exit 69) delays mail and loses none; a crash in between
-    may repeat a mail. Each change is also logged to syslog (daemon) once.
-    Without mailTo, changes are only logged.
+    change is marked for a channel only after the relay accepted its mail (a
+    webhook answered 2xx), so an outage (exit 69) delays that channel and
+    loses nothing; a crash in between may repeat a message. A webhook that
+    refuses (4xx) keeps the change pending too (exit 78). Each change is also
+    logged to syslog (daemon) once. Without mailTo and webhookURL, changes
+    are only logged.
 
     \b
     Example:
@@ -415,10 +420,10 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
     if not dry_run:
         _write_metrics(obj.site())
     if as_json:
-        for d in outcome.deliveries:
+        for d in [*outcome.deliveries, *outcome.posts]:
             click.echo(render.json_line(d.to_json()))
     elif dry_run:
-        if outcome.deliveries:
+        if outcome.deliveries or outcome.posts:
             click.echo(render.lines(render.notify_messages(outcome)))
     elif _tty():
         click.echo(render.lines(render.notify_lines(outcome)))
@@ -428,7 +433,8 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
 
 @cli.command("cron")
 @click.option("--for", "seconds", type=click.FloatRange(1, 3600), default=60.0,
-              show_default=True, metavar="SECONDS", help="How long to loop.")
+              show_default=True, metavar="SECONDS", envvar="SPDU_CRON_FOR",
+              help="How long to loop [env SPDU_CRON_FOR].")
 @LOCK_TIMEOUT
 @click.pass_obj
 def cron_cmd(obj: Context, seconds, lock_timeout):

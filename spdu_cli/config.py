@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import pwd
+import re
 import shlex
 import socket
 import stat
@@ -132,6 +133,16 @@ KEYS: dict[str, Key] = {
             site_only=True),
         Key("metricsFile", validate.optional(validate.absolute_path), "",
             "Prometheus text file written after each run (empty: none)", site_only=True),
+        Key("webhookURL", validate.optional(validate.url_list), "",
+            "URLs that get each change as an HTTP POST (empty: none)", secret=True),
+        Key("webhookFormat", validate.webhook_formats, "json",
+            "json, slack or ntfy: one for every webhookURL, or one each"),
+        Key("webhookTokenFile", validate.optional(validate.absolute_path), "",
+            "file holding a token sent as Authorization: Bearer"),
+        Key("webhookCAFile", validate.optional(validate.absolute_path), "",
+            "CA bundle to verify HTTPS receivers (else the system's)"),
+        Key("webhookTimeout", validate.decimal(0.1, 60), "5",
+            "deadline of each webhook POST, whole"),
     ]
 }
 
@@ -415,6 +426,37 @@ class MailConfig:
 
 
 @dataclass(frozen=True)
+class WebhookConfig:
+    """One webhook receiver: a notification channel of its own."""
+
+    url: str = field(repr=False)  # may hold the receiver's only secret (Slack...)
+    format: str  # json, slack or ntfy
+    token: str = field(default="", repr=False)
+    ca_file: str | None = None
+    timeout: float = 5.0
+    tag: str = ""  # myTag
+    position: int = 1  # in webhookURL, for messages that must not show the URL
+    count: int = 1  # URLs in webhookURL
+
+    @property
+    def channel(self) -> str:
+        """Its name in the spool: stable while URL and format stay, and no secret."""
+        import hashlib
+
+        return "webhook:" + hashlib.sha256(f"{self.format} {self.url}".encode()).hexdigest()[:12]
+
+    @property
+    def where(self) -> str:
+        """The URL for messages: scheme, host and port only (its path may be a secret)."""
+        from urllib.parse import urlsplit
+
+        u = urlsplit(self.url)
+        rest = "/..." if (u.path not in ("", "/") or u.query) else "/"
+        which = f" #{self.position}" if self.count > 1 else ""
+        return f"webhookURL{which} {u.scheme}://{u.netloc}{rest} ({self.format})"
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     """Everything spdu needs to probe one target and keep its pool."""
 
@@ -452,6 +494,7 @@ class TargetConfig:
     """Every key's raw value as in effect: from a file, or its default."""
     flap_count: int = 4
     flap_window: float = 600.0
+    webhooks: tuple[WebhookConfig, ...] = ()
 
     @property
     def probe_url(self) -> str:
@@ -634,6 +677,8 @@ def build_target(
             tag=get("myTag"),
         )
 
+    webhooks = _webhooks(settings, get)
+
     try:
         domain = get("domain")
     except ConfigError:
@@ -673,7 +718,49 @@ def build_target(
         settings=_effective(values),
         flap_count=get("flapCount"),
         flap_window=get("flapWindow"),
+        webhooks=webhooks,
     )
+
+
+def _webhooks(settings: Mapping[str, Setting], get: Callable[[str], Any]) -> tuple[WebhookConfig, ...]:
+    urls = get("webhookURL") or ()
+    if not urls:
+        return ()
+    formats = get("webhookFormat")
+    if len(formats) not in (1, len(urls)):
+        s = settings.get("webhookFormat", Setting(""))
+        raise ConfigError(
+            f"{s.source}: webhookFormat names {len(formats)} formats for {len(urls)} URLs"
+            " in webhookURL",
+            "give one format for all, or one per URL in the same order",
+        )
+    token = ""
+    if get("webhookTokenFile"):
+        token = read_token(settings["webhookTokenFile"])
+    return tuple(
+        WebhookConfig(url, formats[0] if len(formats) == 1 else formats[i], token,
+                      get("webhookCAFile") or None, get("webhookTimeout"), get("myTag"),
+                      i + 1, len(urls))
+        for i, url in enumerate(urls)
+    )
+
+
+def read_token(s: Setting) -> str:
+    """The bearer token in webhookTokenFile: a file only its owner may read."""
+    what = f"webhook token file (webhookTokenFile, {s.source})"
+    f = read_safe_file(s.value, what)
+    if f.mode & 0o044:
+        raise ConfigError(
+            f"refusing {what} {s.value}: readable by group or others (mode {f.mode:04o})",
+            f"chmod 0600 {s.value}",
+        )
+    lines = [line.strip() for line in f.text.splitlines() if line.strip()]
+    if len(lines) != 1 or not re.fullmatch(r"[\x21-\x7e]{1,4096}", lines[0]):
+        raise ConfigError(
+            f"{what} {s.value}: not one token (one line of printable ASCII, no spaces;"
+            " the token is not shown)"
+        )
+    return lines[0]
 
 
 def _effective(values: _Values) -> dict[str, Setting]:

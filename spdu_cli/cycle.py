@@ -286,8 +286,8 @@ class Loop:
             # (they are marked only once the relay accepted) and the next run sends them.
             self.mailer.join(STOP_WAIT if self.stop.is_set() else max(0.0, end - self.clock()))
             if self.mailer.is_alive():
-                log.warning("a mail run is still waiting on the SMTP relay; its transitions"
-                            " stay pending for the next run")
+                log.warning("a mail run is still waiting on the SMTP relay or a webhook; its"
+                            " transitions stay pending for the next run")
                 self.tally.failed("notify", 69)
         return self.tally
 

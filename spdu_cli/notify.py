@@ -1,12 +1,15 @@
-"""`spdu notify`: mail each state change recorded in the spool once, and log it to syslog.
+"""`spdu notify`: mail each state change recorded in the spool once, post it to
+each webhook once, and log it to syslog.
 
-Pending transitions -> a Plan of mails (single notices, digests, flap summaries;
-pure functions) -> SMTP -> marked notified in the spool. Delivery is at least
-once: a transition is marked only after the relay accepted its mail (see run).
+Pending transitions -> a Plan of mails and webhook POSTs (single notices, digests,
+flap summaries; pure functions) -> SMTP / HTTP -> marked per channel in the
+spool. Delivery is at least once: a transition is marked for a channel only
+after that channel accepted it, and notified once every channel has (see run).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import logging.handlers
@@ -25,13 +28,14 @@ if TYPE_CHECKING:  # the mail modules are loaded only when there is mail to send
     from email.message import EmailMessage
 
 from spdu_cli import __version__
-from spdu_cli.config import MailConfig, TargetConfig
+from spdu_cli.config import MailConfig, TargetConfig, WebhookConfig
 from spdu_cli.errors import ConfigError, ServiceUnavailable, SpduError
 from spdu_cli.logsetup import SYSLOG_SOCKETS, system_socket
 from spdu_cli.spool import Spool, SpoolEntry, duration, epoch, iso
 
 log = logging.getLogger(__name__)
 
+MAIL = "mail"  # the mail channel's name in the spool (a webhook's: WebhookConfig.channel)
 MAX_SUBJECT = 150
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -78,6 +82,7 @@ class StateChange:
     flap: bool = False  # went out in a flap summary
     logged: bool = False  # written to syslog
     until: float | None = None  # a change to maint: when the maintenance ends
+    sent: tuple[tuple[str, float | None, bool], ...] = ()  # (channel, at, flap summary)
 
     @property
     def key(self) -> tuple[int, str]:
@@ -106,7 +111,25 @@ class StateChange:
             flap=bool(e.get("flap")),
             logged=bool(e.get("logged")),
             until=_epoch(e.get("until")),
+            sent=_sent(e.get("sent")),
         )
+
+    def on(self, channel: str) -> StateChange:
+        """As `channel` sees it: done once that channel took it, or once every channel
+        did (`notified`; from before channels, the mail fields tell)."""
+        rec = next((r for r in self.sent if r[0] == channel), None)
+        if rec is not None:
+            return dataclasses.replace(self, notified=True, notified_at=rec[1], flap=rec[2])
+        if self.notified and self.sent:
+            return dataclasses.replace(self, flap=False)  # settled without this channel
+        return self
+
+
+def _sent(value: Any) -> tuple[tuple[str, float | None, bool], ...]:
+    if not isinstance(value, dict):
+        return ()
+    return tuple((str(ch), _epoch(r.get("at")), bool(r.get("flap")))
+                 for ch, r in value.items() if isinstance(r, dict))
 
 
 @dataclass(frozen=True)
@@ -119,6 +142,7 @@ class TargetView:
     flap_count: int  # 0: flap summaries off
     flap_window: float
     journal: tuple[StateChange, ...]
+    webhooks: tuple[WebhookConfig, ...] = ()
 
     @classmethod
     def from_spool(cls, cfg: TargetConfig, entry: SpoolEntry) -> TargetView:
@@ -132,7 +156,16 @@ class TargetView:
             flap_count=cfg.flap_count,
             flap_window=cfg.flap_window,
             journal=tuple(StateChange.from_journal(e) for e in entry.journal),
+            webhooks=cfg.webhooks,
         )
+
+    def channels(self) -> set[str]:
+        """Every channel that must take a transition before it is notified."""
+        return ({MAIL} if self.mail else set()) | {w.channel for w in self.webhooks}
+
+    def on(self, channel: str) -> TargetView:
+        """The journal as one channel sees it."""
+        return dataclasses.replace(self, journal=tuple(c.on(channel) for c in self.journal))
 
     def pending(self) -> list[StateChange]:
         return [c for c in self.journal if not c.notified]
@@ -192,19 +225,28 @@ class Mail:
 
 
 @dataclass(frozen=True)
+class Post(Mail):
+    """What goes to one webhook receiver: one notice or a digest."""
+
+    config: WebhookConfig  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
 class Held:
     """A flapping target's transitions kept pending until its next summary is due."""
 
     view: TargetView
     changes: tuple[StateChange, ...]
     until: float
+    channel: str = MAIL
 
 
 @dataclass
 class Plan:
     mails: list[Mail] = field(default_factory=list)
-    silent: list[tuple[TargetView, StateChange]] = field(default_factory=list)  # no mailTo
+    silent: list[tuple[TargetView, StateChange]] = field(default_factory=list)  # no channel
     held: list[Held] = field(default_factory=list)
+    posts: list[Post] = field(default_factory=list)
 
 
 def notices_for(view: TargetView, now: float) -> list[Notice] | Held:
@@ -229,25 +271,39 @@ def notices_for(view: TargetView, now: float) -> list[Notice] | Held:
     return [Notice(view, (c,)) for c in pending]
 
 
-def plan(views: Iterable[TargetView], now: float) -> Plan:
-    """Group every pending transition into mails: one per mail configuration
-    (recipients, relay...), a digest when it holds several notices."""
-    out = Plan()
-    groups: dict[MailConfig, list[Notice]] = {}
-    for v in views:
-        pending = v.pending()
-        if not pending:
-            continue
-        if v.mail is None:
-            out.silent.extend((v, c) for c in pending)
+def _gather(pairs: Iterable[tuple[Any, TargetView]], now: float, channel: str = MAIL
+            ) -> tuple[dict[Any, tuple[Notice, ...]], list[Held]]:
+    """(channel configuration, the target as that channel sees it) pairs -> the
+    notices for each configuration in time order, and the flapping targets held."""
+    groups: dict[Any, list[Notice]] = {}
+    held = []
+    for cfg, v in pairs:
+        if not v.pending():
             continue
         notices = notices_for(v, now)
         if isinstance(notices, Held):
-            out.held.append(notices)
+            held.append(dataclasses.replace(notices, channel=channel))
         else:
-            groups.setdefault(v.mail, []).extend(notices)
-    for cfg, notices in groups.items():
-        out.mails.append(Mail(cfg, tuple(sorted(notices, key=lambda n: (n.changes[0].at, n.view.target, n.changes[0].id)))))
+            groups.setdefault(cfg, []).extend(notices)
+    order = lambda n: (n.changes[0].at, n.view.target, n.changes[0].id)  # noqa: E731
+    return {cfg: tuple(sorted(ns, key=order)) for cfg, ns in groups.items()}, held
+
+
+def plan(views: Iterable[TargetView], now: float) -> Plan:
+    """Group every pending transition into mails: one per mail configuration
+    (recipients, relay...), a digest when it holds several notices; and into
+    POSTs: one per webhook receiver. Each channel sees its own pending ones."""
+    views = list(views)
+    out = Plan()
+    out.silent = [(v, c) for v in views if not v.channels() for c in v.pending()]
+    mailed = [(v.mail, v.on(MAIL)) for v in views if v.mail is not None]
+    groups, out.held = _gather(mailed, now)
+    out.mails = [Mail(cfg, notices) for cfg, notices in groups.items()]
+    for channel in dict.fromkeys(w.channel for v in views for w in v.webhooks):
+        posted = [(w, v.on(channel)) for v in views for w in v.webhooks if w.channel == channel]
+        groups, held = _gather(posted, now, channel)
+        out.posts += [Post(cfg, notices) for cfg, notices in groups.items()]
+        out.held += held
     return out
 
 
@@ -632,6 +688,7 @@ class Delivery:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "channel": MAIL,
             "subject": str(self.message["Subject"]),
             "message_id": str(self.message["Message-ID"]),
             "to": list(self.mail.config.to),
@@ -644,24 +701,104 @@ class Delivery:
 
 
 @dataclass
+class PostDelivery:
+    """One webhook POST: rendered, and (unless a dry run) accepted by the receiver or not."""
+
+    post: Post
+    sending: Any  # webhook.Sending: the request, then the receiver's answer
+
+    @property
+    def sent(self) -> bool:
+        return self.sending.status is not None and self.sending.error is None
+
+    @property
+    def error(self) -> SpduError | None:
+        return self.sending.error
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "channel": "webhook",
+            "webhook": self.post.config.where,
+            "format": self.post.config.format,
+            "id": self.sending.request.headers["Idempotency-Key"],
+            "subject": _CONTROL.sub(" ", subject(self.post)),
+            "transitions": [{"target": t, "id": c.id} for t, c in self.post.changes],
+            "sent": self.sent,
+            "status": self.sending.status,
+            "error": str(self.error) if self.error else None,
+        }
+
+
+@dataclass
 class Outcome:
     plan: Plan
     deliveries: list[Delivery]
     dry_run: bool = False
+    posts: list[PostDelivery] = field(default_factory=list)
 
     @property
     def errors(self) -> list[SpduError]:
-        return [d.error for d in self.deliveries if d.error]
+        return [d.error for d in [*self.deliveries, *self.posts] if d.error]
+
+
+Marks = dict[str, dict[tuple[int, str], dict[str, Any]]]  # target -> transition -> fields
 
 
 def _mark(entry: SpoolEntry, updates: dict[tuple[int, str], dict[str, Any]]) -> int:
+    """Set the fields of each transition named; `sent` (per channel) is merged."""
     done = 0
     for e in entry.journal:
         fields = updates.get((e.get("id"), str(e.get("at"))))
         if fields:
-            e.update(fields)
+            for name, value in fields.items():
+                if name == "sent":
+                    e["sent"] = {**(e["sent"] if isinstance(e.get("sent"), dict) else {}), **value}
+                else:
+                    e[name] = value
             done += 1
     return done
+
+
+def _settle(entry: SpoolEntry, view: TargetView, now: float) -> int:
+    """Mark notified each transition of `view` that every channel it has now took
+    (or that has no channel: mailTo and webhookURL empty, or a channel removed)."""
+    pending = {c.key for c in view.pending()}
+    need = view.channels()
+    done = 0
+    for e in entry.journal:
+        if e.get("notified") or (e.get("id"), str(e.get("at"))) not in pending:
+            continue
+        if need <= set(e["sent"] if isinstance(e.get("sent"), dict) else ()):
+            e.update(notified=True, notified_at=iso(now))
+            done += 1
+    return done
+
+
+def _write_marks(store: Spool, views: list[TargetView], marks: Marks, now: float,
+                 lock_timeout: float) -> None:
+    """Under the lock, re-reading each entry so transitions a concurrent probe added are kept."""
+    targets = [v for v in views if v.target in marks or v.pending()]
+    if not targets:
+        return
+    with store.locked(lock_timeout):
+        for v in targets:
+            updates = marks.get(v.target, {})
+            entry = store.read(v.target)
+            found = 0 if entry.fresh else _mark(entry, updates)
+            if found < len(updates):
+                log.warning("%s: the spool entry changed meanwhile; %d transition(s) not"
+                            " found to mark", v.target, len(updates) - found)
+            if found + (0 if entry.fresh else _settle(entry, v, now)):
+                store.write(entry)
+
+
+def _sent_mark(marks: Marks, notices: Iterable[Notice], channel: str, now: float,
+               **fields: Any) -> None:
+    for n in notices:
+        for c in n.changes:
+            mark = marks.setdefault(n.view.target, {}).setdefault(c.key, {})
+            mark.setdefault("sent", {})[channel] = {"at": iso(now), "flap": bool(n.flapping)}
+            mark.update(fields)
 
 
 def run(
@@ -671,17 +808,20 @@ def run(
     lock_timeout: float = 5.0,
     syslog: str | None = None,
 ) -> Outcome:
-    """Mail every pending transition of the configured targets, then mark it.
+    """Mail and post every pending transition of the configured targets, then mark it.
 
-    At least once: a transition is marked notified only after the relay
-    accepted the mail that carries it, under the spool lock, re-reading the
-    entry so transitions a concurrent probe added are kept. The lock is not
-    held while talking SMTP. If spdu dies between the relay's acceptance and
-    the marking (or the spool cannot be written), the next run sends that
-    mail again, with the same Message-ID; a mail is never lost. A relay that
-    is down, times out or refuses every recipient leaves the transitions
-    pending (exit 69). Without mailTo, transitions are marked (logged only).
-    `syslog` overrides syslogSocket. A dry run composes, sends and marks nothing.
+    At least once, per channel: a transition is marked for mail only after the
+    relay accepted the mail that carries it, for a webhook only after that
+    receiver answered 2xx, under the spool lock, re-reading the entry so
+    transitions a concurrent probe added are kept; it is `notified` once every
+    channel took it. The lock is not held while talking SMTP or HTTP. If spdu
+    dies between acceptance and marking (or the spool cannot be written), the
+    next run sends it again, with the same Message-ID (Idempotency-Key); it is
+    never lost. A relay or receiver that is down, times out or refuses leaves
+    the transitions pending for that channel only (exit 69, or 78 for a
+    refusal). Webhooks are posted in parallel, each under its own deadline,
+    while the mail goes out. Without any channel, transitions are marked (logged
+    only). `syslog` overrides syslogSocket. A dry run sends and marks nothing.
     """
     now = time.time() if now is None else now
     cfgs = [site.target(n) for n in site.select(())]
@@ -689,28 +829,33 @@ def run(
     views = [TargetView.from_spool(c, store.read(c.target)) for c in cfgs]
     p = plan(views, now)
     outcome = Outcome(p, [Delivery(m, compose(m, now)) for m in p.mails], dry_run)
+    if p.posts:
+        from spdu_cli import webhook
+
+        outcome.posts = [PostDelivery(x, webhook.Sending(x.config, webhook.request(x, now)))
+                         for x in p.posts]
     for h in p.held:
-        log.info("%s: flapping; %d change(s) held for the summary due at %s",
-                 h.view.target, len(h.changes), _clock(h.until))
+        log.info("%s: flapping; %d change(s) held for the summary due at %s%s",
+                 h.view.target, len(h.changes), _clock(h.until),
+                 "" if h.channel == MAIL else " (webhook)")
     if dry_run:
         for v, c in p.silent:
             log.info("%s: would mark transition %d notified without mail (mailTo is empty)",
                      v.target, c.id)
         return outcome
 
+    for d in outcome.posts:  # in flight while the mail goes out
+        d.sending.start()
     handler = open_syslog(site.syslog_socket if syslog is None else syslog)
     try:
         logged = log_transitions(views, handler)
     finally:
         if handler is not None:
             handler.close()
-    marks: dict[str, dict[tuple[int, str], dict[str, Any]]] = {}
+    marks: Marks = {}
     for target, keys in logged.items():
         for key in keys:
             marks.setdefault(target, {}).setdefault(key, {})["logged"] = True
-    for v, c in p.silent:
-        marks.setdefault(v.target, {}).setdefault(c.key, {}).update(
-            notified=True, notified_at=iso(now))
     for d in outcome.deliveries:
         try:
             d.refused = send(d.mail.config, d.message)
@@ -722,19 +867,14 @@ def run(
         for rcpt, reply in d.refused.items():
             log.warning("SMTP relay %s refused recipient %s (%s); the others got the mail",
                         relay_where(d.mail.config), rcpt, reply)
-        for n in d.mail.notices:
-            for c in n.changes:
-                marks.setdefault(n.view.target, {}).setdefault(c.key, {}).update(
-                    notified=True, notified_at=iso(now),
-                    message_id=str(d.message["Message-ID"]), flap=bool(n.flapping))
-    if marks:
-        with store.locked(lock_timeout):
-            for target, updates in marks.items():
-                entry = store.read(target)
-                found = 0 if entry.fresh else _mark(entry, updates)
-                if found < len(updates):
-                    log.warning("%s: the spool entry changed meanwhile; %d transition(s) not"
-                                " found to mark", target, len(updates) - found)
-                if found:
-                    store.write(entry)
+        _sent_mark(marks, d.mail.notices, MAIL, now, message_id=str(d.message["Message-ID"]))
+    if outcome.posts:
+        _write_marks(store, views, marks, now, lock_timeout)  # mail's, not waiting on HTTP
+        marks = {}
+        for x in outcome.posts:
+            if x.sending.wait():
+                _sent_mark(marks, x.post.notices, x.post.config.channel, now)
+            else:
+                log.error("%s", x.error)
+    _write_marks(store, views, marks, now, lock_timeout)
     return outcome

@@ -214,17 +214,29 @@ def notify_lines(outcome) -> Iterator[str]:
         if d.refused:
             line += f" (refused: {', '.join(d.refused)})"
         yield line
+    for x in outcome.posts:
+        targets = ", ".join(dict.fromkeys(t for t, _ in x.post.changes))
+        if x.error:
+            yield f"not posted ({targets}): {x.error}"
+        else:
+            yield f"posted {len(x.post.changes)} change(s) ({targets}) to {x.post.config.where}"
     for h in outcome.plan.held:
-        yield f"{h.view.target}: flapping, {len(h.changes)} change(s) held for the next summary"
+        where = "" if h.channel == "mail" else " (webhook)"
+        yield (f"{h.view.target}: flapping, {len(h.changes)} change(s) held for the next"
+               f" summary{where}")
     silent = [v.target for v, _ in outcome.plan.silent]
     for target in dict.fromkeys(silent):
-        yield f"{target}: {silent.count(target)} change(s) marked without mail (mailTo is empty)"
+        yield (f"{target}: {silent.count(target)} change(s) marked without mail or webhook"
+               " (mailTo and webhookURL are empty)")
 
 
 def notify_messages(outcome) -> Iterator[str]:
-    """--dry-run: each mail as it would be sent, headers and body."""
+    """--dry-run: each mail as it would be sent, headers and body; then each webhook
+    POST (its URL's path and the token left out)."""
     for d in outcome.deliveries:
         yield d.message.as_string().rstrip("\n") + "\n"
+    for x in outcome.posts:
+        yield x.sending.request.shown(x.post.config)
 
 
 # -- tables: rich on a terminal, aligned plain lines elsewhere ---------------------------

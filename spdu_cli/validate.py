@@ -202,3 +202,43 @@ def status_codes(value: str) -> tuple[tuple[int, int], ...]:
     if not out:
         raise ValueError("no status code given")
     return tuple(out)
+
+
+WEBHOOK_FORMATS = ("json", "slack", "ntfy")
+
+
+def url_list(value: str) -> tuple[str, ...]:
+    """Space-separated http(s) URLs. An error never repeats a URL: its path or
+    query may be the only secret a webhook has."""
+    from urllib.parse import urlsplit
+
+    out = []
+    for i, item in enumerate(value.split(), 1):
+        where = f"URL {i}"
+        if any(ord(c) < 32 or c == "\x7f" for c in item):
+            raise ValueError(f"{where}: control character")
+        try:
+            u = urlsplit(item)
+            u.port  # noqa: B018 - raises on a bad port
+        except ValueError as e:
+            raise ValueError(f"{where}: not a URL ({e})") from None
+        if u.scheme not in ("http", "https"):
+            raise ValueError(f"{where}: the scheme must be https or http")
+        if not u.hostname:
+            raise ValueError(f"{where}: no host name")
+        if u.username is not None or u.password is not None:
+            raise ValueError(f"{where}: credentials in the URL; put a token in webhookTokenFile")
+        if u.fragment:
+            raise ValueError(f"{where}: a #fragment is never sent; remove it")
+        out.append(item)
+    return tuple(dict.fromkeys(out))
+
+
+def webhook_formats(value: str) -> tuple[str, ...]:
+    items = tuple(value.lower().split())
+    if not items:
+        raise ValueError(f"empty; one of {', '.join(WEBHOOK_FORMATS)}")
+    for item in items:
+        if item not in WEBHOOK_FORMATS:
+            raise ValueError(f"{item!r} is not one of {', '.join(WEBHOOK_FORMATS)}")
+    return items

@@ -156,3 +156,30 @@ def smtp_relay(smtp_ca):
     yield start
     for r in relays:
         r.stop()
+
+
+# --- real webhook receivers (tests/webhookd.py): HTTP and HTTPS on loopback ---
+
+
+@pytest.fixture
+def webhook_receiver(smtp_ca):
+    """Start WebhookReceiver(host, https=...) instances (HTTPS with a trustme
+    certificate for 127.0.0.1); all are stopped after the test."""
+    import ssl
+
+    from tests.webhookd import WebhookReceiver
+
+    receivers = []
+
+    def start(host: str = "127.0.0.1", https: bool = False) -> WebhookReceiver:
+        tls = None
+        if https:
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            smtp_ca[1].configure_cert(tls)
+        r = WebhookReceiver(host, tls)
+        receivers.append(r)
+        return r
+
+    yield start
+    for r in receivers:
+        r.stop()

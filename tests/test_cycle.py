@@ -321,3 +321,23 @@ def test_under_spdu_cron_a_second_copy_exits_75_quietly(site, tmp_path):
     assert "another spdu cron loop" in b.stderr  # syslogSocket=none here: the log is stderr
     assert "error:" not in b.stderr  # a warning, not an error
     assert a.wait(timeout=15) == 0
+
+
+def test_a_webhook_receiver_that_hangs_does_not_delay_dns(site, webhook_receiver):
+    """A site fails while the webhook receiver accepts POSTs and never answers:
+    the site is out of DNS on time, the change stays pending for the webhook."""
+    hook = webhook_receiver()
+    hook.answer = "hang"
+    site["write"](f"webhookURL={hook.url}\nwebhookTimeout=5\n")
+    os.chmod(site["conf"], 0o600)  # webhookURL is a secret
+    p = start(site, seconds=3)
+    wait_for(lambda: hook.tried >= 1, 2)  # the first POST (beta, gamma up) now hangs
+    site["servers"]["beta"].behaviour = "503"
+    took = wait_for(lambda: BETA not in pool(site["knot"]), 2)
+    assert took < 1.5
+    out, err = p.communicate(timeout=15)
+    assert p.returncode == 69, err
+    assert "did not answer within 5 s" in err or "still waiting" in err
+    assert "s3cretpath" not in err
+    journal = spool_of(site, "beta")["journal"]
+    assert journal[-1]["to"] == "down" and not journal[-1]["notified"]  # kept for the next run

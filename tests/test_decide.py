@@ -79,6 +79,23 @@ def test_changed_target_ip_waits_for_a_probe():
     assert d.changes == () and "targetIP changed" in d.notes[0]
 
 
+def test_an_added_target_gets_its_own_ttl_not_self_ips():
+    d = decide(["192.0.2.9"], [view("gamma", "up", ["192.0.2.3"], ttl=30)], ["192.0.2.1"], 5,
+               NOW)
+    assert sorted((c.address, c.ttl, c.target) for c in d.changes) == [
+        ("192.0.2.1", 5, None), ("192.0.2.3", 30, "gamma")]
+
+
+def test_a_maintenance_is_over_at_its_end_not_a_moment_later():
+    def at_end(offset):
+        beta = TargetView("beta", State.UP, ("192.0.2.2",), NOW - 1, (), 5, 10.0,
+                          maint_until=NOW + offset)
+        return changes(decide(["192.0.2.1", "192.0.2.2"], [beta], ["192.0.2.1"], 5, NOW))
+
+    assert at_end(0.001) == [("delete", "192.0.2.2", "beta")]  # still in maintenance
+    assert at_end(0) == []  # `until` has come: the probes decide again (up: kept)
+
+
 addresses = st.sampled_from([f"192.0.2.{i}" for i in range(1, 7)] + ["2001:db8::1", "2001:db8::2"])
 views = st.lists(
     st.builds(

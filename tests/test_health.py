@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spdu_cli.health import Health, State, advance, suspect
+from spdu_cli.health import Health, State, advance, carried_over, suspect
 
 
 def run(outcomes, rise=2, fall=2, start=Health()):
@@ -63,3 +63,23 @@ def test_properties(outcomes, rise, fall):
             assert outcomes[i - need + 1 : i + 1] == [new == "up"] * need
     if outcomes:
         assert h.state is not State.UNKNOWN
+
+
+def readdressed(before, ok, now=500.0):
+    """What probe does when a target's addresses changed: the new addresses start
+    from nothing, and the result is carried over from the state before."""
+    h, t = advance(Health(), ok, 2, 2, now, "r")
+    return carried_over(before, h, t)
+
+
+def test_new_addresses_in_the_same_state_keep_since_and_make_no_transition():
+    before = Health(State.UP, 100.0, 7, 0)
+    h, t = readdressed(before, True)
+    assert t is None
+    assert h.state is State.UP and h.since == 100.0  # up since 100, not since the move
+
+
+def test_new_addresses_in_another_state_are_a_transition_from_the_old_one():
+    h, t = readdressed(Health(State.UP, 100.0, 7, 0), False)
+    assert h.state is State.DOWN and h.since == 500.0
+    assert (t.old, t.new, t.at) == (State.UP, State.DOWN, 500.0)

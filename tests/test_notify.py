@@ -99,7 +99,9 @@ def test_flapping_target_gets_one_summary_per_window():
     more = [change(6, NOW + 10, "up", "down", "flap 6"), change(7, NOW + 30, "down", "up")]
     p = notify.plan([view(*sent, *more)], NOW + 60)
     assert p.mails == [] and p.held[0].until == NOW + 600 and len(p.held[0].changes) == 2
-    # ...then they go out as one summary, even though the flapping has calmed down.
+    # ...then they go out as one summary (due at the window's end, not a moment
+    # later), even though the flapping has calmed down.
+    assert notify.plan([view(*sent, *more)], NOW + 600).held == []
     p = notify.plan([view(*sent, *more)], NOW + 601)
     (n,) = p.mails[0].notices
     assert n.flapping and [c.id for c in n.changes] == [6, 7]
@@ -108,6 +110,20 @@ def test_flapping_target_gets_one_summary_per_window():
     # flapCount=0: no summaries.
     p = notify.plan([view(*flaps(8, NOW - 100), flap_count=0)], NOW)
     assert len(p.mails[0].notices) == 8
+
+
+def test_changes_held_after_a_summary_go_out_as_one_summary_even_when_calm():
+    # A summary went out at NOW - 900 for five flaps; two changes came while the
+    # summary window was still running (so were held), and by themselves they are
+    # too few to count as flapping. Due now: one summary, not one mail each.
+    sent = [change(c.id, c.at, c.old, c.new, c.reason, notified=True, notified_at=NOW - 900,
+                   flap=True) for c in flaps(5, NOW - 1000)]
+    held = [change(6, NOW - 320, "down", "up", "back"), change(7, NOW - 310, "up", "down", "gone")]
+    p = notify.plan([view(*sent, *held)], NOW)
+    (mail,) = p.mails
+    (n,) = mail.notices
+    assert n.flapping and [c.id for c in n.changes] == [6, 7]
+    assert "flapping" in notify.subject(mail)
 
 
 def test_slow_changes_are_not_flapping():
@@ -189,6 +205,12 @@ class Site:
             entry.health = Health(State(new), at)
             store.write(entry)
         return e["id"]
+
+    def flap(self, target, n, start):
+        """n transitions of `target`, 10 s apart from `start`, alternately down and up."""
+        for i in range(n):
+            old, new = ("up", "down") if i % 2 == 0 else ("down", "up")
+            self.change(target, old, new, at=start + i * 10, reason=f"flap {i + 1}")
 
     def journal(self, target):
         return Spool(str(self.spool)).read(target).journal
@@ -357,21 +379,49 @@ def test_a_transition_added_while_mailing_is_kept(site, smtp_relay):
     assert relay.received[1].message["Subject"] == "NOTICE: beta is up"
 
 
+def test_a_spool_reset_while_mailing_does_not_mark_the_new_journal(site, smtp_relay):
+    """Marking matches id and time: a journal that restarted at id 1 meanwhile
+    (spool file lost) keeps its own transition 1 pending."""
+    relay = smtp_relay()
+    site.change("beta", "up", "down", at=time.time() - 60)
+
+    def reset():
+        Spool(str(site.spool)).path("beta").unlink()
+        site.change("beta", "down", "up")
+
+    relay.on_data = reset
+    notify.run(site.load(smtpPort=relay.port))
+    assert site.pending("beta") == [1]  # the new transition 1, still to be mailed
+    assert site.journal("beta")[0]["to"] == "up"
+
+
 def test_flap_summary_end_to_end(site, smtp_relay):
     relay = smtp_relay()
-    start = time.time() - 100
-    for i in range(5):
-        old, new = ("up", "down") if i % 2 == 0 else ("down", "up")
-        site.change("beta", old, new, at=start + i * 10, reason=f"flap {i + 1}")
+    site.flap("beta", 5, time.time() - 100)
     notify.run(site.load(smtpPort=relay.port, flapCount=2))
     (got,) = relay.received
     assert got.message["Subject"] == "WARNING: beta is flapping (5 changes in 10 min), now DOWN"
-    assert all(e["flap"] for e in site.journal("beta"))
+    assert all(e["sent"]["mail"]["flap"] for e in site.journal("beta"))
     site.change("beta", "down", "up")
     notify.run(site.load())  # within the window: held, not mailed
     assert len(relay.received) == 1 and site.pending("beta") == [6]
     notify.run(site.load(), now=time.time() + 601)
     assert "flapping" in relay.received[1].message["Subject"]
+
+
+def test_after_a_spool_reset_new_mails_get_new_message_ids(site, smtp_relay):
+    """The journal restarts at id 1 when a spool file is lost or reset; a new
+    transition must not reuse an old mail's Message-ID, or receivers that drop
+    duplicates (by Message-ID) never show it."""
+    relay = smtp_relay()
+    site.change("beta", "up", "down", at=time.time() - 60, reason="connection refused")
+    notify.run(site.load(smtpPort=relay.port))
+    Spool(str(site.spool)).path("beta").unlink()  # reset: the next journal starts again at 1
+    assert site.change("beta", "up", "down", at=time.time(), reason="connection refused") == 1
+    notify.run(site.load())
+    first, second = relay.received
+    assert first.message["Subject"] == second.message["Subject"] == "WARNING: beta is DOWN"
+    assert first.message["Message-ID"] != second.message["Message-ID"]
 
 
 @pytest.fixture

@@ -125,6 +125,19 @@ def test_up_target_added_back_with_name_ttl(run, confdir, knot, spool):
     assert knot.serial() == 2  # one UPDATE for the whole change
 
 
+def test_an_added_target_gets_its_own_name_ttl(run, confdir, knot, spool):
+    write_conf(confdir, knot, spool)  # nameTTL=5 for the site (and selfIP)...
+    confdir.write(f"targetIP={GAMMA}\nnameTTL=9\n", target="gamma")  # ...9 for gamma
+    set_state(spool, "beta", "up", [BETA])
+    set_state(spool, "gamma", "up", [GAMMA])
+    r = run("reconcile", "--dry-run")
+    assert f"update add {API} 9 IN A {GAMMA}" in r.stdout
+    assert run("reconcile").exit_code == 0
+    rr = knot._ask("api", "A").answer[0]  # knotd gives the RRset the TTL of the last add
+    assert sorted(rr.to_text().split("\n")) == sorted(
+        f"{API} 9 IN A {a}" for a in (SELF, BETA, GAMMA))
+
+
 def test_in_sync_sends_nothing(run, confdir, knot, spool):
     write_conf(confdir, knot, spool)
     set_state(spool, "beta", "up", [BETA])
@@ -203,7 +216,8 @@ def test_pool_that_does_not_exist_yet_is_created(run, confdir, tmp_path, spool):
 # -- races: the prerequisites ------------------------------------------------------------
 
 
-def test_concurrent_change_is_detected_by_the_prerequisite(confdir, knot, spool):
+@pytest.mark.parametrize("added", ["A 192.0.2.50", "AAAA 2001:db8::50"])
+def test_concurrent_change_is_detected_by_the_prerequisite(confdir, knot, spool, added):
     from spdu_cli import config
 
     write_conf(confdir, knot, spool)
@@ -216,10 +230,11 @@ def test_concurrent_change_is_detected_by_the_prerequisite(confdir, knot, spool)
                          p.self_ips, p.self_ttl, time.time())
     plan = reconcile.Plan(p.key, None, current, d)
     # another writer adds an address between spdu's read and its write
-    assert knot.nsupdate(f"update add {API} 60 A 192.0.2.50").returncode == 0
+    assert knot.nsupdate(f"update add {API} 60 {added}").returncode == 0
     with pytest.raises(reconcile._PrerequisiteFailed):
         reconcile.send([(p, plan)])
-    assert pool(knot) == [SELF, BETA, "192.0.2.50"]  # nothing of spdu's change went in
+    # nothing of spdu's change went in (an RRset that was empty is pinned too)
+    assert pool(knot) == [SELF, BETA, added.split()[1]]
     assert knot.serial() == 2
 
 
@@ -244,7 +259,11 @@ def test_reconcile_rereads_and_retries_after_a_race(run, confdir, knot, spool, m
     assert pool(knot) == [SELF, GAMMA, "192.0.2.50"]
 
 
-def test_a_writer_that_never_stops_gives_up_with_75(run, confdir, knot, spool, monkeypatch):
+@pytest.mark.parametrize("races", [2, 99])
+def test_a_concurrent_writer_gets_exactly_three_tries(run, confdir, knot, spool, monkeypatch,
+                                                      races):
+    """Up to three tries (spdu(1)), not one more or one fewer: a writer that
+    races twice loses to the third; one that never stops makes it give up (75)."""
     write_conf(confdir, knot, spool)
     set_state(spool, "beta", "down", [BETA])
     set_state(spool, "gamma", "unknown", [GAMMA])
@@ -252,14 +271,21 @@ def test_a_writer_that_never_stops_gives_up_with_75(run, confdir, knot, spool, m
 
     def racing_send(items):
         n[0] += 1
-        assert knot.nsupdate(f"update add {API} 60 A 192.0.2.{50 + n[0]}").returncode == 0
+        if n[0] <= races:
+            assert knot.nsupdate(f"update add {API} 60 A 192.0.2.{50 + n[0]}").returncode == 0
         return real_send(items)
 
     monkeypatch.setattr(reconcile, "send", racing_send)
-    r = run("reconcile")
-    assert r.exit_code == 75
-    assert "kept changing" in r.stderr
-    assert BETA in pool(knot)
+    r = run("reconcile", "--json")
+    if races == 2:
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout)["attempts"] == 3
+        assert pool(knot) == [SELF, "192.0.2.51", "192.0.2.52"]
+    else:
+        assert r.exit_code == 75
+        assert "kept changing" in r.stderr and "(3 tries)" in r.stderr
+        assert n[0] == 3
+        assert BETA in pool(knot)
 
 
 # -- dry run: the script is what nsupdate and knsupdate accept ---------------------------
@@ -513,6 +539,7 @@ def test_a_changed_target_ip_replaces_the_old_address(run, confdir, knot, spool,
     confdir.write(f"targetIP={old.host}\nprobePort={old.port}\n", target="beta")
     assert run("probe").exit_code == 0 and run("reconcile").exit_code == 0
     assert "127.0.0.12" in pool(knot)
+    since = spool.read("beta").health.since
     confdir.write(f"targetIP={new.host}\nprobePort={new.port if listening else old.port}\n",
                   target="beta")
     r = run("probe", "--json")
@@ -521,6 +548,7 @@ def test_a_changed_target_ip_replaces_the_old_address(run, confdir, knot, spool,
     assert run("reconcile").exit_code == 0
     if listening:  # still up: the new address replaces the old one, no transition
         assert state == "up" and json.loads(r.stdout)["transition"] is None
+        assert spool.read("beta").health.since == since  # up since then, not since the move
         assert "127.0.0.14" in pool(knot) and "127.0.0.12" not in pool(knot)
     else:  # the new address never answered: down at once, never added; the old one goes
         assert state == "down" and json.loads(r.stdout)["transition"]["from"] == "up"
@@ -558,6 +586,21 @@ def test_two_pool_names_in_one_zone_go_in_one_update(run, confdir, knot, spool):
     assert [p["sent"] for p in map(json.loads, r.stdout.splitlines())] == [True, True]
     assert pool(knot) == [SELF] and knot.query("www", "A") == [SELF, GAMMA]  # selfIP too
     assert knot.serial() == 2  # one UPDATE: the serial moved once
+
+
+def test_a_referral_is_not_the_zone_data(run, confdir, tmp_path, spool):
+    """A server that delegates the pool's zone answers with a referral (NOERROR,
+    no AA, no answer): that is not an empty pool. Taken as one, the diff would
+    add every up target and write prerequisites for RRsets it never saw."""
+    delegation = (("pool", "NS", "ns1.pool.domain.tld."), ("ns1.pool", "A", "127.0.0.1"))
+    with KnotServer(tmp_path / "parent", zone="domain.tld", records=delegation) as parent:
+        down_beta(confdir, parent, spool)
+        for args in (("reconcile", "--dry-run"), ("reconcile",)):
+            r = run(*args)
+            assert r.exit_code == 78, (args, r.stdout, r.stderr)
+            assert "is not authoritative for api.pool.domain.tld (NOERROR without AA)" in r.stderr
+            assert "update add" not in r.stdout
+        assert parent.serial() == 1
 
 
 def test_a_server_of_the_parent_zone_only_is_78(run, confdir, tmp_path, spool):

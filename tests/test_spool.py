@@ -4,6 +4,8 @@ bounded journal, the lock, and two `spdu probe` processes at once."""
 import fcntl
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -236,3 +238,74 @@ def test_a_corrupt_file_is_kept_aside_when_rewritten(store, caplog):
     assert aside.read_text().startswith('{"version": 1, "journal"')
     assert "kept as" in caplog.text and str(aside) in caplog.text
     assert store.read("beta").fresh is False  # the new file is good
+
+
+# -- addresses that change, maintenance that ends ------------------------------------------
+
+
+def test_an_address_that_comes_back_is_no_longer_retired():
+    e = SpoolEntry("beta", addresses=["192.0.2.2"])
+    assert e.readdress(["192.0.2.3"]) and e.retired == ["192.0.2.2"]
+    assert e.readdress(["192.0.2.2"])  # back to the old address
+    assert e.retired == ["192.0.2.3"]  # it is the target's again: reconcile keeps it
+    assert not e.readdress(["192.0.2.2"]) and e.retired == ["192.0.2.3"]
+    assert e.readdress(["192.0.2.4"])  # moved twice before reconcile ran: both old ones go
+    assert e.retired == ["192.0.2.3", "192.0.2.2"]
+
+
+def test_a_maintenance_ends_at_until():
+    m = spool_mod.Maintenance(100.0, 200.0)
+    assert m.active(199.999) and not m.active(200.0)
+
+
+# -- the write path, seen from the kernel --------------------------------------------------
+
+
+def test_the_spool_file_is_fsynced_before_its_rename_and_the_directory_after(
+        confdir, http_server, tmp_path):
+    """Traced with strace on a real `spdu probe`: the system calls themselves,
+    whichever function issues them. A rename without a prior fsync of the new
+    file can leave an empty spool file after a power cut (ext4, xfs)."""
+    strace = shutil.which("strace")
+    assert strace, "strace is needed (Debian package strace, installed by .ci/setup)"
+    srv = http_server("127.0.0.11")
+    spool_dir = tmp_path / "spool"
+    confdir.write(f"domain=domain.tld\ntargets=beta\nspoolDir={spool_dir}\n"
+                  f"targetIP=127.0.0.11\nprobePort={srv.port}\nsyslogSocket=none\n")
+    log = tmp_path / "strace.log"
+    r = subprocess.run([strace, "-f", "-y", "-qq", "-o", str(log), "-e",
+                        "trace=fsync,fdatasync,rename,renameat,renameat2",
+                        sys.executable, "-m", "spdu_cli", "-c", str(confdir.main), "probe"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    calls = [line.split(None, 1)[1] for line in log.read_text().splitlines()]
+    final = str(spool_dir / "beta.json")
+    renames = [i for i, c in enumerate(calls) if c.startswith("rename") and f'"{final}"' in c]
+    assert len(renames) == 1, calls
+    tmp = re.search(r'"([^"]+\.tmp)"', calls[renames[0]]).group(1)
+    synced = [i for i, c in enumerate(calls)
+              if re.match(rf"f(data)?sync\(\d+<{re.escape(tmp)}>\) = 0", c)]
+    assert synced and synced[0] < renames[0], calls
+    dir_synced = [i for i, c in enumerate(calls)
+                  if re.match(rf"f(data)?sync\(\d+<{re.escape(str(spool_dir))}>\) = 0", c)]
+    assert dir_synced and dir_synced[-1] > renames[0], calls
+
+
+def test_the_first_addresses_of_a_target_are_no_move():
+    e = SpoolEntry("beta")
+    assert not e.readdress(["192.0.2.2"])  # nothing to retire, no "addresses changed"
+    assert e.addresses == ["192.0.2.2"] and e.retired == []
+
+
+def test_a_journal_id_is_never_reused_even_when_next_id_is_behind(store):
+    """Ids are what marking matches on: an entry whose next_id lags its journal
+    (written by hand, or by an older spdu) continues after the highest id."""
+    e = entry()
+    e.journal.append({"id": 7, "at": "2026-01-01T00:00:00.000Z", "from": "up", "to": "down",
+                      "reason": "x", "notified": True, "dns": []})
+    e.next_id = 2
+    with store.locked():
+        store.write(e)
+    back = store.read("beta")
+    t = back.add_transition(Transition(State.DOWN, State.UP, 2000.0, "back"))
+    assert t["id"] == 8

@@ -1,0 +1,453 @@
+"""Mutation testing of the decision core: would the tests notice this bug?
+
+Each mutant below is one deliberate, plausible bug in health.py, reconcile.py
+(decide, the read, the UPDATE), spool.py, notify.py (selection and marking)
+or cycle.py (the loop's schedule), applied to a copy of the tree in a
+temporary directory; the fast tests that cover that code run against the copy
+(PYTHONPATH points at it, bytecode off) under a per-mutant timeout. A mutant
+is killed when they fail (or time out), survives when they pass. The working
+tree is never touched.
+
+Why a curated list and not mutmut or cosmic-ray: those generate hundreds of
+operator swaps, most of them in messages and logging, and take hours against
+tests that start real servers; a list of bugs someone could actually write
+(an off-by-one at a window's end, a lost fsync, a dropped prerequisite) runs
+in minutes, offline, and every survivor is worth a test. Mutants that change
+no behaviour are marked `equivalent` with the reason, and listed as such.
+A snippet that no longer matches the source (the code moved) is reported as
+stale, so the list is kept in step with the code.
+
+Run: .venv/bin/python benchmarks/mutants.py [--jobs 1] [--timeout 180]
+         [--only TEXT] [--list]
+Exit 0 when the kill rate is at least --min-rate (95 %) and every mutant
+named in issue #17 is killed; 1 otherwise; 2 when the list or the baseline is broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine  # noqa: E402
+
+# The fast tests for each part of the core (real servers where the code talks
+# to them: knotd for the UPDATE, aiosmtpd for marking; no test_cycle processes).
+HEALTH = ["tests/test_health.py", "tests/test_cycle_loop.py",
+          "tests/test_cycle.py::test_suspect_targets_are_probed_again_sooner",
+          "tests/test_reconcile.py::test_a_changed_target_ip_replaces_the_old_address"]
+DECIDE = ["tests/test_decide.py", "tests/test_maint.py", "tests/test_reconcile.py"]
+RECONCILE = ["tests/test_reconcile.py", "tests/test_maint.py"]
+SPOOL = ["tests/test_spool.py", "tests/test_maint.py", "tests/test_hardening.py",
+         "tests/test_reconcile.py::test_a_changed_target_ip_replaces_the_old_address"]
+NOTIFY = ["tests/test_notify.py", "tests/test_maint.py"]
+CYCLE = ["tests/test_cycle_loop.py",
+         "tests/test_cycle.py::test_suspect_targets_are_probed_again_sooner"]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    module: str  # under spdu_cli/
+    bug: str  # what would ship
+    old: str  # must occur exactly once in the module
+    new: str
+    tests: tuple[str, ...]
+    issue: bool = False  # named in issue #17: must be killed
+    equivalent: str = ""  # why no behaviour changes (then it is expected to survive)
+
+
+def m(module, bug, old, new, tests, **kw) -> Mutant:
+    return Mutant(module, bug, old, new, tuple(tests), **kw)
+
+
+MUTANTS = [
+    # -- health.py: hysteresis ------------------------------------------------------------
+    m("health.py", "an inconclusive probe counts as a failure",
+      "    if ok is None:\n        return h, None\n", "    if ok is None:\n        ok = False\n",
+      HEALTH),
+    m("health.py", "a good probe does not reset the failure count",
+      "(h.good + 1, 0) if ok", "(h.good + 1, h.bad) if ok", HEALTH),
+    m("health.py", "a failed probe does not reset the success count",
+      "else (0, h.bad + 1)", "else (h.good, h.bad + 1)", HEALTH),
+    m("health.py", "down after fall+1 failures", "bad >= fall", "bad > fall", HEALTH),
+    m("health.py", "up after rise+1 successes", "good >= rise", "good > rise", HEALTH),
+    m("health.py", "a first failure makes a new target up",
+      "new = State.UP if ok else State.DOWN", "new = State.UP", HEALTH),
+    m("health.py", "`since` not moved on a transition",
+      "return Health(new, now, good, bad)", "return Health(new, h.since, good, bad)", HEALTH),
+    m("health.py", "a transition says it came from unknown",
+      "Transition(h.state, new, now, reason)", "Transition(State.UNKNOWN, new, now, reason)",
+      HEALTH),
+    m("health.py", "a down target counts as suspect (fast re-probes of dead sites)",
+      "return h.state is State.UP and h.bad > 0", "return h.bad > 0", HEALTH),
+    m("health.py", "suspect only after two failures",
+      "return h.state is State.UP and h.bad > 0", "return h.state is State.UP and h.bad > 1",
+      HEALTH),
+    m("health.py", "a readdressed target with an unchanged state gets its `since` reset",
+      "return replace(h, since=before.since), None", "return h, None", HEALTH, issue=True),
+    m("health.py", "a readdressed target's transition says it came from unknown",
+      "return h, replace(t, old=before.state) if t else None", "return h, t", HEALTH),
+
+    # -- reconcile.py: decide ---------------------------------------------------------------
+    m("reconcile.py", "an added target's record gets selfIP's TTL, not its own nameTTL",
+      "present.setdefault(a, (t.ttl, t.target))", "present.setdefault(a, (self_ttl, t.target))",
+      DECIDE, issue=True),
+    m("reconcile.py", "the end of a maintenance window is off by one comparison (decide)",
+      "now < t.maint_until", "now <= t.maint_until", DECIDE, issue=True),
+    m("reconcile.py", "retired addresses are never removed",
+      "for a in t.retired:", "for a in ():", DECIDE),
+    m("reconcile.py", "maintenance removes only probed addresses, not configured ones",
+      "sorted({_canon(a) for a in t.addresses + t.configured})",
+      "sorted({_canon(a) for a in t.addresses})", DECIDE),
+    m("reconcile.py", "a target of unknown state is judged (removed)",
+      "        if t.state is State.UNKNOWN:\n", "        if False:\n", DECIDE),
+    m("reconcile.py", "stale targets are judged",
+      "if t.checked is None or now - t.checked > t.stale_after:",
+      "if t.checked is None:", DECIDE),
+    m("reconcile.py", "a changed targetIP is judged by the old probe",
+      "if t.configured and {_canon(a) for a in t.configured} != probed:", "if False:", DECIDE),
+    m("reconcile.py", "up and unknown are one",
+      "            if t.state is State.UP:\n", "            if t.state is not State.DOWN:\n",
+      DECIDE, equivalent="unknown targets have left the loop above (`continue`), so the"
+      " states that reach this line are up and down only"),
+    m("reconcile.py", "addresses already present are added again (an UPDATE every run)",
+      "for a, (ttl, who) in sorted(present.items()) if a not in current",
+      "for a, (ttl, who) in sorted(present.items())", DECIDE),
+    m("reconcile.py", "down wins over up and selfIP for a shared address",
+      "if a in current and a not in present", "if a in current", DECIDE),
+    m("reconcile.py", "deletes of addresses that are not there",
+      "if a in current and a not in present", "if a not in present", DECIDE),
+    m("reconcile.py", "the pool may be emptied",
+      "if changes and not after:", "if False:", DECIDE),
+
+    # -- reconcile.py: reading the zone, building and sending the UPDATE ---------------------
+    m("reconcile.py", "an answer without the AA bit is taken as the zone's data",
+      "rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and not answer.flags & dns.flags.AA",
+      "False", RECONCILE, issue=True),
+    m("reconcile.py", "REFUSED to the query is 69, not a configuration error (78)",
+      "if rcode == dns.rcode.REFUSED or (", "if (", RECONCILE),
+    m("reconcile.py", "the query asks for recursion",
+      "        q.flags &= ~dns.flags.RD  # never recursion: the zone's own data\n", "", RECONCILE,
+      equivalent="an authoritative server answers its own zone with AA whatever RD says;"
+      " a server that would recurse is refused by the AA check (a killed mutant above)"),
+    m("reconcile.py", "the query goes over TCP (a server that is down reads as refusing)",
+      "answer = _exchange(pool, q, what, tcp=False)", "answer = _exchange(pool, q, what)",
+      RECONCILE),
+    m("reconcile.py", "one retry fewer against a concurrent writer",
+      "MAX_ATTEMPTS = 3", "MAX_ATTEMPTS = 2", RECONCILE, issue=True),
+    m("reconcile.py", "one retry more against a concurrent writer",
+      "MAX_ATTEMPTS = 3", "MAX_ATTEMPTS = 4", RECONCILE),
+    m("reconcile.py", "the last try is never made",
+      "range(1, MAX_ATTEMPTS + 1)", "range(1, MAX_ATTEMPTS)", RECONCILE),
+    m("reconcile.py", "the prerequisite pins only that the RRset exists, not its addresses",
+      'u.present(name, dns.rdataset.from_text("IN", rdtype, 0, *addrs))',
+      "u.present(name, rdtype)", RECONCILE),
+    m("reconcile.py", "an empty RRset is not pinned as empty",
+      "                u.absent(name, rdtype)\n", "                pass\n", RECONCILE),
+    m("reconcile.py", "a delete removes the whole RRset",
+      "u.delete(name, c.rdtype, c.address)", "u.delete(name, c.rdtype)", RECONCILE),
+    m("reconcile.py", "the UPDATE is not signed",
+      "    if pool.tsig:\n        u.use_tsig(_keyring(pool.tsig))\n", "", RECONCILE),
+    m("reconcile.py", "NXRRSET (a prerequisite failed) is not a race",
+      "if rcode in (dns.rcode.YXRRSET, dns.rcode.NXRRSET,", "if rcode in (dns.rcode.YXRRSET,",
+      RECONCILE),
+    m("reconcile.py", "--dry-run sends", "if dry_run or not items:", "if not items:", RECONCILE),
+    m("reconcile.py", "a sent plan is not marked sent (the change goes unrecorded)",
+      "            plan.sent = True\n", "            pass\n", RECONCILE),
+    m("reconcile.py", "a removal for maintenance is not recorded for the mail",
+      '{"add": ("up",), "delete": ("down", "maint")}', '{"add": ("up",), "delete": ("down",)}',
+      RECONCILE),
+    m("reconcile.py", "a change is recorded on a later transition",
+      "        if latest.get(\"to\") not in wanted:", "        if False:", RECONCILE),
+    m("reconcile.py", "retired addresses are never forgotten",
+      "still = [a for a in entry.retired if _canon(a) in after]", "still = entry.retired",
+      RECONCILE),
+
+    # -- spool.py ---------------------------------------------------------------------------
+    m("spool.py", "no fsync before the rename of a spool file",
+      "            os.fsync(fd)\n", "            pass\n", SPOOL, issue=True),
+    m("spool.py", "no fsync of the directory after the rename",
+      "        os.fsync(dfd)\n", "        pass\n", SPOOL),
+    m("spool.py", "the file mode is mkstemp's 0600, not 0640",
+      "            os.fchmod(fd, mode)\n", "", SPOOL),
+    m("spool.py", "an address that comes back to a target stays in `retired`",
+      "keep = [a for a in self.retired if a not in addresses and a not in gone]",
+      "keep = [a for a in self.retired if a not in gone]", SPOOL, issue=True),
+    m("spool.py", "a second move forgets the first one's old addresses",
+      "self.retired = (keep + gone)[-MAX_RETIRED:]", "self.retired = gone", SPOOL),
+    m("spool.py", "the first probe of a target counts as a change of address",
+      "if not old or set(old) == set(addresses):", "if set(old) == set(addresses):", SPOOL),
+    m("spool.py", "the end of a maintenance window is off by one comparison (expiry)",
+      "return now < self.until", "return now <= self.until", SPOOL, issue=True),
+    m("spool.py", "a new transition is born notified",
+      '            "notified": False,\n', '            "notified": True,\n', SPOOL + NOTIFY),
+    m("spool.py", "the journal bound drops pending transitions first",
+      'done = next((e for e in self.journal if e.get("notified")), None)',
+      "done = self.journal[0]", SPOOL),
+    m("spool.py", "one probe result too many is kept",
+      "del self.results[:-MAX_RESULTS]", "del self.results[:-MAX_RESULTS - 1]", SPOOL),
+    m("spool.py", "a damaged next_id makes ids repeat",
+      'next_id=max([_count(d, "next_id", 1)] + [_count(e, "id") + 1 for e in journal]),',
+      'next_id=_count(d, "next_id", 1),', SPOOL),
+    m("spool.py", "a corrupt file is overwritten without a copy",
+      "        if entry.fresh:\n            self._keep_corrupt(path, entry.target)\n", "", SPOOL),
+    m("spool.py", "the spool lock is shared",
+      "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)",
+      SPOOL),
+    m("spool.py", "a world-writable spool directory is accepted",
+      "        if mode & 0o002:\n", "        if False:\n", SPOOL),
+
+    # -- notify.py: which transitions go in which mail, and marking --------------------------
+    m("notify.py", "after a flap summary, the held changes go out one mail each",
+      "held_since_last = last is not None and pending[0].at < last + view.flap_window",
+      "held_since_last = False", NOTIFY, issue=True),
+    m("notify.py", "flapping already at flapCount changes",
+      "if len(recent) > view.flap_count or held_since_last:",
+      "if len(recent) >= view.flap_count or held_since_last:", NOTIFY),
+    m("notify.py", "a summary is held a moment past its window",
+      "if last is not None and now < last + view.flap_window:",
+      "if last is not None and now <= last + view.flap_window:", NOTIFY),
+    m("notify.py", "changes after a summary are not held",
+      "        return Held(view, pending, last + view.flap_window)\n",
+      "        pass\n", NOTIFY),
+    m("notify.py", "only pending changes count towards flapping",
+      "recent = [c for c in view.journal if", "recent = [c for c in pending if", NOTIFY),
+    m("notify.py", "any mailed change counts as a flap summary",
+      "c.notified_at for c in self.journal if c.flap and c.notified_at",
+      "c.notified_at for c in self.journal if c.notified_at", NOTIFY),
+    m("notify.py", "a digest is not in the order things happened",
+      "tuple(sorted(notices, key=lambda n: (n.changes[0].at, n.view.target, n.changes[0].id)))",
+      "tuple(notices)", NOTIFY),
+    m("notify.py", "the Message-ID ignores its timestamp (reused after a spool reset)",
+      'f"{t}:{c.id}:{c.stamp}"', 'f"{t}:{c.id}"', NOTIFY, issue=True),
+    m("notify.py", "a mail the relay did not take is marked notified",
+      "            d.error = e\n            continue\n", "            d.error = e\n", NOTIFY),
+    m("notify.py", "without mailTo, transitions are never marked",
+      "    for v, c in p.silent:\n        marks.setdefault", "    for v, c in []:\n        marks.setdefault",
+      NOTIFY),
+    m("notify.py", "marking matches the id only (a reset journal gets marked)",
+      'fields = updates.get((e.get("id"), str(e.get("at"))))',
+      'fields = next((f for (i, _), f in updates.items() if i == e.get("id")), None)', NOTIFY),
+    m("notify.py", "marks are written to an entry that could not be read",
+      "found = 0 if entry.fresh else _mark(entry, updates)", "found = _mark(entry, updates)",
+      NOTIFY, equivalent="an entry that could not be read is a fresh one with an empty"
+      " journal: _mark finds nothing and nothing is written either way"),
+    m("notify.py", "each pending transition goes to syslog on every run",
+      "            if c.logged:\n                continue\n", "", NOTIFY),
+
+    # -- cycle.py: the loop's schedule ------------------------------------------------------
+    m("cycle.py", "DNS updated only at the next tick after a transition",
+      "if changed or now >= self.next_reconcile:", "if now >= self.next_reconcile:", CYCLE,
+      issue=True),
+    m("cycle.py", "a failed probe run is retried at once, every tick (a busy loop)",
+      "            for t in due:\n                self.schedule.due_at[t] = now + site.interval\n",
+      "", CYCLE, issue=True),
+    m("cycle.py", "reconcile on every tick with no sleep",
+      "self.next_reconcile = now + site.interval", "self.next_reconcile = now", CYCLE,
+      issue=True),
+    m("cycle.py", "a failed mail run is reported as success and not retried",
+      "        if outcome.errors:\n", "        if False:\n", CYCLE, issue=True),
+    m("cycle.py", "a second mail run starts while one is still going (duplicate mails)",
+      "if self.mailer is not None and self.mailer.is_alive():", "if False:", CYCLE, issue=True),
+    m("cycle.py", "a held flap summary is never sent by the loop",
+      "        if outcome.plan.held:", "        if False:", CYCLE, issue=True),
+    m("cycle.py", "a mail run that raised is not retried",
+      "            log.error(\"notify: %s\", e)\n            self.tally.failed(\"notify\", e.exit_status)\n"
+      "            self.next_notify = self.clock() + NOTIFY_RETRY\n",
+      "            log.error(\"notify: %s\", e)\n            self.tally.failed(\"notify\", e.exit_status)\n",
+      CYCLE),
+    m("cycle.py", "a transition of one target is hidden by the next target's report",
+      "changed |= rep.transition is not None", "changed = rep.transition is not None", CYCLE),
+    m("cycle.py", "a pool that failed is not an error at the end",
+      "            if p.error:\n", "            if False:\n", CYCLE),
+    m("cycle.py", "a suspect target waits a whole interval (no fastInterval)",
+      "now + (fast if health.suspect(h) else interval)", "now + interval", CYCLE),
+    m("cycle.py", "a target never probed is never due",
+      "self.due_at.get(t, now) <= now", "self.due_at.get(t, now) < now", CYCLE),
+    m("cycle.py", "the loop wakes for reconcile and mail only, not for a due probe",
+      "wake = min(self.schedule.next(site.targets, now + site.interval),",
+      "wake = min(now + site.interval,", CYCLE),
+    m("cycle.py", "a transition made outside the loop is never mailed by it",
+      "            changed |= _pending(site)\n", "            pass\n", CYCLE),
+    m("cycle.py", "a mail run at every start, with nothing pending",
+      "        if not _pending(site):\n            self.next_notify = None\n", "", CYCLE),
+]
+
+
+PRISTINE: dict[str, str] = {}  # module -> its text, read from the first copy
+
+
+@dataclass
+class Outcome:
+    mutant: Mutant
+    verdict: str  # killed, survived, timeout, stale, error
+    seconds: float
+    detail: str = ""
+
+
+def copy_tree(dest: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    for name in ("spdu_cli", "tests"):
+        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "CHANGELOG.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    for name in ("man", "cron"):
+        if (ROOT / name).exists():
+            shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+
+
+def env_for(tree: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(tree)  # ahead of the editable install of the working tree
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # a same-size mutant must never meet a stale .pyc
+    return env
+
+
+def pytest(tree: Path, tests, timeout: float) -> tuple[int | None, str]:
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-x", "-q", "--no-header",
+           *tests]
+    try:
+        p = subprocess.run(cmd, cwd=tree, env=env_for(tree), capture_output=True, text=True,
+                           timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return None, ""
+    return p.returncode, p.stdout + p.stderr
+
+
+def check_copy(tree: Path) -> None:
+    """The copy, not the working tree, is what the tests import."""
+    out = subprocess.run([sys.executable, "-c", "import spdu_cli; print(spdu_cli.__file__)"],
+                         cwd=tree, env=env_for(tree), capture_output=True, text=True)
+    if not out.stdout.strip().startswith(str(tree)):
+        raise SystemExit(f"mutants: the tests would import {out.stdout.strip() or out.stderr}"
+                         f", not the copy in {tree}")
+
+
+def run_one(mutant: Mutant, tree: Path, timeout: float) -> Outcome:
+    path = tree / "spdu_cli" / mutant.module
+    pristine = PRISTINE.setdefault(mutant.module, path.read_text())  # as copied at the start
+    if pristine.count(mutant.old) != 1:
+        return Outcome(mutant, "stale", 0.0,
+                       f"the snippet occurs {pristine.count(mutant.old)} times, not once")
+    t0 = time.monotonic()
+    path.write_text(pristine.replace(mutant.old, mutant.new))
+    try:
+        code, out = pytest(tree, mutant.tests, timeout)
+    finally:
+        path.write_text(pristine)
+    took = time.monotonic() - t0
+    if code is None:
+        return Outcome(mutant, "timeout", took, f"no verdict within {timeout:g} s")
+    if code == 0:
+        return Outcome(mutant, "survived", took)
+    if code in (1, 2):  # failed tests, or the mutant broke collection (an import error)
+        lines = out.splitlines()
+        failed = [ln for ln in lines if ln.startswith("FAILED ")] or [
+            ln for ln in lines if ln.startswith("ERROR tests/")]
+        return Outcome(mutant, "killed", took, failed[0] if failed else "")
+    return Outcome(mutant, "error", took, f"pytest exited {code}:\n{out[-2000:]}")
+
+
+def section(title: str, rows: list[Outcome], how) -> None:
+    if rows:
+        print(f"\n{title}")
+    for r in rows:
+        print(f"  {r.mutant.module}: {r.mutant.bug}\n{how(r.mutant)}")
+
+
+def summary(results: list[Outcome], min_rate: float) -> int:
+    equivalent = [r for r in results if r.mutant.equivalent and r.verdict == "survived"]
+    counted = [r for r in results if r not in equivalent]
+    killed = [r for r in counted if r.verdict in ("killed", "timeout")]
+    survivors = [r for r in counted if r.verdict == "survived"]
+    broken = [r for r in counted if r.verdict in ("stale", "error")]
+    named = [r for r in results if r.mutant.issue]
+    rate = 100.0 * len(killed) / len(counted) if counted else 0.0
+    print()
+    print(f"mutants: {len(results)}; killed {len(killed)} of the {len(counted)} that change"
+          f" behaviour: kill rate {rate:.1f} % (minimum {min_rate:g} %);"
+          f" {len(equivalent)} equivalent; {len(broken)} stale or broken")
+    print(f"named in issue #17: {sum(r.verdict in ('killed', 'timeout') for r in named)} of"
+          f" {len(named)} killed")
+    section("SURVIVORS (a test is missing):", survivors,
+            lambda mu: f"    - {mu.old!r}\n    + {mu.new!r}")
+    section("EQUIVALENT (no behaviour changes; expected to survive):", equivalent,
+            lambda mu: f"    why: {mu.equivalent}")
+    wrongly = [r for r in results if r.mutant.equivalent and r.verdict in ("killed", "timeout")]
+    for r in wrongly:
+        print(f"\nNOTE: {r.mutant.module}: '{r.mutant.bug}' is marked equivalent but was"
+              f" killed ({r.detail}): drop the mark or fix the test")
+    if broken:
+        print("\nSTALE OR BROKEN (update the list in benchmarks/mutants.py):")
+        for r in broken:
+            print(f"  {r.mutant.module}: {r.mutant.bug}: {r.verdict}: {r.detail}")
+        return 2
+    if rate < min_rate or any(r.verdict not in ("killed", "timeout") for r in named) or wrongly:
+        return 1
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="mutants run at once, each in its own copy (default 1)")
+    ap.add_argument("--timeout", type=float, default=180.0,
+                    help="seconds per mutant before it counts as killed by timeout")
+    ap.add_argument("--only", default="",
+                    help="run only the mutants whose module or bug contains this text")
+    ap.add_argument("--min-rate", type=float, default=95.0, help="kill rate to pass, in %%")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = ap.parse_args()
+    chosen = [mu for mu in MUTANTS if args.only in mu.module or args.only in mu.bug]
+    if args.list:
+        for mu in chosen:
+            flags = " [issue #17]" if mu.issue else " [equivalent]" if mu.equivalent else ""
+            print(f"{mu.module}: {mu.bug}{flags}")
+        return 0
+    print(f"mutation testing of the decision core: {len(chosen)} mutants; {machine()}")
+    with tempfile.TemporaryDirectory(prefix="spdu-mutants-") as tmp:
+        trees = []
+        for i in range(max(1, args.jobs)):
+            tree = Path(tmp) / f"tree{i}"
+            copy_tree(tree)
+            trees.append(tree)
+        check_copy(trees[0])
+        baseline = sorted({t for mu in chosen for t in mu.tests})
+        code, out = pytest(trees[0], baseline, args.timeout * 3)
+        if code != 0:
+            print(f"the tests fail without any mutant (exit {code}); fix them first:\n"
+                  f"{out[-3000:]}")
+            return 2
+        print(f"baseline: {len(baseline)} test selections pass unmutated")
+        free = list(trees)
+        results: list[Outcome] = []
+
+        def work(mu: Mutant) -> Outcome:
+            tree = free.pop()
+            try:
+                return run_one(mu, tree, args.timeout)
+            finally:
+                free.append(tree)
+
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(max_workers=len(trees)) as pool:
+            for r in pool.map(work, chosen):
+                results.append(r)
+                extra = f"\n{'':18}{r.detail[:150]}" if r.detail else ""
+                print(f"{r.verdict.upper():9} {r.seconds:6.1f} s  {r.mutant.module}:"
+                      f" {r.mutant.bug}{extra}", flush=True)
+        print(f"\n{len(results)} mutants in {time.monotonic() - t0:.0f} s")
+    return summary(results, args.min_rate)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""A real webhook receiver for the tests: Python's HTTP server on a loopback
+address, plain or HTTPS (trustme), recording every POST; its answer can be
+switched at run time: a status, a redirect, or a hang."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class WebhookReceiver:
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None):
+        self.answer = "200"  # a status, "redirect" or "hang" (reads the POST, never answers)
+        self.received: list[Received] = []
+        self.tried = 0  # POSTs that arrived, answered or not
+        self._stop = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                outer.tried += 1
+                if outer.answer == "hang":
+                    outer._stop.wait(30)
+                    return
+                if outer.answer == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", f"http://{host}:1/elsewhere")
+                else:
+                    status = int(outer.answer)
+                    if 200 <= status < 300:
+                        outer.received.append(Received(self.path, dict(self.headers), body))
+                    self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.send_header("Connection", "close")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass  # clients that give up are the point of several tests
+
+        self.server = Server((host, 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://{host}:{self.port}/hooks/T0/B0/s3cretpath"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.server.shutdown()
+        self.server.server_close()
