@@ -42,7 +42,7 @@ from _common import machine  # noqa: E402
 
 # The fast tests for each part of the core (real servers where the code talks
 # to them: knotd for the UPDATE, aiosmtpd for marking; no test_cycle processes).
-HEALTH = ["tests/test_health.py", "tests/test_cycle_loop.py",
+HEALTH = ["tests/test_health.py", "tests/test_cycle_loop.py", "tests/test_confirm.py",
           "tests/test_cycle.py::test_suspect_targets_are_probed_again_sooner",
           "tests/test_reconcile.py::test_a_changed_target_ip_replaces_the_old_address"]
 DECIDE = ["tests/test_decide.py", "tests/test_maint.py", "tests/test_reconcile.py"]
@@ -51,7 +51,8 @@ SPOOL = ["tests/test_spool.py", "tests/test_maint.py", "tests/test_hardening.py"
          "tests/test_reconcile.py::test_a_changed_target_ip_replaces_the_old_address"]
 NOTIFY = ["tests/test_notify.py", "tests/test_maint.py"]
 CYCLE = ["tests/test_cycle_loop.py",
-         "tests/test_cycle.py::test_suspect_targets_are_probed_again_sooner"]
+         "tests/test_cycle.py::test_suspect_targets_are_probed_again_sooner",
+         "tests/test_confirm.py::test_the_cron_schedule_probes_a_down_target_every_down_interval"]
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,22 @@ MUTANTS = [
       "Transition(h.state, new, now, reason)", "Transition(State.UNKNOWN, new, now, reason)",
       HEALTH),
     m("health.py", "a down target counts as suspect (fast re-probes of dead sites)",
-      "return h.state is State.UP and h.bad > 0", "return h.bad > 0", HEALTH),
+      "(h.state is State.DOWN and h.good > 0)", "(h.state is State.DOWN)", HEALTH),
+    m("health.py", "a down target that answers is not suspect (a repair waits downInterval)",
+      "(h.state is State.DOWN and h.good > 0)", "False", HEALTH),
     m("health.py", "suspect only after two failures",
-      "return h.state is State.UP and h.bad > 0", "return h.state is State.UP and h.bad > 1",
+      "(h.state is State.UP and h.bad > 0)", "(h.state is State.UP and h.bad > 1)",
       HEALTH),
+    m("health.py", "a certain failure is confirmed only after fastInterval",
+      "return CERTAIN_GAP if certain and not ok else fast", "return fast", HEALTH),
+    m("health.py", "an answer from a down target is not confirmed in the same run",
+      "or (h.state is State.UP) == ok:", "or not ok or h.state is State.UP:", HEALTH),
+    m("health.py", "a failure of an up target is not confirmed in the same run",
+      "or (h.state is State.UP) == ok:", "or ok or h.state is State.DOWN:", HEALTH),
+    m("health.py", "no overlapping probe beside one that hangs",
+      "return max(1, min(MAX_OVERLAP, fall - h.bad))", "return 1", HEALTH),
+    m("health.py", "overlapping probes are not bounded by MAX_OVERLAP",
+      "return max(1, min(MAX_OVERLAP, fall - h.bad))", "return max(1, fall - h.bad)", HEALTH),
     m("health.py", "a readdressed target with an unchanged state gets its `since` reset",
       "return replace(h, since=before.since), None", "return h, None", HEALTH, issue=True),
     m("health.py", "a readdressed target's transition says it came from unknown",
@@ -225,15 +238,13 @@ MUTANTS = [
       "c.notified_at for c in self.journal if c.flap and c.notified_at",
       "c.notified_at for c in self.journal if c.notified_at", NOTIFY),
     m("notify.py", "a digest is not in the order things happened",
-      "tuple(sorted(notices, key=lambda n: (n.changes[0].at, n.view.target, n.changes[0].id)))",
-      "tuple(notices)", NOTIFY),
+      "tuple(sorted(ns, key=order))", "tuple(ns)", NOTIFY),
     m("notify.py", "the Message-ID ignores its timestamp (reused after a spool reset)",
       'f"{t}:{c.id}:{c.stamp}"', 'f"{t}:{c.id}"', NOTIFY, issue=True),
     m("notify.py", "a mail the relay did not take is marked notified",
       "            d.error = e\n            continue\n", "            d.error = e\n", NOTIFY),
     m("notify.py", "without mailTo, transitions are never marked",
-      "    for v, c in p.silent:\n        marks.setdefault", "    for v, c in []:\n        marks.setdefault",
-      NOTIFY),
+      "found + (0 if entry.fresh else _settle(entry, v, now))", "found", NOTIFY),
     m("notify.py", "marking matches the id only (a reset journal gets marked)",
       'fields = updates.get((e.get("id"), str(e.get("at"))))',
       'fields = next((f for (i, _), f in updates.items() if i == e.get("id")), None)', NOTIFY),
@@ -270,7 +281,9 @@ MUTANTS = [
     m("cycle.py", "a pool that failed is not an error at the end",
       "            if p.error:\n", "            if False:\n", CYCLE),
     m("cycle.py", "a suspect target waits a whole interval (no fastInterval)",
-      "now + (fast if health.suspect(h) else interval)", "now + interval", CYCLE),
+      "            wait = fast\n", "            wait = interval\n", CYCLE),
+    m("cycle.py", "a down target waits a whole interval (no downInterval)",
+      "            wait = down  #", "            wait = interval  #", CYCLE),
     m("cycle.py", "a target never probed is never due",
       "self.due_at.get(t, now) <= now", "self.due_at.get(t, now) < now", CYCLE),
     m("cycle.py", "the loop wakes for reconcile and mail only, not for a due probe",

@@ -130,6 +130,7 @@ def script(tmp_path, monkeypatch):
     from spdu_cli import notify, probe, reconcile
 
     site = Site(targets=["beta", "gamma"], interval=INTERVAL, fast_interval=FAST,
+                down_interval=INTERVAL,  # (downInterval: tests/test_confirm.py)
                 spool_dir=str(tmp_path / "spool"), metrics_file=None)
     s = Script(site)
     monkeypatch.setattr(probe, "run", s.probe_run)
