@@ -1,4 +1,4 @@
-"""Real authoritative DNS servers (Knot DNS, BIND named) for the tests.
+"""Real authoritative DNS servers (Knot DNS, BIND named, PowerDNS) for the tests.
 
 Each server runs as a subprocess on a free loopback port, serving one zone
 (``pool.domain.tld`` by default) from files in a caller-supplied temporary
@@ -10,7 +10,12 @@ directory, and accepts dynamic updates according to its ACL / update-policy:
 * ``BindServer``: TSIG-signed updates with ``key`` only, restricted to owner
   ``api.ZONE`` and types A/AAAA (``update-policy ... name``).
 
-Both offer ``query``, ``serial``, ``nsupdate`` (through the real ``nsupdate`` or
+* ``PdnsLuaServer``: PowerDNS Authoritative (bind backend) answering the pool
+  name from a LUA ``ifurlup`` record: PowerDNS's own health checks, the system
+  benchmarks/failover.py measures spdu against (``write_pdns_lua`` writes the
+  same configuration for the namespaced lab). No updates.
+
+All offer ``query``, ``serial``, ``nsupdate`` (through the real ``nsupdate`` or
 ``knsupdate`` client), ``log`` and ``stop``, and work as context managers.
 """
 
@@ -60,7 +65,8 @@ def require_binary(name: str) -> str:
     if path is None:
         raise ServerError(
             f"{name!r} not found (PATH and /usr/sbin): the DNS server tests need "
-            f"Knot DNS (knot, knot-dnsutils) and BIND (bind9, bind9-dnsutils) installed")
+            f"Knot DNS (knot, knot-dnsutils), BIND (bind9, bind9-dnsutils) and PowerDNS "
+            f"(pdns-server, pdns-backend-bind) installed: run .ci/setup")
     return path
 
 
@@ -98,6 +104,10 @@ class _DNSServer:
 
     program = ""  # e.g. "knotd"
     logname = "server.log"
+    #: For a server whose control socket lives in ``_rundir``: that path must stay
+    #: short (sun_path is 107 bytes, pytest's tmp_path can be long), so it is a
+    #: directory of its own outside tmpdir, made by start() and removed by stop().
+    rundir_prefix = ""
 
     def __init__(self, tmpdir, address: str, zone: str, records, key: Key | None):
         self.dir = Path(tmpdir)
@@ -111,6 +121,7 @@ class _DNSServer:
         self.startup_seconds = 0.0
         self._logpath = self.dir / self.logname
         self.start_timeout = START_TIMEOUT
+        self._rundir = ""
 
     # -- lifecycle --------------------------------------------------------
 
@@ -122,6 +133,8 @@ class _DNSServer:
 
     def start(self, attempts: int = 3):
         require_binary(self.program)
+        if self.rundir_prefix and not os.path.isdir(self._rundir):
+            self._rundir = tempfile.mkdtemp(prefix=self.rundir_prefix)
         t0 = time.monotonic()
         last = ""
         for _ in range(attempts):
@@ -163,14 +176,15 @@ class _DNSServer:
 
     def stop(self) -> None:
         p, self.proc = self.proc, None
-        if p is None or p.poll() is not None:
-            return
-        p.terminate()
-        try:
-            p.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(STOP_TIMEOUT)
+        if p is not None and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(STOP_TIMEOUT)
+        if getattr(self, "_rundir", ""):  # a later start() makes a new one
+            shutil.rmtree(self._rundir, ignore_errors=True)
 
     @property
     def running(self) -> bool:
@@ -282,6 +296,7 @@ class KnotServer(_DNSServer):
 
     program = "knotd"
     logname = "knotd.log"
+    rundir_prefix = "knot-"
 
     def __init__(self, tmpdir, address: str = "127.0.0.1", zone: str = ZONE,
                  records=None, key: Key | None = None, allow_unsigned: bool = True,
@@ -293,9 +308,6 @@ class KnotServer(_DNSServer):
         self.zone_acls = tuple(zone_acls)  # more ACL ids for the zone
         self.other_zones = tuple(other_zones)  # more zones, with no ACL (no updates)
         self.conf = self.dir / "knot.conf"
-        # knotd's control socket lives in rundir: keep that path short (sun_path
-        # is limited to 107 bytes and pytest's tmp_path can be long).
-        self._rundir = tempfile.mkdtemp(prefix="knot-")
         if start:
             self.start()
 
@@ -348,17 +360,6 @@ class KnotServer(_DNSServer):
     def _command(self) -> list[str]:
         return [require_binary("knotd"), "-c", str(self.conf)]
 
-    def stop(self) -> None:
-        super().stop()
-        # the rundir is outside tmpdir: remove it once the server is gone (a
-        # later start() of the same object makes a new one)
-        if getattr(self, "_rundir", None):
-            shutil.rmtree(self._rundir, ignore_errors=True)
-
-    def start(self, attempts: int = 3):
-        if not os.path.isdir(self._rundir):
-            self._rundir = tempfile.mkdtemp(prefix="knot-")
-        return super().start(attempts)
 
 
 class BindServer(_DNSServer):
@@ -420,3 +421,84 @@ class BindServer(_DNSServer):
 
     def _command(self) -> list[str]:
         return [require_binary("named"), "-g", "-n", "1", "-c", str(self.conf), "-u", "root"]
+
+
+# -- PowerDNS with a LUA ifurlup record ---------------------------------------------
+
+def pdns_lua_record(url: str, addresses, rdtype: str = "A") -> str:
+    """The rdata of a LUA record answering ``rdtype`` with every address of
+    ``addresses`` whose ``url`` answers 200: PowerDNS connects to each address
+    and sends the URL's host in Host (and SNI). ``selector='all'``: all that are
+    up, not one of them; PowerDNS's own interval and timeout (5 s, 2 s)."""
+    for value in (url, *addresses):
+        if any(c in value for c in "'\"\\ "):
+            raise ValueError(f"{value!r} cannot go into a LUA record as it is")
+    listed = ", ".join(f"'{a}'" for a in addresses)
+    return f"{rdtype} \"ifurlup('{url}', {{{{{listed}}}}}, {{selector='all'}})\""
+
+
+def write_pdns_lua(directory, address: str, port: int, url: str, addresses,
+                   zone: str = ZONE, ns: str = "ns1", ttl: int = 5,
+                   socket_dir: str | None = None, settings: dict | None = None) -> Path:
+    """Write pdns.conf, named.conf and the zone for ``pdns_server --config-dir``:
+    ``zone`` with ``api.ZONE`` as a LUA ifurlup record over ``addresses`` (TTL
+    ``ttl``), served on ``address``:``port``. Every health-check setting is
+    PowerDNS's default unless ``settings`` says otherwise. Returns the directory."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    zonefile = d / f"{zone}.zone"
+    zonefile.write_text("\n".join([
+        f"$ORIGIN {zone}.",
+        f"$TTL {ttl}",
+        f"@ IN SOA {ns}.{zone}. hostmaster.{zone}. 1 60 30 600 {ttl}",
+        f"@ IN NS {ns}.{zone}.",
+        f"api IN LUA {pdns_lua_record(url, addresses)}",
+    ]) + "\n")
+    (d / "named.conf").write_text(
+        f'options {{ directory "{d}"; }};\n'
+        f'zone "{zone}" {{ type master; file "{zonefile}"; }};\n')
+    conf = {
+        "launch": "bind",
+        "bind-config": str(d / "named.conf"),
+        "local-address": f"[{address}]:{port}" if ":" in address else f"{address}:{port}",
+        "enable-lua-records": "yes",
+        "socket-dir": socket_dir or str(d),  # the control socket (sun_path: keep it short)
+        "guardian": "no",
+        "daemon": "no",
+        "write-pid": "no",
+        "disable-syslog": "yes",
+        "loglevel": "6",  # logs each "LUA record monitoring declaring ... UP/DOWN"
+        "security-poll-suffix": "",  # no DNS query of its own to the outside at start
+        **(settings or {}),
+    }
+    (d / "pdns.conf").write_text("".join(f"{k}={v}\n" for k, v in conf.items()))
+    return d
+
+
+class PdnsLuaServer(_DNSServer):
+    """pdns_server answering ``api.ZONE`` A from a LUA ifurlup record over
+    ``addresses`` (checked at ``url``), on ``address`` and a free port.
+
+    ``settings`` overrides pdns.conf keys (e.g. ``lua-health-checks-interval``);
+    PowerDNS treats every address as down until its first check, so the first
+    answers fall back to all (or a random one) of them."""
+
+    program = "pdns_server"
+    logname = "pdns.log"
+    rundir_prefix = "pdns-"
+
+    def __init__(self, tmpdir, url: str, addresses, address: str = "127.0.0.1",
+                 zone: str = ZONE, settings: dict | None = None, start: bool = True):
+        super().__init__(tmpdir, address, zone, (), None)
+        self.url = url
+        self.addresses = tuple(addresses)
+        self.settings = dict(settings or {})
+        if start:
+            self.start()
+
+    def _write_config(self) -> None:
+        write_pdns_lua(self.dir, self.address, self.port, self.url, self.addresses,
+                       zone=self.zone, socket_dir=self._rundir, settings=self.settings)
+
+    def _command(self) -> list[str]:
+        return [require_binary("pdns_server"), f"--config-dir={self.dir}"]

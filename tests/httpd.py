@@ -13,7 +13,7 @@ import time
 
 class StatusServer:
     def __init__(self, host: str = "127.0.0.1", expect_host: str | None = None,
-                 tls: ssl.SSLContext | None = None):
+                 tls: ssl.SSLContext | None = None, port: int = 0):
         self.behaviour = "ok"
         self.queue: list[str] = []  # behaviours for the next requests, then `behaviour`
         self.sni: list[str | None] = []
@@ -50,7 +50,7 @@ class StatusServer:
             def handle_error(self, request, client_address):
                 pass  # clients that hang up early are the point of several tests
 
-        self.server = Server((host, 0), Handler)
+        self.server = Server((host, port), Handler)  # port 0: any free one
         self.host = host
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
