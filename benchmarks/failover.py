@@ -53,16 +53,16 @@ from spdu_cli.health import failover  # noqa: E402
 
 #: Settings written to every site's spdu.conf; keys not named keep spdu's defaults.
 PROFILES = {
-    # spdu's defaults: interval 2, fastInterval 0.5, probeTimeout 2, probeRetries 1,
-    # probeFall 2, probeRise 2 (spdu_cli/config.py KEYS)
+    # spdu's defaults: interval 2, fastInterval 0.25, downInterval 0.5, probeTimeout 2,
+    # probeRetries 1, probeFall 2, probeRise 2 (spdu_cli/config.py KEYS)
     "default": {"flapCount": "0"},
     # the fastest we call safe: probe every second; a try may take 1 s (a status
     # answered by HAProxy itself is 2 round trips, < 0.7 s even across the world),
     # and fall/rise stay 2, so one lost packet or one slow answer changes nothing.
-    "fast": {"flapCount": "0", "interval": "1", "fastInterval": "0.5", "probeTimeout": "1"},
+    "fast": {"flapCount": "0", "interval": "1", "probeTimeout": "1"},
 }
-EFFECTIVE = {"interval": 2.0, "fastInterval": 0.5, "probeTimeout": 2.0, "probeRetries": 1,
-             "probeFall": 2, "probeRise": 2, "nameTTL": 5}
+EFFECTIVE = {"interval": 2.0, "fastInterval": 0.25, "downInterval": 0.5, "probeTimeout": 2.0,
+             "probeRetries": 1, "probeFall": 2, "probeRise": 2, "nameTTL": 5}
 
 #: PowerDNS 4.7's defaults: lua-health-checks-interval, and ifurlup's timeout option.
 PDNS_INTERVAL = 5.0
@@ -80,9 +80,10 @@ def survivors() -> list[str]:
 
 def predicted(settings: dict[str, str]):
     eff = {k: float(settings.get(k, v)) for k, v in EFFECTIVE.items()}
-    return failover(eff["interval"], eff["fastInterval"], eff["probeTimeout"],
+    interval = eff["interval"]
+    return failover(interval, min(eff["fastInterval"], interval), eff["probeTimeout"],
                     int(eff["probeRetries"]), int(eff["probeFall"]), int(eff["probeRise"]),
-                    eff["nameTTL"])
+                    eff["nameTTL"], min(eff["downInterval"], interval))
 
 
 def start_pdns(lab: Lab, name: str) -> Proc:

@@ -60,7 +60,8 @@ FAST = {
 #: spdu's own defaults, spelled out (spdu_cli/config.py KEYS).
 DEFAULTS = {
     "interval": "2",
-    "fastInterval": "0.5",
+    "fastInterval": "0.25",
+    "downInterval": "0.5",
     "probeTimeout": "2",
     "probeFall": "2",
     "probeRise": "2",
