@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_SUBJECT = 150
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MESSAGE_ID = re.compile(r"<spdu\.[0-9a-f]{20}@[A-Za-z0-9.-]{1,253}>")  # what message_id makes
 
 
 def _epoch(value: Any) -> float | None:
@@ -78,6 +79,7 @@ class StateChange:
     flap: bool = False  # went out in a flap summary
     logged: bool = False  # written to syslog
     until: float | None = None  # a change to maint: when the maintenance ends
+    mail_id: str | None = None  # the Message-ID of a mail about to carry it (see run)
 
     @property
     def key(self) -> tuple[int, str]:
@@ -106,6 +108,8 @@ class StateChange:
             flap=bool(e.get("flap")),
             logged=bool(e.get("logged")),
             until=_epoch(e.get("until")),
+            mail_id=(e["mail_id"] if isinstance(e.get("mail_id"), str)
+                     and _MESSAGE_ID.fullmatch(e["mail_id"]) else None),  # goes into a header
         )
 
 
@@ -185,6 +189,7 @@ class Mail:
 
     config: MailConfig
     notices: tuple[Notice, ...]
+    message_id: str | None = None  # set: a mail sent before (maybe) whose marking was lost
 
     @property
     def changes(self) -> list[tuple[str, StateChange]]:
@@ -207,7 +212,8 @@ class Plan:
     held: list[Held] = field(default_factory=list)
 
 
-def notices_for(view: TargetView, now: float) -> list[Notice] | Held:
+def notices_for(view: TargetView, now: float,
+                pending: tuple[StateChange, ...] | None = None) -> list[Notice] | Held:
     """A target's pending transitions as notices, or held back while it flaps.
 
     Flapping: more than flapCount transitions within flapWindow (ending at the
@@ -215,7 +221,7 @@ def notices_for(view: TargetView, now: float) -> list[Notice] | Held:
     and the next summary comes no sooner than flapWindow later; what happens
     meanwhile stays pending (and in syslog) until then.
     """
-    pending = tuple(view.pending())
+    pending = tuple(view.pending()) if pending is None else pending
     if not view.flap_count:
         return [Notice(view, (c,)) for c in pending]
     last = view.last_flap_summary()
@@ -231,9 +237,12 @@ def notices_for(view: TargetView, now: float) -> list[Notice] | Held:
 
 def plan(views: Iterable[TargetView], now: float) -> Plan:
     """Group every pending transition into mails: one per mail configuration
-    (recipients, relay...), a digest when it holds several notices."""
+    (recipients, relay...), a digest when it holds several notices. Transitions
+    a mail was about to carry when spdu last stopped (`mail_id`) go out again
+    in a mail of their own, under the same Message-ID, so the receiver can drop
+    the repeat; newer ones go in another."""
     out = Plan()
-    groups: dict[MailConfig, list[Notice]] = {}
+    groups: dict[tuple[MailConfig, str | None], list[Notice]] = {}
     for v in views:
         pending = v.pending()
         if not pending:
@@ -241,13 +250,20 @@ def plan(views: Iterable[TargetView], now: float) -> Plan:
         if v.mail is None:
             out.silent.extend((v, c) for c in pending)
             continue
-        notices = notices_for(v, now)
+        for c in pending:
+            if c.mail_id:
+                groups.setdefault((v.mail, c.mail_id), []).append(Notice(v, (c,)))
+        fresh = tuple(c for c in pending if not c.mail_id)
+        if not fresh:
+            continue
+        notices = notices_for(v, now, fresh)
         if isinstance(notices, Held):
             out.held.append(notices)
         else:
-            groups.setdefault(v.mail, []).extend(notices)
-    for cfg, notices in groups.items():
-        out.mails.append(Mail(cfg, tuple(sorted(notices, key=lambda n: (n.changes[0].at, n.view.target, n.changes[0].id)))))
+            groups.setdefault((v.mail, None), []).extend(notices)
+    for (cfg, mail_id), notices in groups.items():
+        order = sorted(notices, key=lambda n: (n.changes[0].at, n.view.target, n.changes[0].id))
+        out.mails.append(Mail(cfg, tuple(order), mail_id))
     return out
 
 
@@ -384,6 +400,8 @@ def body(mail: Mail) -> str:
 
 def message_id(mail: Mail) -> str:
     """The same for every retry of the same mail, so a receiver can drop a repeat."""
+    if mail.message_id:
+        return mail.message_id
     keys = "\n".join(f"{t}:{c.id}:{c.stamp}" for t, c in mail.changes)
     digest = hashlib.sha256(f"{mail.config.tag}\n{keys}".encode()).hexdigest()[:20]
     domain = mail.config.sender.rpartition("@")[2]
@@ -580,6 +598,10 @@ def open_syslog(setting: str) -> _Syslog | None:
         log.warning("cannot log to syslog at %s: %s", path, e.strerror or e)
         return None
     handler.ident = f"spdu[{os.getpid()}]: "
+    try:  # a stuck syslogd must not hold up a probe
+        handler.socket.settimeout(1.0)
+    except (AttributeError, OSError):
+        pass  # not connected: emit says so
     return handler
 
 
@@ -615,6 +637,30 @@ def log_transitions(views: Iterable[TargetView], handler) -> dict[str, set[tuple
                 return done
             done.setdefault(v.target, set()).add(c.key)
     return done
+
+
+class JournalLog:
+    """Logs transitions to syslog when they are journaled (by probe, maint),
+    so a log line never waits for a mail run; each one logged is marked
+    `logged` in the entry, before the caller writes it. Opened on first use."""
+
+    def __init__(self, setting: str):
+        self.setting = setting
+        self.handler = None
+        self.opened = False
+
+    def __call__(self, cfg: TargetConfig, entry: SpoolEntry) -> None:
+        if not self.opened:
+            self.handler, self.opened = open_syslog(self.setting), True
+        done = log_transitions([TargetView.from_spool(cfg, entry)], self.handler)
+        keys = done.get(entry.target, set())
+        for e in entry.journal:
+            if (e.get("id"), str(e.get("at"))) in keys:
+                e["logged"] = True
+
+    def close(self) -> None:
+        if self.handler is not None:
+            self.handler.close()
 
 
 # -- the `spdu notify` step ----------------------------------------------------------
@@ -676,9 +722,12 @@ def run(
     At least once: a transition is marked notified only after the relay
     accepted the mail that carries it, under the spool lock, re-reading the
     entry so transitions a concurrent probe added are kept. The lock is not
-    held while talking SMTP. If spdu dies between the relay's acceptance and
-    the marking (or the spool cannot be written), the next run sends that
-    mail again, with the same Message-ID; a mail is never lost. A relay that
+    held while talking SMTP. Before it, each transition notes the Message-ID
+    of the mail about to carry it (`mail_id`): if spdu dies between the
+    relay's acceptance and the marking, the next run sends those transitions
+    again in a mail of their own, with the same Message-ID; a mail is never
+    lost. When that note cannot be written (a full disk), nothing is sent
+    (exit 75): else every run would send the same mail again. A relay that
     is down, times out or refuses every recipient leaves the transitions
     pending (exit 69). Without mailTo, transitions are marked (logged only).
     `syslog` overrides syslogSocket. A dry run composes, sends and marks nothing.
@@ -698,6 +747,19 @@ def run(
                      v.target, c.id)
         return outcome
 
+    intents: dict[str, dict[tuple[int, str], dict[str, Any]]] = {}
+    for d in outcome.deliveries:
+        mid = str(d.message["Message-ID"])
+        for n in d.mail.notices:
+            for c in n.changes:
+                if c.mail_id != mid:
+                    intents.setdefault(n.view.target, {})[c.key] = {"mail_id": mid}
+    if intents:
+        try:
+            _write_marks(store, intents, lock_timeout)
+        except SpduError as e:
+            e.message += "; no mail is sent until that is recorded, and it stays pending"
+            raise
     handler = open_syslog(site.syslog_socket if syslog is None else syslog)
     try:
         logged = log_transitions(views, handler)
@@ -728,13 +790,20 @@ def run(
                     notified=True, notified_at=iso(now),
                     message_id=str(d.message["Message-ID"]), flap=bool(n.flapping))
     if marks:
-        with store.locked(lock_timeout):
-            for target, updates in marks.items():
-                entry = store.read(target)
-                found = 0 if entry.fresh else _mark(entry, updates)
-                if found < len(updates):
-                    log.warning("%s: the spool entry changed meanwhile; %d transition(s) not"
-                                " found to mark", target, len(updates) - found)
-                if found:
-                    store.write(entry)
+        _write_marks(store, marks, lock_timeout)
     return outcome
+
+
+def _write_marks(store: Spool, marks: dict[str, dict[tuple[int, str], dict[str, Any]]],
+                 lock_timeout: float) -> None:
+    """Set fields of journal entries (target -> (id, at) -> fields), under the
+    lock, re-reading each entry so what a concurrent probe added is kept."""
+    with store.locked(lock_timeout):
+        for target, updates in marks.items():
+            entry = store.read(target)
+            found = 0 if entry.fresh else _mark(entry, updates)
+            if found < len(updates):
+                log.warning("%s: the spool entry changed meanwhile; %d transition(s) not"
+                            " found to mark", target, len(updates) - found)
+            if found:
+                store.write(entry)
