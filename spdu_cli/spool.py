@@ -343,6 +343,8 @@ class Spool:
     def __init__(self, directory: str):
         self.dir = Path(directory)
         self._checked = False
+        self._held = False  # the lock: writes then sync the directory once, at its release
+        self._dirty = False
 
     def path(self, target: str) -> Path:
         # Target names are validated (no '/', no '..'); this is a second guard.
@@ -421,7 +423,14 @@ class Spool:
                             "try again; if it persists, look for a stuck spdu process",
                         ) from None
                     time.sleep(0.02)
-            yield
+            self._held = True
+            try:
+                yield
+            finally:
+                self._held = False
+                if self._dirty:  # the renames are durable before another may read them
+                    self._dirty = False
+                    sync_dir(self.dir)
         finally:
             os.close(fd)
 
@@ -466,7 +475,11 @@ class Spool:
         if entry.fresh:
             self._keep_corrupt(path, entry.target)
         data = json.dumps(entry.to_json(), separators=(",", ":")).encode() + b"\n"  # C speed
-        atomic_write(path, data, FILE_MODE, "spool file", "state")
+        self._atomic_write(path, data)
+
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        atomic_write(path, data, FILE_MODE, "spool file", "state", sync=not self._held)
+        self._dirty |= self._held
 
     def _keep_corrupt(self, path: Path, target: str) -> None:
         try:
@@ -506,12 +519,14 @@ class Spool:
     def write_reconcile(self, pools: dict[str, Any]) -> None:
         """Atomically replace the reconcile record; call with the lock held."""
         data = json.dumps({"version": VERSION, "pools": pools}, indent=1).encode() + b"\n"
-        atomic_write(self.dir / RECONCILE_NAME, data, FILE_MODE, "spool file", "state")
+        self._atomic_write(self.dir / RECONCILE_NAME, data)
 
 
-def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "file") -> None:
+def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "file",
+                 sync: bool = True) -> None:
     """Replace `path` with `data`: temp file in the same directory, fsync, rename,
-    directory fsync. A reader sees the old file or the new one, never a part."""
+    directory fsync (`sync`; else the caller syncs the directory once for many
+    files). A reader sees the old file or the new one, never a part."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
@@ -535,11 +550,17 @@ def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "fil
         err = os_failure(e, f"write {what}", path)
         err.message += f"; the previous {kept} is kept"
         raise err from None
+    if sync:
+        sync_dir(path.parent)
+
+
+def sync_dir(directory: Path) -> None:
+    """fsync a directory: the renames done in it survive a crash."""
     try:
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
     except OSError as e:
-        raise os_failure(e, "sync the directory of", path) from None
+        raise os_failure(e, "sync the directory", directory) from None
