@@ -289,9 +289,6 @@ def advisories(cfg: TargetConfig) -> list[str]:
 def site_advisories(site: Site) -> list[str]:
     """Site-wide settings worth a warning in `spdu config check`."""
     out = []
-    if not site.targets:
-        out.append(f"{site.path}: targets is empty: probe, reconcile and the cron loop"
-                   " have nothing to do (they exit 78)")
     if site._site_value("fastInterval") > site.interval:
         out.append(f"fastInterval={site._site_value('fastInterval'):g} is longer than"
                    f" interval={site.interval:g}: interval is used")
