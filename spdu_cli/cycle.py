@@ -81,7 +81,11 @@ class SiteCache:
                 out.append(None)
             if p.is_dir():
                 for f in sorted(p.iterdir()):
-                    st = f.stat()
+                    try:
+                        st = f.stat()
+                    except OSError:  # gone meanwhile: the next look sees it
+                        out.append((f.name, None))
+                        continue
                     out.append((f.name, st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode,
                                 st.st_uid))  # a chmod makes a file unsafe: read it again
         return tuple(out)
