@@ -566,7 +566,10 @@ def send(cfg: MailConfig, msg: EmailMessage) -> dict[str, str]:
     except (OSError, smtplib.SMTPException) as e:
         if conn is not None:
             conn.close()
-        raise _failure(cfg, e, during[0]) from None
+        err = _failure(cfg, e, during[0])
+        # Failed once the mail was on its way: the relay may have taken it all the same.
+        err.maybe_sent = during[0] == "while sending the mail"
+        raise err from None
     try:  # accepted: whatever QUIT does cannot undo that
         conn.quit()
     except (OSError, smtplib.SMTPException):
@@ -779,6 +782,11 @@ def run(
         except SpduError as e:
             log.error("%s", e)
             d.error = e
+            if not getattr(e, "maybe_sent", False):  # not sent: its transitions may join
+                for n in d.mail.notices:               # the next digest, under a new id
+                    for c in n.changes:
+                        marks.setdefault(n.view.target, {}).setdefault(c.key, {})[
+                            "mail_id"] = None
             continue
         d.sent = True
         for rcpt, reply in d.refused.items():

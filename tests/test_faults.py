@@ -376,6 +376,23 @@ def test_a_transition_sent_again_keeps_its_message_id(site, smtp_relay):
     assert all(e["notified"] for e in site.entry("beta")["journal"])
 
 
+def test_a_mail_the_relay_never_took_joins_the_next_digest(site, smtp_relay):
+    from tests.conftest import free_port
+
+    port = free_port()
+    site.write(f"mailTo=ops@domain.tld\nsmtpRelay=127.0.0.1\nsmtpPort={port}\n"
+               "smtpSSL=no\nsmtpStartTLS=no\nflapCount=0\n")
+    site.put("beta", "down", [BETA])
+    r = site.run("notify")
+    assert r.returncode == 69 and f"127.0.0.1:{port} refused the connection" in r.stderr
+    assert site.entry("beta")["journal"][0]["mail_id"] is None  # surely not sent
+    site.put("gamma", "down", [GAMMA])
+    relay = smtp_relay(port=port)
+    assert site.run("notify").returncode == 0
+    [mail] = relay.received  # one digest, as before the note of Message-IDs
+    assert mail.message["Subject"].startswith("WARNING: 2 changes")
+
+
 # -- 12. a transition is logged when it happens --------------------------------------------
 
 
