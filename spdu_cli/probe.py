@@ -618,7 +618,10 @@ def _reason(r: ProbeResult) -> str:
 
 def run(site, names=(), lock_timeout: float = 5.0, stop=None) -> list[TargetReport]:
     """Probe the named targets (default: all), update their spool entries.
-    `stop`: an Event that abandons the probes (ProbeInterrupted, nothing written)."""
+    `stop`: an Event that abandons the probes (ProbeInterrupted, nothing written).
+    A transition is logged to syslog as it is journaled (not by the mail run).
+    A target whose spool file cannot be read or written gets `spool_error`;
+    the others go on."""
     cfgs = [site.target(n) for n in site.select(names)]
     for c in cfgs:
         if c.probe_ssl and not c.probe_verify:
@@ -631,9 +634,15 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None) -> list[TargetRepo
     results = probe([ProbeSpec.from_config(c) for c in cfgs], stop=stop)
     store = Spool(site.spool_dir)
     reports = []
+    journal_log = None
     with store.locked(lock_timeout):
         for cfg, r in zip(cfgs, results):
-            entry = store.read(cfg.target)
+            try:
+                entry = store.read(cfg.target)
+            except SpduError as e:  # unreadable: rewriting it would lose what it holds
+                log.error("%s", e)
+                reports.append(TargetReport(r, Health(), None, str(e)))
+                continue
             ended = maint.expire(entry, r.at)
             before = entry.health
             moved = r.ok is not None and entry.readdress(list(r.addresses))
@@ -664,6 +673,12 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None) -> list[TargetRepo
             journal = entry.add_transition(t) if t else ended
             if t:
                 log.debug("%s: %s -> %s: %s", cfg.target, t.old, t.new, t.reason)
+            if journal is not None:
+                if journal_log is None:
+                    from spdu_cli.notify import JournalLog
+
+                    journal_log = JournalLog(site.syslog_socket)
+                journal_log(cfg, entry)
             error = None
             try:
                 store.write(entry)
@@ -671,4 +686,6 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None) -> list[TargetRepo
                 log.error("%s", e)
                 error = str(e)
             reports.append(TargetReport(r, h, journal, error))
+    if journal_log is not None:
+        journal_log.close()
     return reports
