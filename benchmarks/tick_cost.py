@@ -53,7 +53,7 @@ def loop_cpu(base: list[str], seconds: float) -> tuple[float, int]:
     err = "".join(err_lines)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"spdu cron exited {os.waitstatus_to_exitcode(status)}: {err}")
-    m = re.search(r"cron loop done: (\d+) ticks, (\d+) probe runs, (\d+) reconciles", err)
+    m = re.search(r"cron loop done: (\d+) ticks?, (\d+) probe runs?, (\d+) reconciles?", err)
     if not m:
         raise SystemExit(f"no tick count in spdu cron's log: {err}")
     if re.search(r"\b(add|delete) api\.", err):

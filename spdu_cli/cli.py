@@ -42,6 +42,25 @@ def _error(message: str) -> None:
 
 
 class SpduGroup(click.Group):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        """click's own errors (a bad option...) leave as one line, like spdu's."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            status = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as e:
+            where = f"; see {e.ctx.command_path} --help" if e.ctx is not None else ""
+            _error(f"{e.format_message().rstrip('.')}{where}")
+            sys.exit(int(ExitStatus.USAGE))
+        except click.ClickException as e:
+            _error(e.format_message())
+            sys.exit(e.exit_code)
+        except click.Abort:
+            _error("aborted")
+            sys.exit(1)
+        sys.exit(status if isinstance(status, int) else 0)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -147,6 +166,7 @@ def config_check(obj: Context):
     warnings = config.site_advisories(site) + [w for c in checked for w in config.advisories(c)]
     for warning in dict.fromkeys(warnings):
         log.warning("%s", warning)
+    site.select(())  # no target is 78 here too, as for every command that acts on them
     names = ", ".join(t.target for t in checked) or "no targets"
     log.info("%s is valid (%s)", site.path, names)
     if sys.stderr.isatty():
@@ -305,7 +325,7 @@ def status_cmd(obj: Context, targets, as_json, dns):
             click.echo(render.json_line(s.to_json()))
     elif _tty():
         headers = render.STATUS_HEADERS + (["DNS"] if dns else [])
-        click.echo(render.table(headers, render.status_rows(statuses, now, dns)))
+        click.echo(render.table(headers, render.status_rows(statuses, now, dns, table=True)))
     else:
         click.echo(render.lines(render.status_lines(statuses, now, dns)))
     failed = [s.dns.exit_status for s in statuses if s.dns and s.dns.error]
@@ -351,7 +371,7 @@ def maint_cmd(obj: Context, target, seconds, reason, clear, lock_timeout):
         line = f"{out.target} {said}: {out.state}"
     else:
         out = maint.start(site, target, seconds, reason, lock_timeout=lock_timeout)
-        line = f"{out.target} is in maintenance until {out.maint.to_json()['until']}"
+        line = f"{out.target} is in maintenance until {render.stamp(out.maint.until)}"
     _write_metrics(site)
     if _tty():
         click.echo(line)
@@ -377,6 +397,7 @@ def history_cmd(obj: Context, target, as_json):
 
     site = obj.site()
     [target] = site.select([target])
+    site.target(target)  # its file is refused here as by every other command
     h = history.of_entry(Spool(site.spool_dir).read(target))
     if as_json:
         click.echo(render.json_line(h.to_json()))
@@ -425,6 +446,8 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
     elif dry_run:
         if outcome.deliveries or outcome.posts:
             click.echo(render.lines(render.notify_messages(outcome)))
+        for line in render.notify_unmailed(outcome):  # say why nothing is mailed
+            click.echo(line)
     elif _tty():
         click.echo(render.lines(render.notify_lines(outcome)))
     if outcome.errors:
@@ -467,14 +490,39 @@ def cron_cmd(obj: Context, seconds, lock_timeout):
         sys.exit(int(tally.last_error))
 
 
-def cron_main() -> None:
-    """The `spdu-cron` command: `spdu --syslog [GLOBAL OPTIONS] cron [-- CRON OPTIONS]`."""
-    args = sys.argv[1:]
+def cron_args(args: list[str]) -> list[str]:
+    """spdu-cron's arguments as spdu's: `--syslog [GLOBAL OPTIONS] cron [CRON OPTIONS]`.
+    The cron options (--for, --lock-timeout) may come anywhere, after `--`
+    or not, and a `cron` word is allowed, as its help shows it."""
     own, extra = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (
-        args, [])
-    if {"-h", "--help"} & set(own):  # the help of what spdu-cron runs, not of the group
-        own, extra = [a for a in own if a not in ("-h", "--help")], ["--help"]
-    cli(["--syslog", *own, "cron", *extra], prog_name="spdu-cron")
+        list(args), [])
+    if own[:1] == ["cron"]:
+        own = own[1:]
+    takes_value = {o for p in cron_cmd.params for o in p.opts if not p.is_flag}
+    glob, i = [], 0
+    while i < len(own):
+        a = own[i]
+        name = a.split("=", 1)[0]
+        if name in takes_value:
+            n = 1 if "=" in a else 2
+            extra, i = [*own[i:i + n], *extra], i + n
+            continue
+        if name in ("-c", "--config") and "=" not in a:  # its value is no option
+            glob, i = [*glob, *own[i:i + 2]], i + 2
+            continue
+        if a in ("-h", "--help"):  # the help of what spdu-cron runs, not of the group
+            extra = [*extra, "--help"]
+        elif a == "cron":
+            pass
+        else:
+            glob.append(a)
+        i += 1
+    return ["--syslog", *glob, "cron", *extra]
+
+
+def cron_main() -> None:
+    """The `spdu-cron` command: `spdu --syslog [GLOBAL OPTIONS] cron [CRON OPTIONS]`."""
+    cli.main(cron_args(sys.argv[1:]), prog_name="spdu-cron")
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ data (see shellconf), refused when unsafe, and every value is validated.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import logging
 import os
@@ -301,9 +302,6 @@ def advisories(cfg: TargetConfig) -> list[str]:
 def site_advisories(site: Site) -> list[str]:
     """Site-wide settings worth a warning in `spdu config check`."""
     out = []
-    if not site.targets:
-        out.append(f"{site.path}: targets is empty: probe, reconcile and the cron loop"
-                   " have nothing to do (they exit 78)")
     if site._site_value("fastInterval") > site.interval:
         out.append(f"fastInterval={site._site_value('fastInterval'):g} is longer than"
                    f" interval={site.interval:g}: interval is used")
@@ -353,9 +351,16 @@ class _Values:
         return check_value(key, s)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _checked(key: str, value: str) -> Any:
+    """A key's checker is a pure function of the value: thousands of targets
+    sharing the main file's values check each once."""
+    return KEYS[key].check(value)
+
+
 def check_value(key: str, s: Setting) -> Any:
     try:
-        return KEYS[key].check(s.value)
+        return _checked(key, s.value)
     except ValueError as e:
         where = f"{s.file}:{s.line}: " if s.file else "default "
         shown = "(secret not shown)" if KEYS[key].secret else _quote(s.value)
@@ -515,13 +520,24 @@ class Site:
     _main_checked: bool = field(default=False, repr=False, compare=False)
     read_key_file: bool = True  # False for keygen, which is about to write it
     _targets: dict = field(default_factory=dict, repr=False, compare=False)
+    _values: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def target_dir(self) -> Path:
         return Path(self.path).parent / "spdu"
 
     def _site_value(self, key: str) -> Any:
-        return _resolve(_Values(self.settings, None, self.system), key, self.path)
+        # Checked once: `targets` alone may list thousands of names.
+        if key not in self._values:
+            self._values[key] = _resolve(_Values(self.settings, None, self.system), key,
+                                         self.path)
+        return self._values[key]
+
+    @property
+    def _known(self) -> frozenset[str]:
+        if "@known" not in self._values:
+            self._values["@known"] = frozenset(self.targets)
+        return self._values["@known"]
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -566,7 +582,7 @@ class Site:
                 validate.target_name(name)
             except ValueError as e:
                 raise UsageError(f"target {name!r}: {e}") from None
-            if name not in self.targets and not (self.target_dir / name).exists():
+            if name not in self._known and not (self.target_dir / name).exists():
                 known = " ".join(self.targets) or "none"
                 raise UsageError(
                     f"unknown target {name!r}: not in targets= of {self.path} (known: {known})"
@@ -591,6 +607,7 @@ class Site:
             self._main_checked = True
         files = [self.path]
         settings = dict(self.settings)
+        own: dict[str, Setting] = {}
         path = self.target_dir / name
         if path.exists() or path.is_symlink():
             f = read_safe_file(str(path))
@@ -601,7 +618,7 @@ class Site:
                 settings[key] = s
             files.append(str(path))
         return build_target(name, settings, tuple(files), self.path, self.system,
-                            self.read_key_file)
+                            self.read_key_file, checked=set(self.settings) - set(own))
 
     def check(self) -> list[TargetConfig]:
         """Validate the main file and every configured target."""
@@ -632,10 +649,13 @@ def build_target(
     origin: str,
     system: System,
     read_key_file: bool = True,
+    checked: set[str] = frozenset(),
 ) -> TargetConfig:
+    """`checked`: keys whose setting is known valid (the main file's, checked
+    once per Site rather than once per target)."""
     values = _Values(settings, name, system)
     for key, s in settings.items():  # every value a file sets is checked, used or not
-        if key in KEYS:
+        if key in KEYS and key not in checked:
             check_value(key, s)
 
     def get(key: str) -> Any:

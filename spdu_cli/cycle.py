@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spdu_cli import health
-from spdu_cli.errors import ProbeInterrupted, SpduError, TemporaryFailure
-from spdu_cli.spool import Spool
+from spdu_cli.errors import ExitStatus, ProbeInterrupted, SpduError, TemporaryFailure, os_failure
+from spdu_cli.spool import Spool, open_file
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,11 @@ class SiteCache:
                 out.append(None)
             if p.is_dir():
                 for f in sorted(p.iterdir()):
-                    st = f.stat()
+                    try:
+                        st = f.stat()
+                    except OSError:  # gone meanwhile: the next look sees it
+                        out.append((f.name, None))
+                        continue
                     out.append((f.name, st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode,
                                 st.st_uid))  # a chmod makes a file unsafe: read it again
         return tuple(out)
@@ -171,7 +175,11 @@ class Loop:
             for t in due:
                 self.schedule.due_at[t] = now + site.interval
             return False
-        self.tally.ok("probe")
+        unwritten = [rep for rep in reports if rep.spool_error]
+        if unwritten:  # what was probed is not recorded: as `spdu probe` says, 75
+            self.tally.failed("probe", ExitStatus.TEMPFAIL)
+        else:
+            self.tally.ok("probe")
         for rep in reports:
             self.schedule.probed(rep.result.target, rep.health, now, site.interval,
                                  site.fast_interval, site.down_interval)
@@ -292,10 +300,17 @@ class Loop:
         return self.tally
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _pending(site) -> bool:
     """Any transition not yet notified (cheap: the spool only, no mail modules)."""
     store = Spool(site.spool_dir)
-    return any(store.read(t).pending() for t in site.targets)
+    try:
+        return any(store.read(t).pending() for t in site.targets)
+    except SpduError:
+        return True  # the mail run says what is wrong (and exits with it)
 
 
 def _handover_asked(site, after: float) -> bool:
@@ -327,7 +342,10 @@ def hold_lock(spool_dir: str):
     store = Spool(spool_dir)
     store.ensure_dir()
     path = store.dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    try:
+        fd = open_file(path, os.O_RDWR | os.O_CREAT)
+    except OSError as e:
+        raise os_failure(e, "open the cron loop's lock", path) from None
     if not _try_lock(fd):
         note = store.dir / HANDOVER_NAME
         try:
@@ -344,8 +362,11 @@ def hold_lock(spool_dir: str):
                 f"another spdu cron loop holds {path}; this one exits (the running one"
                 " covers this minute)"
             )
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:  # the pid is for people; the flock is what counts
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as e:
+        log.warning("%s", os_failure(e, "write the pid into", path))
     return fd
 
 
@@ -368,7 +389,7 @@ def run(load: Callable[[], object], config_path: str, seconds: float = 60.0,
             signal.signal(signal.SIGTERM, previous)
         os.close(fd)
     failed = ", ".join(f"{k} {v}x" for k, v in sorted(tally.failures.items()))
-    log.info("cron loop done: %d ticks, %d probe runs, %d reconciles, %d mail runs%s",
-             tally.ticks, tally.probes, tally.reconciles, tally.notifies,
-             f"; failed: {failed}" if failed else "")
+    log.info("cron loop done: %s, %s, %s, %s%s", _n(tally.ticks, "tick"),
+             _n(tally.probes, "probe run"), _n(tally.reconciles, "reconcile"),
+             _n(tally.notifies, "mail run"), f"; failed: {failed}" if failed else "")
     return tally

@@ -28,7 +28,8 @@ class SpduError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return f"{self.message} ({self.hint})" if self.hint else self.message
+        # "; " rather than parentheses: hints often hold parentheses of their own
+        return f"{self.message}; {self.hint}" if self.hint else self.message
 
 
 class UsageError(SpduError):
@@ -57,3 +58,35 @@ class TemporaryFailure(SpduError):
 
 class ProbeInterrupted(TemporaryFailure):
     """A probe run was abandoned because spdu is stopping; nothing was recorded."""
+
+
+def os_failure(e: OSError, doing: str, path, user: str | None = None) -> SpduError:
+    """The one place where a failed file operation in the spool becomes an exit
+    status: 75 (try again once the cause is gone), with what to do about it.
+    `doing`: "write the spool file", "open the spool lock"...; `user`: who runs spdu."""
+    import errno
+    import os
+
+    what = f"cannot {doing} {path}: {e.strerror or e}"
+    parent = os.path.dirname(str(path)) or "."
+    if getattr(e, "hint", None):  # it knows best (spool.NotRegularFile)
+        hint = e.hint
+    elif e.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = f"free space on the filesystem of {parent}; nothing is lost meanwhile"
+    elif e.errno in (errno.EACCES, errno.EPERM):
+        if user is None:
+            import pwd
+
+            try:
+                user = pwd.getpwuid(os.geteuid()).pw_name
+            except KeyError:
+                user = f"uid {os.geteuid()}"
+        hint = (f"run spdu as the user that owns {parent}, or give it to {user}:"
+                f" chown -R {user} {parent}")
+    elif e.errno == errno.ELOOP:
+        hint = f"{path} is a symbolic link, which spdu never follows: remove it"
+    elif e.errno == errno.EROFS:
+        hint = f"the filesystem of {parent} is read-only"
+    else:
+        hint = "try again"
+    return TemporaryFailure(what, hint)

@@ -51,6 +51,17 @@ def expire(entry: SpoolEntry, now: float) -> dict | None:
     return entry.add_change("maint", _shown(entry), m.until, "maintenance expired")
 
 
+def _log_now(site, entry: SpoolEntry) -> None:
+    """Log the change to syslog as it is journaled, not when it is mailed."""
+    from spdu_cli.notify import JournalLog
+
+    journal_log = JournalLog(site.syslog_socket)
+    try:
+        journal_log(site.target(entry.target), entry)
+    finally:
+        journal_log.close()
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What `spdu maint` did to one target."""
@@ -89,6 +100,7 @@ def start(site, target: str, seconds: float, reason: str = "", now: float | None
             entry.maint = Maintenance(now, now + seconds, reason)
             change = entry.add_change(_shown(entry), "maint", now, reason or "maintenance",
                                       until=iso(now + seconds))
+            _log_now(site, entry)
         else:
             entry.maint = Maintenance(entry.maint.since, now + seconds,
                                       reason or entry.maint.reason)
@@ -109,5 +121,6 @@ def clear(site, target: str, now: float | None = None, lock_timeout: float = 5.0
             entry.maint = None
             change = entry.add_change("maint", _shown(entry), now, "maintenance cleared")
         if change is not None:
+            _log_now(site, entry)
             store.write(entry)
     return Outcome(target, None, change, _shown(entry))

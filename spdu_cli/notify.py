@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 MAIL = "mail"  # the mail channel's name in the spool (a webhook's: WebhookConfig.channel)
 MAX_SUBJECT = 150
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MESSAGE_ID = re.compile(r"<spdu\.[0-9a-f]{20}@[A-Za-z0-9.-]{1,253}>")  # what message_id makes
 
 
 def _epoch(value: Any) -> float | None:
@@ -83,6 +84,7 @@ class StateChange:
     logged: bool = False  # written to syslog
     until: float | None = None  # a change to maint: when the maintenance ends
     sent: tuple[tuple[str, float | None, bool], ...] = ()  # (channel, at, flap summary)
+    mail_id: str | None = None  # the Message-ID of a mail about to carry it (see run)
 
     @property
     def key(self) -> tuple[int, str]:
@@ -112,6 +114,8 @@ class StateChange:
             logged=bool(e.get("logged")),
             until=_epoch(e.get("until")),
             sent=_sent(e.get("sent")),
+            mail_id=(e["mail_id"] if isinstance(e.get("mail_id"), str)
+                     and _MESSAGE_ID.fullmatch(e["mail_id"]) else None),  # goes into a header
         )
 
     def on(self, channel: str) -> StateChange:
@@ -218,6 +222,7 @@ class Mail:
 
     config: MailConfig
     notices: tuple[Notice, ...]
+    message_id: str | None = None  # set: a mail sent before (maybe) whose marking was lost
 
     @property
     def changes(self) -> list[tuple[str, StateChange]]:
@@ -249,7 +254,8 @@ class Plan:
     posts: list[Post] = field(default_factory=list)
 
 
-def notices_for(view: TargetView, now: float) -> list[Notice] | Held:
+def notices_for(view: TargetView, now: float,
+                pending: tuple[StateChange, ...] | None = None) -> list[Notice] | Held:
     """A target's pending transitions as notices, or held back while it flaps.
 
     Flapping: more than flapCount transitions within flapWindow (ending at the
@@ -257,7 +263,7 @@ def notices_for(view: TargetView, now: float) -> list[Notice] | Held:
     and the next summary comes no sooner than flapWindow later; what happens
     meanwhile stays pending (and in syslog) until then.
     """
-    pending = tuple(view.pending())
+    pending = tuple(view.pending()) if pending is None else pending
     if not view.flap_count:
         return [Notice(view, (c,)) for c in pending]
     last = view.last_flap_summary()
@@ -272,21 +278,33 @@ def notices_for(view: TargetView, now: float) -> list[Notice] | Held:
 
 
 def _gather(pairs: Iterable[tuple[Any, TargetView]], now: float, channel: str = MAIL
-            ) -> tuple[dict[Any, tuple[Notice, ...]], list[Held]]:
+            ) -> tuple[dict[tuple[Any, str | None], tuple[Notice, ...]], list[Held]]:
     """(channel configuration, the target as that channel sees it) pairs -> the
-    notices for each configuration in time order, and the flapping targets held."""
-    groups: dict[Any, list[Notice]] = {}
+    notices for each (configuration, Message-ID) in time order, and the flapping
+    targets held. For mail, transitions that a mail was about to carry when spdu
+    last stopped (`mail_id`) go out again in a mail of their own, under the same
+    Message-ID, so the receiver can drop the repeat; newer ones go in another."""
+    groups: dict[tuple[Any, str | None], list[Notice]] = {}
     held = []
     for cfg, v in pairs:
-        if not v.pending():
+        pending = v.pending()
+        if not pending:
             continue
-        notices = notices_for(v, now)
+        fresh = pending
+        if channel == MAIL:
+            for c in pending:
+                if c.mail_id:
+                    groups.setdefault((cfg, c.mail_id), []).append(Notice(v, (c,)))
+            fresh = tuple(c for c in pending if not c.mail_id)
+            if not fresh:
+                continue
+        notices = notices_for(v, now, fresh)
         if isinstance(notices, Held):
             held.append(dataclasses.replace(notices, channel=channel))
         else:
-            groups.setdefault(cfg, []).extend(notices)
+            groups.setdefault((cfg, None), []).extend(notices)
     order = lambda n: (n.changes[0].at, n.view.target, n.changes[0].id)  # noqa: E731
-    return {cfg: tuple(sorted(ns, key=order)) for cfg, ns in groups.items()}, held
+    return {key: tuple(sorted(ns, key=order)) for key, ns in groups.items()}, held
 
 
 def plan(views: Iterable[TargetView], now: float) -> Plan:
@@ -298,11 +316,11 @@ def plan(views: Iterable[TargetView], now: float) -> Plan:
     out.silent = [(v, c) for v in views if not v.channels() for c in v.pending()]
     mailed = [(v.mail, v.on(MAIL)) for v in views if v.mail is not None]
     groups, out.held = _gather(mailed, now)
-    out.mails = [Mail(cfg, notices) for cfg, notices in groups.items()]
+    out.mails = [Mail(cfg, notices, mail_id) for (cfg, mail_id), notices in groups.items()]
     for channel in dict.fromkeys(w.channel for v in views for w in v.webhooks):
         posted = [(w, v.on(channel)) for v in views for w in v.webhooks if w.channel == channel]
         groups, held = _gather(posted, now, channel)
-        out.posts += [Post(cfg, notices) for cfg, notices in groups.items()]
+        out.posts += [Post(cfg, notices) for (cfg, _), notices in groups.items()]
         out.held += held
     return out
 
@@ -440,6 +458,8 @@ def body(mail: Mail) -> str:
 
 def message_id(mail: Mail) -> str:
     """The same for every retry of the same mail, so a receiver can drop a repeat."""
+    if mail.message_id:
+        return mail.message_id
     keys = "\n".join(f"{t}:{c.id}:{c.stamp}" for t, c in mail.changes)
     digest = hashlib.sha256(f"{mail.config.tag}\n{keys}".encode()).hexdigest()[:20]
     domain = mail.config.sender.rpartition("@")[2]
@@ -604,7 +624,10 @@ def send(cfg: MailConfig, msg: EmailMessage) -> dict[str, str]:
     except (OSError, smtplib.SMTPException) as e:
         if conn is not None:
             conn.close()
-        raise _failure(cfg, e, during[0]) from None
+        err = _failure(cfg, e, during[0])
+        # Failed once the mail was on its way: the relay may have taken it all the same.
+        err.maybe_sent = during[0] == "while sending the mail"
+        raise err from None
     try:  # accepted: whatever QUIT does cannot undo that
         conn.quit()
     except (OSError, smtplib.SMTPException):
@@ -636,6 +659,10 @@ def open_syslog(setting: str) -> _Syslog | None:
         log.warning("cannot log to syslog at %s: %s", path, e.strerror or e)
         return None
     handler.ident = f"spdu[{os.getpid()}]: "
+    try:  # a stuck syslogd must not hold up a probe
+        handler.socket.settimeout(1.0)
+    except (AttributeError, OSError):
+        pass  # not connected: emit says so
     return handler
 
 
@@ -671,6 +698,30 @@ def log_transitions(views: Iterable[TargetView], handler) -> dict[str, set[tuple
                 return done
             done.setdefault(v.target, set()).add(c.key)
     return done
+
+
+class JournalLog:
+    """Logs transitions to syslog when they are journaled (by probe, maint),
+    so a log line never waits for a mail run; each one logged is marked
+    `logged` in the entry, before the caller writes it. Opened on first use."""
+
+    def __init__(self, setting: str):
+        self.setting = setting
+        self.handler = None
+        self.opened = False
+
+    def __call__(self, cfg: TargetConfig, entry: SpoolEntry) -> None:
+        if not self.opened:
+            self.handler, self.opened = open_syslog(self.setting), True
+        done = log_transitions([TargetView.from_spool(cfg, entry)], self.handler)
+        keys = done.get(entry.target, set())
+        for e in entry.journal:
+            if (e.get("id"), str(e.get("at"))) in keys:
+                e["logged"] = True
+
+    def close(self) -> None:
+        if self.handler is not None:
+            self.handler.close()
 
 
 # -- the `spdu notify` step ----------------------------------------------------------
@@ -814,14 +865,18 @@ def run(
     relay accepted the mail that carries it, for a webhook only after that
     receiver answered 2xx, under the spool lock, re-reading the entry so
     transitions a concurrent probe added are kept; it is `notified` once every
-    channel took it. The lock is not held while talking SMTP or HTTP. If spdu
-    dies between acceptance and marking (or the spool cannot be written), the
-    next run sends it again, with the same Message-ID (Idempotency-Key); it is
-    never lost. A relay or receiver that is down, times out or refuses leaves
-    the transitions pending for that channel only (exit 69, or 78 for a
-    refusal). Webhooks are posted in parallel, each under its own deadline,
-    while the mail goes out. Without any channel, transitions are marked (logged
-    only). `syslog` overrides syslogSocket. A dry run sends and marks nothing.
+    channel took it. The lock is not held while talking SMTP or HTTP. Before
+    that, each transition notes the Message-ID of the mail about to carry it
+    (`mail_id`): if spdu dies between the relay's acceptance and the marking,
+    the next run sends those transitions again in a mail of their own, with the
+    same Message-ID (a webhook: the same Idempotency-Key); it is never lost.
+    When that note cannot be written (a full disk), nothing is sent (exit 75):
+    else every run would send the same mail again. A relay or receiver that is
+    down, times out or refuses leaves the transitions pending for that channel
+    only (exit 69, or 78 for a refusal). Webhooks are posted in parallel, each
+    under its own deadline, while the mail goes out. Without any channel,
+    transitions are marked (logged only). `syslog` overrides syslogSocket. A dry
+    run composes, sends and marks nothing.
     """
     now = time.time() if now is None else now
     cfgs = [site.target(n) for n in site.select(())]
@@ -844,6 +899,19 @@ def run(
                      v.target, c.id)
         return outcome
 
+    notes: Marks = {}
+    for d in outcome.deliveries:
+        mid = str(d.message["Message-ID"])
+        for n in d.mail.notices:
+            for c in n.changes:
+                if c.mail_id != mid:
+                    notes.setdefault(n.view.target, {})[c.key] = {"mail_id": mid}
+    if notes:
+        try:
+            _write_notes(store, notes, lock_timeout)
+        except SpduError as e:
+            e.message += "; no mail is sent until that is recorded, and it stays pending"
+            raise
     for d in outcome.posts:  # in flight while the mail goes out
         d.sending.start()
     handler = open_syslog(site.syslog_socket if syslog is None else syslog)
@@ -862,6 +930,11 @@ def run(
         except SpduError as e:
             log.error("%s", e)
             d.error = e
+            if not getattr(e, "maybe_sent", False):  # not sent: its transitions may join
+                for n in d.mail.notices:               # the next digest, under a new id
+                    for c in n.changes:
+                        marks.setdefault(n.view.target, {}).setdefault(c.key, {})[
+                            "mail_id"] = None
             continue
         d.sent = True
         for rcpt, reply in d.refused.items():
@@ -878,3 +951,17 @@ def run(
                 log.error("%s", x.error)
     _write_marks(store, views, marks, now, lock_timeout)
     return outcome
+
+
+def _write_notes(store: Spool, marks: Marks, lock_timeout: float) -> None:
+    """Set fields of journal entries (target -> (id, at) -> fields), under the
+    lock, re-reading each entry so what a concurrent probe added is kept."""
+    with store.locked(lock_timeout):
+        for target, updates in marks.items():
+            entry = store.read(target)
+            found = 0 if entry.fresh else _mark(entry, updates)
+            if found < len(updates):
+                log.warning("%s: the spool entry changed meanwhile; %d transition(s) not"
+                            " found to mark", target, len(updates) - found)
+            if found:
+                store.write(entry)

@@ -821,6 +821,9 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None,
         confirm: bool = False) -> list[TargetReport]:
     """Probe the named targets (default: all), update their spool entries.
     `stop`: an Event that abandons the probes (ProbeInterrupted, nothing written).
+    A transition is logged to syslog as it is journaled (not by the mail run).
+    A target whose spool file cannot be read or written gets `spool_error`;
+    the others go on.
     `confirm` (the cron loop): a probe that disagrees with the target's state is
     followed by confirming ones within this run (fastInterval apart, sooner for
     a certain failure, overlapping one that hangs), so a change of state is
@@ -838,18 +841,30 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None,
     store = Spool(site.spool_dir)
     if confirm:
         fast = site.fast_interval
-        rules = {c.target: _rules(c, store.read(c.target), fast) for c in cfgs}
+        rules = {c.target: _rules(c, _entry_or_fresh(store, c.target), fast) for c in cfgs}
         rounds = probe_rounds(specs, rules, stop=stop)
         results = [rounds[c.target] for c in cfgs]
     else:
         results = [[r] for r in probe(specs, stop=stop)]
     reports = []
+    journal_log = None
     with store.locked(lock_timeout):
         for cfg, rs in zip(cfgs, results):
-            entry = store.read(cfg.target)
+            try:
+                entry = store.read(cfg.target)
+            except SpduError as e:  # unreadable: rewriting it would lose what it holds
+                log.error("%s", e)
+                reports.append(TargetReport(rs[-1], Health(), None, str(e)))
+                continue
             journal = None
             for r in rs:
                 journal = _record(entry, cfg, r) or journal
+            if journal is not None:
+                if journal_log is None:
+                    from spdu_cli.notify import JournalLog
+
+                    journal_log = JournalLog(site.syslog_socket)
+                journal_log(cfg, entry)
             error = None
             try:
                 store.write(entry)
@@ -857,7 +872,20 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None,
                 log.error("%s", e)
                 error = str(e)
             reports.append(TargetReport(rs[-1], entry.health, journal, error, len(rs)))
+    if journal_log is not None:
+        journal_log.close()
     return reports
+
+
+def _entry_or_fresh(store: Spool, target: str):
+    """The entry the confirmation starts from; a fresh one when it cannot be read
+    (the write phase reports that, and leaves the file alone)."""
+    try:
+        return store.read(target)
+    except SpduError:
+        from spdu_cli.spool import SpoolEntry
+
+        return SpoolEntry(target)
 
 
 def _record(entry, cfg, r: ProbeResult) -> dict | None:

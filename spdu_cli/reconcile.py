@@ -19,7 +19,7 @@ from typing import Any
 from spdu_cli.config import TargetConfig
 from spdu_cli.errors import ConfigError, ServiceUnavailable, SpduError, TemporaryFailure
 from spdu_cli.health import State
-from spdu_cli.spool import Spool, SpoolEntry, iso
+from spdu_cli.spool import Spool, SpoolEntry, iso, staleness
 from spdu_cli.tsig import TsigKey
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,8 @@ def decide(
     Up targets' probed addresses must be present, down targets' absent, and
     so are those of a target in maintenance (probed or configured, whatever
     its state; a maintenance past its end is over even before it is cleared);
-    unknown or stale targets are left as they are; selfIP is always present;
+    unknown or stale targets (a probe time in the future is stale too) are
+    left as they are; selfIP is always present;
     an address spdu does not manage is never touched; and a change that would
     leave the pool without any address is withheld.
     """
@@ -111,9 +112,9 @@ def decide(
         if t.state is State.UNKNOWN:
             left.append((t.target, "state unknown; its records are left as they are"))
             continue
-        if t.checked is None or now - t.checked > t.stale_after:
-            age = "never" if t.checked is None else f"{now - t.checked:.0f} s ago"
-            left.append((t.target, f"last probed {age} (staleAfter={t.stale_after:g});"
+        stale = staleness(t.checked, now, t.stale_after)
+        if stale:
+            left.append((t.target, f"last probed {stale} (staleAfter={t.stale_after:g});"
                                    " its records are left as they are"))
             continue
         probed = {_canon(a) for a in t.addresses}
@@ -363,16 +364,49 @@ def _exchange(pool: Pool, message, what: str, tcp: bool = True):
         ) from None
     except dns.exception.FormError as e:
         if "requires a TSIG" in str(e):
-            raise ConfigError(
-                f"DNS server {server} answered {what} without a signature: it does not accept"
-                f" the key {pool.tsig.name}",
-                "install the key on the server, or fix tsigKey/tsigKeyFile",
-            ) from None
+            raise _unsigned_answer(pool, what) from None
         raise ServiceUnavailable(f"DNS server {server} sent a malformed answer to {what}: {e}") from None
     except OSError as e:
         raise ServiceUnavailable(f"cannot reach DNS server {server} for {what}: {e.strerror or e}") from None
     except dns.exception.DNSException as e:
         raise ServiceUnavailable(f"DNS server {server} failed {what}: {e}") from None
+
+
+def _unsigned_answer(pool: Pool, what: str) -> ConfigError:
+    """A signed message got an unsigned answer: the server does not know the key,
+    or (Knot: REFUSED, unsigned) does not serve the zone at all. An unsigned
+    query for the zone's SOA tells which; the message says only what is known."""
+    import dns.exception
+    import dns.flags
+    import dns.message
+    import dns.query
+    import dns.rcode
+    import dns.rdatatype
+
+    where, zone, key = pool.key.where, pool.key.zone, pool.tsig.name
+    try:
+        q = dns.message.make_query(zone + ".", "SOA")
+        q.flags &= ~dns.flags.RD
+        a = dns.query.udp(q, pool.key.server, timeout=pool.timeout, port=pool.key.port)
+    except (dns.exception.DNSException, OSError):
+        return ConfigError(
+            f"DNS server {where} answered {what} without a signature",
+            f"either it does not serve zone {zone} or it does not know the key {key}:"
+            " check poolZone and nameServer, and install the key there",
+        )
+    soa = any(r.rdtype == dns.rdatatype.SOA for r in a.answer)
+    if a.rcode() == dns.rcode.NOERROR and a.flags & dns.flags.AA and soa:
+        return ConfigError(
+            f"DNS server {where} serves zone {zone} but answered {what} without a"
+            f" signature: it does not know the key {key}",
+            "install the key on the server, or fix tsigKey/tsigKeyFile",
+        )
+    got = dns.rcode.to_text(a.rcode()) + ("" if a.flags & dns.flags.AA else " without AA")
+    return ConfigError(
+        f"DNS server {where} does not serve zone {zone}: it answered {what} unsigned,"
+        f" and {got} to a query for the zone's SOA",
+        "check nameServer, namePort, poolName and poolZone, or add the zone to the server",
+    )
 
 
 def read_current(pool: Pool) -> dict[str, list[str]]:
@@ -563,7 +597,14 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0) -> list[Plan]:
     stop the others: its Plan carries the error."""
     cfgs = [site.target(n) for n in site.select(())]
     store = Spool(site.spool_dir)
-    entries = {c.target: store.read(c.target) for c in cfgs}
+    store.check_dir(writing=not dry_run)  # the rule of every command, before anything is sent
+    entries, unreadable = {}, []
+    for c in cfgs:
+        try:
+            entries[c.target] = store.read(c.target)
+        except TemporaryFailure as e:  # that target is unknown; the others go on
+            log.error("%s; %s is left as it is", e, c.target)
+            entries[c.target], unreadable = SpoolEntry(c.target), unreadable + [e]
     plans = []
     done: dict[str, set[str]] = {}  # target -> the addresses its pool holds now
     for group in zones(pools(cfgs)):
@@ -578,6 +619,8 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0) -> list[Plan]:
             if after is not None:
                 done.update({c.target: after for c in pool.targets})
     if dry_run:
+        if unreadable:
+            raise unreadable[0]
         return plans
     now = time.time()
     try:
@@ -591,6 +634,8 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0) -> list[Plan]:
         if any(p.sent for p in plans):
             raise
         log.warning("%s (the reconcile record in the spool is not updated)", e)
+    if unreadable:
+        raise unreadable[0]
     return plans
 
 

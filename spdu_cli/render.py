@@ -230,6 +230,16 @@ def notify_lines(outcome) -> Iterator[str]:
                " (mailTo and webhookURL are empty)")
 
 
+def notify_unmailed(outcome) -> Iterator[str]:
+    """--dry-run: the pending changes no mail will carry, and why."""
+    for v, c in outcome.plan.silent:
+        yield (f"; {v.target}: {c.old} -> {c.new} at {stamp(c.at)} is not mailed: mailTo is"
+               " empty (it is logged to syslog only)")
+    for h in outcome.plan.held:
+        yield (f"; {h.view.target}: flapping; {len(h.changes)} change(s) held for the summary"
+               f" due at {stamp(h.until)}")
+
+
 def notify_messages(outcome) -> Iterator[str]:
     """--dry-run: each mail as it would be sent, headers and body; then each webhook
     POST (its URL's path and the token left out)."""
@@ -242,18 +252,34 @@ def notify_messages(outcome) -> Iterator[str]:
 # -- tables: rich on a terminal, aligned plain lines elsewhere ---------------------------
 
 
+CUT = ("LAST PROBE", "MAINT", "DNS", "REASON")  # free text: what a narrow terminal cuts
+
+
 def table(headers: list[str], rows: list[list[str]], width: int | None = None) -> str:
-    """A rich table, with colour codes, for a terminal (imports rich only here)."""
+    """A rich table, with colour codes, for a terminal (imports rich only here).
+    One line per row: a cell too long for the terminal is cut with an ellipsis
+    (the plain lines of a pipe and --json keep it whole)."""
     import io
 
     from rich import box
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    t = Table(*headers, box=box.SIMPLE_HEAD)
+    console = Console(file=io.StringIO(), force_terminal=True, width=width)
+    widest = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    cut = [h for h in headers if h in CUT]
+    fixed = sum(w for h, w in zip(headers, widest) if h not in CUT)
+    room = console.width - fixed - 3 * len(headers) - 1
+    given: dict[str, int] = {}
+    for n, (w, h) in enumerate(sorted((w, h) for h, w in zip(headers, widest) if h in CUT)):
+        given[h] = max(8, min(w, room // (len(cut) - n)))  # the narrow ones first: the rest
+        room -= given[h]  # is shared by the wide ones
+    columns = [Column(h, no_wrap=True, overflow="ellipsis", width=given[h])
+               if h in CUT else Column(h, no_wrap=True, min_width=w)
+               for h, w in zip(headers, widest)]
+    t = Table(*columns, box=box.SIMPLE_HEAD)
     for row in rows:
         t.add_row(*row)
-    console = Console(file=io.StringIO(), force_terminal=True, width=width)
     console.print(t)
     return console.file.getvalue().rstrip("\n")
 
@@ -265,7 +291,8 @@ def aligned(rows: list[list[str]]) -> Iterator[str]:
         yield "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
 
 
-def _stamp(ts: float | None) -> str:
+def stamp(ts: float | None) -> str:
+    """The one form of a time for people: 2026-11-30 18:40:34Z (UTC)."""
     from datetime import datetime, timezone
 
     if ts is None:
@@ -276,7 +303,7 @@ def _stamp(ts: float | None) -> str:
 # -- status ------------------------------------------------------------------------------
 
 
-STATUS_HEADERS = ["TARGET", "STATE", "SINCE", "LATENCY", "LAST PROBE", "PENDING", "MAINT"]
+STATUS_HEADERS = ["TARGET", "STATE", "FOR", "LATENCY", "LAST PROBE", "PENDING", "MAINT"]
 
 
 def _dns_cell(s) -> str:
@@ -296,15 +323,26 @@ def _dns_cell(s) -> str:
     return "in sync" if d.in_sync else "agrees (other changes pending)"
 
 
-def status_rows(statuses, now: float, dns: bool = False) -> list[list[str]]:
+def status_rows(statuses, now: float, dns: bool = False, table: bool = False) -> list[list[str]]:
+    """`table`: for a terminal of 80 columns: how long in the state and in
+    maintenance, not since and until when."""
     from spdu_cli.spool import duration
 
     rows = []
     for s in statuses:
-        since = "-" if s.since is None else f"{_stamp(s.since)} ({duration(now - s.since)})"
+        if s.since is None:
+            since = "-"
+        elif table:
+            since = duration(now - s.since)
+        else:
+            since = f"since {stamp(s.since)} ({duration(now - s.since)})"
         latency = "-" if not s.last or s.last.latency_ms is None else f"{s.last.latency_ms:.1f} ms"
         m = s.maint
-        maint = "-" if m is None else f"until {_stamp(m.until)}" + (f": {m.reason}" if m.reason else "")
+        if m is None:
+            maint = "-"
+        else:
+            left = f"{duration(m.until - now)} left" if table else f"until {stamp(m.until)}"
+            maint = left + (f": {m.reason}" if m.reason else "")
         row = [s.target, s.state, since, latency, s.reason or "never probed", str(s.pending), maint]
         rows.append(row + [_dns_cell(s)] if dns else row)
     return rows
@@ -333,7 +371,7 @@ def availability_line(h) -> str:
     a = h.availability
     share = "n/a (never up or down)" if a is None else f"{100 * a:.2f} %"
     return (
-        f"{h.target}: availability {share} from {_stamp(h.start)} to {_stamp(h.end)}"
+        f"{h.target}: availability {share} from {stamp(h.start)} to {stamp(h.end)}"
         f" (up {duration(sec['up'])}, down {duration(sec['down'])}; not counted:"
         f" maintenance {duration(sec['maint'])}, unknown {duration(sec['unknown'])})"
     )
@@ -346,7 +384,7 @@ def history_rows(h) -> list[list[str]]:
     from spdu_cli.spool import duration
 
     return [
-        [_stamp(p.at), f"{p.old} -> {p.new}",
+        [stamp(p.at), f"{p.old} -> {p.new}",
          duration(p.seconds) + (" (now)" if p.current else ""), p.reason or "-",
          "yes" if p.notified else "no"]
         for p in h.periods

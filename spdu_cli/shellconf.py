@@ -238,7 +238,7 @@ class _Parser:
             inner = self.text[self.pos + 1 : close] if close >= 0 else ""
             if close < 0 or not _NAME.fullmatch(inner):
                 raise self.fail(
-                    f"{key}: unsupported expansion ${{{inner or '...'}",
+                    f"{key}: unsupported expansion ${{{inner or '...'}}}",
                     "only ${key} and $key references to keys set earlier are understood",
                 )
             while self.pos <= close:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import ipaddress
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from spdu_cli.errors import ConfigError, TemporaryFailure
+from spdu_cli.errors import ConfigError, TemporaryFailure, os_failure
 from spdu_cli.health import Health, State, Transition
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,61 @@ RECONCILE_NAME = ".reconcile.json"  # site-level: each pool's last successful re
 COUNTERS = ("probes", "probe_failures")  # per target, for the metrics; they only grow
 DIR_MODE = 0o750
 FILE_MODE = 0o640
+CLOCK_SLACK = 1.0  # seconds a recorded time may lie ahead of the clock before it is doubted
+
+
+def staleness(checked: float | None, now: float, limit: float) -> str | None:
+    """Why a probe made at `checked` is not to be trusted at `now` (in words:
+    "never", "60 s ago", "3600 s in the future"), or None while it is fresh.
+
+    The one rule for every age spdu judges: older than `limit` is stale, and
+    so is a time in the future (the clock was stepped back since it was
+    written): how old such data really is cannot be known."""
+    if checked is None:
+        return "never"
+    age = now - checked
+    if age < -CLOCK_SLACK:
+        return f"{-age:.0f} s in the future (was the clock stepped back?)"
+    if age > limit:
+        return f"{age:.0f} s ago"
+    return None
+
+
+class NotRegularFile(OSError):
+    """A FIFO, device, socket or directory where spdu keeps a regular file."""
+
+    def __init__(self, path):
+        super().__init__(errno.EINVAL, "not a regular file", str(path))
+        self.hint = f"remove {path}: only spdu's own regular files belong there"
+
+
+def open_file(path, flags: int = os.O_RDONLY, mode: int = FILE_MODE) -> int:
+    """The one way spdu opens a file in its spool: never through a symbolic
+    link (ELOOP), never blocking (a FIFO), and a regular file only
+    (NotRegularFile); returns the descriptor."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_file(path, limit: int = MAX_FILE) -> bytes:
+    """At most `limit` + 1 bytes of a spool file (see open_file); OSError as is."""
+    fd = open_file(path)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit + 1)
+    finally:
+        os.close(fd)
+
+
+def _refused(e: OSError) -> bool:
+    """A planted link or special file: not ours, read as missing (with a warning)."""
+    return isinstance(e, NotRegularFile) or e.errno == errno.ELOOP
 
 
 def iso(ts: float | None) -> str | None:
@@ -75,6 +131,22 @@ def _count(d: dict[str, Any], key: str, default: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 31:
         raise ValueError(f"{key} is not a count: {str(value)[:20]}")
     return value
+
+
+def _addresses(d: dict[str, Any], key: str) -> list[str]:
+    """A list of IP addresses from the file (canonical), or the file is corrupt."""
+    value = d.get(key, [])
+    if not isinstance(value, list):
+        raise ValueError(f"{key} is not a list")
+    out = []
+    for a in value:
+        try:
+            if not isinstance(a, str):
+                raise ValueError
+            out.append(str(ipaddress.ip_address(a)))
+        except ValueError:
+            raise ValueError(f"{key} holds {str(a)[:45]!r}, not an IP address") from None
+    return out
 
 
 def _counters(d: Any) -> dict[str, int]:
@@ -248,8 +320,8 @@ class SpoolEntry:
                 bad=_count(d, "bad"),
             ),
             checked=epoch(d.get("checked")),
-            addresses=[str(a) for a in d.get("addresses", [])],
-            retired=[str(a) for a in d.get("retired", [])][-MAX_RETIRED:],
+            addresses=_addresses(d, "addresses"),
+            retired=_addresses(d, "retired")[-MAX_RETIRED:],
             url=d.get("url"),
             results=[ResultRecord.from_json(r) for r in d.get("results", [])][-MAX_RESULTS:],
             journal=journal,
@@ -262,10 +334,16 @@ class SpoolEntry:
 
 
 class Spool:
-    """The spool directory: per-target files and the lock that guards them."""
+    """The spool directory: per-target files and the lock that guards them.
+
+    Every command judges the directory by one rule before it reads or sends
+    anything (see check_dir); every file in it is opened by open_file."""
 
     def __init__(self, directory: str):
         self.dir = Path(directory)
+        self._checked = False
+        self._held = False  # the lock: writes then sync the directory once, at its release
+        self._dirty = False
 
     def path(self, target: str) -> Path:
         # Target names are validated (no '/', no '..'); this is a second guard.
@@ -273,12 +351,21 @@ class Spool:
             raise ValueError(f"unsafe target name {target!r}")
         return self.dir / f"{target}.json"
 
-    def ensure_dir(self) -> None:
+    def check_dir(self, writing: bool = False) -> bool:
+        """Refuse (78) a spoolDir that is a symbolic link, not a directory or
+        writable by others; and, to write, one owned by another user. False
+        when it does not exist (yet)."""
         try:
-            self.dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             st = os.lstat(self.dir)
+        except FileNotFoundError:
+            return False
         except OSError as e:
-            raise TemporaryFailure(f"cannot create spool directory {self.dir}: {e.strerror}") from None
+            raise os_failure(e, "look at the spool directory", self.dir) from None
+        if stat.S_ISLNK(st.st_mode):
+            raise ConfigError(
+                f"spoolDir {self.dir} is a symbolic link; spdu never follows one there",
+                f"set spoolDir to the directory itself ({os.path.realpath(self.dir)})",
+            )
         if not stat.S_ISDIR(st.st_mode):
             raise ConfigError(f"spoolDir {self.dir} is not a directory")
         mode = stat.S_IMODE(st.st_mode)
@@ -288,7 +375,7 @@ class Spool:
                 f" (mode {mode:04o})",
                 f"chmod 0750 {self.dir}",
             )
-        if st.st_uid not in (0, os.geteuid()):
+        if writing and st.st_uid not in (0, os.geteuid()):
             import pwd
 
             try:
@@ -298,8 +385,19 @@ class Spool:
             raise ConfigError(
                 f"spool directory {self.dir} belongs to {owner}, not to the user running"
                 " spdu: files written now would lock its owner out",
-                f"run it as that user (sudo -u {owner} spdu ...), or chown it to this one",
+                f"run it as that user: sudo -u {owner} spdu ..., or chown it to this one",
             )
+        self._checked = True
+        return True
+
+    def ensure_dir(self) -> None:
+        try:
+            self.dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        except FileExistsError:
+            pass  # a link or a file there: check_dir names it
+        except OSError as e:
+            raise os_failure(e, "create the spool directory", self.dir) from None
+        self.check_dir(writing=True)
 
     @contextmanager
     def locked(self, timeout: float = 5.0) -> Iterator[None]:
@@ -307,9 +405,9 @@ class Spool:
         self.ensure_dir()
         lock_path = self.dir / LOCK_NAME
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+            fd = open_file(lock_path, os.O_RDWR | os.O_CREAT)
         except OSError as e:
-            raise TemporaryFailure(f"cannot open spool lock {lock_path}: {e.strerror}") from None
+            raise os_failure(e, "open the spool lock", lock_path) from None
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -324,29 +422,37 @@ class Spool:
                             "try again; if it persists, look for a stuck spdu process",
                         ) from None
                     time.sleep(0.02)
-            yield
+            self._held = True
+            try:
+                yield
+            finally:
+                self._held = False
+                if self._dirty:  # the renames are durable before another may read them
+                    self._dirty = False
+                    sync_dir(self.dir)
         finally:
             os.close(fd)
 
     def read(self, target: str) -> SpoolEntry:
+        """The target's entry; "unknown" when its file is missing, corrupt, a
+        link or not a regular file. A file that exists but cannot be read
+        (permissions, I/O) is an error (75): it may hold pending mail, and an
+        empty state would look healthy."""
         path = self.path(target)
+        if not self._checked and not self.check_dir():
+            log.debug("%s: no spool directory yet; state unknown", path)
+            return SpoolEntry(target)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            data = read_file(path)
         except FileNotFoundError:
             log.debug("%s: no spool file yet; state unknown", path)
             return SpoolEntry(target)
         except OSError as e:
+            if not _refused(e):
+                raise os_failure(e, "read the spool file", path) from None
             why = "a symbolic link" if e.errno == errno.ELOOP else e.strerror
-            log.warning("spool file %s cannot be read (%s); state unknown", path, why)
+            log.warning("spool file %s is %s, never read; state unknown", path, why)
             return SpoolEntry(target)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                log.warning("spool file %s is not a regular file; state unknown", path)
-                return SpoolEntry(target)
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = f.read(MAX_FILE + 1)
-        finally:
-            os.close(fd)
         try:
             if len(data) > MAX_FILE:
                 raise ValueError("file too large")
@@ -368,7 +474,11 @@ class Spool:
         if entry.fresh:
             self._keep_corrupt(path, entry.target)
         data = json.dumps(entry.to_json(), separators=(",", ":")).encode() + b"\n"  # C speed
-        atomic_write(path, data, FILE_MODE, "spool file", "state")
+        self._atomic_write(path, data)
+
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        atomic_write(path, data, FILE_MODE, "spool file", "state", sync=not self._held)
+        self._dirty |= self._held
 
     def _keep_corrupt(self, path: Path, target: str) -> None:
         try:
@@ -388,8 +498,7 @@ class Spool:
         {pool, server, last_success, updates}; empty when missing or damaged."""
         path = self.dir / RECONCILE_NAME
         try:
-            with open(path, "rb") as f:
-                d = json.loads(f.read(MAX_FILE))
+            d = json.loads(read_file(path))
             if not isinstance(d, dict) or d.get("version") != VERSION:
                 raise ValueError(f"unsupported version {d.get('version')!r}")
             pools = d.get("pools")
@@ -402,13 +511,14 @@ class Spool:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, TypeError, AttributeError, RecursionError) as e:
-            log.warning("%s is damaged (%s); the reconcile record starts again", path, e)
+            why = e.strerror if isinstance(e, OSError) else e
+            log.warning("%s is damaged (%s); the reconcile record starts again", path, why)
             return {}
 
     def write_reconcile(self, pools: dict[str, Any]) -> None:
         """Atomically replace the reconcile record; call with the lock held."""
         data = json.dumps({"version": VERSION, "pools": pools}, indent=1).encode() + b"\n"
-        atomic_write(self.dir / RECONCILE_NAME, data, FILE_MODE, "spool file", "state")
+        self._atomic_write(self.dir / RECONCILE_NAME, data)
 
 
 def _create_temp(path: Path) -> tuple[int, str]:
@@ -425,14 +535,16 @@ def _create_temp(path: Path) -> tuple[int, str]:
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
 
 
-def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "file") -> None:
+def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "file",
+                 sync: bool = True) -> None:
     """Replace `path` with `data`: temp file in the same directory, fsync, rename,
-    directory fsync. A reader sees the old file or the new one, never a part."""
+    directory fsync (`sync`; else the caller syncs the directory once for many
+    files). A reader sees the old file or the new one, never a part."""
     path = Path(path)
     try:
         fd, tmp = _create_temp(path)
     except OSError as e:
-        raise TemporaryFailure(f"cannot write {what} {path}: {e.strerror}") from None
+        raise os_failure(e, f"write {what}", path) from None
     try:
         try:
             os.fchmod(fd, mode)
@@ -448,11 +560,20 @@ def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "fil
             os.unlink(tmp)
         except OSError:
             pass
-        raise TemporaryFailure(
-            f"cannot write {what} {path}: {e.strerror}; the previous {kept} is kept"
-        ) from None
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        err = os_failure(e, f"write {what}", path)
+        err.message += f"; the previous {kept} is kept"
+        raise err from None
+    if sync:
+        sync_dir(path.parent)
+
+
+def sync_dir(directory: Path) -> None:
+    """fsync a directory: the renames done in it survive a crash."""
     try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        raise os_failure(e, "sync the directory", directory) from None

@@ -101,6 +101,8 @@ def collect(site, names=(), dns: bool = False, now: float | None = None) -> list
     """Each target's status from the spool; with `dns`, its pool's too."""
     now = time.time() if now is None else now
     targets = site.select(names)
+    for t in targets:  # a target file every other command refuses is refused here too
+        site.target(t)
     store = Spool(site.spool_dir)
     out = [of_entry(store.read(t), now) for t in targets]
     if not dns:

@@ -107,7 +107,7 @@ class Script:
             changed = self.transitions.get(now) == t
             if changed:
                 self.journal(t, now)
-            reports.append(SimpleNamespace(result=SimpleNamespace(target=t), health=h,
+            reports.append(SimpleNamespace(result=SimpleNamespace(target=t), health=h, spool_error=None,
                                            transition={"to": h.state.value} if changed else None))
         return reports
 

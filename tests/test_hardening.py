@@ -203,7 +203,8 @@ def test_a_maintenance_reason_cannot_inject_a_mail_header(run, confdir, tmp_path
 def test_config_check_warns_about_settings_that_do_nothing(run, confdir, tmp_path):
     confdir.write(f"domain=domain.tld\nspoolDir={tmp_path}/s\ninterval=2\nfastInterval=5\n")
     r = run("config", "check")
-    assert r.exit_code == 0
-    assert "targets is empty" in r.stderr and "fastInterval=5 is longer than interval=2" in r.stderr
+    assert r.exit_code == 78  # no target: as every command that acts on them says
+    assert "no targets configured" in r.stderr and "add targets=" in r.stderr
+    assert "fastInterval=5 is longer than interval=2" in r.stderr
     confdir.write(f"domain=domain.tld\ntargets=beta\nspoolDir={tmp_path}/s\n")
     assert "selfIP is empty" in run("config", "check").stderr
