@@ -303,6 +303,11 @@ class _PrerequisiteFailed(Exception):
     pass
 
 
+class _UnsignedAnswer(ConfigError):
+    """A signed message got an answer without TSIG: the key is not accepted,
+    or (Knot, PowerDNS) the server does not serve the zone at all."""
+
+
 def _keyring(key: TsigKey | None):
     if key is None:
         return None
@@ -363,10 +368,13 @@ def _exchange(pool: Pool, message, what: str, tcp: bool = True):
         ) from None
     except dns.exception.FormError as e:
         if "requires a TSIG" in str(e):
-            raise ConfigError(
+            # PowerDNS answers so (REFUSED, unsigned) both to a key it does not
+            # know and to a wrong secret; only its log says which.
+            raise _UnsignedAnswer(
                 f"DNS server {server} answered {what} without a signature: it does not accept"
                 f" the key {pool.tsig.name}",
-                "install the key on the server, or fix tsigKey/tsigKeyFile",
+                "the server does not know the key, or the secret differs (PowerDNS says which"
+                " in its log); install the same key on both sides, or fix tsigKey/tsigKeyFile",
             ) from None
         raise ServiceUnavailable(f"DNS server {server} sent a malformed answer to {what}: {e}") from None
     except OSError as e:
@@ -391,7 +399,17 @@ def read_current(pool: Pool) -> dict[str, list[str]]:
         if pool.tsig:
             q.use_tsig(_keyring(pool.tsig))
         what = f"the query for {pool.key.name} {rdtype}"
-        answer = _exchange(pool, q, what, tcp=False)
+        try:
+            answer = _exchange(pool, q, what, tcp=False)
+        except _UnsignedAnswer:
+            # Ask again unsigned to tell "this key is not accepted" from "this
+            # server does not serve the zone" (refused unsigned either way).
+            plain = dns.message.make_query(pool.key.name + ".", rdtype)
+            plain.flags &= ~dns.flags.RD
+            answer = _exchange(pool, plain, what, tcp=False)
+            if answer.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and (
+                    answer.flags & dns.flags.AA):
+                raise
         rcode = answer.rcode()
         if rcode == dns.rcode.REFUSED or (
             rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and not answer.flags & dns.flags.AA
@@ -449,10 +467,15 @@ def send(items: list[tuple[Pool, Plan]]) -> None:
         raise _PrerequisiteFailed(text)
     if rcode == dns.rcode.REFUSED:
         who = f"the key {pool.tsig.name}" if pool.tsig else "unsigned updates from this host"
+        # BIND: update-policy/allow-update; PowerDNS: dnsupdate=no, the source
+        # address outside allow-dnsupdate-from and ALLOW-DNSUPDATE-FROM, or an
+        # unsigned (or differently signed) update to a zone whose
+        # TSIG-ALLOW-DNSUPDATE names a key.
         raise ConfigError(
             f"{where} REFUSED the update of {names}",
             f"its ACL or update-policy does not allow {who} to change {names} A/AAAA"
-            " in zone " + pool.key.zone,
+            f" in zone {pool.key.zone} (PowerDNS: dnsupdate=yes, allow-dnsupdate-from and"
+            " the zone's TSIG-ALLOW-DNSUPDATE and ALLOW-DNSUPDATE-FROM metadata)",
         )
     if rcode in (dns.rcode.NOTAUTH, dns.rcode.NOTZONE):
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""Real authoritative DNS servers (Knot DNS, BIND named) for the tests.
+"""Real authoritative DNS servers (Knot DNS, BIND named, PowerDNS) for the tests.
 
 Each server runs as a subprocess on a free loopback port, serving one zone
 (``pool.domain.tld`` by default) from files in a caller-supplied temporary
@@ -9,8 +9,13 @@ directory, and accepts dynamic updates according to its ACL / update-policy:
   and types A/AAAA.
 * ``BindServer``: TSIG-signed updates with ``key`` only, restricted to owner
   ``api.ZONE`` and types A/AAAA (``update-policy ... name``).
+* ``PowerDNSServer``: pdns_server with the gsqlite3 backend (the schema
+  Debian's pdns-backend-sqlite3 ships, the zone loaded with ``pdnsutil
+  load-zone``) and ``dnsupdate=yes``: with ``key``, updates signed with it
+  only (``TSIG-ALLOW-DNSUPDATE``), for anything in the zone (PowerDNS cannot
+  scope a key to a name or type); without, unsigned updates from 127.0.0.0/8.
 
-Both offer ``query``, ``serial``, ``nsupdate`` (through the real ``nsupdate`` or
+All offer ``query``, ``serial``, ``nsupdate`` (through the real ``nsupdate`` or
 ``knsupdate`` client), ``log`` and ``stop``, and work as context managers.
 """
 
@@ -60,7 +65,8 @@ def require_binary(name: str) -> str:
     if path is None:
         raise ServerError(
             f"{name!r} not found (PATH and /usr/sbin): the DNS server tests need "
-            f"Knot DNS (knot, knot-dnsutils) and BIND (bind9, bind9-dnsutils) installed")
+            f"Knot DNS (knot, knot-dnsutils), BIND (bind9, bind9-dnsutils) and PowerDNS "
+            f"(pdns-server, pdns-backend-sqlite3) installed: run .ci/setup")
     return path
 
 
@@ -98,6 +104,7 @@ class _DNSServer:
 
     program = ""  # e.g. "knotd"
     logname = "server.log"
+    rundir_prefix = ""  # set: a short-pathed run directory for the control socket
 
     def __init__(self, tmpdir, address: str, zone: str, records, key: Key | None):
         self.dir = Path(tmpdir)
@@ -111,6 +118,10 @@ class _DNSServer:
         self.startup_seconds = 0.0
         self._logpath = self.dir / self.logname
         self.start_timeout = START_TIMEOUT
+        # A control socket's path is limited to 107 bytes (sun_path) and
+        # pytest's tmp_path can be long: such servers get a run directory in
+        # /tmp, removed when the server stops (a later start() makes another).
+        self._rundir = tempfile.mkdtemp(prefix=self.rundir_prefix) if self.rundir_prefix else ""
 
     # -- lifecycle --------------------------------------------------------
 
@@ -122,6 +133,8 @@ class _DNSServer:
 
     def start(self, attempts: int = 3):
         require_binary(self.program)
+        if self.rundir_prefix and not os.path.isdir(self._rundir):
+            self._rundir = tempfile.mkdtemp(prefix=self.rundir_prefix)
         t0 = time.monotonic()
         last = ""
         for _ in range(attempts):
@@ -163,14 +176,15 @@ class _DNSServer:
 
     def stop(self) -> None:
         p, self.proc = self.proc, None
-        if p is None or p.poll() is not None:
-            return
-        p.terminate()
-        try:
-            p.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(STOP_TIMEOUT)
+        if p is not None and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(STOP_TIMEOUT)
+        if getattr(self, "_rundir", ""):
+            shutil.rmtree(self._rundir, ignore_errors=True)
 
     @property
     def running(self) -> bool:
@@ -228,6 +242,10 @@ class _DNSServer:
         return sorted(rd.to_text() for rrset in r.answer
                       if rrset.name == qname and rrset.rdtype == t for rd in rrset)
 
+    def serial_after(self, updates: int, initial: int = 1) -> int:
+        """The SOA serial after ``updates`` UPDATEs (Knot and BIND add one each)."""
+        return initial + updates
+
     def serial(self) -> int:
         soa = self.query("@", "SOA")
         if len(soa) != 1:
@@ -282,6 +300,7 @@ class KnotServer(_DNSServer):
 
     program = "knotd"
     logname = "knotd.log"
+    rundir_prefix = "knot-"
 
     def __init__(self, tmpdir, address: str = "127.0.0.1", zone: str = ZONE,
                  records=None, key: Key | None = None, allow_unsigned: bool = True,
@@ -293,9 +312,6 @@ class KnotServer(_DNSServer):
         self.zone_acls = tuple(zone_acls)  # more ACL ids for the zone
         self.other_zones = tuple(other_zones)  # more zones, with no ACL (no updates)
         self.conf = self.dir / "knot.conf"
-        # knotd's control socket lives in rundir: keep that path short (sun_path
-        # is limited to 107 bytes and pytest's tmp_path can be long).
-        self._rundir = tempfile.mkdtemp(prefix="knot-")
         if start:
             self.start()
 
@@ -348,17 +364,6 @@ class KnotServer(_DNSServer):
     def _command(self) -> list[str]:
         return [require_binary("knotd"), "-c", str(self.conf)]
 
-    def stop(self) -> None:
-        super().stop()
-        # the rundir is outside tmpdir: remove it once the server is gone (a
-        # later start() of the same object makes a new one)
-        if getattr(self, "_rundir", None):
-            shutil.rmtree(self._rundir, ignore_errors=True)
-
-    def start(self, attempts: int = 3):
-        if not os.path.isdir(self._rundir):
-            self._rundir = tempfile.mkdtemp(prefix="knot-")
-        return super().start(attempts)
 
 
 class BindServer(_DNSServer):
@@ -420,3 +425,86 @@ class BindServer(_DNSServer):
 
     def _command(self) -> list[str]:
         return [require_binary("named"), "-g", "-n", "1", "-c", str(self.conf), "-u", "root"]
+
+
+PDNS_SCHEMA = "/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql"
+
+
+class PowerDNSServer(_DNSServer):
+    """pdns_server (gsqlite3) serving ``zone`` on ``address`` and a free port.
+
+    With ``key=(name, alg, secret)`` the zone's TSIG-ALLOW-DNSUPDATE metadata
+    names it: updates must be signed with it (and still come from 127.0.0.0/8,
+    allow-dnsupdate-from's default). Without a key, unsigned updates from
+    127.0.0.0/8 are allowed. ``pdnsutil(*args)`` runs pdnsutil against this
+    server's configuration; ``metadata`` is set before the server starts.
+    The caches stay at their defaults: PowerDNS purges what an UPDATE changes.
+    """
+
+    program = "pdns_server"
+    logname = "pdns.log"
+    rundir_prefix = "pdns-"
+
+    def __init__(self, tmpdir, address: str = "127.0.0.1", zone: str = ZONE, records=None,
+                 key: Key | None = None, start: bool = True, metadata=(), extra_conf: str = ""):
+        super().__init__(tmpdir, address, zone, records, key)
+        self.database = self.dir / "pdns.sqlite3"
+        self.metadata = tuple(metadata)  # (kind, value...) set on the zone
+        self.extra_conf = extra_conf
+        if start:
+            self.start()
+
+    def pdnsutil(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run([require_binary("pdnsutil"), f"--config-dir={self.dir}", *args],
+                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        if check and r.returncode != 0:
+            raise ServerError(f"pdnsutil {' '.join(args[:2])}: {r.stdout}{r.stderr}")
+        return r
+
+    def _write_config(self) -> None:
+        self.conf = self.dir / "pdns.conf"
+        self.conf.write_text(
+            "launch=gsqlite3\n"
+            f"gsqlite3-database={self.database}\n"
+            f"local-address={self.address}\n"
+            f"local-port={self.port}\n"
+            f"socket-dir={self._rundir}\n"
+            "dnsupdate=yes\n"
+            "allow-dnsupdate-from=127.0.0.0/8\n"
+            "daemon=no\nguardian=no\nwrite-pid=no\n"
+            "security-poll-suffix=\n"
+            "receiver-threads=1\ndistributor-threads=1\n"
+            "loglevel=6\n"
+            + self.extra_conf)
+        if self.database.exists():
+            return  # a restart keeps the zone as updates left it
+        import sqlite3
+
+        db = sqlite3.connect(self.database)
+        try:
+            db.executescript(Path(PDNS_SCHEMA).read_text())
+            db.commit()
+        finally:
+            db.close()
+        zonefile = self.dir / f"{self.zone}.zone"
+        zonefile.write_text(zone_text(self.zone, self.records))
+        self.pdnsutil("load-zone", self.zone, str(zonefile))
+        if self.key is not None:
+            name, alg, secret = self.key
+            self.pdnsutil("import-tsig-key", name, alg, secret)
+            self.pdnsutil("set-meta", self.zone, "TSIG-ALLOW-DNSUPDATE", name)
+        for kind, *values in self.metadata:
+            self.pdnsutil("set-meta", self.zone, kind, *values)
+
+    def _command(self) -> list[str]:
+        return [require_binary("pdns_server"), f"--config-dir={self.dir}"]
+
+    def serial_after(self, updates: int, initial: int = 1) -> int:
+        """The SOA serial after ``updates`` UPDATEs: PowerDNS's default
+        SOA-EDIT-DNSUPDATE (DEFAULT) jumps to YYYYMMDD01 (local date) when the
+        serial is below it, then adds one per UPDATE."""
+        if updates == 0:
+            return initial
+        today = int(time.strftime("%Y%m%d")) * 100 + 1
+        first = today if initial < today else initial + 1
+        return first + updates - 1
