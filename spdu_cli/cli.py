@@ -293,7 +293,9 @@ def status_cmd(obj: Context, targets, as_json, dns):
 
     Reads the spool only, unless --dns: then each pool is read from its DNS
     server as reconcile would, and the change it would make is shown (nothing
-    is sent). A table on a terminal, aligned lines in a pipe. Exit 0, also
+    is sent); then every authoritative server of the pool zone (its NS set,
+    or secondaryServers) with its serial, whether its pool matches the
+    primary's, and how long a lagging one has lagged. A table on a terminal, aligned lines in a pipe. Exit 0, also
     when DNS does not agree; with --dns, a pool that cannot be read gives
     reconcile's exit status (69, 78).
 
@@ -315,6 +317,9 @@ def status_cmd(obj: Context, targets, as_json, dns):
         click.echo(render.table(headers, render.status_rows(statuses, now, dns)))
     else:
         click.echo(render.lines(render.status_lines(statuses, now, dns)))
+    if dns and not as_json:
+        for line in render.server_lines(statuses, now):
+            click.echo(line)
     failed = [s.dns.exit_status for s in statuses if s.dns and s.dns.error]
     if failed:
         sys.exit(failed[0])

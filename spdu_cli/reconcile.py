@@ -25,6 +25,7 @@ from spdu_cli.tsig import TsigKey
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # re-read and retry when a prerequisite fails (a concurrent writer)
+SERIALS_KEPT = 16  # per pool, the serials of the last UPDATEs (for status --dns)
 RDTYPES = ("A", "AAAA")
 
 
@@ -231,6 +232,7 @@ class Plan:
     sent: bool = False
     attempts: int = 0
     error: SpduError | None = None
+    serial_after: int | None = None  # the zone's serial once sent, when it could be read
 
     @property
     def changes(self) -> tuple[Change, ...]:
@@ -541,8 +543,15 @@ def reconcile_zone(group: list[Pool], entries: dict[str, SpoolEntry],
             log.warning("%s on %s changed while spdu was updating it (%s); reading it again",
                         names, group[0].key.where, e)
             continue
+        # The serial the UPDATE made: status --dns tells from it since when a
+        # secondary that has not caught up has lagged.
+        from spdu_cli.secondaries import serial_of
+
+        k = group[0].key
+        serial = serial_of(k.server, k.port, k.zone, group[0].timeout, _keyring(group[0].tsig))
         for pool, plan in items:
             plan.sent = True
+            plan.serial_after = serial
             for c in plan.changes:
                 log.info("%s: %s %s %s on %s", c.target or "selfIP", c.action, pool.key.name,
                          c.address, pool.key.where)
@@ -632,8 +641,9 @@ def pool_id(key: PoolKey) -> str:
 
 
 def note_runs(store: Spool, plans: list[Plan], now: float) -> None:
-    """Keep, per pool, the time of the last successful run and how many UPDATEs
-    were sent (spoolDir/.reconcile.json), for the metrics."""
+    """Keep, per pool, the time of the last successful run, how many UPDATEs
+    were sent, and when the last ones made which serial (spoolDir/.reconcile.json),
+    for the metrics and status --dns."""
     pools = store.read_reconcile()
     for p in plans:
         rec = pools.setdefault(pool_id(p.pool), {
@@ -643,4 +653,7 @@ def note_runs(store: Spool, plans: list[Plan], now: float) -> None:
         if p.error is None:
             rec["last_success"] = iso(now)
         rec["updates"] = int(rec.get("updates", 0)) + p.sent
+        if p.sent and p.serial_after is not None:
+            rec["serials"] = (list(rec.get("serials") or []) + [[iso(now), p.serial_after]])[
+                -SERIALS_KEPT:]
     store.write_reconcile(pools)

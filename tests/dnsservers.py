@@ -99,6 +99,11 @@ def zone_text(zone: str, records) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _source(address: str) -> str:
+    """Where a peer's messages come from: any loopback address for a loopback peer."""
+    return "127.0.0.0/8" if address.startswith("127.") else address
+
+
 class _DNSServer:
     """Process handling, queries and updates common to both servers."""
 
@@ -118,6 +123,7 @@ class _DNSServer:
         self.startup_seconds = 0.0
         self._logpath = self.dir / self.logname
         self.start_timeout = START_TIMEOUT
+        self.want_port = 0
         # A control socket's path is limited to 107 bytes (sun_path) and
         # pytest's tmp_path can be long: such servers get a run directory in
         # /tmp, removed when the server stops (a later start() makes another).
@@ -138,7 +144,9 @@ class _DNSServer:
         t0 = time.monotonic()
         last = ""
         for _ in range(attempts):
-            self.port = free_port(self.address)
+            # want_port: a port chosen beforehand (a primary must know where
+            # to send NOTIFY before its secondaries start)
+            self.port = self.want_port or free_port(self.address)
             self._write_config()
             with open(self._logpath, "ab") as out:
                 self.proc = subprocess.Popen(
@@ -305,9 +313,11 @@ class KnotServer(_DNSServer):
     def __init__(self, tmpdir, address: str = "127.0.0.1", zone: str = ZONE,
                  records=None, key: Key | None = None, allow_unsigned: bool = True,
                  start: bool = True, extra_conf: str = "", zone_acls=(),
-                 other_zones=()):
+                 other_zones=(), notify=(), primary: tuple[str, int] | None = None):
         super().__init__(tmpdir, address, zone, records, key)
         self.allow_unsigned = allow_unsigned
+        self.notify = tuple(notify)  # (address, port) of secondaries: NOTIFY + transfers
+        self.primary = primary  # (address, port): a secondary of that primary (AXFR/IXFR)
         self.extra_conf = extra_conf  # top-level config text (e.g. include: + acl:)
         self.zone_acls = tuple(zone_acls)  # more ACL ids for the zone
         self.other_zones = tuple(other_zones)  # more zones, with no ACL (no updates)
@@ -318,9 +328,24 @@ class KnotServer(_DNSServer):
     def _write_config(self) -> None:
         (self.dir / "db").mkdir(exist_ok=True)
         zonefile = self.dir / f"{self.zone}.zone"
-        if not zonefile.exists():
+        if not zonefile.exists() and self.primary is None:
             zonefile.write_text(zone_text(self.zone, self.records))
-        acls, acl_ids, keys = [], [], []
+        acls, acl_ids, keys, remotes, zone_more = [], [], [], [], ""
+        for i, (addr, port) in enumerate(self.notify):
+            remotes.append(f"  - id: secondary{i}\n    address: {addr}@{port}\n")
+            # from any loopback source: the kernel picks 127.0.0.1 whatever we listen on
+            acls.append(f"  - id: transfer{i}\n    address: {_source(addr)}\n"
+                        "    action: transfer\n")
+            acl_ids.append(f"transfer{i}")
+        if self.notify:
+            zone_more += f"    notify: [{', '.join(f'secondary{i}' for i in range(len(self.notify)))}]\n"
+        if self.primary is not None:
+            addr, port = self.primary
+            remotes.append(f"  - id: primary\n    address: {addr}@{port}\n")
+            acls.append(f"  - id: from_primary\n    address: {_source(addr)}\n"
+                        "    action: notify\n")
+            acl_ids.append("from_primary")
+            zone_more += "    master: primary\n"
         if self.allow_unsigned:
             acls.append(f"  - id: unsigned\n    address: {self.address}\n"
                         f"    action: update\n")
@@ -349,6 +374,7 @@ class KnotServer(_DNSServer):
             "database:\n"
             f"  storage: {self.dir / 'db'}\n"
             + "".join(keys)
+            + ("remote:\n" + "".join(remotes) if remotes else "")
             + ("acl:\n" + "".join(acls) if acls else "")
             + "template:\n  - id: default\n"
             f"    storage: {self.dir}\n"
@@ -359,10 +385,17 @@ class KnotServer(_DNSServer):
             f"  - domain: {self.zone}\n"
             f"    file: {zonefile}\n"
             + (f"    acl: [{', '.join(acl_ids)}]\n" if acl_ids else "")
+            + zone_more
             + others)
 
     def _command(self) -> list[str]:
         return [require_binary("knotd"), "-c", str(self.conf)]
+
+    def knotc(self, *args: str) -> subprocess.CompletedProcess:
+        """Run knotc against this server (e.g. zone-freeze ZONE: no transfers)."""
+        return subprocess.run([require_binary("knotc"), "-c", str(self.conf), *args],
+                              capture_output=True, text=True, timeout=10,
+                              stdin=subprocess.DEVNULL)
 
 
 
@@ -375,8 +408,10 @@ class BindServer(_DNSServer):
 
     def __init__(self, tmpdir, zone: str = ZONE, records=None, key: Key | None = None,
                  address: str = "127.0.0.1", start: bool = True, extra_conf: str = "",
-                 policy: str | None = None, other_zones=()):
+                 policy: str | None = None, other_zones=(),
+                 primary: tuple[str, int] | None = None):
         super().__init__(tmpdir, address, zone, records, key)
+        self.primary = primary  # (address, port): a secondary of that primary
         self.conf = self.dir / "named.conf"
         self.extra_conf = extra_conf  # top-level statements (e.g. include "...";)
         self.policy = policy  # the zone's update-policy/allow-update, replacing the default
@@ -386,7 +421,7 @@ class BindServer(_DNSServer):
 
     def _write_config(self) -> None:
         zonefile = self.dir / f"{self.zone}.zone"
-        if not zonefile.exists():
+        if not zonefile.exists() and self.primary is None:
             zonefile.write_text(zone_text(self.zone, self.records))
         keystmt, policy = "", "allow-update { none; };"
         if self.key is not None:
@@ -418,10 +453,11 @@ class BindServer(_DNSServer):
             + self.extra_conf
             + others
             + f'zone "{self.zone}" {{\n'
-            "  type primary;\n"
-            f'  file "{zonefile}";\n'
-            f"  {policy}\n"
-            "};\n")
+            + ("  type primary;\n" if self.primary is None else
+               f"  type secondary;\n  primaries {{ {self.primary[0]} port {self.primary[1]}; }};\n")
+            + f'  file "{zonefile}";\n'
+            + (f"  {policy}\n" if self.primary is None else "")
+            + "};\n")
 
     def _command(self) -> list[str]:
         return [require_binary("named"), "-g", "-n", "1", "-c", str(self.conf), "-u", "root"]
