@@ -243,8 +243,13 @@ def reconcile_cmd(obj: Context, dry_run, as_json, lock_timeout):
 
 @cli.command("keygen")
 @click.option("--name", metavar="NAME", help="Key name [default: spdu-MYTAG].")
-@click.option("--server", "server", type=click.Choice(["knot", "bind", "both"]), default="both",
-              show_default=True, help="Which DNS server's snippet and key file to make.")
+@click.option("--server", "server", type=click.Choice(["knot", "bind", "pdns", "both", "all"]),
+              default="both", show_default=True,
+              help="Which DNS server's snippet and key file to make (both: Knot and BIND; "
+                   "all: also PowerDNS).")
+@click.option("--pdns-database", metavar="FILE", default=None,
+              help="PowerDNS's gsqlite3 database, in the printed commands "
+                   "[default: /var/lib/powerdns/pdns.sqlite3].")
 @click.option("--key-file", metavar="FILE",
               help="spdu's key file [default: tsigKeyFile, else spdu.tsig.key beside the "
                    "main configuration file].")
@@ -252,13 +257,14 @@ def reconcile_cmd(obj: Context, dry_run, as_json, lock_timeout):
               help="Where to write the servers' key files [default: beside --key-file].")
 @click.option("--force", is_flag=True, help="Replace existing key files.")
 @click.pass_obj
-def keygen_cmd(obj: Context, name, server, key_file, server_dir, force):
+def keygen_cmd(obj: Context, name, server, key_file, server_dir, force, pdns_database):
     """Make a TSIG key that may change only this site's pool name (A/AAAA).
 
     Writes the secret (hmac-sha256, 256 bits from the OS) to spdu's key file
-    and to a key file for Knot and/or BIND, all mode 0600, and prints the
-    Knot acl / BIND update-policy that include them. The secret is never
-    printed.
+    and to a key file for Knot, BIND and/or PowerDNS, all mode 0600, and
+    prints the Knot acl / BIND update-policy that include them, or the
+    commands that load PowerDNS's file (which cannot scope a key to one name:
+    the output says what the key can do). The secret is never printed.
 
     \b
     Example:
@@ -273,11 +279,12 @@ def keygen_cmd(obj: Context, name, server, key_file, server_dir, force):
     configured = cfgs[0].settings["tsigKeyFile"].value
     key_file = os.path.abspath(key_file or configured
                                or str(Path(site.path).parent / "spdu.tsig.key"))
-    servers = keygen.SERVERS if server == "both" else (server,)
+    servers = {"both": ("knot", "bind"), "all": keygen.SERVERS}.get(server, (server,))
     made = keygen.generate(name or keygen.default_name(cfgs[0].my_tag), key_file,
                            server_dir or str(Path(key_file).parent), servers, pools, force)
     for s in servers:
-        click.echo(made.knot_snippet() if s == "knot" else made.bind_snippet())
+        click.echo(made.pdns_snippet(pdns_database or keygen.PDNS_DATABASE) if s == "pdns"
+                   else made.knot_snippet() if s == "knot" else made.bind_snippet())
     files = " ".join([key_file, *made.server_files.values()])
     click.echo(f"spdu: wrote the key {made.key.name} to {files} (mode 0600)", err=True)
     if not configured or key_file != os.path.abspath(configured):
@@ -306,7 +313,9 @@ def status_cmd(obj: Context, targets, as_json, dns):
 
     Reads the spool only, unless --dns: then each pool is read from its DNS
     server as reconcile would, and the change it would make is shown (nothing
-    is sent). A table on a terminal, aligned lines in a pipe. Exit 0, also
+    is sent); then every authoritative server of the pool zone (its NS set,
+    or secondaryServers) with its serial, whether its pool matches the
+    primary's, and how long a lagging one has lagged. A table on a terminal, aligned lines in a pipe. Exit 0, also
     when DNS does not agree; with --dns, a pool that cannot be read gives
     reconcile's exit status (69, 78).
 
@@ -328,6 +337,9 @@ def status_cmd(obj: Context, targets, as_json, dns):
         click.echo(render.table(headers, render.status_rows(statuses, now, dns, table=True)))
     else:
         click.echo(render.lines(render.status_lines(statuses, now, dns)))
+    if dns and not as_json:
+        for line in render.server_lines(statuses, now):
+            click.echo(line)
     failed = [s.dns.exit_status for s in statuses if s.dns and s.dns.error]
     if failed:
         sys.exit(failed[0])

@@ -112,6 +112,8 @@ KEYS: dict[str, Key] = {
         Key("staleAfter", validate.decimal(1, 86400), lambda get: f"{max(1.0, 5 * float(get('interval'))):g}",
             "a probe older than this leaves the target's records as they are"),
         Key("nameTimeout", validate.decimal(0.1, 60), "3", "deadline of each DNS exchange"),
+        Key("secondaryServers", validate.server_list, "",
+            "the pool zone's servers that status --dns compares (empty: its NS set)"),
         Key("tsigKey", validate.optional(tsig.parse_inline), "", "[alg:]name:secret", secret=True),
         Key("tsigKeyFile", validate.optional(validate.absolute_path), "", "TSIG key file"),
         Key("smtpStartTLS", _auto_yes_no, "auto",
@@ -500,6 +502,7 @@ class TargetConfig:
     flap_count: int = 4
     flap_window: float = 600.0
     webhooks: tuple[WebhookConfig, ...] = ()
+    secondary_servers: tuple[tuple[str, int | None], ...] = ()  # (address, port or None)
 
     @property
     def probe_url(self) -> str:
@@ -739,6 +742,7 @@ def build_target(
         flap_count=get("flapCount"),
         flap_window=get("flapWindow"),
         webhooks=webhooks,
+        secondary_servers=get("secondaryServers"),
     )
 
 

@@ -1,9 +1,10 @@
 """`spdu keygen`: a fresh TSIG key scoped to this site's pool name.
 
 Writes the secret only to files of mode 0600 (the key file spdu reads, and a
-key file for the DNS server: Knot's `key:` section, BIND's `key` statement)
-and returns the ACL / update-policy snippets that include those files, so the
-secret never reaches a terminal, scrollback or a log.
+key file for the DNS server: Knot's `key:` section, BIND's `key` statement,
+SQL for PowerDNS's tsigkeys table) and returns the snippets and commands that
+load those files, so the secret never reaches a terminal, scrollback, a
+command line or a log.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from spdu_cli.errors import TemporaryFailure, UsageError
 from spdu_cli.tsig import DEFAULT_ALGORITHM, TsigKey, parse_inline
 
 SECRET_BYTES = 32  # 256 bits: the length of hmac-sha256's output, as RFC 8945 advises
-SERVERS = ("knot", "bind")
+SERVERS = ("knot", "bind", "pdns")
+PDNS_DATABASE = "/var/lib/powerdns/pdns.sqlite3"  # Debian's gsqlite3 example
 
 
 def default_name(my_tag: str) -> str:
@@ -46,6 +48,26 @@ def bind_key_text(key: TsigKey) -> str:
 def knot_key_text(key: TsigKey) -> str:
     return (f"key:\n  - id: {key.name}\n    algorithm: {key.algorithm}\n"
             f"    secret: {key.secret}\n")
+
+
+def pdns_key_sql(key: TsigKey) -> str:
+    """The rows `pdnsutil import-tsig-key` would store, for the generic SQL
+    backends (gsqlite3, gmysql, gpgsql share the tsigkeys table). The name and
+    secret are checked (a DNS name, base64): nothing in them needs quoting."""
+    return ("-- spdu's TSIG key for PowerDNS: load it into the backend's database.\n"
+            "BEGIN;\n"
+            f"DELETE FROM tsigkeys WHERE name = '{key.name}';\n"
+            "INSERT INTO tsigkeys (name, algorithm, secret)"
+            f" VALUES ('{key.name}', '{key.algorithm}', '{key.secret}');\n"
+            "COMMIT;\n")
+
+
+def server_key_text(server: str, key: TsigKey) -> str:
+    return {"knot": knot_key_text, "bind": bind_key_text, "pdns": pdns_key_sql}[server](key)
+
+
+def server_file_name(server: str, key: TsigKey) -> str:
+    return f"{key.name}.pdns.sql" if server == "pdns" else f"{key.name}.{server}.key"
 
 
 @dataclass(frozen=True)
@@ -81,6 +103,39 @@ class Generated:
         ]
         for zone in zones:
             lines += ["#   zone:", f"#     - domain: {zone}", f"#       acl: [..., {self.key.name}]"]
+        return "\n".join(lines) + "\n"
+
+    def pdns_snippet(self, database: str = PDNS_DATABASE) -> str:
+        """Commands to run as they are: load the key from its file (never as an
+        argument: `pdnsutil import-tsig-key` takes the secret on its command
+        line, where ps shows it), then name it in each pool zone's metadata."""
+        sql = self.server_files["pdns"]
+        zones = sorted({p.zone for p in self.pools})
+        names = ", ".join(p.name for p in self.pools)
+        lines = [
+            "# PowerDNS Authoritative (generic SQL backend): the key for spdu on this site.",
+            f"# {sql} holds the secret (keep it 0600) as rows of",
+            "# the backend's tsigkeys table: what pdnsutil import-tsig-key stores,",
+            "# without the secret on a command line.",
+            "# gsqlite3 (as below); gmysql: mysql pdns < FILE; gpgsql: psql pdns < FILE.",
+            f"sqlite3 {database} < {sql}",
+        ]
+        lines += [f"pdnsutil set-meta {zone} TSIG-ALLOW-DNSUPDATE {self.key.name}"
+                  for zone in zones]
+        lines += [
+            "# (set-meta replaces any other key named there; add-meta keeps them.) pdns.conf",
+            "# needs dnsupdate=yes, and updates must also come from an address in",
+            "# allow-dnsupdate-from (default 127.0.0.0/8) or the zone's ALLOW-DNSUPDATE-FROM.",
+            "#",
+            "# What this key can do: PowerDNS cannot limit a key to a name or a type.",
+            f"# It may change EVERY record of {', '.join(zones)} (other names, other",
+            f"# types, the NS set), not only {names} A and AAAA.",
+            "# To narrow it, keep the pool in a zone of its own that holds only its SOA,",
+            "# NS and the pool names (pool.domain.tld in spdu's usual setup), or write",
+            "# a lua-dnsupdate-policy-script",
+            "# (it replaces every other update check of that server: see PowerDNS's",
+            "# \"Dynamic DNS Update\" documentation).",
+        ]
         return "\n".join(lines) + "\n"
 
     def bind_snippet(self) -> str:
@@ -138,10 +193,9 @@ def generate(name: str, key_file: str, server_dir: str, servers: tuple[str, ...]
              pools: list[Pool], force: bool = False) -> Generated:
     """Make the key, write spdu's key file and the servers' key files, all 0600."""
     key = new_key(name)
-    files = {s: str(Path(server_dir) / f"{key.name}.{s}.key") for s in servers}
+    files = {s: str(Path(server_dir) / server_file_name(s, key)) for s in servers}
     targets = [(key_file, bind_key_text(key))]
-    targets += [(files[s], knot_key_text(key) if s == "knot" else bind_key_text(key))
-                for s in servers]
+    targets += [(files[s], server_key_text(s, key)) for s in servers]
     if not force:  # check all before writing any: no half-made set of files
         for path, _ in targets:
             if os.path.lexists(path):

@@ -25,6 +25,7 @@ from spdu_cli.tsig import TsigKey
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # re-read and retry when a prerequisite fails (a concurrent writer)
+SERIALS_KEPT = 16  # per pool, the serials of the last UPDATEs (for status --dns)
 RDTYPES = ("A", "AAAA")
 
 
@@ -232,6 +233,7 @@ class Plan:
     sent: bool = False
     attempts: int = 0
     error: SpduError | None = None
+    serial_after: int | None = None  # the zone's serial once sent, when it could be read
 
     @property
     def changes(self) -> tuple[Change, ...]:
@@ -302,6 +304,11 @@ class Plan:
 
 class _PrerequisiteFailed(Exception):
     pass
+
+
+class _UnsignedAnswer(ConfigError):
+    """A signed message got an answer without TSIG: the key is not accepted,
+    or (Knot, PowerDNS) the server does not serve the zone at all."""
 
 
 def _keyring(key: TsigKey | None):
@@ -399,7 +406,8 @@ def _unsigned_answer(pool: Pool, what: str) -> ConfigError:
         return ConfigError(
             f"DNS server {where} serves zone {zone} but answered {what} without a"
             f" signature: it does not know the key {key}",
-            "install the key on the server, or fix tsigKey/tsigKeyFile",
+            "install the key on the server with the same secret, or fix tsigKey/tsigKeyFile"
+            " (PowerDNS answers a wrong secret the same way; its log says which)",
         )
     got = dns.rcode.to_text(a.rcode()) + ("" if a.flags & dns.flags.AA else " without AA")
     return ConfigError(
@@ -425,7 +433,17 @@ def read_current(pool: Pool) -> dict[str, list[str]]:
         if pool.tsig:
             q.use_tsig(_keyring(pool.tsig))
         what = f"the query for {pool.key.name} {rdtype}"
-        answer = _exchange(pool, q, what, tcp=False)
+        try:
+            answer = _exchange(pool, q, what, tcp=False)
+        except _UnsignedAnswer:
+            # Ask again unsigned to tell "this key is not accepted" from "this
+            # server does not serve the zone" (refused unsigned either way).
+            plain = dns.message.make_query(pool.key.name + ".", rdtype)
+            plain.flags &= ~dns.flags.RD
+            answer = _exchange(pool, plain, what, tcp=False)
+            if answer.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and (
+                    answer.flags & dns.flags.AA):
+                raise
         rcode = answer.rcode()
         if rcode == dns.rcode.REFUSED or (
             rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and not answer.flags & dns.flags.AA
@@ -483,10 +501,15 @@ def send(items: list[tuple[Pool, Plan]]) -> None:
         raise _PrerequisiteFailed(text)
     if rcode == dns.rcode.REFUSED:
         who = f"the key {pool.tsig.name}" if pool.tsig else "unsigned updates from this host"
+        # BIND: update-policy/allow-update; PowerDNS: dnsupdate=no, the source
+        # address outside allow-dnsupdate-from and ALLOW-DNSUPDATE-FROM, or an
+        # unsigned (or differently signed) update to a zone whose
+        # TSIG-ALLOW-DNSUPDATE names a key.
         raise ConfigError(
             f"{where} REFUSED the update of {names}",
             f"its ACL or update-policy does not allow {who} to change {names} A/AAAA"
-            " in zone " + pool.key.zone,
+            f" in zone {pool.key.zone} (PowerDNS: dnsupdate=yes, allow-dnsupdate-from and"
+            " the zone's TSIG-ALLOW-DNSUPDATE and ALLOW-DNSUPDATE-FROM metadata)",
         )
     if rcode in (dns.rcode.NOTAUTH, dns.rcode.NOTZONE):
         raise ConfigError(
@@ -552,8 +575,15 @@ def reconcile_zone(group: list[Pool], entries: dict[str, SpoolEntry],
             log.warning("%s on %s changed while spdu was updating it (%s); reading it again",
                         names, group[0].key.where, e)
             continue
+        # The serial the UPDATE made: status --dns tells from it since when a
+        # secondary that has not caught up has lagged.
+        from spdu_cli.secondaries import serial_of
+
+        k = group[0].key
+        serial = serial_of(k.server, k.port, k.zone, group[0].timeout, _keyring(group[0].tsig))
         for pool, plan in items:
             plan.sent = True
+            plan.serial_after = serial
             for c in plan.changes:
                 log.info("%s: %s %s %s on %s", c.target or "selfIP", c.action, pool.key.name,
                          c.address, pool.key.where)
@@ -654,8 +684,9 @@ def pool_id(key: PoolKey) -> str:
 
 
 def note_runs(store: Spool, plans: list[Plan], now: float) -> None:
-    """Keep, per pool, the time of the last successful run and how many UPDATEs
-    were sent (spoolDir/.reconcile.json), for the metrics."""
+    """Keep, per pool, the time of the last successful run, how many UPDATEs
+    were sent, and when the last ones made which serial (spoolDir/.reconcile.json),
+    for the metrics and status --dns."""
     pools = store.read_reconcile()
     for p in plans:
         rec = pools.setdefault(pool_id(p.pool), {
@@ -665,4 +696,7 @@ def note_runs(store: Spool, plans: list[Plan], now: float) -> None:
         if p.error is None:
             rec["last_success"] = iso(now)
         rec["updates"] = int(rec.get("updates", 0)) + p.sent
+        if p.sent and p.serial_after is not None:
+            rec["serials"] = (list(rec.get("serials") or []) + [[iso(now), p.serial_after]])[
+                -SERIALS_KEPT:]
     store.write_reconcile(pools)

@@ -359,6 +359,21 @@ def status_lines(statuses, now: float, dns: bool = False) -> Iterator[str]:
     yield from aligned(rows)
 
 
+def server_lines(statuses, now: float) -> Iterator[str]:
+    """One line per authoritative server of each pool read with --dns."""
+    seen = set()
+    for s in statuses:
+        d = s.dns
+        if d is None or d.error or (d.pool, d.server) in seen:
+            continue
+        seen.add((d.pool, d.server))
+        if d.servers_error:
+            yield f"{d.pool}: servers not checked: {d.servers_error}"
+        for v in d.servers:
+            name = f" ({v.view.ns.rstrip('.')})" if v.view.ns else ""
+            yield f"{d.pool} on {v.view.address}:{v.view.port}{name}: {v.describe(now)}"
+
+
 # -- history -----------------------------------------------------------------------------
 
 

@@ -28,6 +28,10 @@ class PoolStatus:
     error: str | None
     exit_status: int = 0
     left: dict = field(default_factory=dict)  # target -> why its records are left as is
+    serial: int | None = None  # the zone's serial on the primary
+    servers: tuple = ()  # secondaries.ServerStatus of each authoritative server
+    servers_error: str | None = None  # their list could not be had
+    now: float = 0.0
 
     @classmethod
     def from_plan(cls, plan) -> PoolStatus:
@@ -48,6 +52,9 @@ class PoolStatus:
             "blocked": self.blocked,
             "error": self.error,
             "left_alone": self.left,
+            "serial": self.serial,
+            "servers": [v.to_json(self.now) for v in self.servers],
+            "servers_error": self.servers_error,
         }
 
 
@@ -109,9 +116,51 @@ def collect(site, names=(), dns: bool = False, now: float | None = None) -> list
         return out
     from spdu_cli import reconcile
 
-    plans = {p.pool: PoolStatus.from_plan(p) for p in reconcile.run(site, dry_run=True)}
-    keys = {c.target: reconcile.PoolKey(c.pool_name, c.pool_zone, str(c.name_server),
-                                        c.name_port)
-            for c in (site.target(t) for t in targets)}
+    cfgs = {t: site.target(t) for t in targets}
+    by_key = {}
+    for c in cfgs.values():
+        by_key.setdefault(reconcile.PoolKey(c.pool_name, c.pool_zone, str(c.name_server),
+                                            c.name_port), c)
+    history = store.read_reconcile()
+    plans = {p.pool: with_servers(PoolStatus.from_plan(p), p, by_key.get(p.pool), history, now)
+             for p in reconcile.run(site, dry_run=True)}
+    keys = {t: reconcile.PoolKey(c.pool_name, c.pool_zone, str(c.name_server), c.name_port)
+            for t, c in cfgs.items()}
     return [TargetStatus(s.target, s.state, s.since, s.last, s.pending, s.maint,
                          plans.get(keys[s.target])) for s in out]
+
+
+def _updates(record: dict | None) -> list[tuple[float, int]]:
+    """(time, serial) of the pool's last UPDATEs from the spool; what is damaged is skipped."""
+    from spdu_cli.spool import epoch
+
+    out = []
+    for item in (record or {}).get("serials") or []:
+        try:
+            at, serial = item
+            if isinstance(serial, int) and not isinstance(serial, bool) and 0 <= serial < 2**32:
+                out.append((epoch(at), serial))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def with_servers(ps: PoolStatus, plan, cfg, history: dict, now: float) -> PoolStatus:
+    """Add each authoritative server of the pool's zone, compared with the primary."""
+    import dataclasses
+
+    from spdu_cli import reconcile, secondaries
+    from spdu_cli.errors import SpduError
+
+    if plan.error is not None or cfg is None:
+        return ps
+    k = plan.pool
+    primary = set(plan.current.get("A", []) + plan.current.get("AAAA", []))
+    try:
+        serial, servers = secondaries.check(
+            k.name, k.zone, k.server, k.port, cfg.name_timeout, cfg.secondary_servers,
+            primary, _updates(history.get(reconcile.pool_id(k))),
+            reconcile._keyring(cfg.tsig))
+    except SpduError as e:
+        return dataclasses.replace(ps, servers_error=str(e), now=now)
+    return dataclasses.replace(ps, serial=serial, servers=tuple(servers), now=now)

@@ -71,6 +71,22 @@ def ip_list(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, 
     return tuple(dict.fromkeys(out))
 
 
+def server_list(value: str) -> tuple[tuple[str, int | None], ...]:
+    """DNS servers as ADDRESS or ADDRESS@PORT (Knot's form, clear for IPv6)."""
+    out = []
+    for item in value.split():
+        addr, _, port = item.partition("@")
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            raise ValueError(f"{item!r} is not ADDRESS or ADDRESS@PORT (an IP address,"
+                             " not a name)") from None
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"{item!r}: the port must be 1 to 65535")
+        out.append((str(ip), int(port) if port else None))
+    return tuple(dict.fromkeys(out))
+
+
 def integer(low: int, high: int):
     def check(value: str) -> int:
         if not re.fullmatch(r"[0-9]+", value):

@@ -128,6 +128,17 @@ def bind(tmp_path: Path):
         yield s
 
 
+@pytest.fixture
+def pdns(tmp_path: Path):
+    """pdns_server (gsqlite3) for pool.domain.tld: updates only signed with
+    `pdns.key` (TSIG-ALLOW-DNSUPDATE) and from 127.0.0.0/8; PowerDNS lets the
+    key change anything in the zone."""
+    from tests.dnsservers import PowerDNSServer
+
+    with PowerDNSServer(tmp_path / "pdns", key=_tsig_key()) as s:
+        yield s
+
+
 # --- real SMTP relays (tests/smtpd.py): aiosmtpd on loopback ports ---
 
 

@@ -9,6 +9,11 @@ directory, and accepts dynamic updates according to its ACL / update-policy:
   and types A/AAAA.
 * ``BindServer``: TSIG-signed updates with ``key`` only, restricted to owner
   ``api.ZONE`` and types A/AAAA (``update-policy ... name``).
+* ``PowerDNSServer``: pdns_server with the gsqlite3 backend (the schema
+  Debian's pdns-backend-sqlite3 ships, the zone loaded with ``pdnsutil
+  load-zone``) and ``dnsupdate=yes``: with ``key``, updates signed with it
+  only (``TSIG-ALLOW-DNSUPDATE``), for anything in the zone (PowerDNS cannot
+  scope a key to a name or type); without, unsigned updates from 127.0.0.0/8.
 
 * ``PdnsLuaServer``: PowerDNS Authoritative (bind backend) answering the pool
   name from a LUA ``ifurlup`` record: PowerDNS's own health checks, the system
@@ -66,7 +71,7 @@ def require_binary(name: str) -> str:
         raise ServerError(
             f"{name!r} not found (PATH and /usr/sbin): the DNS server tests need "
             f"Knot DNS (knot, knot-dnsutils), BIND (bind9, bind9-dnsutils) and PowerDNS "
-            f"(pdns-server, pdns-backend-bind) installed: run .ci/setup")
+            f"(pdns-server, pdns-backend-bind, pdns-backend-sqlite3) installed: run .ci/setup")
     return path
 
 
@@ -99,6 +104,11 @@ def zone_text(zone: str, records) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _source(address: str) -> str:
+    """Where a peer's messages come from: any loopback address for a loopback peer."""
+    return "127.0.0.0/8" if address.startswith("127.") else address
+
+
 class _DNSServer:
     """Process handling, queries and updates common to both servers."""
 
@@ -122,6 +132,7 @@ class _DNSServer:
         self._logpath = self.dir / self.logname
         self.start_timeout = START_TIMEOUT
         self._rundir = ""
+        self.want_port = 0
 
     # -- lifecycle --------------------------------------------------------
 
@@ -133,12 +144,14 @@ class _DNSServer:
 
     def start(self, attempts: int = 3):
         require_binary(self.program)
-        if self.rundir_prefix and not os.path.isdir(self._rundir):
-            self._rundir = tempfile.mkdtemp(prefix=self.rundir_prefix)
         t0 = time.monotonic()
         last = ""
         for _ in range(attempts):
-            self.port = free_port(self.address)
+            if self.rundir_prefix and not os.path.isdir(self._rundir):  # stop() removes it
+                self._rundir = tempfile.mkdtemp(prefix=self.rundir_prefix)
+            # want_port: a port chosen beforehand (a primary must know where
+            # to send NOTIFY before its secondaries start)
+            self.port = self.want_port or free_port(self.address)
             self._write_config()
             with open(self._logpath, "ab") as out:
                 self.proc = subprocess.Popen(
@@ -242,6 +255,10 @@ class _DNSServer:
         return sorted(rd.to_text() for rrset in r.answer
                       if rrset.name == qname and rrset.rdtype == t for rd in rrset)
 
+    def serial_after(self, updates: int, initial: int = 1) -> int:
+        """The SOA serial after ``updates`` UPDATEs (Knot and BIND add one each)."""
+        return initial + updates
+
     def serial(self) -> int:
         soa = self.query("@", "SOA")
         if len(soa) != 1:
@@ -301,9 +318,11 @@ class KnotServer(_DNSServer):
     def __init__(self, tmpdir, address: str = "127.0.0.1", zone: str = ZONE,
                  records=None, key: Key | None = None, allow_unsigned: bool = True,
                  start: bool = True, extra_conf: str = "", zone_acls=(),
-                 other_zones=()):
+                 other_zones=(), notify=(), primary: tuple[str, int] | None = None):
         super().__init__(tmpdir, address, zone, records, key)
         self.allow_unsigned = allow_unsigned
+        self.notify = tuple(notify)  # (address, port) of secondaries: NOTIFY + transfers
+        self.primary = primary  # (address, port): a secondary of that primary (AXFR/IXFR)
         self.extra_conf = extra_conf  # top-level config text (e.g. include: + acl:)
         self.zone_acls = tuple(zone_acls)  # more ACL ids for the zone
         self.other_zones = tuple(other_zones)  # more zones, with no ACL (no updates)
@@ -314,9 +333,24 @@ class KnotServer(_DNSServer):
     def _write_config(self) -> None:
         (self.dir / "db").mkdir(exist_ok=True)
         zonefile = self.dir / f"{self.zone}.zone"
-        if not zonefile.exists():
+        if not zonefile.exists() and self.primary is None:
             zonefile.write_text(zone_text(self.zone, self.records))
-        acls, acl_ids, keys = [], [], []
+        acls, acl_ids, keys, remotes, zone_more = [], [], [], [], ""
+        for i, (addr, port) in enumerate(self.notify):
+            remotes.append(f"  - id: secondary{i}\n    address: {addr}@{port}\n")
+            # from any loopback source: the kernel picks 127.0.0.1 whatever we listen on
+            acls.append(f"  - id: transfer{i}\n    address: {_source(addr)}\n"
+                        "    action: transfer\n")
+            acl_ids.append(f"transfer{i}")
+        if self.notify:
+            zone_more += f"    notify: [{', '.join(f'secondary{i}' for i in range(len(self.notify)))}]\n"
+        if self.primary is not None:
+            addr, port = self.primary
+            remotes.append(f"  - id: primary\n    address: {addr}@{port}\n")
+            acls.append(f"  - id: from_primary\n    address: {_source(addr)}\n"
+                        "    action: notify\n")
+            acl_ids.append("from_primary")
+            zone_more += "    master: primary\n"
         if self.allow_unsigned:
             acls.append(f"  - id: unsigned\n    address: {self.address}\n"
                         f"    action: update\n")
@@ -345,6 +379,7 @@ class KnotServer(_DNSServer):
             "database:\n"
             f"  storage: {self.dir / 'db'}\n"
             + "".join(keys)
+            + ("remote:\n" + "".join(remotes) if remotes else "")
             + ("acl:\n" + "".join(acls) if acls else "")
             + "template:\n  - id: default\n"
             f"    storage: {self.dir}\n"
@@ -355,10 +390,17 @@ class KnotServer(_DNSServer):
             f"  - domain: {self.zone}\n"
             f"    file: {zonefile}\n"
             + (f"    acl: [{', '.join(acl_ids)}]\n" if acl_ids else "")
+            + zone_more
             + others)
 
     def _command(self) -> list[str]:
         return [require_binary("knotd"), "-c", str(self.conf)]
+
+    def knotc(self, *args: str) -> subprocess.CompletedProcess:
+        """Run knotc against this server (e.g. zone-freeze ZONE: no transfers)."""
+        return subprocess.run([require_binary("knotc"), "-c", str(self.conf), *args],
+                              capture_output=True, text=True, timeout=10,
+                              stdin=subprocess.DEVNULL)
 
 
 
@@ -371,8 +413,10 @@ class BindServer(_DNSServer):
 
     def __init__(self, tmpdir, zone: str = ZONE, records=None, key: Key | None = None,
                  address: str = "127.0.0.1", start: bool = True, extra_conf: str = "",
-                 policy: str | None = None, other_zones=()):
+                 policy: str | None = None, other_zones=(),
+                 primary: tuple[str, int] | None = None):
         super().__init__(tmpdir, address, zone, records, key)
+        self.primary = primary  # (address, port): a secondary of that primary
         self.conf = self.dir / "named.conf"
         self.extra_conf = extra_conf  # top-level statements (e.g. include "...";)
         self.policy = policy  # the zone's update-policy/allow-update, replacing the default
@@ -382,7 +426,7 @@ class BindServer(_DNSServer):
 
     def _write_config(self) -> None:
         zonefile = self.dir / f"{self.zone}.zone"
-        if not zonefile.exists():
+        if not zonefile.exists() and self.primary is None:
             zonefile.write_text(zone_text(self.zone, self.records))
         keystmt, policy = "", "allow-update { none; };"
         if self.key is not None:
@@ -414,10 +458,11 @@ class BindServer(_DNSServer):
             + self.extra_conf
             + others
             + f'zone "{self.zone}" {{\n'
-            "  type primary;\n"
-            f'  file "{zonefile}";\n'
-            f"  {policy}\n"
-            "};\n")
+            + ("  type primary;\n" if self.primary is None else
+               f"  type secondary;\n  primaries {{ {self.primary[0]} port {self.primary[1]}; }};\n")
+            + f'  file "{zonefile}";\n'
+            + (f"  {policy}\n" if self.primary is None else "")
+            + "};\n")
 
     def _command(self) -> list[str]:
         return [require_binary("named"), "-g", "-n", "1", "-c", str(self.conf), "-u", "root"]
@@ -502,3 +547,86 @@ class PdnsLuaServer(_DNSServer):
 
     def _command(self) -> list[str]:
         return [require_binary("pdns_server"), f"--config-dir={self.dir}"]
+
+
+PDNS_SCHEMA = "/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql"
+
+
+class PowerDNSServer(_DNSServer):
+    """pdns_server (gsqlite3) serving ``zone`` on ``address`` and a free port.
+
+    With ``key=(name, alg, secret)`` the zone's TSIG-ALLOW-DNSUPDATE metadata
+    names it: updates must be signed with it (and still come from 127.0.0.0/8,
+    allow-dnsupdate-from's default). Without a key, unsigned updates from
+    127.0.0.0/8 are allowed. ``pdnsutil(*args)`` runs pdnsutil against this
+    server's configuration; ``metadata`` is set before the server starts.
+    The caches stay at their defaults: PowerDNS purges what an UPDATE changes.
+    """
+
+    program = "pdns_server"
+    logname = "pdns.log"
+    rundir_prefix = "pdns-"
+
+    def __init__(self, tmpdir, address: str = "127.0.0.1", zone: str = ZONE, records=None,
+                 key: Key | None = None, start: bool = True, metadata=(), extra_conf: str = ""):
+        super().__init__(tmpdir, address, zone, records, key)
+        self.database = self.dir / "pdns.sqlite3"
+        self.metadata = tuple(metadata)  # (kind, value...) set on the zone
+        self.extra_conf = extra_conf
+        if start:
+            self.start()
+
+    def pdnsutil(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run([require_binary("pdnsutil"), f"--config-dir={self.dir}", *args],
+                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        if check and r.returncode != 0:
+            raise ServerError(f"pdnsutil {' '.join(args[:2])}: {r.stdout}{r.stderr}")
+        return r
+
+    def _write_config(self) -> None:
+        self.conf = self.dir / "pdns.conf"
+        self.conf.write_text(
+            "launch=gsqlite3\n"
+            f"gsqlite3-database={self.database}\n"
+            f"local-address={self.address}\n"
+            f"local-port={self.port}\n"
+            f"socket-dir={self._rundir}\n"
+            "dnsupdate=yes\n"
+            "allow-dnsupdate-from=127.0.0.0/8\n"
+            "daemon=no\nguardian=no\nwrite-pid=no\n"
+            "security-poll-suffix=\n"
+            "receiver-threads=1\ndistributor-threads=1\n"
+            "loglevel=6\n"
+            + self.extra_conf)
+        if self.database.exists():
+            return  # a restart keeps the zone as updates left it
+        import sqlite3
+
+        db = sqlite3.connect(self.database)
+        try:
+            db.executescript(Path(PDNS_SCHEMA).read_text())
+            db.commit()
+        finally:
+            db.close()
+        zonefile = self.dir / f"{self.zone}.zone"
+        zonefile.write_text(zone_text(self.zone, self.records))
+        self.pdnsutil("load-zone", self.zone, str(zonefile))
+        if self.key is not None:
+            name, alg, secret = self.key
+            self.pdnsutil("import-tsig-key", name, alg, secret)
+            self.pdnsutil("set-meta", self.zone, "TSIG-ALLOW-DNSUPDATE", name)
+        for kind, *values in self.metadata:
+            self.pdnsutil("set-meta", self.zone, kind, *values)
+
+    def _command(self) -> list[str]:
+        return [require_binary("pdns_server"), f"--config-dir={self.dir}"]
+
+    def serial_after(self, updates: int, initial: int = 1) -> int:
+        """The SOA serial after ``updates`` UPDATEs: PowerDNS's default
+        SOA-EDIT-DNSUPDATE (DEFAULT) jumps to YYYYMMDD01 (local date) when the
+        serial is below it, then adds one per UPDATE."""
+        if updates == 0:
+            return initial
+        today = int(time.strftime("%Y%m%d")) * 100 + 1
+        first = today if initial < today else initial + 1
+        return first + updates - 1

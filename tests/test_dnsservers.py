@@ -1,10 +1,10 @@
-"""Smoke tests for the real DNS server fixtures (knotd, named)."""
+"""Smoke tests for the real DNS server fixtures (knotd, named, pdns_server)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.dnsservers import KnotServer, ServerError
+from tests.dnsservers import KnotServer, PowerDNSServer, ServerError
 
 API = "api.pool.domain.tld."
 OTHER = "other.pool.domain.tld."
@@ -128,6 +128,68 @@ def test_bind_knsupdate(bind):
     r = bind.nsupdate(f"update add {API} 60 A 192.0.2.5", key=bind.key, tool="knsupdate")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "192.0.2.5" in bind.query("api", "A")
+
+
+# --- PowerDNS: TSIG-ALLOW-DNSUPDATE, or by source address -------------------------
+
+@pytest.mark.parametrize("tool", ["nsupdate", "knsupdate"])
+def test_pdns_signed_only(pdns, tool):
+    assert pdns.query("api", "A") == ["192.0.2.1", "192.0.2.2"] and pdns.serial() == 1
+    assert bind_refused(pdns.nsupdate(f"update add {API} 60 A 192.0.2.3", tool=tool))
+    assert pdns.serial() == 1
+    r = pdns.nsupdate(f"update add {API} 60 A 192.0.2.3", key=pdns.key, tool=tool)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert pdns.query("api", "A") == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    # SOA-EDIT-DNSUPDATE=DEFAULT: serial 1 jumps to today's YYYYMMDD01
+    assert pdns.serial() == pdns.serial_after(1) > 2000000000
+    r = pdns.nsupdate(f"update delete {API} A 192.0.2.1", key=pdns.key, tool=tool)
+    assert r.returncode == 0 and pdns.serial() == pdns.serial_after(2)
+
+
+def test_pdns_key_is_not_scoped_to_a_name_or_type(pdns):
+    """The difference spdu documents: TSIG-ALLOW-DNSUPDATE lets the key change
+    every record of the zone, other names, other types, even the NS set."""
+    for line in (f"update add {OTHER} 60 A 192.0.2.3", f'update add {API} 60 TXT "x"',
+                 "update add pool.domain.tld. 60 NS ns2.example."):
+        r = pdns.nsupdate(line, key=pdns.key)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert pdns.query("other", "A") == ["192.0.2.3", "192.0.2.99"]
+    assert pdns.query("@", "NS") == ["ns1.pool.domain.tld.", "ns2.example."]
+
+
+def test_pdns_wrong_or_unknown_key_is_refused_unsigned(pdns):
+    import dns.exception
+    import dns.query
+    import dns.tsig
+    import dns.update
+
+    name, alg, secret = pdns.key
+    for key in (dns.tsig.Key(name, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", alg),
+                dns.tsig.Key("not-the-key", secret, alg)):
+        u = dns.update.UpdateMessage(pdns.zone + ".")
+        u.add("api", 60, "A", "192.0.2.5")
+        u.use_tsig(key)
+        # PowerDNS answers without a TSIG record at all: not BADKEY/BADSIG
+        with pytest.raises(dns.exception.FormError, match="requires a TSIG"):
+            dns.query.tcp(u, pdns.address, port=pdns.port, timeout=2)
+    assert pdns.query("api", "A") == ["192.0.2.1", "192.0.2.2"] and pdns.serial() == 1
+
+
+def test_pdns_unsigned_by_source_address(tmp_path):
+    with PowerDNSServer(tmp_path / "p") as p:
+        r = p.nsupdate(f"update add {API} 60 AAAA 2001:db8::1")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert p.query("api", "AAAA") == ["2001:db8::1"]
+    with PowerDNSServer(tmp_path / "q", metadata=[("ALLOW-DNSUPDATE-FROM", "192.0.2.0/24")],
+                        extra_conf="allow-dnsupdate-from=\n") as q:
+        assert bind_refused(q.nsupdate(f"update add {API} 60 A 192.0.2.3"))
+
+
+def test_pdns_restart_keeps_the_updated_zone(pdns):
+    assert pdns.nsupdate(f"update add {API} 60 A 192.0.2.3", key=pdns.key).returncode == 0
+    pdns.stop()
+    pdns.start()
+    assert "192.0.2.3" in pdns.query("api", "A")
 
 
 # --- the classes themselves ---------------------------------------------------

@@ -1,6 +1,7 @@
 """`spdu keygen`: the key files it writes, and its snippets installed in a real
 knotd and a real named: with the key, reconcile changes the pool; the same key
-can touch nothing else; without it nothing changes."""
+can touch nothing else; without it nothing changes. For PowerDNS, the printed
+commands are run as printed against a real pdns_server."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import stat
 
 import pytest
 
-from tests.dnsservers import BindServer, KnotServer
+from tests.dnsservers import BindServer, KnotServer, PowerDNSServer, require_binary
 from tests.test_reconcile import BETA, GAMMA, SELF, down_beta, pool
 
 API = "api.pool.domain.tld."
@@ -142,3 +143,61 @@ def test_the_tsig_key_file_hint_is_an_absolute_path(run, confdir, tmp_path, monk
     r = run("keygen", "--key-file", "rel/spdu.key")
     assert r.exit_code == 0, r.stderr
     assert f"tsigKeyFile={tmp_path}/rel/spdu.key" in r.stderr
+
+
+def test_pdns_commands_applied_as_printed_let_spdu_update_the_pool(keygen, run, confdir,
+                                                                   tmp_path):
+    import os
+    import subprocess
+
+    from spdu_cli.spool import Spool
+
+    with PowerDNSServer(tmp_path / "pdns") as dns:  # no key yet: unsigned from 127/8
+        r = keygen("--server", "pdns", "--pdns-database", str(dns.database))
+        assert r.exit_code == 0, r.stderr
+        keys = tmp_path / "keys"
+        assert sorted(p.name for p in keys.iterdir()) == ["spdu-alpha.pdns.sql", "spdu.key"]
+        sql = keys / "spdu-alpha.pdns.sql"
+        assert stat.S_IMODE(sql.stat().st_mode) == 0o600
+        secret = secret_of(keys / "spdu.key")
+        assert secret in sql.read_text() and secret not in r.stdout + r.stderr
+        assert "cannot limit a key to a name or a type" in r.stdout
+        assert "EVERY record of pool.domain.tld" in r.stdout and "zone of its own" in r.stdout
+        commands = [ln for ln in r.stdout.splitlines() if ln and not ln.startswith("#")]
+        assert commands == [
+            f"sqlite3 {dns.database} < {sql}",
+            "pdnsutil set-meta pool.domain.tld TSIG-ALLOW-DNSUPDATE spdu-alpha"]
+        assert all(secret not in c for c in commands)  # never on a command line
+        # run them as printed; pdnsutil reaches this server's configuration
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        (bindir / "pdnsutil").write_text(
+            f'#!/bin/sh\nexec {require_binary("pdnsutil")} --config-dir={dns.dir} "$@"\n')
+        (bindir / "pdnsutil").chmod(0o755)
+        env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+        done = subprocess.run(["sh", "-e"], input=r.stdout, text=True, capture_output=True,
+                              env=env, timeout=30)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert secret not in done.stdout + done.stderr
+
+        spool = Spool(str(tmp_path / "spool"))
+        down_beta(confdir, dns, spool)  # unsigned: refused now that the zone names a key
+        r = run("reconcile")
+        assert r.exit_code == 78 and "REFUSED" in r.stderr
+        assert pool(dns) == [SELF, BETA] and dns.serial() == 1
+        down_beta(confdir, dns, spool, extra=f"tsigKeyFile={keys / 'spdu.key'}\n")
+        r = run("reconcile")
+        assert r.exit_code == 0, r.stderr
+        assert pool(dns) == [SELF, GAMMA] and dns.serial() == dns.serial_after(1)
+        # what the output warned of: the key is not limited to the pool name
+        key = ("spdu-alpha", "hmac-sha256", secret)
+        assert dns.nsupdate(f"update add www.pool.domain.tld. 5 A {BETA}", key=key).returncode == 0
+
+
+def test_all_servers_at_once(keygen, tmp_path):
+    r = keygen("--server", "all")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [
+        "spdu-alpha.bind.key", "spdu-alpha.knot.key", "spdu-alpha.pdns.sql", "spdu.key"]
+    assert "update-policy" in r.stdout and "acl:" in r.stdout and "pdnsutil set-meta" in r.stdout
+    assert "sqlite3 /var/lib/powerdns/pdns.sqlite3 < " in r.stdout

@@ -137,7 +137,11 @@ def test_dns_in_sync_out_of_sync_and_unreachable(run, confdir, knot, spool):
     assert run("status", "--dns").exit_code == 0 and knot.serial() == 1  # status sends nothing
     assert run("reconcile").exit_code == 0 and knot.serial() == 2
     r = run("status", "--dns")
-    assert all(line.endswith("dns in sync") for line in r.stdout.splitlines())
+    *targets, server = r.stdout.splitlines()
+    assert len(targets) == 2 and all(line.endswith("dns in sync") for line in targets)
+    # then each server of the zone's NS set (ns1 is the primary itself here)
+    assert server == (f"api.pool.domain.tld on 127.0.0.1:{knot.port} (ns1.pool.domain.tld):"
+                      " serial 2, in step")
     write_conf(confdir, type("Down", (), {"address": "127.0.0.1", "port": free_port()})(), spool)
     r = run("status", "--dns", "--json")
     assert r.exit_code == 69
