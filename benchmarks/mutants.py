@@ -123,9 +123,11 @@ MUTANTS = [
       "sorted({_canon(a) for a in t.addresses})", DECIDE),
     m("reconcile.py", "a target of unknown state is judged (removed)",
       "        if t.state is State.UNKNOWN:\n", "        if False:\n", DECIDE),
-    m("reconcile.py", "stale targets are judged",
-      "if t.checked is None or now - t.checked > t.stale_after:",
-      "if t.checked is None:", DECIDE),
+    m("spool.py", "stale targets are judged", "    if age > limit:\n", "    if False:\n",
+      DECIDE + ["tests/test_spool.py"]),
+    m("spool.py", "a probe time in the future is trusted (the clock was stepped back)",
+      "    if age < -CLOCK_SLACK:\n", "    if False:\n",
+      DECIDE + ["tests/test_spool.py", "tests/test_faults.py"]),
     m("reconcile.py", "a changed targetIP is judged by the old probe",
       "if t.configured and {_canon(a) for a in t.configured} != probed:", "if False:", DECIDE),
     m("reconcile.py", "up and unknown are one",
@@ -242,14 +244,19 @@ MUTANTS = [
     m("notify.py", "the Message-ID ignores its timestamp (reused after a spool reset)",
       'f"{t}:{c.id}:{c.stamp}"', 'f"{t}:{c.id}"', NOTIFY, issue=True),
     m("notify.py", "a mail the relay did not take is marked notified",
-      "            d.error = e\n            continue\n", "            d.error = e\n", NOTIFY),
+      '"mail_id"] = None\n            continue\n', '"mail_id"] = None\n', NOTIFY),
     m("notify.py", "without mailTo, transitions are never marked",
       "found + (0 if entry.fresh else _settle(entry, v, now))", "found", NOTIFY),
     m("notify.py", "marking matches the id only (a reset journal gets marked)",
       'fields = updates.get((e.get("id"), str(e.get("at"))))',
       'fields = next((f for (i, _), f in updates.items() if i == e.get("id")), None)', NOTIFY),
     m("notify.py", "marks are written to an entry that could not be read",
-      "found = 0 if entry.fresh else _mark(entry, updates)", "found = _mark(entry, updates)",
+      "found = 0 if entry.fresh else _mark(entry, updates)\n            if found < len(updates):"
+      "\n                log.warning(\"%s: the spool entry changed meanwhile; %d transition(s)"
+      " not\"\n                            \" found to mark\", v.target,",
+      "found = _mark(entry, updates)\n            if found < len(updates):"
+      "\n                log.warning(\"%s: the spool entry changed meanwhile; %d transition(s)"
+      " not\"\n                            \" found to mark\", v.target,",
       NOTIFY, equivalent="an entry that could not be read is a fresh one with an empty"
       " journal: _mark finds nothing and nothing is written either way"),
     m("notify.py", "each pending transition goes to syslog on every run",
