@@ -101,6 +101,8 @@ MUTANTS = [
       "or (h.state is State.UP) == ok:", "or not ok or h.state is State.UP:", HEALTH),
     m("health.py", "a failure of an up target is not confirmed in the same run",
       "or (h.state is State.UP) == ok:", "or ok or h.state is State.DOWN:", HEALTH),
+    m("health.py", "a hung down target's probes do not overlap (its resume waits fastInterval)",
+      "return max(1, min(MAX_OVERLAP, rise - h.good))", "return 1", HEALTH),
     m("health.py", "no overlapping probe beside one that hangs",
       "return max(1, min(MAX_OVERLAP, fall - h.bad))", "return 1", HEALTH),
     m("health.py", "overlapping probes are not bounded by MAX_OVERLAP",
