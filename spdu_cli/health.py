@@ -82,18 +82,22 @@ def confirm_after(h: Health, ok: bool | None, certain: bool, fast: float) -> flo
     return CERTAIN_GAP if certain and not ok else fast
 
 
-def overlap(h: Health, fall: int) -> int:
-    """Probes of one target that may be in flight at once: for an up target,
-    as many as the failures it still takes to go down (a hang is then
-    confirmed in one probeTimeout, not `fall` of them), at most MAX_OVERLAP."""
-    if h.state is not State.UP:
-        return 1
-    return max(1, min(MAX_OVERLAP, fall - h.bad))
+def overlap(h: Health, fall: int, rise: int) -> int:
+    """Probes of one target that may be in flight at once: as many as the
+    outcomes it still takes to change state (failures for an up target, so a
+    hang is confirmed in one probeTimeout, not `fall` of them; answers for a
+    down one, so a hung site that resumes answers them all at once), at most
+    MAX_OVERLAP."""
+    if h.state is State.UP:
+        return max(1, min(MAX_OVERLAP, fall - h.bad))
+    if h.state is State.DOWN:
+        return max(1, min(MAX_OVERLAP, rise - h.good))
+    return 1
 
 
 def overdue(latencies_ms: list[float], fast: float) -> float:
-    """How long an up target's probe may go unanswered before an overlapping
-    one starts beside it (each keeps its own full deadline): OVERDUE_FACTOR
+    """How long a target's probe may go unanswered before an overlapping one
+    starts beside it (each keeps its own full deadline): OVERDUE_FACTOR
     times its median latency of late, at least OVERDUE_MIN, at most `fast`."""
     if not latencies_ms:
         return fast
@@ -126,7 +130,7 @@ def failover(interval: float, fast_interval: float, timeout: float, retries: int
     The loop probes an up target every `interval` and a down one every
     `down_interval`; a probe that disagrees with the state is confirmed in the
     same run, by probes `fast_interval` apart (CERTAIN_GAP after a refused or
-    reset connection), and an up target's probe that goes unanswered gets an
+    reset connection), and a probe that goes unanswered gets an
     overlapping one at most `fast_interval` later (up to MAX_OVERLAP in
     flight), each with its own deadline of timeout x retries. Reconcile runs
     as soon as the run that changed a state ends, taking milliseconds on a

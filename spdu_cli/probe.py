@@ -809,11 +809,12 @@ def _rules(cfg, entry, fast: float) -> Rounds:
         return health.confirm_after(h, r.ok, certain(r), fast)
 
     def overdue() -> float | None:
-        if state["h"].state is not health.State.UP:
-            return None  # a failure would agree with the state: nothing to hurry
+        if state["h"].state is health.State.UNKNOWN:
+            return None  # the first outcome decides: nothing to confirm
         return health.overdue(latencies, fast)
 
-    return Rounds(after, overdue, lambda: health.overlap(state["h"], cfg.probe_fall),
+    return Rounds(after, overdue,
+                  lambda: health.overlap(state["h"], cfg.probe_fall, cfg.probe_rise),
                   limit=cfg.probe_fall + cfg.probe_rise + 2)
 
 

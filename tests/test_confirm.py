@@ -30,6 +30,7 @@ class Peer(RawServer):
         self.delay = delay
         self.inflight = self.most = 0
         self._count = threading.Lock()
+        self.resumed = threading.Event()
         super().__init__(host, self._script, port=port)
 
     def _script(self):
@@ -40,6 +41,10 @@ class Peer(RawServer):
         try:
             if mode == "hang":
                 yield "until-closed"  # so `inflight` counts what the prober holds open
+            elif mode == "pause":  # SIGSTOP: the kernel accepts, the answer comes on resume
+                while not self.resumed.wait(0.01):
+                    pass
+                yield OK
             elif mode == "rst":
                 yield "rst"
             elif mode == "503":
@@ -127,6 +132,23 @@ def test_a_repaired_target_comes_back_within_one_run(lab):
     [rep], took = confirmed(site)
     assert rep.health.state is State.UP and rep.probes == 2  # rise 2, fastInterval apart
     assert 0.2 <= took < 0.2 + 0.3
+
+
+def test_a_hung_site_that_resumes_is_back_at_once(lab):
+    # down and hung: its probes overlap (as many as rise still needs), so when it
+    # resumes they all get their answers at once and rise is met in one go
+    load, [p] = lab(extra="fastInterval=0.5\n")
+    site = load()
+    p.mode = "503"
+    confirmed(site)
+    assert state(site).state is State.DOWN
+    p.mode = "pause"
+    threading.Timer(0.7, p.resumed.set).start()
+    t0 = time.monotonic()
+    [rep], _ = confirmed(site)
+    assert rep.health.state is State.UP and rep.probes == 2
+    assert time.monotonic() - t0 < 0.7 + 0.3  # not resume + fastInterval
+    assert p.most == 2
 
 
 def test_the_cron_schedule_probes_a_down_target_every_down_interval():
