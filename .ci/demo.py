@@ -372,7 +372,8 @@ def demo(root: Path, pieces: dict) -> None:
     show("\n".join(subjects))
     say(f"done in {time.monotonic() - t_start:.0f} s")
     show("A dead site leaves the pool after probeFall=2 failed probes (the second one\n"
-         "fastInterval after the first) and comes back after probeRise=2 good ones;\n"
+         "0.05 s after a refused connection, fastInterval after a silence) and comes\n"
+         "back after probeRise=2 good ones, both in the cycle that saw the change;\n"
          f"this site ({SELF}) stays; each change is mailed once. On a real site, cron\n"
          "runs `spdu-cron` every minute: see spdu(1), COMMANDS, spdu cron.")
 
