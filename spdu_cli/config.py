@@ -105,7 +105,9 @@ KEYS: dict[str, Key] = {
         Key("probeRise", validate.integer(1, 100), "2", "good probes to go up"),
         Key("probeFall", validate.integer(1, 100), "2", "failed probes to go down"),
         Key("probeCodes", validate.status_codes, "200-299", "accepted HTTP statuses"),
-        Key("probeMatch", validate.text, "", "text the body must contain"),
+        Key("probeMatch", validate.text, "", "text the body (tcp: the banner) must contain"),
+        Key("probeType", validate.choice("http", "tcp"), "http",
+            "http: GET the status URL; tcp: connect (and read a banner with probeMatch)"),
         Key("probeVerify", validate.yes_no, "yes", "verify HTTPS certificates"),
         Key("probeCAFile", validate.optional(validate.absolute_path), "", "CA bundle for HTTPS probes"),
         Key("selfIP", validate.ip_list, "", "this site's own addresses, always kept"),
@@ -474,6 +476,7 @@ class TargetConfig:
     target_name: str
     target_ips: tuple[IPAddress, ...]  # empty: resolve target_name at probe time
     api_name: str
+    probe_type: str  # "http" or "tcp"
     probe_ssl: bool
     probe_port: int
     probe_path: str
@@ -506,6 +509,8 @@ class TargetConfig:
 
     @property
     def probe_url(self) -> str:
+        if self.probe_type == "tcp":  # no path: probePath does not apply
+            return f"{'tls' if self.probe_ssl else 'tcp'}://{self.api_name}:{self.probe_port}"
         scheme = "https" if self.probe_ssl else "http"
         return f"{scheme}://{self.api_name}:{self.probe_port}/{self.probe_path}"
 
@@ -715,6 +720,7 @@ def build_target(
         target_name=_complete(get("targetName"), "targetDomain", values, origin),
         target_ips=get("targetIP"),
         api_name=_complete(get("apiName"), "apiDomain", values, origin),
+        probe_type=get("probeType"),
         probe_ssl=get("probeSSL"),
         probe_port=get("probePort"),
         probe_path=get("probePath"),

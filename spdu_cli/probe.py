@@ -1,10 +1,11 @@
-"""HTTP(S) health checks of the peer sites, all at once, each under a hard deadline.
+"""Health checks of the peer sites, all at once, each under a hard deadline.
 
 What the original did with `curl --resolve`: GET the status URL with the public
-name in the Host header and TLS SNI, connected to one target address. Every try
-has one deadline covering connect, TLS, headers and body, so a server that
-hangs or trickles cannot stretch it. One thread and non-blocking sockets probe
-every address of every target concurrently; only the standard library is used.
+name in the Host header and TLS SNI, connected to one target address. Or, for a
+service that is not HTTP (probeType=tcp): connect, optionally TLS, optionally
+read a banner. Every try has one deadline covering connect, TLS and every
+byte read, so a server that hangs or trickles cannot stretch it. One thread
+and non-blocking sockets probe every address of every target concurrently.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from spdu_cli.spool import ResultRecord, Spool, iso
 log = logging.getLogger(__name__)
 
 MAX_HEADER = 16 * 1024  # one response head (interim ones each count alone)
-MAX_BODY = 8 * 1024  # decoded body examined for probeMatch (read only when it is set)
+MAX_BODY = 8 * 1024  # decoded body (tcp: banner) examined for probeMatch, read only when set
 MAX_PIECES = 1024  # body pieces (chunks): parsing each costs CPU that other probes wait for
 MAX_RAW = 64 * 1024  # every byte read on one try: heads, framing, compressed body
 READ_SIZE = 16 * 1024  # one recv()
@@ -53,6 +54,7 @@ class ProbeSpec:
     retries: int
     codes: tuple[tuple[int, int], ...]
     match: str
+    kind: str = "http"  # probeType: "http", or "tcp" (connect, TLS, banner; no request)
 
     @classmethod
     def from_config(cls, cfg) -> ProbeSpec:
@@ -70,14 +72,12 @@ class ProbeSpec:
             retries=cfg.probe_retries,
             codes=cfg.probe_codes,
             match=cfg.probe_match,
+            kind=cfg.probe_type,
         )
 
     def accepts(self, status: int) -> bool:
         return any(low <= status <= high for low, high in self.codes)
 
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/{self.path}"
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,8 @@ class ProbeResult:
 
     @property
     def summary(self) -> str:
-        if self.ok:
-            return f"HTTP {self.status}"
+        if self.ok:  # a good TCP probe has no status
+            return "connected" if self.status is None else f"HTTP {self.status}"
         return self.error or "failed"
 
 
@@ -173,40 +173,22 @@ def _tls_words(e) -> str:
 
 
 class _Try:
-    """One connection attempt: connect, TLS, send, receive, under one deadline.
+    """One connection attempt under one deadline: connect, TLS, then what the
+    probe type does with the connection (`established`, then `exchange`).
 
-    h11 parses the response; this class only moves bytes and judges. Every
-    read is bounded (READ_SIZE), the deadline is checked after each one, and
-    the bytes read (MAX_RAW), the decoded body (MAX_BODY) and its pieces
-    (MAX_PIECES) are capped, so no peer can hold the loop or its memory.
+    Every read is bounded (READ_SIZE), the deadline is checked after each one,
+    and the bytes read (MAX_RAW) are capped, so no peer can hold the loop or
+    its memory. Subclasses judge what arrives (`feed`).
     """
 
     def __init__(self, spec: ProbeSpec, address: str, ssl_context, now: float):
-        import h11
-
         self.spec = spec
         self.address = address
         self.started = now
         self.deadline = now + spec.timeout
         self.phase = "connecting"
         self.status: int | None = None
-        self.location: str | None = None
-        self.length: int | None = None  # Content-Length of the final response
-        self.decoder = None  # zlib decompressor, for a gzip/deflate body
-        self.body = bytearray()  # decoded, at most MAX_BODY bytes
-        self.body_raw = 0  # body bytes as framed by h11, before any decoding
-        self.pieces = 0
-        self.found = False
         self.received = 0  # every byte read on this try
-        self.head_start = 0  # where the response head being read began
-        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER)
-        host = spec.host
-        host_header = host if spec.port == (443 if spec.tls else 80) else f"{host}:{spec.port}"
-        self.request = self.conn.send(h11.Request(method="GET", target=f"/{spec.path}", headers=[
-            ("Host", host_header), ("User-Agent", f"spdu/{__version__}"), ("Accept", "*/*"),
-            # Whatever coding comes anyway is decoded before probeMatch.
-            ("Accept-Encoding", "identity"), ("Connection", "close"),
-        ])) + self.conn.send(h11.EndOfMessage())
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setblocking(False)
@@ -243,29 +225,15 @@ class _Try:
                     )
                     self.phase = "in the TLS handshake"
                 else:
-                    self.phase = "sending the request"
+                    self.phase = "connected"
             if self.phase == "in the TLS handshake":
                 self.sock.do_handshake()
-                self.phase = "sending the request"
-            if self.phase == "sending the request":
-                while self.request:
-                    n = self.sock.send(self.request)
-                    self.request = self.request[n:]
-                self.phase = "waiting for the response"
-                self.want = selectors.EVENT_READ
-            while True:
-                # A peer that keeps data coming never sees EAGAIN: the deadline and the
-                # cap on bytes read end this loop, not the peer.
-                if time.monotonic() >= self.deadline:
-                    return self.timed_out()
-                room = MAX_RAW - self.received
-                if room <= 0:
-                    return self.gave_up(f"after {MAX_RAW} bytes")
-                data = self.sock.recv(min(READ_SIZE, room))
-                self.received += len(data)
-                decided = self.feed(data)
+                self.phase = "connected"
+            if self.phase == "connected":
+                decided = self.established()  # decides, or moves to its next phase
                 if decided is not None:
                     return decided
+            return self.exchange()
         except (BlockingIOError, InterruptedError):
             pass
         except _Failure as e:
@@ -273,6 +241,24 @@ class _Try:
         except OSError as e:
             return self.os_error(e)
         return None
+
+    def read(self):
+        """Feed what the socket holds to `feed` until it decides; raises
+        BlockingIOError (or an SSL want-read) when the socket runs dry."""
+        self.want = selectors.EVENT_READ
+        while True:
+            # A peer that keeps data coming never sees EAGAIN: the deadline and the
+            # cap on bytes read end this loop, not the peer.
+            if time.monotonic() >= self.deadline:
+                return self.timed_out()
+            room = MAX_RAW - self.received
+            if room <= 0:
+                return self.gave_up(f"after {MAX_RAW} bytes")
+            data = self.sock.recv(min(READ_SIZE, room))
+            self.received += len(data)
+            decided = self.feed(data)
+            if decided is not None:
+                return decided
 
     def os_error(self, e: OSError):
         if self.spec.tls:
@@ -291,6 +277,68 @@ class _Try:
         if isinstance(e, ConnectionResetError):
             return False, self.status, f"connection reset {self.phase}"
         return False, self.status, f"{(e.strerror or str(e)).lower()} {self.phase}"
+
+
+class _Needle:
+    """probeMatch looked for in the first MAX_BODY bytes of what arrives, piece
+    by piece (a match may straddle two pieces)."""
+
+    def __init__(self, match: str):
+        self.match = match
+        self.needle = match.encode()
+        self.text = bytearray()
+        self.found = False
+
+    def add(self, data: bytes) -> None:
+        seen = len(self.text)
+        self.text += data[: MAX_BODY - seen]
+        if not self.found:
+            self.found = self.text.find(self.needle, max(0, seen - len(self.needle) + 1)) >= 0
+
+    @property
+    def full(self) -> bool:
+        return len(self.text) >= MAX_BODY
+
+    def missing(self, where: str) -> str:
+        shown = self.match if len(self.match) <= 40 else self.match[:37] + "..."
+        return f"{where} does not contain {shown!r}"
+
+
+class _HttpTry(_Try):
+    """An HTTP(S) GET of the status URL. h11 parses the response; this class
+    only judges it. Beside the base class's caps, the decoded body (MAX_BODY)
+    and its pieces (MAX_PIECES) are capped."""
+
+    def __init__(self, spec: ProbeSpec, address: str, ssl_context, now: float):
+        import h11
+
+        self.location: str | None = None
+        self.length: int | None = None  # Content-Length of the final response
+        self.decoder = None  # zlib decompressor, for a gzip/deflate body
+        self.body = _Needle(spec.match)  # decoded, at most MAX_BODY bytes
+        self.body_raw = 0  # body bytes as framed by h11, before any decoding
+        self.pieces = 0
+        self.head_start = 0  # where the response head being read began
+        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER)
+        host = spec.host
+        host_header = host if spec.port == (443 if spec.tls else 80) else f"{host}:{spec.port}"
+        self.request = self.conn.send(h11.Request(method="GET", target=f"/{spec.path}", headers=[
+            ("Host", host_header), ("User-Agent", f"spdu/{__version__}"), ("Accept", "*/*"),
+            # Whatever coding comes anyway is decoded before probeMatch.
+            ("Accept-Encoding", "identity"), ("Connection", "close"),
+        ])) + self.conn.send(h11.EndOfMessage())
+        super().__init__(spec, address, ssl_context, now)
+
+    def established(self):
+        self.phase = "sending the request"
+
+    def exchange(self):
+        if self.phase == "sending the request":
+            while self.request:
+                n = self.sock.send(self.request)
+                self.request = self.request[n:]
+            self.phase = "waiting for the response"
+        return self.read()
 
     # -- judging what h11 parsed ---------------------------------------------------------
 
@@ -383,15 +431,11 @@ class _Try:
             import zlib
 
             try:
-                data = self.decoder.decompress(data, MAX_BODY - len(self.body))
+                data = self.decoder.decompress(data, MAX_BODY - len(self.body.text))
             except zlib.error as e:
                 raise _Failure(f"malformed response: bad {self.coding} body ({e})") from None
-        seen = len(self.body)
-        self.body += data[: MAX_BODY - seen]
-        needle = self.spec.match.encode()
-        if not self.found:
-            self.found = self.body.find(needle, max(0, seen - len(needle) + 1)) >= 0
-        if len(self.body) >= MAX_BODY:
+        self.body.add(data)
+        if self.body.full:
             return self.verdict(f"the first {MAX_BODY} bytes of the body")
         if self.pieces >= MAX_PIECES:
             return self.verdict(f"the first {MAX_PIECES} pieces of the body")
@@ -400,10 +444,9 @@ class _Try:
     def verdict(self, read: str | None = None):
         """Up when probeMatch is in the body read: all of it, or the first part of
         a body too long to read whole (`read` says which)."""
-        if self.found:
+        if self.body.found:
             return True, self.status, None
-        shown = self.spec.match if len(self.spec.match) <= 40 else self.spec.match[:37] + "..."
-        return False, self.status, f"{read or 'the body'} does not contain {shown!r}"
+        return False, self.status, self.body.missing(read or "the body")
 
     def gave_up(self, when: str):
         if self.status is None:
@@ -416,6 +459,45 @@ class _Try:
         if 300 <= self.status < 400 and self.location:
             return f"HTTP {self.status} redirect to {self.location} (not followed)"
         return f"HTTP {self.status}"
+
+
+class _TcpTry(_Try):
+    """A TCP probe (probeType=tcp): good once connected (and the TLS handshake
+    done); with probeMatch, once the banner the peer sends first contains it.
+    Nothing is sent: the banner is read until the match, the peer's close,
+    MAX_BODY bytes or the deadline, whichever comes first."""
+
+    def __init__(self, spec: ProbeSpec, address: str, ssl_context, now: float):
+        self.banner = _Needle(spec.match)
+        super().__init__(spec, address, ssl_context, now)
+
+    def established(self):
+        if not self.spec.match:
+            return True, None, None
+        self.phase = "waiting for the banner"
+
+    def exchange(self):
+        return self.read()
+
+    def feed(self, data: bytes):
+        if not data:  # the peer closed
+            if not self.banner.text:
+                raise _Failure("connection closed before a banner")
+            return self.verdict("the banner")
+        self.phase = "reading the banner"
+        self.banner.add(data)
+        if self.banner.found:
+            return True, None, None
+        if self.banner.full:
+            return self.verdict(f"the first {MAX_BODY} bytes of the banner")
+        return None
+
+    def gave_up(self, when: str):  # MAX_BODY comes first; kept for the base class's loop
+        return self.verdict(f"the banner read in {MAX_RAW} bytes")
+
+    def verdict(self, where: str):
+        begins = _shown(self.banner.text[:64], limit=40)
+        return False, None, f"{self.banner.missing(where)} (it begins {begins})"
 
 
 _DECODERS = {b"gzip": 16 + 15, b"x-gzip": 16 + 15, b"deflate": 15}
@@ -525,7 +607,8 @@ class _Engine:
             self.tries[i] += 1
             ctx = _ssl_context(spec, self.contexts) if spec.tls else None
             try:
-                t = _Try(spec, address, ctx, time.monotonic())
+                kind = _TcpTry if spec.kind == "tcp" else _HttpTry
+                t = kind(spec, address, ctx, time.monotonic())
             except _Failure as e:
                 self.finish(i, False, None, str(e), None)
                 continue
@@ -794,7 +877,7 @@ class TargetReport:
 
 def _reason(r: ProbeResult) -> str:
     if r.ok:
-        return f"HTTP {r.status} in {r.latency_ms:g} ms"
+        return f"{r.summary} in {r.latency_ms:g} ms"
     return r.error or "failed"
 
 

@@ -34,8 +34,9 @@ def derived(cfg: TargetConfig) -> dict[str, Any]:
     return {
         "target": cfg.target,
         "files": list(cfg.files),
+        "probe_type": cfg.probe_type,
         "probe_url": cfg.probe_url,
-        "host_header": cfg.api_name,
+        "host_header": cfg.api_name if cfg.probe_type == "http" else None,
         "connect_to": [str(ip) for ip in cfg.target_ips] or None,
         "resolve": None if cfg.target_ips else cfg.target_name,
         "pool_name": cfg.pool_name,
@@ -97,12 +98,22 @@ def config_json(cfg: TargetConfig) -> dict[str, Any]:
     return {**derived(cfg), "settings": effective_settings(cfg)}
 
 
+def _probe_words(cfg: TargetConfig) -> str:
+    if cfg.probe_type == "http":
+        return f"GET {cfg.probe_url} (Host: {cfg.api_name})"
+    words = f"TCP connect to port {cfg.probe_port}"
+    if cfg.probe_ssl:
+        words += f", TLS with {cfg.api_name} as SNI and certificate name"
+    if cfg.probe_match:
+        words += f", banner must contain {cfg.probe_match!r}"
+    return words + " (probeType=tcp: probePath and probeCodes do not apply)"
+
+
 def config_text(cfg: TargetConfig) -> Iterator[str]:
     """The effective configuration, in the config file's own syntax."""
     d = derived(cfg)
     yield f"# target {cfg.target}: {', '.join(cfg.files)}"
-    connect = _addresses(cfg)
-    yield f"#   probe: GET {d['probe_url']} (Host: {d['host_header']}) at {connect}"
+    yield f"#   probe: {_probe_words(cfg)} at {_addresses(cfg)}"
     signed = f"signed with {d['tsig_key']}" if cfg.tsig else "unsigned"
     yield (
         f"#   pool:  {d['pool_name']} in zone {d['pool_zone']} on "

@@ -73,8 +73,8 @@ class TargetStatus:
         r = self.last
         if r is None:
             return None
-        if r.ok:
-            return f"HTTP {r.status}"
+        if r.ok:  # a good TCP probe (probeType=tcp) has no status
+            return "connected" if r.status is None else f"HTTP {r.status}"
         words = r.error or (f"HTTP {r.status}" if r.status else "failed")
         return f"inconclusive: {words}" if r.ok is None else words
 

@@ -203,6 +203,17 @@ def text(value: str) -> str:
     return value
 
 
+def choice(*words: str):
+    """One of `words` (any case), as spelled there."""
+
+    def check(value: str) -> str:
+        if value.lower() not in words:
+            raise ValueError(f"{value!r} is not one of {', '.join(words)}")
+        return value.lower()
+
+    return check
+
+
 def status_codes(value: str) -> tuple[tuple[int, int], ...]:
     """'200-299 301' -> ((200, 299), (301, 301))."""
     out = []
