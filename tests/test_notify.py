@@ -393,6 +393,11 @@ def test_a_spool_reset_while_mailing_does_not_mark_the_new_journal(site, smtp_re
     notify.run(site.load(smtpPort=relay.port))
     assert site.pending("beta") == [1]  # the new transition 1, still to be mailed
     assert site.journal("beta")[0]["to"] == "up"
+    assert "sent" not in site.journal("beta")[0]  # not even for mail alone
+    relay.on_data = None
+    notify.run(site.load(smtpPort=relay.port))
+    assert relay.received[-1].message["Subject"] == "NOTICE: beta is up"
+    assert site.pending("beta") == []
 
 
 def test_flap_summary_end_to_end(site, smtp_relay):
