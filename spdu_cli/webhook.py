@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import socket
 import threading
 import time
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from spdu_cli import __version__
 from spdu_cli.config import WebhookConfig
 from spdu_cli.errors import ConfigError, ServiceUnavailable, SpduError
+from spdu_cli.notify import _CONTROL  # notify loads this module: what a header may not hold
 
 if TYPE_CHECKING:
     from spdu_cli.notify import Post
@@ -28,7 +28,6 @@ FORMAT_VERSION = 1  # of the json format: a receiver may rely on every field it 
 NTFY_MAX = 4000  # bytes of body: ntfy turns a longer message into an attachment, or refuses it
 SLACK_MAX = 35000  # characters of text: Slack cuts a message at 40,000
 LATER = "the changes stay pending for this receiver and go out with the next run"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # -- what goes out (pure) ------------------------------------------------------------
