@@ -10,9 +10,15 @@ namespace) answering the same pool name from a LUA record,
 
 at PowerDNS's defaults (a check of every address every 5 s,
 lua-health-checks-interval; 2 s timeout), against the same HAProxy backends.
-For each run, one site fails (HAProxy stopped: connections refused; or
-SIGSTOP: connections accepted, never answered) at a random moment of both
-schedules, and the script measures for both systems on that same failure:
+For each run, one site fails at a random moment of both schedules:
+
+  refused  HAProxy stopped: new connections refused (and the connection spdu
+           kept from its last good probe closed by the kernel at once)
+  hang     HAProxy SIGSTOPped: connections accepted, never answered
+  link     the site's network link down: nothing answers, not even its kernel
+           (a host that dies; --mode link, not run by default)
+
+and the script measures for both systems on that same failure:
 
   out   from the failure until no surviving site's DNS answers the dead site
   back  from the repair until every surviving site's DNS answers it again
@@ -53,7 +59,7 @@ from spdu_cli.health import failover  # noqa: E402
 
 #: Settings written to every site's spdu.conf; keys not named keep spdu's defaults.
 PROFILES = {
-    # spdu's defaults: interval 2, fastInterval 0.25, downInterval 0.5, probeTimeout 2,
+    # spdu's defaults: interval 2, fastInterval 0.25, downInterval 0.5, probeTimeout 1.5,
     # probeRetries 1, probeFall 2, probeRise 2 (spdu_cli/config.py KEYS)
     "default": {"flapCount": "0"},
     # the fastest we call safe: probe every second; a try may take 1 s (a status
@@ -61,7 +67,7 @@ PROFILES = {
     # and fall/rise stay 2, so one lost packet or one slow answer changes nothing.
     "fast": {"flapCount": "0", "interval": "1", "probeTimeout": "1"},
 }
-EFFECTIVE = {"interval": 2.0, "fastInterval": 0.25, "downInterval": 0.5, "probeTimeout": 2.0,
+EFFECTIVE = {"interval": 2.0, "fastInterval": 0.25, "downInterval": 0.5, "probeTimeout": 1.5,
              "probeRetries": 1, "probeFall": 2, "probeRise": 2, "nameTTL": 5}
 
 #: PowerDNS 4.7's defaults: lua-health-checks-interval, and ifurlup's timeout option.
@@ -190,6 +196,8 @@ def one_run(lab: Lab, watch: Watch, mode: str, interval: float) -> tuple[dict, d
     t0 = time.monotonic()
     if mode == "refused":
         site.stop_haproxy()
+    elif mode == "link":
+        site.set_link(False)
     else:
         site.pause_haproxy()
     out = watch.wait(lambda sites: bool(sites) and VICTIM not in sites, t0, 60,
@@ -198,6 +206,8 @@ def one_run(lab: Lab, watch: Watch, mode: str, interval: float) -> tuple[dict, d
     t1 = time.monotonic()
     if mode == "refused":
         site.start_haproxy()
+    elif mode == "link":
+        site.set_link(True)
     else:
         site.resume_haproxy()
     back = watch.wait(lambda sites: sites == set(SITES), t1, 60, f"{VICTIM} back in DNS")
@@ -213,7 +223,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--profile", nargs="+", choices=sorted(PROFILES), default=["default", "fast"],
                     help="spdu's settings; PowerDNS runs at its defaults beside each")
-    ap.add_argument("--mode", nargs="+", choices=["refused", "hang"], default=["refused", "hang"])
+    ap.add_argument("--mode", nargs="+", choices=["refused", "hang", "link"],
+                    default=["refused", "hang"])
     ap.add_argument("--poll", type=float, default=0.05,
                     help="seconds between two questions to each server (default 0.05)")
     args = ap.parse_args()
@@ -267,8 +278,10 @@ def main() -> None:
             if row_mode != mode:
                 continue
             pred = predicted(PROFILES[name])
+            # refused: the worst case without the kept connection (out_refused); with it,
+            # pred.out_closed
             worst = {SPDU: (pred.out_refused if mode == "refused" else pred.out_hang, pred.back),
-                     PDNS: (PDNS_INTERVAL + (PDNS_TIMEOUT if mode == "hang" else 0),
+                     PDNS: (PDNS_INTERVAL + (PDNS_TIMEOUT if mode != "refused" else 0),
                             PDNS_INTERVAL)}
             for system, label in ((SPDU, f"spdu {name}"), (PDNS, "PowerDNS defaults")):
                 outs, backs = times[system]

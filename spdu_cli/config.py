@@ -86,7 +86,7 @@ KEYS: dict[str, Key] = {
         Key("apiDomain", validate.hostname, lambda get: get("domain"), ""),
         Key("apiName", validate.hostname, "api", "public name of the service"),
         Key("probePath", validate.url_path, "status", "path of the status URL"),
-        Key("probeTimeout", validate.decimal(0.1, 60), "2.0", "seconds per try"),
+        Key("probeTimeout", validate.decimal(0.1, 60), "1.5", "seconds per try"),
         Key("probeRetries", validate.integer(1, 10), "1", "tries per probe"),
         Key("loopWait", validate.decimal(0.1, 60), "2", "the original's probe interval"),
         Key("probeSSL", validate.yes_no, "no", "probe with HTTPS"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import signal
 import threading
@@ -38,6 +39,20 @@ NOTIFY_RETRY = 10.0  # seconds before mail that failed is tried again
 # -- the schedule (pure) -----------------------------------------------------------------
 
 
+def aligned(now: float, period: float, offset: float) -> float:
+    """The first moment (on the loop's clock, `now`) at least half a `period`
+    away at which the wall clock (`now + offset`) is a whole multiple of
+    `period`. Every site whose clock is set by NTP thus probes a peer at the
+    same moments, so when it fails, all of the pool's servers drop it within
+    one phase of each other instead of the slowest of several independent
+    phases."""
+    wall = now + offset
+    nxt = (math.floor(wall / period) + 1) * period
+    if nxt - wall < period / 2:
+        nxt += period
+    return nxt - offset
+
+
 @dataclass
 class Schedule:
     """When each target is due for its next probe."""
@@ -48,14 +63,23 @@ class Schedule:
         return [t for t in targets if self.due_at.get(t, now) <= now]
 
     def probed(self, target: str, h: health.Health, now: float, interval: float,
-               fast: float, down: float | None = None) -> None:
+               fast: float, down: float | None = None, offset: float | None = None) -> None:
+        """`offset`: the wall clock minus the loop's; given, the regular probes
+        (every `interval`, and `down` for a down target) fall on whole multiples
+        of their period on the wall clock (`aligned`)."""
         if health.suspect(h):
-            wait = fast
-        elif h.state is health.State.DOWN and down is not None:
+            self.due_at[target] = now + fast
+            return
+        if h.state is health.State.DOWN and down is not None:
             wait = down  # HAProxy's downinter: a repaired site is seen soon
         else:
             wait = interval
-        self.due_at[target] = now + wait
+        self.due_at[target] = now + wait if offset is None else aligned(now, wait, offset)
+
+    def trip(self, target: str, now: float) -> None:
+        """The connection kept from the target's last good probe was closed by
+        the peer: probe it now."""
+        self.due_at[target] = min(self.due_at.get(target, now), now)
 
     def next(self, targets, default: float) -> float:
         return min([self.due_at.get(t, default) for t in targets] or [default])
@@ -141,12 +165,17 @@ class Tally:
 
 class Loop:
     def __init__(self, cache: SiteCache, seconds: float, lock_timeout: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time):
         self.cache = cache
         self.seconds = seconds
         self.lock_timeout = lock_timeout
         self.clock = clock
+        self.wall = wall  # what the probe schedule is aligned to (the wall clock)
         self.stop = threading.Event()
+        self.wake: tuple[int, int] | None = None  # a pipe that request_stop writes to
+        self.kept = None  # probe.Kept: the connections of good probes, watched
+        self.early: set[str] = set()  # targets probed early: their kept connection closed
         self.schedule = Schedule()
         self.tally = Tally()
         self.next_reconcile = 0.0
@@ -164,9 +193,14 @@ class Loop:
             return False
         self.tally.probes += 1
         changed = False
+        if self.kept is None:
+            self.kept = probe.Kept(self.wake[0] if self.wake else None)
+        for t in due:  # this probe's connection, if good, replaces the last one
+            self.kept.drop(t)
+        kept: dict = {}
         try:
             reports = probe.run(site, due, lock_timeout=self.lock_timeout, stop=self.stop,
-                                confirm=True)
+                                confirm=True, kept=kept)
         except ProbeInterrupted:
             return False  # SIGTERM: the loop ends; these targets are probed next time
         except SpduError as e:
@@ -175,16 +209,48 @@ class Loop:
             for t in due:
                 self.schedule.due_at[t] = now + site.interval
             return False
+        finally:
+            for t, socks in kept.items():
+                self.kept.keep(t, socks)
         unwritten = [rep for rep in reports if rep.spool_error]
         if unwritten:  # what was probed is not recorded: as `spdu probe` says, 75
             self.tally.failed("probe", ExitStatus.TEMPFAIL)
         else:
             self.tally.ok("probe")
+        offset = self.wall() - self.clock()
         for rep in reports:
-            self.schedule.probed(rep.result.target, rep.health, now, site.interval,
-                                 site.fast_interval, site.down_interval)
+            target = rep.result.target
+            self.schedule.probed(target, rep.health, now, site.interval,
+                                 site.fast_interval, site.down_interval, offset)
             changed |= rep.transition is not None
+            if target in self.early:
+                self.early.discard(target)
+                if rep.result.ok and rep.transition is None:
+                    log.info("%s: its peer closes idle connections sooner than the next probe;"
+                             " they are not watched until the next run", target)
+                    self.kept.spurious(target)
         return changed
+
+    def sleep(self, seconds: float) -> None:
+        """Until the next tick is due, or a kept connection closes (its target is
+        then due at once), or stop."""
+        if not self.kept:
+            self.stop.wait(seconds)
+            return
+        for target in self.kept.wait(seconds):
+            log.info("%s: the connection of its last good probe was closed; probing it now",
+                     target)
+            self.schedule.trip(target, self.clock())
+            self.early.add(target)
+
+    def request_stop(self) -> None:
+        """SIGTERM: end after the current tick, waking the loop if it waits."""
+        self.stop.set()
+        if self.wake is not None:
+            try:
+                os.write(self.wake[1], b"\0")
+            except OSError:
+                pass
 
     def reconcile(self, site) -> None:
         from spdu_cli import reconcile
@@ -268,6 +334,20 @@ class Loop:
             metrics.write_after_run(site)
 
     def run(self) -> Tally:
+        self.wake = os.pipe()
+        for end in self.wake:
+            os.set_blocking(end, False)
+        try:
+            return self._run()
+        finally:
+            if self.kept is not None:
+                self.kept.close()
+                self.kept = None
+            wake, self.wake = self.wake, None
+            for end in wake:
+                os.close(end)
+
+    def _run(self) -> Tally:
         start, started_wall = self.clock(), time.time()
         end = start + self.seconds
         site = self.cache.site or self.cache.get()
@@ -286,7 +366,7 @@ class Loop:
             wake = min(self.schedule.next(site.targets, now + site.interval),
                        self.next_reconcile,
                        self.next_notify if self.next_notify is not None else end)
-            self.stop.wait(max(0.0, min(wake, end - END_MARGIN) - self.clock()))
+            self.sleep(max(0.0, min(wake, end - END_MARGIN) - self.clock()))
             site = self.cache.site or site
         if self.mailer is not None:
             # On SIGTERM, a second at most; else until the end of the minute. A mail run
@@ -381,7 +461,7 @@ def run(load: Callable[[], object], config_path: str, seconds: float = 60.0,
     previous = signal.getsignal(signal.SIGTERM)
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
-        signal.signal(signal.SIGTERM, lambda *_: loop.stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: loop.request_stop())
     try:
         tally = loop.run()
     finally:

@@ -63,7 +63,7 @@ def suspect(h: Health) -> bool:
 
 
 CERTAIN_GAP = 0.05  # seconds between a certain failure (refused, reset, no route) and its check
-OVERDUE_MIN = 0.05  # a probe is never overdue sooner than this...
+OVERDUE_MIN = 0.02  # a probe is never overdue sooner than this...
 OVERDUE_FACTOR = 4  # ...nor before it took this many times the target's usual latency
 MAX_OVERLAP = 3  # probes of one target in flight at once, at most
 
@@ -114,12 +114,13 @@ class Failover:
     out_hang: float  # a dead site that accepts nothing and answers nothing
     back: float  # a site that answers again
     ttl: float
+    out_closed: float = 0.0  # a server process that dies: it closes the kept connection
 
     def to_json(self) -> dict[str, dict[str, float]]:
         return {
             case: {"dns": round(v, 3), "clients": round(v + self.ttl, 3)}
-            for case, v in (("out_refused", self.out_refused), ("out_hang", self.out_hang),
-                            ("back", self.back))
+            for case, v in (("out_closed", self.out_closed), ("out_refused", self.out_refused),
+                            ("out_hang", self.out_hang), ("back", self.back))
         }
 
 
@@ -138,11 +139,15 @@ def failover(interval: float, fast_interval: float, timeout: float, retries: int
     first failing probe starts `interval` later; it recovers just after a
     failed probe, so the next one starts `down_interval` later. Other targets
     are assumed to answer (a hanging target's probe runs alongside theirs).
+    A site whose server process dies while its host stays up closes the
+    connection kept from the last good probe (probe.Kept): the loop probes it
+    at once, so only the confirming probes remain (`out_closed`).
     """
     probe = timeout * retries
     down = interval if down_interval is None else down_interval
     groups = -(-fall // MAX_OVERLAP)  # hung probes that must end one after another
     return Failover(
+        out_closed=(fall - 1) * CERTAIN_GAP,
         out_refused=interval + (fall - 1) * CERTAIN_GAP,
         out_hang=interval + groups * probe + (fall - 1) * fast_interval,
         back=down + (rise - 1) * fast_interval,

@@ -16,6 +16,7 @@ import os
 import re
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -34,6 +35,7 @@ MAX_PIECES = 1024  # body pieces (chunks): parsing each costs CPU that other pro
 MAX_RAW = 64 * 1024  # every byte read on one try: heads, framing, compressed body
 READ_SIZE = 16 * 1024  # one recv()
 STOP_POLL = 0.2  # how often a probe run looks at its stop event (SIGTERM in the cron loop)
+KEPT_DISCARD = 64 * 1024  # bytes a kept connection may still bring (the unread body) before it is let go
 RESOLVE_TIMEOUT = 5.0
 
 
@@ -181,6 +183,8 @@ class _Try:
     its memory. Subclasses judge what arrives (`feed`).
     """
 
+    reusable = False  # the peer will keep the connection open after its answer
+
     def __init__(self, spec: ProbeSpec, address: str, ssl_context, now: float):
         self.spec = spec
         self.address = address
@@ -309,9 +313,11 @@ class _HttpTry(_Try):
     only judges it. Beside the base class's caps, the decoded body (MAX_BODY)
     and its pieces (MAX_PIECES) are capped."""
 
-    def __init__(self, spec: ProbeSpec, address: str, ssl_context, now: float):
+    def __init__(self, spec: ProbeSpec, address: str, ssl_context, now: float,
+                 keep: bool = False):
         import h11
 
+        self.keep = keep  # ask for a persistent connection (HTTP/1.1's default)
         self.location: str | None = None
         self.length: int | None = None  # Content-Length of the final response
         self.decoder = None  # zlib decompressor, for a gzip/deflate body
@@ -325,7 +331,7 @@ class _HttpTry(_Try):
         self.request = self.conn.send(h11.Request(method="GET", target=f"/{spec.path}", headers=[
             ("Host", host_header), ("User-Agent", f"spdu/{__version__}"), ("Accept", "*/*"),
             # Whatever coding comes anyway is decoded before probeMatch.
-            ("Accept-Encoding", "identity"), ("Connection", "close"),
+            ("Accept-Encoding", "identity"), *([] if keep else [("Connection", "close")]),
         ])) + self.conn.send(h11.EndOfMessage())
         super().__init__(spec, address, ssl_context, now)
 
@@ -401,8 +407,11 @@ class _HttpTry(_Try):
         self.status = response.status_code
         self.phase = "reading the body"
         codings = []
+        self.reusable = self.keep and response.http_version == b"1.1"
         for name, value in response.headers:  # h11 gives lower-case names
-            if name == b"location":
+            if name == b"connection" and b"close" in value.lower():
+                self.reusable = False
+            elif name == b"location":
                 self.location = _shown(value, quote=False)
             elif name == b"content-length" and len(value) < 20:  # h11 checked the digits
                 self.length = int(value)
@@ -556,7 +565,9 @@ class _Engine:
     times, all at once in one thread. Jobs may be added while it runs (the
     confirming probes of `probe_rounds`); `on_done(i, result)` hears of each."""
 
-    def __init__(self, stop=None, on_done=None):
+    def __init__(self, stop=None, on_done=None, keep: bool = False):
+        self.keep = keep  # HTTP tries ask to keep the connection; good ones are kept
+        self.kept: dict[int, _Try] = {}  # job -> its good try, connection still open
         self.jobs: list[tuple[ProbeSpec, str]] = []
         self.tries: list[int] = []
         self.results: dict[int, AddressResult] = {}
@@ -607,8 +618,10 @@ class _Engine:
             self.tries[i] += 1
             ctx = _ssl_context(spec, self.contexts) if spec.tls else None
             try:
-                kind = _TcpTry if spec.kind == "tcp" else _HttpTry
-                t = kind(spec, address, ctx, time.monotonic())
+                if spec.kind == "tcp":  # a banner protocol's server is not kept waiting
+                    t = _TcpTry(spec, address, ctx, time.monotonic())
+                else:
+                    t = _HttpTry(spec, address, ctx, time.monotonic(), keep=self.keep)
             except _Failure as e:
                 self.finish(i, False, None, str(e), None)
                 continue
@@ -642,7 +655,12 @@ class _Engine:
             if decided is None:
                 self.sel.modify(t.sock, t.want, i)
                 continue
-            self.cancel(i)
+            if decided[0] and t.reusable:
+                del self.active[i]
+                self.sel.unregister(t.sock)
+                self.kept[i] = t
+            else:
+                self.cancel(i)
             self.finish(i, *decided, t)
         now = time.monotonic()
         for i, t in list(self.active.items()):
@@ -651,9 +669,10 @@ class _Engine:
                 self.finish(i, *t.timed_out(), t)
 
     def close(self) -> None:
-        for t in self.active.values():
+        for t in [*self.active.values(), *self.kept.values()]:
             t.close()
         self.active.clear()
+        self.kept.clear()
         self.sel.close()
 
 
@@ -748,13 +767,17 @@ class _Target:
         self.started = 0
         self.settled = False
         self.out: list[ProbeResult] = []
+        self.good: list[int] = []  # the jobs of its last round, when that round was good
 
 
-def probe_rounds(specs: list[ProbeSpec], rules: dict[str, Rounds], stop=None
-                 ) -> dict[str, list[ProbeResult]]:
+def probe_rounds(specs: list[ProbeSpec], rules: dict[str, Rounds], stop=None,
+                 kept: dict | None = None) -> dict[str, list[ProbeResult]]:
     """Probe every target, and probe again the ones whose `rules` want it
     (confirmation), overlapping a probe that hangs: target -> its results, in
-    the order they ended. Returns when every target is settled."""
+    the order they ended. Returns when every target is settled.
+    `kept` (a dict): HTTP probes ask for a persistent connection, and each
+    target whose last round was good and whose every address's peer agreed to
+    keep the connection open gets them there (target -> sockets), for `Kept`."""
     addresses = _addresses(specs)
     targets: dict[str, _Target] = {}
     out: dict[str, list[ProbeResult]] = {}
@@ -780,6 +803,7 @@ def probe_rounds(specs: list[ProbeSpec], rules: dict[str, Rounds], stop=None
         result = _verdict(tg.spec.target, wall, tg.addrs, [tg.results.pop(j) for j in jobs
                                                            if j in tg.results])
         tg.out.append(result)
+        tg.good = jobs if result.ok else []
         if tg.settled:
             return
         delay = tg.rules.after(result)
@@ -804,7 +828,7 @@ def probe_rounds(specs: list[ProbeSpec], rules: dict[str, Rounds], stop=None
         tg.started += 1
         tg.next_at = None
 
-    engine = _Engine(stop, on_done=ended)
+    engine = _Engine(stop, on_done=ended, keep=kept is not None)
     try:
         for s in specs:
             addrs = addresses[s.target]
@@ -836,11 +860,98 @@ def probe_rounds(specs: list[ProbeSpec], rules: dict[str, Rounds], stop=None
             if not engine.busy and not wake:
                 break
             engine.step(min(wake) if wake else None)
+        if kept is not None:
+            for name, tg in targets.items():
+                tries = [engine.kept.pop(j) for j in tg.good if j in engine.kept]
+                if tries and len(tries) == len(tg.addrs):
+                    kept[name] = [t.sock for t in tries]
+                else:
+                    for t in tries:
+                        t.close()
     finally:
         engine.close()
     for name, tg in targets.items():
         out[name] = tg.out
     return out
+
+
+class Kept:
+    """The connections of each target's last good probe, kept open between
+    probes (the cron loop). A peer whose server process dies, or is stopped,
+    closes them at once (its kernel sends FIN or RST), and `wait` hears it:
+    the loop then probes that target right away instead of at its next
+    interval. Nothing is sent on them. A peer that closes idle connections
+    by itself sooner than the next probe causes one early probe that finds it
+    up (`spurious`), and its connections are not kept again for the rest of
+    the loop's run."""
+
+    def __init__(self, wake_fd: int | None = None):
+        self.sel = selectors.DefaultSelector()
+        self.held: dict[str, list[socket.socket]] = {}
+        self.read: dict[int, int] = {}  # fileno -> bytes discarded (the rest of a body)
+        self.off: set[str] = set()
+        if wake_fd is not None:  # written to by a signal handler: wait returns at once
+            self.sel.register(wake_fd, selectors.EVENT_READ, None)
+
+    def __bool__(self) -> bool:
+        return bool(self.held)
+
+    def keep(self, target: str, socks: list[socket.socket]) -> None:
+        self.drop(target)
+        if target in self.off:
+            for sock in socks:
+                sock.close()
+            return
+        for sock in socks:
+            self.sel.register(sock, selectors.EVENT_READ, target)
+            self.read[sock.fileno()] = 0
+        self.held[target] = socks
+
+    def drop(self, target: str) -> None:
+        for sock in self.held.pop(target, []):
+            self.read.pop(sock.fileno(), None)
+            self.sel.unregister(sock)
+            sock.close()
+
+    def spurious(self, target: str) -> None:
+        """The target's early probe found it up: its peer closes idle connections."""
+        self.off.add(target)
+        self.drop(target)
+
+    def wait(self, timeout: float) -> list[str]:
+        """Wait up to `timeout` seconds, less when a kept connection is closed
+        (or the wake descriptor is written): the targets whose were closed."""
+        closed: list[str] = []
+        for key, _ in self.sel.select(max(0.0, timeout)):
+            target = key.data
+            if target is None or target not in self.held:
+                continue
+            verdict = self._look(key.fileobj)
+            if verdict is not None:
+                self.drop(target)
+                if verdict:
+                    closed.append(target)
+        return closed
+
+    def _look(self, sock) -> bool | None:
+        """True: the peer closed; None: let go (it sends too much); False: still open."""
+        try:
+            data = sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as e:  # a reset, or a TLS alert
+            ssl = sys.modules.get("ssl")  # loaded when there is a TLS connection at all
+            return not (ssl is not None
+                        and isinstance(e, (ssl.SSLWantReadError, ssl.SSLWantWriteError)))
+        if not data:
+            return True
+        self.read[sock.fileno()] += len(data)
+        return False if self.read[sock.fileno()] <= KEPT_DISCARD else None
+
+    def close(self) -> None:
+        for target in list(self.held):
+            self.drop(target)
+        self.sel.close()
 
 
 # -- the `spdu probe` step ------------------------------------------------------------
@@ -902,7 +1013,7 @@ def _rules(cfg, entry, fast: float) -> Rounds:
 
 
 def run(site, names=(), lock_timeout: float = 5.0, stop=None,
-        confirm: bool = False) -> list[TargetReport]:
+        confirm: bool = False, kept: dict | None = None) -> list[TargetReport]:
     """Probe the named targets (default: all), update their spool entries.
     `stop`: an Event that abandons the probes (ProbeInterrupted, nothing written).
     A transition is logged to syslog as it is journaled (not by the mail run).
@@ -911,7 +1022,8 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None,
     `confirm` (the cron loop): a probe that disagrees with the target's state is
     followed by confirming ones within this run (fastInterval apart, sooner for
     a certain failure, overlapping one that hangs), so a change of state is
-    settled, and recorded, before the run returns."""
+    settled, and recorded, before the run returns. `kept` (with `confirm`):
+    see probe_rounds."""
     cfgs = [site.target(n) for n in site.select(names)]
     for c in cfgs:
         if c.probe_ssl and not c.probe_verify:
@@ -926,7 +1038,7 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None,
     if confirm:
         fast = site.fast_interval
         rules = {c.target: _rules(c, _entry_or_fresh(store, c.target), fast) for c in cfgs}
-        rounds = probe_rounds(specs, rules, stop=stop)
+        rounds = probe_rounds(specs, rules, stop=stop, kept=kept)
         results = [rounds[c.target] for c in cfgs]
     else:
         results = [[r] for r in probe(specs, stop=stop)]

@@ -64,7 +64,9 @@ def failover_text(cfg: TargetConfig) -> Iterator[str]:
     f = failover(cfg)
     probe = f"probeTimeout {cfg.probe_timeout:g} s x probeRetries {cfg.probe_retries}"
     yield (f"#   out of DNS within {f.out_refused:g} s if it refuses connections, "
-           f"{f.out_hang:g} s if it hangs ({probe}), after probeFall={cfg.probe_fall}")
+           f"{f.out_hang:g} s if it hangs ({probe}), after probeFall={cfg.probe_fall};"
+           f" {f.out_closed:g} s if its server process dies and closes the connection kept"
+           f" from the last good probe")
     yield (f"#   back in DNS within {f.back:g} s after it answers again,"
            f" after probeRise={cfg.probe_rise}")
     yield (f"#   clients may keep the old answer nameTTL={cfg.name_ttl} s longer:"

@@ -39,7 +39,7 @@ def test_every_default_on_alpha_matches_the_original(confdir):
     assert t.spool_dir == "/var/spool/spdu"
     assert t.interval == 2
     # Our documented choices where the original's sample and script disagree.
-    assert t.probe_timeout == 2.0
+    assert t.probe_timeout == 1.5
     assert t.probe_retries == 1
     assert t.settings["mailFrom"].value == "robot@domain.tld"
     assert (t.probe_rise, t.probe_fall) == (2, 2)
@@ -148,7 +148,7 @@ def test_reference_to_an_unset_key_takes_its_default(confdir):
     confdir.write('mailFrom="spdu@${domain}"\nprobeTimeout=$probeTimeout\n')
     t = target(confdir)
     assert t.settings["mailFrom"].value == "spdu@domain.tld"
-    assert t.probe_timeout == 2.0
+    assert t.probe_timeout == 1.5
 
 
 def test_reference_to_unknown_name_is_an_error(confdir):

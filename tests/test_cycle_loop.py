@@ -142,7 +142,7 @@ def script(tmp_path, monkeypatch):
 def run_loop(script, seconds: float) -> tuple[cycle.Loop, cycle.Tally]:
     clock = Clock()
     script.clock = clock
-    loop = cycle.Loop(Cache(script.site), seconds, clock=clock)
+    loop = cycle.Loop(Cache(script.site), seconds, clock=clock, wall=clock)
     loop.stop = Sleeps(loop)
     return loop, loop.run()
 
@@ -281,7 +281,7 @@ def test_one_mail_run_at_a_time(script):
 
     script.mail = mail
     script.clock = Clock()
-    loop = cycle.Loop(Cache(script.site), 10, clock=script.clock)
+    loop = cycle.Loop(Cache(script.site), 10, clock=script.clock, wall=script.clock)
     loop.notify(script.site)
     assert started.wait(5)
     loop.notify(script.site)  # a change while the first run still waits on the relay

@@ -104,12 +104,13 @@ def test_off_by_default_and_an_unwritable_file_is_a_warning(run, confdir, tmp_pa
 
 
 def test_failover_worst_cases():
-    # the defaults: interval 2, fastInterval 0.25, downInterval 0.5, probeTimeout 2 x 1,
+    # interval 2, fastInterval 0.25, downInterval 0.5, probeTimeout 2 x 1,
     # fall 2, rise 2, TTL 5. Refused: the next probe, then its check CERTAIN_GAP later;
     # hang: the next probe and one overlapping it fastInterval later, each its deadline;
     # back: the next probe of the down target, then rise-1 checks fastInterval apart.
     f = health.failover(2, 0.25, 2.0, 1, 2, 2, 5, 0.5)
     assert (f.out_refused, f.out_hang, f.back) == pytest.approx((2.05, 4.25, 0.75))
+    assert f.out_closed == pytest.approx(0.05)  # the kept connection closes: probed at once
     assert f.to_json()["out_hang"] == {"dns": 4.25, "clients": 9.25}
     f = health.failover(5, 1, 0.5, 2, 3, 1, 60, 2)
     assert (f.out_refused, f.out_hang, f.back) == pytest.approx((5.1, 5 + 1 + 2 * 1, 2))
@@ -127,12 +128,15 @@ def test_config_show_prints_them(run, confdir, as_json):
     assert r.exit_code == 0, r.stderr
     if as_json:
         assert json.loads(r.stdout)["failover"] == {
+            "out_closed": {"dns": 0.1, "clients": 30.1},
             "out_refused": {"dns": 2.1, "clients": 32.1},
-            "out_hang": {"dns": 4.5, "clients": 34.5},
+            "out_hang": {"dns": 4.0, "clients": 34.0},
             "back": {"dns": 0.75, "clients": 30.75},
         }
     else:
-        assert ("#   out of DNS within 2.1 s if it refuses connections, 4.5 s if it hangs"
-                " (probeTimeout 2 s x probeRetries 1), after probeFall=3") in r.stdout
+        assert ("#   out of DNS within 2.1 s if it refuses connections, 4 s if it hangs"
+                " (probeTimeout 1.5 s x probeRetries 1), after probeFall=3; 0.1 s if its"
+                " server process dies and closes the connection kept from the last good"
+                " probe") in r.stdout
         assert "#   back in DNS within 0.75 s after it answers again" in r.stdout
-        assert "nameTTL=30 s longer: 32.1 s / 34.5 s out, 30.75 s back" in r.stdout
+        assert "nameTTL=30 s longer: 32.1 s / 34 s out, 30.75 s back" in r.stdout

@@ -62,7 +62,7 @@ DEFAULTS = {
     "interval": "2",
     "fastInterval": "0.25",
     "downInterval": "0.5",
-    "probeTimeout": "2",
+    "probeTimeout": "1.5",
     "probeFall": "2",
     "probeRise": "2",
     "flapCount": "0",
