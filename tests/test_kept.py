@@ -12,6 +12,8 @@ Real HTTP servers on 127.0.4.x (tests/rawserver.py), a real Knot for DNS."""
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import threading
 import time
 
@@ -154,6 +156,65 @@ def test_nothing_is_kept_when_the_peer_will_close_or_the_probe_failed(lab, answe
     make, peer = lab
     kept, _ = kept_after_probe(make(peer(answer))())
     assert kept == {}
+
+
+class TlsPeer:
+    """An HTTPS status server that keeps each connection open after its answer
+    until it is stopped (its process dies: the connections close, without
+    close_notify)."""
+
+    def __init__(self, ca):
+        self.host = f"127.0.4.{next(_hosts)}"
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("api.domain.tld").configure_cert(self.ctx)
+        self.sock = socket.create_server((self.host, 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list = []
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+                conn = self.ctx.wrap_socket(raw, server_side=True)
+                self.conns.append(conn)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(4096)
+                conn.sendall(OK)
+            except OSError:
+                if self.stopped.is_set():
+                    return
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_an_https_peer_that_dies_is_heard_too(lab, tmp_path):
+    import trustme
+
+    make, _ = lab
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    p = TlsPeer(ca)
+    try:
+        site = make(p, extra=f"probeSSL=yes\nprobeCAFile={tmp_path / 'ca.pem'}\n")()
+        kept, [rep] = kept_after_probe(site)
+        assert rep.result.ok, rep.result.error
+        watch = probe.Kept()
+        try:
+            watch.keep("t0", kept["t0"])
+            assert watch.wait(0.3) == []
+            p.stop()
+            assert watch.wait(2.0) == ["t0"]
+        finally:
+            watch.close()
+    finally:
+        p.stop()
 
 
 def test_a_tcp_probe_keeps_nothing(lab):
