@@ -98,10 +98,13 @@ def overlap(h: Health, fall: int, rise: int) -> int:
 def overdue(latencies_ms: list[float], fast: float) -> float:
     """How long a target's probe may go unanswered before an overlapping one
     starts beside it (each keeps its own full deadline): OVERDUE_FACTOR
-    times its median latency of late, at least OVERDUE_MIN, at most `fast`."""
+    times its usual latency of late, at least OVERDUE_MIN, at most `fast`.
+    Usual is the lower quartile, not the median: the answers of a site that
+    hung and resumed come as late as it hung, and a few of them among the
+    recent results must not delay the overlap when it hangs again."""
     if not latencies_ms:
         return fast
-    usual = sorted(latencies_ms)[len(latencies_ms) // 2] / 1000
+    usual = sorted(latencies_ms)[len(latencies_ms) // 4] / 1000
     return min(fast, max(OVERDUE_MIN, OVERDUE_FACTOR * usual))
 
 

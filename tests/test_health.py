@@ -83,3 +83,15 @@ def test_new_addresses_in_another_state_are_a_transition_from_the_old_one():
     h, t = readdressed(Health(State.UP, 100.0, 7, 0), False)
     assert h.state is State.DOWN and h.since == 500.0
     assert (t.old, t.new, t.at) == (State.UP, State.DOWN, 500.0)
+
+
+def test_overdue_follows_the_usual_latency_not_the_slow_answers_of_a_resumed_hang():
+    from spdu_cli.health import OVERDUE_MIN, overdue
+
+    assert overdue([], 0.25) == 0.25  # nothing known yet: fastInterval
+    assert overdue([2.0] * 10, 0.25) == OVERDUE_MIN  # 4 x 2 ms is less than the floor
+    assert overdue([30.0] * 10, 0.25) == 0.12  # 4 x 30 ms
+    assert overdue([400.0] * 10, 0.25) == 0.25  # never later than fastInterval
+    # a site that hung and resumed: its overlapping probes answered after 0.6-0.9 s;
+    # among the recent results they must not push the next overlap to fastInterval
+    assert overdue([900.0, 800.0, 700.0, 2.0, 3.0, 2.0, 2.5], 0.25) == OVERDUE_MIN
