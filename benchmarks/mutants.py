@@ -2,7 +2,7 @@
 
 Each mutant below is one deliberate, plausible bug in health.py, reconcile.py
 (decide, the read, the UPDATE), spool.py, notify.py (selection and marking)
-or cycle.py (the loop's schedule), applied to a copy of the tree in a
+cycle.py (the loop's schedule) or probe.py (the kept connection), applied to a copy of the tree in a
 temporary directory; the fast tests that cover that code run against the copy
 (PYTHONPATH points at it, bytecode off) under a per-mutant timeout. A mutant
 is killed when they fail (or time out), survives when they pass. The working
@@ -50,6 +50,7 @@ RECONCILE = ["tests/test_reconcile.py", "tests/test_maint.py"]
 SPOOL = ["tests/test_spool.py", "tests/test_maint.py", "tests/test_hardening.py",
          "tests/test_reconcile.py::test_a_changed_target_ip_replaces_the_old_address"]
 NOTIFY = ["tests/test_notify.py", "tests/test_maint.py"]
+KEPT = ["tests/test_kept.py"]
 CYCLE = ["tests/test_cycle_loop.py",
          "tests/test_cycle.py::test_suspect_targets_are_probed_again_sooner",
          "tests/test_confirm.py::test_the_cron_schedule_probes_a_down_target_every_down_interval"]
@@ -290,7 +291,22 @@ MUTANTS = [
     m("cycle.py", "a pool that failed is not an error at the end",
       "            if p.error:\n", "            if False:\n", CYCLE),
     m("cycle.py", "a suspect target waits a whole interval (no fastInterval)",
-      "            wait = fast\n", "            wait = interval\n", CYCLE),
+      "self.due_at[target] = now + fast", "self.due_at[target] = now + interval", CYCLE),
+    m("cycle.py", "probes not aligned to the wall clock (each site its own phase)",
+      "self.due_at[target] = now + wait if offset is None else aligned(now, wait, offset)",
+      "self.due_at[target] = now + wait", KEPT),
+    m("cycle.py", "aligned probes may come right after the last one (no half-period floor)",
+      "    if nxt - wall < period / 2:\n        nxt += period\n", "", KEPT),
+    m("cycle.py", "a closed kept connection is not heard (the loop only sleeps)",
+      "        if not self.kept:\n            self.stop.wait(seconds)\n            return\n",
+      "        self.stop.wait(seconds)\n        return\n", KEPT),
+    m("cycle.py", "a peer that closes idle connections is probed early every time",
+      "                    self.kept.spurious(target)", "                    pass", KEPT),
+    m("probe.py", "a connection the peer will close is kept (an early probe each interval)",
+      "            if name == b\"connection\" and b\"close\" in value.lower():\n"
+      "                self.reusable = False\n            elif", "            if", KEPT),
+    m("health.py", "the overlap waits for the median latency (a resumed hang delays it)",
+      "[len(latencies_ms) // 4]", "[len(latencies_ms) // 2]", HEALTH),
     m("cycle.py", "a down target waits a whole interval (no downInterval)",
       "            wait = down  #", "            wait = interval  #", CYCLE),
     m("cycle.py", "a target never probed is never due",

@@ -94,4 +94,4 @@ def test_overdue_follows_the_usual_latency_not_the_slow_answers_of_a_resumed_han
     assert overdue([400.0] * 10, 0.25) == 0.25  # never later than fastInterval
     # a site that hung and resumed: its overlapping probes answered after 0.6-0.9 s;
     # among the recent results they must not push the next overlap to fastInterval
-    assert overdue([900.0, 800.0, 700.0, 2.0, 3.0, 2.0, 2.5], 0.25) == OVERDUE_MIN
+    assert overdue([900.0, 800.0, 700.0, 600.0, 2.0, 3.0, 2.0], 0.25) == OVERDUE_MIN
