@@ -4,7 +4,8 @@ Each file holds the target's state, since when, its consecutive counts, the
 last results and a bounded journal of transitions. Files are written
 atomically (temp file, fsync, rename) while holding the spool lock, and read
 defensively: a missing, truncated or corrupt file is "unknown", never a crash.
-The format is documented in spdu(1), FILES.
+A file is parsed again only when its bytes differ from the last ones this
+process read or wrote. The format is documented in spdu(1), FILES.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import fcntl
 import ipaddress
 import json
 import logging
+import marshal
 import os
 import stat
 import time
@@ -35,6 +37,7 @@ MAX_JOURNAL = 100  # transitions kept; notified ones are dropped first
 MAX_PENDING = 1000  # even unsent transitions are bounded, oldest dropped and counted
 MAX_RETIRED = 16  # old addresses of a target still to be removed from the pool
 MAX_FILE = 1 << 20
+READ_CHUNK = 1 << 16
 LOCK_NAME = ".lock"
 RECONCILE_NAME = ".reconcile.json"  # site-level: each pool's last successful reconcile
 COUNTERS = ("probes", "probe_failures")  # per target, for the metrics; they only grow
@@ -86,8 +89,15 @@ def read_file(path, limit: int = MAX_FILE) -> bytes:
     """At most `limit` + 1 bytes of a spool file (see open_file); OSError as is."""
     fd = open_file(path)
     try:
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read(limit + 1)
+        # os.read, not a buffered file: that would allocate `limit` bytes for every read
+        chunks, left = [], limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, READ_CHUNK))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
     finally:
         os.close(fd)
 
@@ -157,7 +167,7 @@ def _counters(d: Any) -> dict[str, int]:
     return {k: _count(d, k) for k in COUNTERS}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResultRecord:
     """One probe, as kept in the spool's `results` list."""
 
@@ -277,6 +287,16 @@ class SpoolEntry:
             self.journal.pop(0)
             self.dropped_pending += 1
 
+    def copy(self, journal: bytes | None = None) -> SpoolEntry:
+        """An entry no caller shares with another: its lists, counters and
+        journal are new (`journal`: the journal as marshal.dumps made it)."""
+        return SpoolEntry(
+            self.target, self.health, self.checked, list(self.addresses), list(self.retired),
+            self.url, list(self.results),
+            marshal.loads(journal if journal is not None else marshal.dumps(self.journal)),
+            self.next_id, self.dropped_pending, self.maint, dict(self.counters), self.fresh,
+        )
+
     def to_json(self) -> dict[str, Any]:
         h = self.health
         return {
@@ -331,6 +351,14 @@ class SpoolEntry:
             counters=_counters(d.get("counters")),
             fresh=False,
         )
+
+
+# Per process: a spool file's path -> the bytes last parsed from it, the entry they
+# make and its journal (marshal.dumps). Keyed by the bytes themselves, not by a stat:
+# mtimes are stamped from a coarse clock and inodes are reused, so a file rewritten
+# by another process can look unchanged to stat. Entries are handed out as copies.
+_parsed: dict[str, tuple[bytes, SpoolEntry, bytes]] = {}
+PARSED_KEPT = 4096
 
 
 class Spool:
@@ -453,10 +481,15 @@ class Spool:
             why = "a symbolic link" if e.errno == errno.ELOOP else e.strerror
             log.warning("spool file %s is %s, never read; state unknown", path, why)
             return SpoolEntry(target)
+        key = str(path)
+        seen = _parsed.get(key)
+        if seen is not None and seen[0] == data:  # the very bytes parsed before
+            return seen[1].copy(seen[2])
         try:
             if len(data) > MAX_FILE:
                 raise ValueError("file too large")
-            return SpoolEntry.from_json(target, json.loads(data))
+            entry = SpoolEntry.from_json(target, json.loads(data))
+            journal = marshal.dumps(entry.journal)
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
                 RecursionError) as e:  # whatever a damaged or hostile file holds
             log.warning(
@@ -465,6 +498,10 @@ class Spool:
                 e,
             )
             return SpoolEntry(target)
+        if len(_parsed) >= PARSED_KEPT and key not in _parsed:
+            del _parsed[next(iter(_parsed))]  # the oldest: a bound, never reached by a site
+        _parsed[key] = (data, entry, journal)
+        return entry.copy(journal)
 
     def write(self, entry: SpoolEntry) -> None:
         """Atomically replace the target's file; call with the lock held. A file
