@@ -10,10 +10,11 @@ The decision itself (`decide`) is a pure function.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from spdu_cli.config import TargetConfig
@@ -526,21 +527,38 @@ def send(items: list[tuple[Pool, Plan]]) -> None:
 # -- the `spdu reconcile` step -----------------------------------------------------------
 
 
+def _view(c: TargetConfig, entry: SpoolEntry) -> TargetView:
+    return TargetView(
+        c.target,
+        entry.health.state,
+        tuple(entry.addresses),
+        entry.checked,
+        tuple(str(ip) for ip in c.target_ips),
+        c.name_ttl,
+        c.stale_after,
+        entry.maint.until if entry.maint else None,
+        tuple(entry.retired),
+    )
+
+
 def _views(pool: Pool, entries: dict[str, SpoolEntry]) -> list[TargetView]:
-    return [
-        TargetView(
-            c.target,
-            entries[c.target].health.state,
-            tuple(entries[c.target].addresses),
-            entries[c.target].checked,
-            tuple(str(ip) for ip in c.target_ips),
-            c.name_ttl,
-            c.stale_after,
-            entries[c.target].maint.until if entries[c.target].maint else None,
-            tuple(entries[c.target].retired),
-        )
-        for c in pool.targets
-    ]
+    return [_view(c, entries[c.target]) for c in pool.targets]
+
+
+def standing(site, entries: dict[str, SpoolEntry], now: float) -> tuple:
+    """All that decide() makes of the configured targets' spool entries at
+    `now`, as one comparable value (probe times only as fresh or stale, a
+    maintenance as on or over). While it stays equal, pools that DNS agreed
+    with still agree, unless someone else changed DNS: the cron loop then
+    reads DNS less often (cycle.DRIFT_CHECK)."""
+    out = []
+    for name in site.targets:
+        c = site.target(name)
+        v = _view(c, entries[name])
+        out.append((replace(v, checked=None, maint_until=None),
+                    staleness(v.checked, now, v.stale_after) is None,
+                    v.maint_until is not None and now < v.maint_until))
+    return tuple(out)
 
 
 def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int) -> Plan:
@@ -688,6 +706,7 @@ def note_runs(store: Spool, plans: list[Plan], now: float) -> None:
     were sent, and when the last ones made which serial (spoolDir/.reconcile.json),
     for the metrics and status --dns."""
     pools = store.read_reconcile()
+    before = json.dumps(pools, sort_keys=True)
     for p in plans:
         rec = pools.setdefault(pool_id(p.pool), {
             "pool": p.pool.name, "server": f"{p.pool.server}:{p.pool.port}",
@@ -699,4 +718,5 @@ def note_runs(store: Spool, plans: list[Plan], now: float) -> None:
         if p.sent and p.serial_after is not None:
             rec["serials"] = (list(rec.get("serials") or []) + [[iso(now), p.serial_after]])[
                 -SERIALS_KEPT:]
-    store.write_reconcile(pools)
+    if json.dumps(pools, sort_keys=True) != before:  # nothing new: no write, no fsync
+        store.write_reconcile(pools)

@@ -553,6 +553,29 @@ def test_a_change_is_recorded_only_on_the_transition_that_caused_it(spool):
     assert [d["action"] for d in spool.read("beta").journal[-1]["dns"]] == ["delete"]
 
 
+def test_the_reconcile_record_is_rewritten_only_when_it_changes(spool):
+    """A pool that failed leaves its record as it was: no write, no fsync."""
+    from spdu_cli.errors import ServiceUnavailable
+
+    key = reconcile.PoolKey("api.pool.domain.tld", "pool.domain.tld", "127.0.0.1", 53)
+    ok = reconcile.Plan(key, None, {"A": [SELF], "AAAA": []}, reconcile.Decision((), (), None))
+    failed = reconcile.Plan(key, None, {}, reconcile.Decision((), (), None),
+                            error=ServiceUnavailable("DNS server did not answer"))
+    spool.ensure_dir()
+    path = spool.dir / ".reconcile.json"
+    with spool.locked():
+        reconcile.note_runs(spool, [ok], 1000.0)
+    first = path.stat()
+    with spool.locked():
+        reconcile.note_runs(spool, [failed], 1001.0)
+    assert path.stat().st_ino == first.st_ino  # not replaced
+    with spool.locked():
+        reconcile.note_runs(spool, [ok], 1002.0)  # a new last_success: written
+    assert path.stat().st_ino != first.st_ino
+    assert json.loads(path.read_text())["pools"][reconcile.pool_id(key)]["last_success"] == (
+        "1970-01-01T00:16:42.000Z")
+
+
 # -- a target whose addresses change ------------------------------------------------------
 
 
