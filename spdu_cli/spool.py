@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import ipaddress
 import json
 import logging
@@ -110,6 +111,13 @@ def _refused(e: OSError) -> bool:
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
+    return _iso(ts)
+
+
+# Memoized both ways: each write of a spool file renders its last results again,
+# and each read parses them again (the same times, one new one a probe).
+@functools.lru_cache(maxsize=1024)
+def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z"
     )
@@ -132,7 +140,12 @@ def duration(seconds: float) -> str:
 def epoch(value: Any) -> float | None:
     if value is None:
         return None
-    return datetime.fromisoformat(str(value)).timestamp()
+    return _epoch(str(value))
+
+
+@functools.lru_cache(maxsize=1024)
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
 
 
 def _count(d: dict[str, Any], key: str, default: int = 0) -> int:
@@ -361,6 +374,14 @@ _parsed: dict[str, tuple[bytes, SpoolEntry, bytes]] = {}
 PARSED_KEPT = 4096
 
 
+@functools.lru_cache(maxsize=4096)  # a Path is made anew for each file, each tick otherwise
+def _target_file(directory: Path, target: str) -> Path:
+    # Target names are validated (no '/', no '..'); this is a second guard.
+    if "/" in target or target.startswith("."):
+        raise ValueError(f"unsafe target name {target!r}")
+    return directory / f"{target}.json"
+
+
 class Spool:
     """The spool directory: per-target files and the lock that guards them.
 
@@ -374,10 +395,7 @@ class Spool:
         self._dirty = False
 
     def path(self, target: str) -> Path:
-        # Target names are validated (no '/', no '..'); this is a second guard.
-        if "/" in target or target.startswith("."):
-            raise ValueError(f"unsafe target name {target!r}")
-        return self.dir / f"{target}.json"
+        return _target_file(self.dir, target)
 
     def check_dir(self, writing: bool = False) -> bool:
         """Refuse (78) a spoolDir that is a symbolic link, not a directory or
@@ -558,18 +576,20 @@ class Spool:
         self._atomic_write(self.dir / RECONCILE_NAME, data)
 
 
-def _create_temp(path: Path) -> tuple[int, str]:
+def _create_temp(path: str) -> tuple[int, str]:
     """tempfile.mkstemp beside `path`, without importing tempfile (shutil,
     random...) into every probe run: a random name, created exclusively, mode
     0600 until fchmod, never through a link."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    parent, name = os.path.split(path)
+    stem = os.path.splitext(name)[0]
     for _ in range(100):
-        tmp = str(path.parent / f".{path.stem}.{os.urandom(6).hex()}.tmp")
+        tmp = os.path.join(parent, f".{stem}.{os.urandom(6).hex()}.tmp")
         try:
             return os.open(tmp, flags, 0o600), tmp
         except FileExistsError:
             continue
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
+    raise FileExistsError(errno.EEXIST, "no free temporary name", parent)
 
 
 def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "file",
@@ -577,9 +597,9 @@ def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "fil
     """Replace `path` with `data`: temp file in the same directory, fsync, rename,
     directory fsync (`sync`; else the caller syncs the directory once for many
     files). A reader sees the old file or the new one, never a part."""
-    path = Path(path)
+    target = os.fspath(path)
     try:
-        fd, tmp = _create_temp(path)
+        fd, tmp = _create_temp(target)
     except OSError as e:
         raise os_failure(e, f"write {what}", path) from None
     try:
@@ -591,7 +611,7 @@ def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "fil
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, path)  # replaces a planted symlink itself, never its target
+        os.rename(tmp, target)  # replaces a planted symlink itself, never its target
     except OSError as e:
         try:
             os.unlink(tmp)
@@ -601,10 +621,10 @@ def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "fil
         err.message += f"; the previous {kept} is kept"
         raise err from None
     if sync:
-        sync_dir(path.parent)
+        sync_dir(os.path.dirname(target) or ".")
 
 
-def sync_dir(directory: Path) -> None:
+def sync_dir(directory: str | Path) -> None:
     """fsync a directory: the renames done in it survive a crash."""
     try:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
