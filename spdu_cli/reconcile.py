@@ -320,22 +320,56 @@ def _keyring(key: TsigKey | None):
     return dns.tsig.Key(key.name + ".", key.secret, key.algorithm + ".")
 
 
+def _udp(pool: Pool, message):
+    """dns.query.udp's exchange, without importing dns.query (and ssl, QUIC,
+    zone transfers...) into every cron loop, which reads DNS this way only:
+    one query, the answer from the server's own address and port to it (others
+    are ignored), TSIG verified by from_wire; dns.exception.Timeout at the end."""
+    import socket
+
+    import dns.exception
+    import dns.message
+
+    server = (str(ipaddress.ip_address(pool.key.server)), pool.key.port)
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    deadline = time.monotonic() + pool.timeout
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.to_wire(), server)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise dns.exception.Timeout(timeout=pool.timeout)
+            sock.settimeout(left)
+            try:
+                wire, source = sock.recvfrom(65535)
+            except TimeoutError:
+                raise dns.exception.Timeout(timeout=pool.timeout) from None
+            if (str(ipaddress.ip_address(source[0])), source[1]) != server:
+                continue  # not from the server: not an answer
+            answer = dns.message.from_wire(wire, keyring=message.keyring,
+                                           request_mac=message.mac)
+            if message.is_response(answer):
+                return answer
+            # another query's answer (a late one): wait on for ours
+
+
 def _exchange(pool: Pool, message, what: str, tcp: bool = True):
     """Send one message and return the answer; every failure becomes one message."""
     import dns.exception
     import dns.flags
     import dns.message
-    import dns.query
     import dns.tsig
 
     server = pool.key.where
     try:
-        if tcp:
-            return dns.query.tcp(message, pool.key.server, timeout=pool.timeout, port=pool.key.port)
-        answer = dns.query.udp(message, pool.key.server, timeout=pool.timeout, port=pool.key.port)
-        if answer.flags & dns.flags.TC:  # truncated: ask again over TCP
-            return dns.query.tcp(message, pool.key.server, timeout=pool.timeout, port=pool.key.port)
-        return answer
+        if not tcp:
+            answer = _udp(pool, message)
+            if not answer.flags & dns.flags.TC:
+                return answer
+            # truncated: ask again over TCP
+        import dns.query
+
+        return dns.query.tcp(message, pool.key.server, timeout=pool.timeout, port=pool.key.port)
     except dns.exception.Timeout:
         raise ServiceUnavailable(
             f"DNS server {server} did not answer {what} within {pool.timeout:g} s",
