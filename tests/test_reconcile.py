@@ -553,6 +553,47 @@ def test_a_change_is_recorded_only_on_the_transition_that_caused_it(spool):
     assert [d["action"] for d in spool.read("beta").journal[-1]["dns"]] == ["delete"]
 
 
+def test_a_udp_answer_from_another_port_or_to_another_query_is_not_taken():
+    """What the pool is read with: only the server's answer to this query counts
+    (a forged one from another port, a late one to an earlier query are passed over)."""
+    import socket
+    import threading
+
+    import dns.message
+    import dns.rrset
+
+    server, other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(
+        socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    other.bind(("127.0.0.1", 0))
+
+    def answer(q, address: str, qid: int):
+        r = dns.message.make_response(q)
+        r.id = qid
+        r.answer.append(dns.rrset.from_text(API, 5, "IN", "A", address))
+        return r.to_wire()
+
+    def serve():
+        wire, client = server.recvfrom(65535)
+        q = dns.message.from_wire(wire)
+        other.sendto(answer(q, "192.0.2.66", q.id), client)
+        server.sendto(answer(q, "192.0.2.67", (q.id + 1) % 65536), client)
+        server.sendto(answer(q, BETA, q.id), client)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        key = reconcile.PoolKey(API.rstrip("."), "pool.domain.tld", "127.0.0.1",
+                                server.getsockname()[1])
+        got = reconcile._udp(reconcile.Pool(key, None, 2.0, (), 5),
+                             dns.message.make_query(API, "A"))
+        assert [r.address for rrset in got.answer for r in rrset] == [BETA]
+    finally:
+        t.join(5)
+        server.close()
+        other.close()
+
+
 def test_the_reconcile_record_is_rewritten_only_when_it_changes(spool):
     """A pool that failed leaves its record as it was: no write, no fsync."""
     from spdu_cli.errors import ServiceUnavailable
