@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import signal
 import stat
@@ -162,9 +163,10 @@ class Loop:
         self.stop = threading.Event()
         self.schedule = Schedule()
         self.tally = Tally()
-        self.next_reconcile = 0.0
+        self.next_reconcile = 0.0  # inf while DNS agrees: the drift check rides on a tick
         # (site, reconcile.standing) when every pool was last found in agreement with DNS
         self.agreed: tuple | None = None
+        self.next_drift_check = math.inf  # set while DNS agrees
         self.next_notify: float | None = 0.0  # None: nothing pending
         self.next_pending_check = 0.0
         self.mailer: threading.Thread | None = None
@@ -287,13 +289,17 @@ class Loop:
         # acts on did (`spdu maint` by hand, an edited file, a maintenance that ended,
         # a probe gone stale); every interval while it disagrees or cannot be read;
         # and every DRIFT_CHECK seconds while it agrees.
-        if changed or now >= self.next_reconcile or not _same(standing, self.agreed):
+        if (changed or now >= self.next_reconcile or now >= self.next_drift_check
+                or not _same(standing, self.agreed)):
             self.next_reconcile = now + site.interval
-            self.agreed = None
+            self.agreed, self.next_drift_check = None, math.inf
             try:
                 if self.reconcile(site) and standing is not None:
                     self.agreed = standing
-                    self.next_reconcile = now + max(site.interval, DRIFT_CHECK)
+                    # no wake of its own: the first tick from then on (a probe is due
+                    # every interval at most) reads DNS
+                    self.next_reconcile = math.inf
+                    self.next_drift_check = now + max(site.interval, DRIFT_CHECK)
             except Exception:
                 log.exception("reconcile failed")
                 self.tally.failed("reconcile")

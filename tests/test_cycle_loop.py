@@ -183,6 +183,35 @@ def test_dns_that_disagreed_is_read_again_an_interval_later(script):
     assert script.calls["reconcile"] == [T0, T0 + 2, T0 + 4, T0 + 14]
 
 
+def test_dns_that_disagrees_is_read_once_an_interval_not_every_tick(script):
+    """A suspect target is probed every fastInterval: those ticks do not each
+    read DNS while it disagrees (or cannot be read)."""
+    script.probe = lambda now, due: {t: SUSPECT if t == "beta" else UP for t in due}
+    script.plans = lambda now: [SimpleNamespace(
+        error=ServiceUnavailable("DNS server 127.0.0.1 port 53 did not answer"), in_sync=False)]
+    loop, tally = run_loop(script, 7)
+    assert len(script.calls["probe"]) > 8  # beta every 0.5 s
+    assert script.calls["reconcile"] == [T0, T0 + 2, T0 + 4, T0 + 6]
+
+
+def test_the_drift_check_has_no_wake_of_its_own(script):
+    """It rides on the first probe tick from its time on. Each wake comes a
+    little late, so the probe ticks (each now + interval) drift later than a
+    time set 10 s before: that time must not get a tick of its own."""
+
+    class LateSleeps(Sleeps):
+        def wait(self, timeout: float) -> bool:
+            return super().wait(timeout + 0.003)
+
+    script.clock = Clock()
+    loop = cycle.Loop(Cache(script.site), 25, clock=script.clock)
+    loop.stop = LateSleeps(loop)
+    tally = loop.run()
+    assert len(script.calls["reconcile"]) == 3  # at the start, then every DRIFT_CHECK
+    assert script.calls["reconcile"][1] - T0 >= cycle.DRIFT_CHECK
+    assert tally.ticks == len(script.calls["probe"])  # no tick for DNS alone
+
+
 def test_a_spool_that_cannot_be_read_is_reconciled_once_an_interval(script):
     script.standing = lambda now: (_ for _ in ()).throw(TemporaryFailure("permission denied"))
     run_loop(script, 7)
