@@ -517,7 +517,10 @@ class Spool:
             )
             return SpoolEntry(target)
         if len(_parsed) >= PARSED_KEPT and key not in _parsed:
-            del _parsed[next(iter(_parsed))]  # the oldest: a bound, never reached by a site
+            try:  # the oldest: a bound that a site's targets do not reach
+                del _parsed[next(iter(_parsed))]
+            except (RuntimeError, KeyError, StopIteration):
+                pass  # the mail thread evicted or added one meanwhile
         _parsed[key] = (data, entry, journal)
         return entry.copy(journal)
 

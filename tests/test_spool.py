@@ -373,3 +373,15 @@ def test_a_file_that_turned_corrupt_is_unknown_again(store, caplog):
     e = store.read("beta")
     assert e.fresh and e.health.state is State.UNKNOWN
     assert "corrupt" in caplog.text
+
+
+def test_the_parsed_files_kept_are_bounded(store, monkeypatch):
+    monkeypatch.setattr(spool_mod, "_parsed", {})
+    monkeypatch.setattr(spool_mod, "PARSED_KEPT", 2)
+    with store.locked():
+        for name in ("beta", "gamma", "delta"):
+            store.write(entry(name))
+    for _ in range(2):
+        assert [store.read(n).target for n in ("beta", "gamma", "delta")] == [
+            "beta", "gamma", "delta"]
+    assert len(spool_mod._parsed) == 2
