@@ -589,7 +589,10 @@ def standing(site, entries: dict[str, SpoolEntry], now: float) -> tuple:
     for name in site.targets:
         c = site.target(name)
         v = _view(c, entries[name])
-        out.append((replace(v, checked=None, maint_until=None),
+        # decide() takes addresses as sets: a name that resolves in turns is no change
+        out.append((replace(v, addresses=tuple(sorted(v.addresses)), checked=None,
+                            configured=tuple(sorted(v.configured)), maint_until=None,
+                            retired=tuple(sorted(v.retired))),
                     staleness(v.checked, now, v.stale_after) is None,
                     v.maint_until is not None and now < v.maint_until))
     return tuple(out)

@@ -553,6 +553,35 @@ def test_a_change_is_recorded_only_on_the_transition_that_caused_it(spool):
     assert [d["action"] for d in spool.read("beta").journal[-1]["dns"]] == ["delete"]
 
 
+def test_standing_moves_with_what_decide_acts_on_and_nothing_else():
+    """What the cron loop compares to skip a DNS read: the probe times only as
+    fresh or stale, addresses as sets, a maintenance as on or over."""
+    from types import SimpleNamespace
+
+    from spdu_cli.spool import Maintenance
+
+    now = 1000.0
+    cfg = SimpleNamespace(target="beta", target_ips=(), name_ttl=5, stale_after=10.0)
+    site = SimpleNamespace(targets=("beta",), target=lambda name: cfg)
+
+    def of(**kw):
+        e = SpoolEntry("beta", Health(State.UP, now - 100, 5, 0), checked=now - 1,
+                       addresses=[BETA, BETA6])
+        for k, v in kw.items():
+            setattr(e, k, v)
+        return reconcile.standing(site, {"beta": e}, now)
+
+    base = of()
+    assert of(checked=now - 3, health=Health(State.UP, now - 100, 9, 0)) == base
+    assert of(addresses=[BETA6, BETA]) == base  # the same set, in another order
+    assert of(health=Health(State.DOWN, now, 0, 2)) != base
+    assert of(checked=now - 11) != base  # stale: left as it is from now on
+    assert of(maint=Maintenance(now - 1, now + 60)) != base
+    assert of(maint=Maintenance(now - 60, now - 1)) == base  # over: as if none
+    assert of(retired=["192.0.2.9"]) != base
+    assert of(addresses=[BETA]) != base
+
+
 def test_a_udp_answer_from_another_port_or_to_another_query_is_not_taken():
     """What the pool is read with: only the server's answer to this query counts
     (a forged one from another port, a late one to an earlier query are passed over)."""
