@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -289,6 +290,37 @@ def test_the_spool_file_is_fsynced_before_its_rename_and_the_directory_after(
     dir_synced = [i for i, c in enumerate(calls)
                   if re.match(rf"f(data)?sync\(\d+<{re.escape(str(spool_dir))}>\) = 0", c)]
     assert dir_synced and dir_synced[-1] > renames[0], calls
+
+
+def test_every_probe_the_cron_loop_records_is_fsynced_before_its_rename(
+        confdir, http_server, tmp_path):
+    """The loop skips DNS reads while nothing changes, never a record of a probe:
+    the transition (the first probe) and every probe after it are written, each
+    fsynced before its rename, and the directory after."""
+    strace = shutil.which("strace")
+    assert strace, "strace is needed (Debian package strace, installed by .ci/setup)"
+    srv = http_server("127.0.0.11")
+    spool_dir = tmp_path / "spool"
+    confdir.write(f"domain=domain.tld\ntargets=beta\nspoolDir={spool_dir}\n"
+                  f"targetIP=127.0.0.11\nprobePort={srv.port}\nsyslogSocket=none\n"
+                  "nameServer=127.0.0.1\nnamePort=9\nnameTimeout=0.2\ninterval=0.3\n")
+    log = tmp_path / "strace.log"
+    r = subprocess.run([strace, "-f", "-y", "-qq", "-o", str(log), "-e",
+                        "trace=fsync,fdatasync,rename,renameat,renameat2",
+                        sys.executable, "-m", "spdu_cli", "-c", str(confdir.main), "cron",
+                        "--for", "2"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 69, r.stderr  # no DNS server there: reconcile fails, probes go on
+    calls = [line.split(None, 1)[1] for line in log.read_text().splitlines()]
+    final = str(spool_dir / "beta.json")
+    renames = [i for i, c in enumerate(calls) if c.startswith("rename") and f'"{final}"' in c]
+    assert len(renames) >= 4, calls  # a probe every 0.3 s
+    for i in renames:
+        tmp = re.search(r'"([^"]+\.tmp)"', calls[i]).group(1)
+        assert any(re.match(rf"f(data)?sync\(\d+<{re.escape(tmp)}>\) = 0", c)
+                   for c in calls[:i]), (tmp, calls)
+        assert any(re.match(rf"f(data)?sync\(\d+<{re.escape(str(spool_dir))}>\) = 0", c)
+                   for c in calls[i:]), calls
+    assert json.loads(Path(final).read_text())["journal"][0]["to"] == "up"
 
 
 def test_the_first_addresses_of_a_target_are_no_move():
