@@ -93,7 +93,8 @@ def main() -> None:
     print(f"spdu-cron per target:               {per_target:.3f} CPU-s a minute"
           f" -> goal <= {GOAL_PER_TARGET_MINUTE:.2f}:"
           f" {'met' if per_target <= GOAL_PER_TARGET_MINUTE else 'NOT met'}")
-    print(f"the original, per target:           {ORIGINAL_CPU_PER_TARGET_MINUTE:.3f} CPU-s a minute")
+    print(f"the original, per target:           {ORIGINAL_CPU_PER_TARGET_MINUTE:.3f}"
+          " CPU-s a minute")
     print(f"zone serial unchanged during the idle loop (nothing sent): "
           f"{'yes' if unchanged else 'NO'}")
 
