@@ -2,7 +2,9 @@
 seconds, for about a minute; cron starts the next one.
 
 It calls the same functions as the three subcommands, and the spool is the
-only state between steps, so a crash loses nothing. A suspect target (up, but
+only state between steps, so a crash loses nothing. DNS is read when the spool
+asks for something new, and otherwise every DRIFT_CHECK seconds, to put right
+what someone else changed. A suspect target (up, but
 its last probe failed) is probed again after `fastInterval` (HAProxy's
 fastinter). Mail goes out from a background thread, so a relay that hangs
 never delays the next probe or DNS update. One loop per spool at a time: a
@@ -16,6 +18,7 @@ import logging
 import math
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +37,7 @@ END_MARGIN = 0.5  # no tick starts this close to the end of the minute
 HANDOVER_WAIT = 1.0  # a copy that found the loop running tries once more after this
 STOP_WAIT = 1.0  # on SIGTERM, how long a mail run in progress may finish
 NOTIFY_RETRY = 10.0  # seconds before mail that failed is tried again
+DRIFT_CHECK = 10.0  # DNS agreed and the spool asks nothing new: read it again after this
 
 
 # -- the schedule (pure) -----------------------------------------------------------------
@@ -102,22 +106,31 @@ class SiteCache:
             self.site = site
 
     def _stamp(self) -> tuple:
+        # os.stat and os.scandir, not pathlib: this runs every tick
         out = []
-        for p in [self.path, self.path.parent / "spdu"]:
+        for p in (str(self.path), os.path.join(os.path.dirname(self.path), "spdu")):
             try:
-                st = p.stat()
-                out.append((st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode, st.st_uid))
+                st = os.stat(p)
             except OSError:
                 out.append(None)
-            if p.is_dir():
-                for f in sorted(p.iterdir()):
-                    try:
-                        st = f.stat()
-                    except OSError:  # gone meanwhile: the next look sees it
-                        out.append((f.name, None))
-                        continue
-                    out.append((f.name, st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode,
-                                st.st_uid))  # a chmod makes a file unsafe: read it again
+                continue
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode, st.st_uid))
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            try:
+                with os.scandir(p) as it:
+                    files = sorted(it, key=lambda f: f.name)
+            except OSError:
+                out.append(("", None))  # unreadable: its files are looked at once it is not
+                continue
+            for f in files:
+                try:
+                    st = f.stat()
+                except OSError:  # gone meanwhile: the next look sees it
+                    out.append((f.name, None))
+                    continue
+                out.append((f.name, st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode,
+                            st.st_uid))  # a chmod makes a file unsafe: read it again
         return tuple(out)
 
     def get(self):
@@ -178,7 +191,10 @@ class Loop:
         self.early: set[str] = set()  # targets probed early: their kept connection closed
         self.schedule = Schedule()
         self.tally = Tally()
-        self.next_reconcile = 0.0
+        self.next_reconcile = 0.0  # inf while DNS agrees: the drift check rides on a tick
+        # (site, reconcile.standing) when every pool was last found in agreement with DNS
+        self.agreed: tuple | None = None
+        self.next_drift_check = math.inf  # set while DNS agrees
         self.next_notify: float | None = 0.0  # None: nothing pending
         self.next_pending_check = 0.0
         self.mailer: threading.Thread | None = None
@@ -252,7 +268,8 @@ class Loop:
             except OSError:
                 pass
 
-    def reconcile(self, site) -> None:
+    def reconcile(self, site) -> bool:
+        """True when every pool was read and already agreed (nothing sent, no error)."""
         from spdu_cli import reconcile
 
         self.tally.reconciles += 1
@@ -261,11 +278,23 @@ class Loop:
         except SpduError as e:
             log.error("reconcile: %s", e)
             self.tally.failed("reconcile", e.exit_status)
-            return
+            return False
         self.tally.ok("reconcile")
         for p in plans:
             if p.error:
                 self.tally.failed("reconcile", p.error.exit_status)
+        return all(p.in_sync for p in plans)
+
+    def standing(self, site, entries):
+        """What the spool asks of DNS now (reconcile.standing); None when unknown."""
+        if entries is None:
+            return None
+        from spdu_cli import reconcile
+
+        try:
+            return site, reconcile.standing(site, entries, time.time())
+        except SpduError:
+            return None  # reconcile says what is wrong
 
     def notify(self, site) -> None:
         """Start a mail run in the background unless one is still going."""
@@ -315,17 +344,34 @@ class Loop:
             self.tally.failed("probe")
         if self.stop.is_set():
             return  # SIGTERM during the probes: end now, not after a DNS round trip
-        if changed or now >= self.next_reconcile:
+        try:
+            entries = _entries(site)
+            standing = self.standing(site, entries)
+        except Exception:  # a bug: reconcile every interval, as when the spool is unreadable
+            log.exception("reading the spool failed")
+            entries = standing = None
+        # DNS is read at once when a state changed, or when anything else reconcile
+        # acts on did (`spdu maint` by hand, an edited file, a maintenance that ended,
+        # a probe gone stale); every interval while it disagrees or cannot be read;
+        # and every DRIFT_CHECK seconds while it agrees.
+        if (changed or now >= self.next_reconcile or now >= self.next_drift_check
+                or not _same(standing, self.agreed)):
             self.next_reconcile = now + site.interval
+            self.agreed, self.next_drift_check = None, math.inf
             try:
-                self.reconcile(site)
+                if self.reconcile(site) and standing is not None:
+                    self.agreed = standing
+                    # no wake of its own: the first tick from then on (a probe is due
+                    # every interval at most) reads DNS
+                    self.next_reconcile = math.inf
+                    self.next_drift_check = now + max(site.interval, DRIFT_CHECK)
             except Exception:
                 log.exception("reconcile failed")
                 self.tally.failed("reconcile")
         if self.next_notify is None and now >= self.next_pending_check:
             # a transition made outside the loop (`spdu maint` by hand) is mailed too
             self.next_pending_check = now + site.interval
-            changed |= _pending(site)
+            changed |= _pending(site, entries)
         if changed or (self.next_notify is not None and now >= self.next_notify):
             self.notify(site)
         if site.metrics_file:
@@ -384,13 +430,32 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def _pending(site) -> bool:
-    """Any transition not yet notified (cheap: the spool only, no mail modules)."""
+def _same(standing, agreed) -> bool:
+    """`standing` asks nothing of DNS beyond what it `agreed` with (also true
+    when nothing agreed: the interval rules then). One configuration, by
+    identity: an edited target file makes a new one, equal or not."""
+    if agreed is None:
+        return True
+    return standing is not None and standing[0] is agreed[0] and standing[1] == agreed[1]
+
+
+def _entries(site) -> dict | None:
+    """Every target's spool entry (a file not changed since it was last read is
+    not parsed again); None when one cannot be read."""
     store = Spool(site.spool_dir)
     try:
-        return any(store.read(t).pending() for t in site.targets)
+        return {t: store.read(t) for t in site.targets}
     except SpduError:
+        return None
+
+
+def _pending(site, entries: dict | None = None) -> bool:
+    """Any transition not yet notified (cheap: the spool only, no mail modules)."""
+    if entries is None:
+        entries = _entries(site)
+    if entries is None:
         return True  # the mail run says what is wrong (and exits with it)
+    return any(e.pending() for e in entries.values())
 
 
 def _handover_asked(site, after: float) -> bool:

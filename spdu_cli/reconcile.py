@@ -10,10 +10,11 @@ The decision itself (`decide`) is a pure function.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from spdu_cli.config import TargetConfig
@@ -319,22 +320,56 @@ def _keyring(key: TsigKey | None):
     return dns.tsig.Key(key.name + ".", key.secret, key.algorithm + ".")
 
 
+def _udp(pool: Pool, message):
+    """dns.query.udp's exchange, without importing dns.query (and ssl, QUIC,
+    zone transfers...) into every cron loop, which reads DNS this way only:
+    one query, the answer from the server's own address and port to it (others
+    are ignored), TSIG verified by from_wire; dns.exception.Timeout at the end."""
+    import socket
+
+    import dns.exception
+    import dns.message
+
+    server = (str(ipaddress.ip_address(pool.key.server)), pool.key.port)
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    deadline = time.monotonic() + pool.timeout
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.to_wire(), server)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise dns.exception.Timeout(timeout=pool.timeout)
+            sock.settimeout(left)
+            try:
+                wire, source = sock.recvfrom(65535)
+            except TimeoutError:
+                raise dns.exception.Timeout(timeout=pool.timeout) from None
+            if (str(ipaddress.ip_address(source[0])), source[1]) != server:
+                continue  # not from the server: not an answer
+            answer = dns.message.from_wire(wire, keyring=message.keyring,
+                                           request_mac=message.mac)
+            if message.is_response(answer):
+                return answer
+            # another query's answer (a late one): wait on for ours
+
+
 def _exchange(pool: Pool, message, what: str, tcp: bool = True):
     """Send one message and return the answer; every failure becomes one message."""
     import dns.exception
     import dns.flags
     import dns.message
-    import dns.query
     import dns.tsig
 
     server = pool.key.where
     try:
-        if tcp:
-            return dns.query.tcp(message, pool.key.server, timeout=pool.timeout, port=pool.key.port)
-        answer = dns.query.udp(message, pool.key.server, timeout=pool.timeout, port=pool.key.port)
-        if answer.flags & dns.flags.TC:  # truncated: ask again over TCP
-            return dns.query.tcp(message, pool.key.server, timeout=pool.timeout, port=pool.key.port)
-        return answer
+        if not tcp:
+            answer = _udp(pool, message)
+            if not answer.flags & dns.flags.TC:
+                return answer
+            # truncated: ask again over TCP
+        import dns.query
+
+        return dns.query.tcp(message, pool.key.server, timeout=pool.timeout, port=pool.key.port)
     except dns.exception.Timeout:
         raise ServiceUnavailable(
             f"DNS server {server} did not answer {what} within {pool.timeout:g} s",
@@ -526,21 +561,41 @@ def send(items: list[tuple[Pool, Plan]]) -> None:
 # -- the `spdu reconcile` step -----------------------------------------------------------
 
 
+def _view(c: TargetConfig, entry: SpoolEntry) -> TargetView:
+    return TargetView(
+        c.target,
+        entry.health.state,
+        tuple(entry.addresses),
+        entry.checked,
+        tuple(str(ip) for ip in c.target_ips),
+        c.name_ttl,
+        c.stale_after,
+        entry.maint.until if entry.maint else None,
+        tuple(entry.retired),
+    )
+
+
 def _views(pool: Pool, entries: dict[str, SpoolEntry]) -> list[TargetView]:
-    return [
-        TargetView(
-            c.target,
-            entries[c.target].health.state,
-            tuple(entries[c.target].addresses),
-            entries[c.target].checked,
-            tuple(str(ip) for ip in c.target_ips),
-            c.name_ttl,
-            c.stale_after,
-            entries[c.target].maint.until if entries[c.target].maint else None,
-            tuple(entries[c.target].retired),
-        )
-        for c in pool.targets
-    ]
+    return [_view(c, entries[c.target]) for c in pool.targets]
+
+
+def standing(site, entries: dict[str, SpoolEntry], now: float) -> tuple:
+    """All that decide() makes of the configured targets' spool entries at
+    `now`, as one comparable value (probe times only as fresh or stale, a
+    maintenance as on or over). While it stays equal, pools that DNS agreed
+    with still agree, unless someone else changed DNS: the cron loop then
+    reads DNS less often (cycle.DRIFT_CHECK)."""
+    out = []
+    for name in site.targets:
+        c = site.target(name)
+        v = _view(c, entries[name])
+        # decide() takes addresses as sets: a name that resolves in turns is no change
+        out.append((replace(v, addresses=tuple(sorted(v.addresses)), checked=None,
+                            configured=tuple(sorted(v.configured)), maint_until=None,
+                            retired=tuple(sorted(v.retired))),
+                    staleness(v.checked, now, v.stale_after) is None,
+                    v.maint_until is not None and now < v.maint_until))
+    return tuple(out)
 
 
 def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int) -> Plan:
@@ -688,6 +743,7 @@ def note_runs(store: Spool, plans: list[Plan], now: float) -> None:
     were sent, and when the last ones made which serial (spoolDir/.reconcile.json),
     for the metrics and status --dns."""
     pools = store.read_reconcile()
+    before = json.dumps(pools, sort_keys=True)
     for p in plans:
         rec = pools.setdefault(pool_id(p.pool), {
             "pool": p.pool.name, "server": f"{p.pool.server}:{p.pool.port}",
@@ -699,4 +755,5 @@ def note_runs(store: Spool, plans: list[Plan], now: float) -> None:
         if p.sent and p.serial_after is not None:
             rec["serials"] = (list(rec.get("serials") or []) + [[iso(now), p.serial_after]])[
                 -SERIALS_KEPT:]
-    store.write_reconcile(pools)
+    if json.dumps(pools, sort_keys=True) != before:  # nothing new: no write, no fsync
+        store.write_reconcile(pools)

@@ -4,16 +4,19 @@ Each file holds the target's state, since when, its consecutive counts, the
 last results and a bounded journal of transitions. Files are written
 atomically (temp file, fsync, rename) while holding the spool lock, and read
 defensively: a missing, truncated or corrupt file is "unknown", never a crash.
-The format is documented in spdu(1), FILES.
+A file is parsed again only when its bytes differ from the last ones this
+process read or wrote. The format is documented in spdu(1), FILES.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import ipaddress
 import json
 import logging
+import marshal
 import os
 import stat
 import time
@@ -35,6 +38,7 @@ MAX_JOURNAL = 100  # transitions kept; notified ones are dropped first
 MAX_PENDING = 1000  # even unsent transitions are bounded, oldest dropped and counted
 MAX_RETIRED = 16  # old addresses of a target still to be removed from the pool
 MAX_FILE = 1 << 20
+READ_CHUNK = 1 << 16
 LOCK_NAME = ".lock"
 RECONCILE_NAME = ".reconcile.json"  # site-level: each pool's last successful reconcile
 COUNTERS = ("probes", "probe_failures")  # per target, for the metrics; they only grow
@@ -86,8 +90,15 @@ def read_file(path, limit: int = MAX_FILE) -> bytes:
     """At most `limit` + 1 bytes of a spool file (see open_file); OSError as is."""
     fd = open_file(path)
     try:
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read(limit + 1)
+        # os.read, not a buffered file: that would allocate `limit` bytes for every read
+        chunks, left = [], limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, READ_CHUNK))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
     finally:
         os.close(fd)
 
@@ -100,6 +111,13 @@ def _refused(e: OSError) -> bool:
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
+    return _iso(ts)
+
+
+# Memoized both ways: each write of a spool file renders its last results again,
+# and each read parses them again (the same times, one new one a probe).
+@functools.lru_cache(maxsize=1024)
+def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z"
     )
@@ -122,7 +140,12 @@ def duration(seconds: float) -> str:
 def epoch(value: Any) -> float | None:
     if value is None:
         return None
-    return datetime.fromisoformat(str(value)).timestamp()
+    return _epoch(str(value))
+
+
+@functools.lru_cache(maxsize=1024)
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
 
 
 def _count(d: dict[str, Any], key: str, default: int = 0) -> int:
@@ -157,7 +180,7 @@ def _counters(d: Any) -> dict[str, int]:
     return {k: _count(d, k) for k in COUNTERS}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResultRecord:
     """One probe, as kept in the spool's `results` list."""
 
@@ -277,6 +300,16 @@ class SpoolEntry:
             self.journal.pop(0)
             self.dropped_pending += 1
 
+    def copy(self, journal: bytes | None = None) -> SpoolEntry:
+        """An entry no caller shares with another: its lists, counters and
+        journal are new (`journal`: the journal as marshal.dumps made it)."""
+        return SpoolEntry(
+            self.target, self.health, self.checked, list(self.addresses), list(self.retired),
+            self.url, list(self.results),
+            marshal.loads(journal if journal is not None else marshal.dumps(self.journal)),
+            self.next_id, self.dropped_pending, self.maint, dict(self.counters), self.fresh,
+        )
+
     def to_json(self) -> dict[str, Any]:
         h = self.health
         return {
@@ -333,6 +366,22 @@ class SpoolEntry:
         )
 
 
+# Per process: a spool file's path -> the bytes last parsed from it, the entry they
+# make and its journal (marshal.dumps). Keyed by the bytes themselves, not by a stat:
+# mtimes are stamped from a coarse clock and inodes are reused, so a file rewritten
+# by another process can look unchanged to stat. Entries are handed out as copies.
+_parsed: dict[str, tuple[bytes, SpoolEntry, bytes]] = {}
+PARSED_KEPT = 4096
+
+
+@functools.lru_cache(maxsize=4096)  # a Path is made anew for each file, each tick otherwise
+def _target_file(directory: Path, target: str) -> Path:
+    # Target names are validated (no '/', no '..'); this is a second guard.
+    if "/" in target or target.startswith("."):
+        raise ValueError(f"unsafe target name {target!r}")
+    return directory / f"{target}.json"
+
+
 class Spool:
     """The spool directory: per-target files and the lock that guards them.
 
@@ -346,10 +395,7 @@ class Spool:
         self._dirty = False
 
     def path(self, target: str) -> Path:
-        # Target names are validated (no '/', no '..'); this is a second guard.
-        if "/" in target or target.startswith("."):
-            raise ValueError(f"unsafe target name {target!r}")
-        return self.dir / f"{target}.json"
+        return _target_file(self.dir, target)
 
     def check_dir(self, writing: bool = False) -> bool:
         """Refuse (78) a spoolDir that is a symbolic link, not a directory or
@@ -453,10 +499,15 @@ class Spool:
             why = "a symbolic link" if e.errno == errno.ELOOP else e.strerror
             log.warning("spool file %s is %s, never read; state unknown", path, why)
             return SpoolEntry(target)
+        key = str(path)
+        seen = _parsed.get(key)
+        if seen is not None and seen[0] == data:  # the very bytes parsed before
+            return seen[1].copy(seen[2])
         try:
             if len(data) > MAX_FILE:
                 raise ValueError("file too large")
-            return SpoolEntry.from_json(target, json.loads(data))
+            entry = SpoolEntry.from_json(target, json.loads(data))
+            journal = marshal.dumps(entry.journal)
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
                 RecursionError) as e:  # whatever a damaged or hostile file holds
             log.warning(
@@ -465,6 +516,13 @@ class Spool:
                 e,
             )
             return SpoolEntry(target)
+        if len(_parsed) >= PARSED_KEPT and key not in _parsed:
+            try:  # the oldest: a bound that a site's targets do not reach
+                del _parsed[next(iter(_parsed))]
+            except (RuntimeError, KeyError, StopIteration):
+                pass  # the mail thread evicted or added one meanwhile
+        _parsed[key] = (data, entry, journal)
+        return entry.copy(journal)
 
     def write(self, entry: SpoolEntry) -> None:
         """Atomically replace the target's file; call with the lock held. A file
@@ -521,18 +579,20 @@ class Spool:
         self._atomic_write(self.dir / RECONCILE_NAME, data)
 
 
-def _create_temp(path: Path) -> tuple[int, str]:
+def _create_temp(path: str) -> tuple[int, str]:
     """tempfile.mkstemp beside `path`, without importing tempfile (shutil,
     random...) into every probe run: a random name, created exclusively, mode
     0600 until fchmod, never through a link."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    parent, name = os.path.split(path)
+    stem = os.path.splitext(name)[0]
     for _ in range(100):
-        tmp = str(path.parent / f".{path.stem}.{os.urandom(6).hex()}.tmp")
+        tmp = os.path.join(parent, f".{stem}.{os.urandom(6).hex()}.tmp")
         try:
             return os.open(tmp, flags, 0o600), tmp
         except FileExistsError:
             continue
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
+    raise FileExistsError(errno.EEXIST, "no free temporary name", parent)
 
 
 def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "file",
@@ -540,9 +600,9 @@ def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "fil
     """Replace `path` with `data`: temp file in the same directory, fsync, rename,
     directory fsync (`sync`; else the caller syncs the directory once for many
     files). A reader sees the old file or the new one, never a part."""
-    path = Path(path)
+    target = os.fspath(path)
     try:
-        fd, tmp = _create_temp(path)
+        fd, tmp = _create_temp(target)
     except OSError as e:
         raise os_failure(e, f"write {what}", path) from None
     try:
@@ -554,7 +614,7 @@ def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "fil
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, path)  # replaces a planted symlink itself, never its target
+        os.rename(tmp, target)  # replaces a planted symlink itself, never its target
     except OSError as e:
         try:
             os.unlink(tmp)
@@ -564,10 +624,10 @@ def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "fil
         err.message += f"; the previous {kept} is kept"
         raise err from None
     if sync:
-        sync_dir(path.parent)
+        sync_dir(os.path.dirname(target) or ".")
 
 
-def sync_dir(directory: Path) -> None:
+def sync_dir(directory: str | Path) -> None:
     """fsync a directory: the renames done in it survive a crash."""
     try:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

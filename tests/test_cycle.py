@@ -105,6 +105,31 @@ def test_the_loop_keeps_the_pool_and_ends_within_its_time(site):
     assert out == ""
 
 
+def test_a_record_removed_by_hand_is_put_back_by_the_drift_check(site):
+    """Nothing changes in the spool, so the loop reads DNS only every DRIFT_CHECK
+    seconds (its ticks driven by hand here, real probes and real Knot); a pool
+    record deleted by someone else is back at the first drift check after."""
+    from spdu_cli import config, cycle
+
+    loop = cycle.Loop(cycle.SiteCache(lambda: config.load(site["conf"]), site["conf"]), 60)
+    now = 0.0
+    loop.tick(now)  # adds both, then checks an interval later that they are there
+    while loop.agreed is None and now < 2:
+        now += 0.4
+        loop.tick(now)
+    assert {SELF, BETA, GAMMA} <= set(pool(site["knot"]))
+    reads, agreed_at = loop.tally.reconciles, now
+    r = site["knot"].nsupdate(f"update delete api.{site['knot'].zone}. A {BETA}")
+    assert r.returncode == 0, r.stderr
+    while now + 0.4 < agreed_at + cycle.DRIFT_CHECK:  # a probe every interval (0.4 s), all up
+        now += 0.4
+        loop.tick(now)
+    assert loop.tally.reconciles == reads and BETA not in pool(site["knot"])  # DNS not read
+    loop.tick(agreed_at + cycle.DRIFT_CHECK)
+    assert loop.tally.reconciles == reads + 1 and BETA in pool(site["knot"])
+    assert loop.tally.last_error is None
+
+
 def test_two_loops_started_together_one_runs(site):
     a, b = start(site, seconds=3), start(site, seconds=3)
     codes = {}

@@ -77,7 +77,8 @@ class Script:
         self.calls: dict[str, list[float]] = {"probe": [], "reconcile": [], "notify": []}
         self.probe = lambda now, due: {t: UP for t in due}  # -> {target: Health} or raise
         self.transitions: dict[float, str] = {}  # time -> target that changes state then
-        self.plans = lambda now: []  # reconcile's plans (only their `error` is read)
+        self.plans = lambda now: []  # reconcile's plans (their `error` and `in_sync`)
+        self.standing = lambda now: "as before"  # what the spool asks of DNS (reconcile.standing)
         self.mail = lambda now: SimpleNamespace(errors=[], plan=SimpleNamespace(held=[]))
         self.clock: Clock | None = None
 
@@ -136,6 +137,7 @@ def script(tmp_path, monkeypatch):
     monkeypatch.setattr(probe, "run", s.probe_run)
     monkeypatch.setattr(reconcile, "run", s.reconcile_run)
     monkeypatch.setattr(notify, "run", s.notify_run)
+    monkeypatch.setattr(reconcile, "standing", lambda site, entries, now: s.standing(s.clock()))
     return s
 
 
@@ -155,13 +157,65 @@ def ticks(start: float, step: float, end: float) -> list[float]:
     return out
 
 
-def test_quiet_targets_are_probed_and_reconciled_once_an_interval(script):
-    loop, tally = run_loop(script, 10)
-    expected = ticks(T0, INTERVAL, T0 + 10 - cycle.END_MARGIN)
+def test_quiet_targets_are_probed_once_an_interval_and_dns_read_every_drift_check(script):
+    loop, tally = run_loop(script, 25)
+    expected = ticks(T0, INTERVAL, T0 + 25 - cycle.END_MARGIN)
     assert script.calls["probe"] == expected
-    assert script.calls["reconcile"] == expected  # not every tick, not never
+    # DNS agreed and nothing changed: read again every DRIFT_CHECK, not every tick
+    assert script.calls["reconcile"] == ticks(T0, cycle.DRIFT_CHECK, T0 + 25)
     assert script.calls["notify"] == []  # nothing to mail
     assert tally.ticks == len(expected) and tally.last_error is None
+
+
+def test_what_the_spool_asks_of_dns_anew_is_reconciled_in_the_next_tick(script):
+    """`spdu maint` by hand, an edited target file, a maintenance that ended, a
+    probe gone stale: no transition in the loop, but reconcile acts on it."""
+    script.standing = lambda now: "as before" if now < T0 + 4 else "beta in maintenance"
+    run_loop(script, 12)
+    assert script.calls["reconcile"] == [T0, T0 + 4]  # then quiet again until the drift check
+
+
+def test_dns_that_disagreed_is_read_again_an_interval_later(script):
+    """Changes were sent (or withheld): the next reconcile checks them an
+    interval later, not a drift check later."""
+    script.plans = lambda now: [SimpleNamespace(error=None, in_sync=now >= T0 + 4)]
+    run_loop(script, 16)
+    assert script.calls["reconcile"] == [T0, T0 + 2, T0 + 4, T0 + 14]
+
+
+def test_dns_that_disagrees_is_read_once_an_interval_not_every_tick(script):
+    """A suspect target is probed every fastInterval: those ticks do not each
+    read DNS while it disagrees (or cannot be read)."""
+    script.probe = lambda now, due: {t: SUSPECT if t == "beta" else UP for t in due}
+    script.plans = lambda now: [SimpleNamespace(
+        error=ServiceUnavailable("DNS server 127.0.0.1 port 53 did not answer"), in_sync=False)]
+    loop, tally = run_loop(script, 7)
+    assert len(script.calls["probe"]) > 8  # beta every 0.5 s
+    assert script.calls["reconcile"] == [T0, T0 + 2, T0 + 4, T0 + 6]
+
+
+def test_the_drift_check_has_no_wake_of_its_own(script):
+    """It rides on the first probe tick from its time on. Each wake comes a
+    little late, so the probe ticks (each now + interval) drift later than a
+    time set 10 s before: that time must not get a tick of its own."""
+
+    class LateSleeps(Sleeps):
+        def wait(self, timeout: float) -> bool:
+            return super().wait(timeout + 0.003)
+
+    script.clock = Clock()
+    loop = cycle.Loop(Cache(script.site), 25, clock=script.clock)
+    loop.stop = LateSleeps(loop)
+    tally = loop.run()
+    assert len(script.calls["reconcile"]) == 3  # at the start, then every DRIFT_CHECK
+    assert script.calls["reconcile"][1] - T0 >= cycle.DRIFT_CHECK
+    assert tally.ticks == len(script.calls["probe"])  # no tick for DNS alone
+
+
+def test_a_spool_that_cannot_be_read_is_reconciled_once_an_interval(script):
+    script.standing = lambda now: (_ for _ in ()).throw(TemporaryFailure("permission denied"))
+    run_loop(script, 7)
+    assert script.calls["reconcile"] == [T0, T0 + 2, T0 + 4, T0 + 6]
 
 
 def test_a_change_is_reconciled_in_the_tick_that_saw_it(script):
@@ -236,9 +290,10 @@ def test_a_transition_made_outside_the_loop_is_mailed_within_an_interval(script)
 
 def test_a_pool_that_failed_is_an_error_at_the_end(script):
     script.plans = lambda now: [SimpleNamespace(
-        error=ServiceUnavailable("DNS server 127.0.0.1 port 53 did not answer"))]
-    loop, tally = run_loop(script, 4)
-    assert script.calls["reconcile"] and tally.last_error == 69
+        error=ServiceUnavailable("DNS server 127.0.0.1 port 53 did not answer"), in_sync=False)]
+    loop, tally = run_loop(script, 7)
+    assert script.calls["reconcile"] == [T0, T0 + 2, T0 + 4, T0 + 6]  # tried every interval
+    assert tally.last_error == 69
 
 
 def test_a_mail_run_that_failed_once_and_went_out_later_is_no_error(script):

@@ -553,6 +553,99 @@ def test_a_change_is_recorded_only_on_the_transition_that_caused_it(spool):
     assert [d["action"] for d in spool.read("beta").journal[-1]["dns"]] == ["delete"]
 
 
+def test_standing_moves_with_what_decide_acts_on_and_nothing_else():
+    """What the cron loop compares to skip a DNS read: the probe times only as
+    fresh or stale, addresses as sets, a maintenance as on or over."""
+    from types import SimpleNamespace
+
+    from spdu_cli.spool import Maintenance
+
+    now = 1000.0
+    cfg = SimpleNamespace(target="beta", target_ips=(), name_ttl=5, stale_after=10.0)
+    site = SimpleNamespace(targets=("beta",), target=lambda name: cfg)
+
+    def of(**kw):
+        e = SpoolEntry("beta", Health(State.UP, now - 100, 5, 0), checked=now - 1,
+                       addresses=[BETA, BETA6])
+        for k, v in kw.items():
+            setattr(e, k, v)
+        return reconcile.standing(site, {"beta": e}, now)
+
+    base = of()
+    assert of(checked=now - 3, health=Health(State.UP, now - 100, 9, 0)) == base
+    assert of(addresses=[BETA6, BETA]) == base  # the same set, in another order
+    assert of(health=Health(State.DOWN, now, 0, 2)) != base
+    assert of(checked=now - 11) != base  # stale: left as it is from now on
+    assert of(maint=Maintenance(now - 1, now + 60)) != base
+    assert of(maint=Maintenance(now - 60, now - 1)) == base  # over: as if none
+    assert of(retired=["192.0.2.9"]) != base
+    assert of(addresses=[BETA]) != base
+
+
+def test_a_udp_answer_from_another_port_or_to_another_query_is_not_taken():
+    """What the pool is read with: only the server's answer to this query counts
+    (a forged one from another port, a late one to an earlier query are passed over)."""
+    import socket
+    import threading
+
+    import dns.message
+    import dns.rrset
+
+    server, other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(
+        socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    other.bind(("127.0.0.1", 0))
+
+    def answer(q, address: str, qid: int):
+        r = dns.message.make_response(q)
+        r.id = qid
+        r.answer.append(dns.rrset.from_text(API, 5, "IN", "A", address))
+        return r.to_wire()
+
+    def serve():
+        wire, client = server.recvfrom(65535)
+        q = dns.message.from_wire(wire)
+        other.sendto(answer(q, "192.0.2.66", q.id), client)
+        server.sendto(answer(q, "192.0.2.67", (q.id + 1) % 65536), client)
+        server.sendto(answer(q, BETA, q.id), client)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        key = reconcile.PoolKey(API.rstrip("."), "pool.domain.tld", "127.0.0.1",
+                                server.getsockname()[1])
+        got = reconcile._udp(reconcile.Pool(key, None, 2.0, (), 5),
+                             dns.message.make_query(API, "A"))
+        assert [r.address for rrset in got.answer for r in rrset] == [BETA]
+    finally:
+        t.join(5)
+        server.close()
+        other.close()
+
+
+def test_the_reconcile_record_is_rewritten_only_when_it_changes(spool):
+    """A pool that failed leaves its record as it was: no write, no fsync."""
+    from spdu_cli.errors import ServiceUnavailable
+
+    key = reconcile.PoolKey("api.pool.domain.tld", "pool.domain.tld", "127.0.0.1", 53)
+    ok = reconcile.Plan(key, None, {"A": [SELF], "AAAA": []}, reconcile.Decision((), (), None))
+    failed = reconcile.Plan(key, None, {}, reconcile.Decision((), (), None),
+                            error=ServiceUnavailable("DNS server did not answer"))
+    spool.ensure_dir()
+    path = spool.dir / ".reconcile.json"
+    with spool.locked():
+        reconcile.note_runs(spool, [ok], 1000.0)
+    first = path.stat()
+    with spool.locked():
+        reconcile.note_runs(spool, [failed], 1001.0)
+    assert path.stat().st_ino == first.st_ino  # not replaced
+    with spool.locked():
+        reconcile.note_runs(spool, [ok], 1002.0)  # a new last_success: written
+    assert path.stat().st_ino != first.st_ino
+    assert json.loads(path.read_text())["pools"][reconcile.pool_id(key)]["last_success"] == (
+        "1970-01-01T00:16:42.000Z")
+
+
 # -- a target whose addresses change ------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -291,6 +292,37 @@ def test_the_spool_file_is_fsynced_before_its_rename_and_the_directory_after(
     assert dir_synced and dir_synced[-1] > renames[0], calls
 
 
+def test_every_probe_the_cron_loop_records_is_fsynced_before_its_rename(
+        confdir, http_server, tmp_path):
+    """The loop skips DNS reads while nothing changes, never a record of a probe:
+    the transition (the first probe) and every probe after it are written, each
+    fsynced before its rename, and the directory after."""
+    strace = shutil.which("strace")
+    assert strace, "strace is needed (Debian package strace, installed by .ci/setup)"
+    srv = http_server("127.0.0.11")
+    spool_dir = tmp_path / "spool"
+    confdir.write(f"domain=domain.tld\ntargets=beta\nspoolDir={spool_dir}\n"
+                  f"targetIP=127.0.0.11\nprobePort={srv.port}\nsyslogSocket=none\n"
+                  "nameServer=127.0.0.1\nnamePort=9\nnameTimeout=0.2\ninterval=0.3\n")
+    log = tmp_path / "strace.log"
+    r = subprocess.run([strace, "-f", "-y", "-qq", "-o", str(log), "-e",
+                        "trace=fsync,fdatasync,rename,renameat,renameat2",
+                        sys.executable, "-m", "spdu_cli", "-c", str(confdir.main), "cron",
+                        "--for", "2"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 69, r.stderr  # no DNS server there: reconcile fails, probes go on
+    calls = [line.split(None, 1)[1] for line in log.read_text().splitlines()]
+    final = str(spool_dir / "beta.json")
+    renames = [i for i, c in enumerate(calls) if c.startswith("rename") and f'"{final}"' in c]
+    assert len(renames) >= 4, calls  # a probe every 0.3 s
+    for i in renames:
+        tmp = re.search(r'"([^"]+\.tmp)"', calls[i]).group(1)
+        assert any(re.match(rf"f(data)?sync\(\d+<{re.escape(tmp)}>\) = 0", c)
+                   for c in calls[:i]), (tmp, calls)
+        assert any(re.match(rf"f(data)?sync\(\d+<{re.escape(str(spool_dir))}>\) = 0", c)
+                   for c in calls[i:]), calls
+    assert json.loads(Path(final).read_text())["journal"][0]["to"] == "up"
+
+
 def test_the_first_addresses_of_a_target_are_no_move():
     e = SpoolEntry("beta")
     assert not e.readdress(["192.0.2.2"])  # nothing to retire, no "addresses changed"
@@ -309,3 +341,79 @@ def test_a_journal_id_is_never_reused_even_when_next_id_is_behind(store):
     back = store.read("beta")
     t = back.add_transition(Transition(State.DOWN, State.UP, 2000.0, "back"))
     assert t["id"] == 8
+
+
+# -- reading a file again only when its bytes changed -------------------------------------
+
+
+def test_an_entry_read_twice_is_two_entries_no_caller_can_spoil_for_another(store):
+    with store.locked():
+        store.write(entry())
+    a = store.read("beta")
+    a.journal[0]["notified"] = True
+    a.journal[0].setdefault("dns", []).append({"action": "add"})
+    a.results.append(ResultRecord(2000.0, False, "5.6.7.8", None, None, "refused"))
+    a.addresses.append("192.0.2.9")
+    a.retired.append("192.0.2.8")
+    a.counters["probes"] += 5
+    b = store.read("beta")
+    assert b.journal[0]["notified"] is False and b.journal[0]["dns"] == []
+    assert len(b.results) == 1 and b.addresses == ["5.6.7.8", "2001:db8::8"]
+    assert b.retired == [] and b.counters["probes"] == 0
+    with pytest.raises(AttributeError):  # a result is a value: it cannot be changed in place
+        b.results[0].ok = False
+
+
+def test_a_file_another_process_rewrote_is_read_anew(store):
+    with store.locked():
+        store.write(entry())
+    assert store.read("beta").health.state is State.UP  # now known to this process
+    code = ("import sys; from spdu_cli.spool import Spool; from spdu_cli.health import"
+            " Health, State; s = Spool(sys.argv[1]); e = s.read('beta');"
+            " e.health = Health(State.DOWN, 1002.0, 0, 2); s.write(e)")
+    subprocess.run([sys.executable, "-c", code, str(store.dir)], check=True, timeout=30)
+    assert store.read("beta").health == Health(State.DOWN, 1002.0, 0, 2)
+
+
+def test_a_rewrite_of_the_same_size_inode_and_mtime_is_read_anew(store):
+    """What a stat cannot tell apart (a coarse clock stamps two writes within
+    its tick alike; an inode is reused): the bytes are compared, not the stat."""
+    e = entry()
+    e.health = Health(State.UP, 1000.0, 12, 0)
+    with store.locked():
+        store.write(e)
+    path = store.path("beta")
+    before = os.stat(path)
+    assert store.read("beta").health.good == 12
+    data = path.read_bytes()
+    changed = data.replace(b'"good":12', b'"good":21')
+    assert changed != data and len(changed) == len(data)
+    with open(path, "r+b") as f:  # in place: same inode, same size
+        f.write(changed)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # the same mtime
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino, before.st_size, before.st_mtime_ns)
+    assert store.read("beta").health.good == 21
+
+
+def test_a_file_that_turned_corrupt_is_unknown_again(store, caplog):
+    with store.locked():
+        store.write(entry())
+    assert store.read("beta").health.state is State.UP
+    store.path("beta").write_text('{"version": 1, "target": "beta", "sta')
+    e = store.read("beta")
+    assert e.fresh and e.health.state is State.UNKNOWN
+    assert "corrupt" in caplog.text
+
+
+def test_the_parsed_files_kept_are_bounded(store, monkeypatch):
+    monkeypatch.setattr(spool_mod, "_parsed", {})
+    monkeypatch.setattr(spool_mod, "PARSED_KEPT", 2)
+    with store.locked():
+        for name in ("beta", "gamma", "delta"):
+            store.write(entry(name))
+    for _ in range(2):
+        assert [store.read(n).target for n in ("beta", "gamma", "delta")] == [
+            "beta", "gamma", "delta"]
+    assert len(spool_mod._parsed) == 2

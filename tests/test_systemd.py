@@ -98,6 +98,7 @@ def test_exec_start_runs_a_minute_of_ticks_against_a_lab(site, syslog_socket):  
     text = "\n".join(lines())
     [done] = re.findall(r"cron loop done: (\d+) ticks, \d+ probe runs, (\d+) reconciles", text)
     ticks, reconciles = map(int, done)
-    # one reconcile per interval, plus ticks that re-probe a suspect peer sooner
-    assert 25 <= reconciles <= 31 and ticks >= reconciles, text
+    # DNS is read at the start, at each change and an interval after it (to see it
+    # done), not every tick: the drift check (every 10 s) does not come within 6 s
+    assert 2 <= reconciles <= 8 and ticks >= 25, text
     assert "beta is DOWN" in text and f"delete api.pool.domain.tld {BETA}" in text
