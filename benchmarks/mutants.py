@@ -267,7 +267,7 @@ MUTANTS = [
 
     # -- cycle.py: the loop's schedule ------------------------------------------------------
     m("cycle.py", "DNS updated only at the next tick after a transition",
-      "if changed or now >= self.next_reconcile:", "if now >= self.next_reconcile:", CYCLE,
+      "if (changed or now >= self.next_reconcile", "if (now >= self.next_reconcile", CYCLE,
       issue=True),
     m("cycle.py", "a failed probe run is retried at once, every tick (a busy loop)",
       "            for t in due:\n                self.schedule.due_at[t] = now + site.interval\n",
@@ -303,8 +303,9 @@ MUTANTS = [
     m("cycle.py", "a peer that closes idle connections is probed early every time",
       "                    self.kept.spurious(target)", "                    pass", KEPT),
     m("probe.py", "a connection the peer will close is kept (an early probe each interval)",
-      "            if name == b\"connection\" and b\"close\" in value.lower():\n"
-      "                self.reusable = False\n            elif", "            if", KEPT),
+      "            if name == b\"connection\" and b\"close\" in (t.strip() for t in"
+      " value.lower().split(b\",\")):\n                self.reusable = False  # a token of the"
+      " list, as h11 reads it\n            elif", "            if", KEPT),
     m("health.py", "the overlap waits for the median latency (a resumed hang delays it)",
       "[len(latencies_ms) // 4]", "[len(latencies_ms) // 2]", HEALTH),
     m("cycle.py", "a down target waits a whole interval (no downInterval)",
@@ -315,7 +316,7 @@ MUTANTS = [
       "wake = min(self.schedule.next(site.targets, now + site.interval),",
       "wake = min(now + site.interval,", CYCLE),
     m("cycle.py", "a transition made outside the loop is never mailed by it",
-      "            changed |= _pending(site)\n", "            pass\n", CYCLE),
+      "            changed |= _pending(site, entries)\n", "            pass\n", CYCLE),
     m("cycle.py", "a mail run at every start, with nothing pending",
       "        if not _pending(site):\n            self.next_notify = None\n", "", CYCLE),
 ]

@@ -35,7 +35,7 @@ MAX_PIECES = 1024  # body pieces (chunks): parsing each costs CPU that other pro
 MAX_RAW = 64 * 1024  # every byte read on one try: heads, framing, compressed body
 READ_SIZE = 16 * 1024  # one recv()
 STOP_POLL = 0.2  # how often a probe run looks at its stop event (SIGTERM in the cron loop)
-KEPT_DISCARD = 64 * 1024  # bytes a kept connection may still bring (the unread body) before it is let go
+KEPT_DISCARD = 64 * 1024  # bytes a kept connection may bring (an unread body) before it is let go
 RESOLVE_TIMEOUT = 5.0
 
 
@@ -409,8 +409,8 @@ class _HttpTry(_Try):
         codings = []
         self.reusable = self.keep and response.http_version == b"1.1"
         for name, value in response.headers:  # h11 gives lower-case names
-            if name == b"connection" and b"close" in value.lower():
-                self.reusable = False
+            if name == b"connection" and b"close" in (t.strip() for t in value.lower().split(b",")):
+                self.reusable = False  # a token of the list, as h11 reads it
             elif name == b"location":
                 self.location = _shown(value, quote=False)
             elif name == b"content-length" and len(value) < 20:  # h11 checked the digits
