@@ -51,6 +51,7 @@ SPOOL = ["tests/test_spool.py", "tests/test_maint.py", "tests/test_hardening.py"
          "tests/test_reconcile.py::test_a_changed_target_ip_replaces_the_old_address"]
 NOTIFY = ["tests/test_notify.py", "tests/test_maint.py"]
 KEPT = ["tests/test_kept.py"]
+FOLLOW = ["tests/test_follow.py"]
 CYCLE = ["tests/test_cycle_loop.py",
          "tests/test_cycle.py::test_suspect_targets_are_probed_again_sooner",
          "tests/test_confirm.py::test_the_cron_schedule_probes_a_down_target_every_down_interval"]
@@ -298,8 +299,8 @@ MUTANTS = [
     m("cycle.py", "aligned probes may come right after the last one (no half-period floor)",
       "    if nxt - wall < period / 2:\n        nxt += period\n", "", KEPT),
     m("cycle.py", "a closed kept connection is not heard (the loop only sleeps)",
-      "        if not self.kept:\n            self.stop.wait(seconds)\n            return\n",
-      "        self.stop.wait(seconds)\n        return\n", KEPT),
+      "        if not self.kept:\n            self.stop.wait(seconds)\n            return False\n",
+      "        self.stop.wait(seconds)\n        return False\n", KEPT),
     m("cycle.py", "a peer that closes idle connections is probed early every time",
       "                    self.kept.spurious(target)", "                    pass", KEPT),
     m("probe.py", "a connection the peer will close is kept (an early probe each interval)",
@@ -313,10 +314,38 @@ MUTANTS = [
     m("cycle.py", "a target never probed is never due",
       "self.due_at.get(t, now) <= now", "self.due_at.get(t, now) < now", CYCLE),
     m("cycle.py", "the loop wakes for reconcile and mail only, not for a due probe",
-      "wake = min(self.schedule.next(site.targets, now + site.interval),",
-      "wake = min(now + site.interval,", CYCLE),
+      "due = min(self.schedule.next(site.targets, now + site.interval),",
+      "due = min(now + site.interval,", CYCLE),
     m("cycle.py", "a transition made outside the loop is never mailed by it",
       "            changed |= _pending(site, entries)\n", "            pass\n", CYCLE),
+    # -- cycle.py and cronstart.py: one loop minute after minute (--follow) -----------------
+    m("cycle.py", "a --follow loop ends with its minute (each minute a new process, a gap)",
+      "                if not self.follow or now >= end + cronstart.GRACE:",
+      "                if True:", FOLLOW),
+    m("cycle.py", "a --follow loop never ends when cron stops",
+      "                if not self.follow or now >= end + cronstart.GRACE:",
+      "                if not self.follow:", FOLLOW),
+    m("cycle.py", "a note from the loop's own start counts as the next minute's copy",
+      "after=end + offset - self.seconds / 2", "after=0", FOLLOW),
+    m("cycle.py", "the note is not taken (its copy waits out its 6 s)",
+      "                    cronstart.take(site.spool_dir)\n", "", FOLLOW),
+    m("cycle.py", "an upgraded spdu keeps running the old code for up to an hour",
+      "        if _code_stamp() != code:", "        if False:", FOLLOW),
+    m("cycle.py", "a loop runs on past MAX_RUN",
+      "        if age + self.seconds > MAX_RUN:", "        if False:", FOLLOW),
+    m("cycle.py", "the lock's mtime is not moved on with the minute (copies wait each time)",
+      "                    if self.lock is not None:\n"
+      "                        cronstart.publish_end(self.lock, end + offset)\n", "", FOLLOW),
+    m("cronstart.py", "a copy trusts a configuration writable by others",
+      "and not st.st_mode & 0o022)", ")", FOLLOW),
+    m("cronstart.py", "a copy reads spoolDir from a $reference it cannot resolve",
+      "        raise shellconf.ShellSyntaxError(line, f\"${name}\", \"\")",
+      "        return \"\"", FOLLOW),
+    m("cronstart.py", "a copy near the loop's minute end exits at once (the loop may end:"
+      " a lost minute)",
+      "    if time.time() + 1.0 < end - MARGIN:", "    if True:", FOLLOW),
+    m("cronstart.py", "a copy whose loop ended does not loop itself",
+      "        if try_lock(fd):\n            return False\n", "", FOLLOW),
     m("cycle.py", "a mail run at every start, with nothing pending",
       "        if not _pending(site):\n            self.next_notify = None\n", "", CYCLE),
 ]

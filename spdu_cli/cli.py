@@ -470,16 +470,23 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
 @click.option("--for", "seconds", type=click.FloatRange(1, 3600), default=60.0,
               show_default=True, metavar="SECONDS", envvar="SPDU_CRON_FOR",
               help="How long to loop [env SPDU_CRON_FOR].")
+@click.option("--follow/--no-follow", default=False, show_default=True,
+              help="Go on for another --for each time the next copy that cron starts"
+                   " finds this loop running, up to an hour (spdu-cron sets it).")
 @LOCK_TIMEOUT
 @click.pass_obj
-def cron_cmd(obj: Context, seconds, lock_timeout):
+def cron_cmd(obj: Context, seconds, lock_timeout, follow):
     """Probe, reconcile and mail every `interval` seconds for a minute.
 
-    What cron runs every minute (spdu-cron is `spdu --syslog cron`): one
-    process runs the three steps in turn, probing a suspect target again
+    What cron runs every minute (spdu-cron is `spdu --syslog cron --follow`):
+    one process runs the three steps in turn, probing a suspect target again
     after fastInterval, mailing from the background so a slow relay never
-    delays a probe or a DNS update. A second copy exits 75 at once, and the
-    running one covers its minute. A failing step does not stop the others;
+    delays a probe or a DNS update. A second copy leaves a note for the
+    running one, which covers its minute too, and exits 75. With --follow, a
+    loop waits up to 5 s past its minute for that copy, so one process serves
+    minute after minute for as long as cron starts copies (a new one after
+    an hour, or at once when spdu was upgraded); a copy then costs little
+    more than Python's start-up. A failing step does not stop the others;
     the exit status says what still failed at the end, 0 when nothing did.
 
     \b
@@ -492,25 +499,28 @@ def cron_cmd(obj: Context, seconds, lock_timeout):
     site = obj.site()  # errors at start exit here (78); and syslog goes to syslogSocket
     path = config.config_path(obj.config_path)
     try:
-        tally = cycle.run(lambda: config.load(path), path, seconds, lock_timeout, site)
+        tally = cycle.run(lambda: config.load(path), path, seconds, lock_timeout, site,
+                          follow=follow)
     except cycle.LoopRunning as e:
         if not obj.logging[2]:
             raise
-        log.warning("%s", e)  # under cron: to syslog, not a mail every time a tick overran
+        log.info("%s", e)  # under cron: the usual hand-over, not a mail every minute
         sys.exit(int(e.exit_status))
     if tally.last_error is not None:
         sys.exit(int(tally.last_error))
 
 
 def cron_args(args: list[str]) -> list[str]:
-    """spdu-cron's arguments as spdu's: `--syslog [GLOBAL OPTIONS] cron [CRON OPTIONS]`.
-    The cron options (--for, --lock-timeout) may come anywhere, after `--`
-    or not, and a `cron` word is allowed, as its help shows it."""
+    """spdu-cron's arguments as spdu's: `--syslog [GLOBAL OPTIONS] cron --follow
+    [CRON OPTIONS]`. The cron options (--for, --lock-timeout, --no-follow) may
+    come anywhere, after `--` or not, and a `cron` word is allowed, as its help
+    shows it."""
     own, extra = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (
         list(args), [])
     if own[:1] == ["cron"]:
         own = own[1:]
     takes_value = {o for p in cron_cmd.params for o in p.opts if not p.is_flag}
+    flags = {o for p in cron_cmd.params if p.is_flag for o in [*p.opts, *p.secondary_opts]}
     glob, i = [], 0
     while i < len(own):
         a = own[i]
@@ -524,16 +534,19 @@ def cron_args(args: list[str]) -> list[str]:
             continue
         if a in ("-h", "--help"):  # the help of what spdu-cron runs, not of the group
             extra = [*extra, "--help"]
+        elif a in flags:
+            extra = [a, *extra]
         elif a == "cron":
             pass
         else:
             glob.append(a)
         i += 1
-    return ["--syslog", *glob, "cron", *extra]
+    return ["--syslog", *glob, "cron", "--follow", *extra]
 
 
 def cron_main() -> None:
-    """The `spdu-cron` command: `spdu --syslog [GLOBAL OPTIONS] cron [CRON OPTIONS]`."""
+    """`spdu --syslog [GLOBAL OPTIONS] cron --follow [CRON OPTIONS]`: spdu-cron
+    when no loop was running to take its minute (cronstart.main)."""
     cli.main(cron_args(sys.argv[1:]), prog_name="spdu-cron")
 
 

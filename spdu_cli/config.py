@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from spdu_cli import shellconf, tsig, validate
+from spdu_cli.cronstart import CONFIG_ENV as ENV_VAR
+from spdu_cli.cronstart import DEFAULT_CONFIG as DEFAULT_PATH
+from spdu_cli.cronstart import DEFAULT_SPOOL_DIR, trusted_file
+from spdu_cli.cronstart import MAX_CONFIG as MAX_FILE_SIZE
 from spdu_cli.errors import ConfigError, UsageError
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PATH = "/usr/local/etc/spdu.conf"
-ENV_VAR = "SPDU_CONFIG"
-MAX_FILE_SIZE = 1 << 20
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -99,7 +99,7 @@ KEYS: dict[str, Key] = {
         Key("targetIP", validate.ip_list, "", "target's addresses (else targetName's)"),
         # New keys.
         Key("targets", validate.target_list, "", "targets of this site", site_only=True),
-        Key("spoolDir", validate.absolute_path, "/var/spool/spdu", "state", site_only=True),
+        Key("spoolDir", validate.absolute_path, DEFAULT_SPOOL_DIR, "state", site_only=True),
         Key("interval", validate.decimal(0.1, 60), lambda get: get("loopWait"), "", site_only=True),
         Key("namePort", validate.integer(1, 65535), "53", "port of nameServer"),
         Key("probeRise", validate.integer(1, 100), "2", "good probes to go up"),
@@ -245,7 +245,7 @@ def read_safe_file(path: str, what: str = "configuration file") -> SafeFile:
             raise ConfigError(f"{what} {path} is not a regular file")
         mode = stat.S_IMODE(st.st_mode)
         foreign = st.st_uid not in (0, os.geteuid())
-        if foreign or mode & 0o022:
+        if not trusted_file(st, os.geteuid()):
             allowed = "root" if os.geteuid() == 0 else f"root or {_owner(os.geteuid())} (who runs spdu)"
             why = []
             if foreign:

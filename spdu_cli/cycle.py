@@ -13,7 +13,6 @@ second copy exits at once, after asking the running one to cover its minute.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import math
 import os
@@ -25,16 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spdu_cli import health
+from spdu_cli import cronstart, health
 from spdu_cli.errors import ExitStatus, ProbeInterrupted, SpduError, TemporaryFailure, os_failure
 from spdu_cli.spool import Spool, open_file
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".cron.lock"
-HANDOVER_NAME = ".cron.handover"  # touched by a copy that found the loop running
-END_MARGIN = 0.5  # no tick starts this close to the end of the minute
-HANDOVER_WAIT = 1.0  # a copy that found the loop running tries once more after this
+END_MARGIN = cronstart.MARGIN  # no tick starts this close to the end of the minute
+MAX_RUN = 3600.0  # seconds: a following loop then leaves the next minute to a new process
 STOP_WAIT = 1.0  # on SIGTERM, how long a mail run in progress may finish
 NOTIFY_RETRY = 10.0  # seconds before mail that failed is tried again
 DRIFT_CHECK = 10.0  # DNS agreed and the spool asks nothing new: read it again after this
@@ -179,9 +176,16 @@ class Tally:
 class Loop:
     def __init__(self, cache: SiteCache, seconds: float, lock_timeout: float = 5.0,
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time):
+                 wall: Callable[[], float] = time.time, follow: str | None = None,
+                 lock: int | None = None):
+        """`follow`: the spool directory whose loop lock this run holds; the run
+        then goes on for another `seconds` each time the next copy cron started
+        leaves its note there (cronstart), up to MAX_RUN. `lock`: that lock, whose
+        mtime tells copies when the current minute ends."""
         self.cache = cache
         self.seconds = seconds
+        self.follow = follow
+        self.lock = lock
         self.lock_timeout = lock_timeout
         self.clock = clock
         self.wall = wall  # what the probe schedule is aligned to (the wall clock)
@@ -247,17 +251,19 @@ class Loop:
                     self.kept.spurious(target)
         return changed
 
-    def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> bool:
         """Until the next tick is due, or a kept connection closes (its target is
-        then due at once), or stop."""
+        then due at once: True), or stop."""
         if not self.kept:
             self.stop.wait(seconds)
-            return
-        for target in self.kept.wait(seconds):
+            return False
+        tripped = self.kept.wait(seconds)
+        for target in tripped:
             log.info("%s: the connection of its last good probe was closed; probing it now",
                      target)
             self.schedule.trip(target, self.clock())
             self.early.add(target)
+        return bool(tripped)
 
     def request_stop(self) -> None:
         """SIGTERM: end after the current tick, waking the loop if it waits."""
@@ -379,6 +385,22 @@ class Loop:
 
             metrics.write_after_run(site)
 
+    def _may_go_on(self, site, age: float, code) -> bool:
+        """Whether a --follow loop may cover one more minute, or ends at the end
+        of this one, before the next copy comes (which then finds the lock free
+        and loops): after MAX_RUN, when spdu was upgraded on disk, or when
+        spoolDir moved away from the lock this run holds."""
+        if age + self.seconds > MAX_RUN:
+            log.info("this loop has run for %.0f s; a new process takes over", age)
+            return False
+        if _code_stamp() != code:
+            log.info("spdu was changed on disk (an upgrade?); a new process takes over")
+            return False
+        if site.spool_dir != self.follow:
+            log.info("spoolDir is now %s; a new process takes over", site.spool_dir)
+            return False
+        return True
+
     def run(self) -> Tally:
         self.wake = os.pipe()
         for end in self.wake:
@@ -394,25 +416,41 @@ class Loop:
                 os.close(end)
 
     def _run(self) -> Tally:
-        start, started_wall = self.clock(), time.time()
+        start, offset = self.clock(), self.wall() - self.clock()
         end = start + self.seconds
+        code = _code_stamp()
         site = self.cache.site or self.cache.get()
         if not _pending(site):
             self.next_notify = None
+        if self.lock is not None:
+            cronstart.publish_end(self.lock, end + offset)
+        due = start  # the first tick at once
         while not self.stop.is_set():
             now = self.clock()
             if now >= end - END_MARGIN:
-                # A copy cron started for the next minute found us running and gave up:
-                # cover its minute. (A copy started with us shares our minute.)
-                if not _handover_asked(site, after=started_wall + self.seconds / 2):
+                if self.follow and not self._may_go_on(site, now - start, code):
+                    break  # before the next copy comes: it finds the lock free
+                # A copy cron started for the next minute found us running: cover its
+                # minute. (A copy started with us shares our minute.) With --follow, the
+                # copy is waited for: this is how one process serves minute after minute.
+                if cronstart.asked(site.spool_dir, after=end + offset - self.seconds / 2):
+                    cronstart.take(site.spool_dir)
+                    end += self.seconds
+                    if self.lock is not None:
+                        cronstart.publish_end(self.lock, end + offset)
+                    log.debug("covering the next minute for a copy that found this one"
+                              " running")
+                    continue
+                if not self.follow or now >= end + cronstart.GRACE:
                     break
-                end += self.seconds
-                log.info("covering the next minute for a copy that found this one running")
-            self.tick(now)
-            wake = min(self.schedule.next(site.targets, now + site.interval),
-                       self.next_reconcile,
-                       self.next_notify if self.next_notify is not None else end)
-            self.sleep(max(0.0, min(wake, end - END_MARGIN) - self.clock()))
+            if now >= due:
+                self.tick(now)
+                due = min(self.schedule.next(site.targets, now + site.interval),
+                          self.next_reconcile,
+                          self.next_notify if self.next_notify is not None else math.inf)
+            limit = end - END_MARGIN if now < end - END_MARGIN else now + cronstart.POLL
+            if self.sleep(max(0.0, min(due, limit) - self.clock())):
+                due = self.clock()
             site = self.cache.site or site
         if self.mailer is not None:
             # On SIGTERM, a second at most; else until the end of the minute. A mail run
@@ -458,50 +496,27 @@ def _pending(site, entries: dict | None = None) -> bool:
     return any(e.pending() for e in entries.values())
 
 
-def _handover_asked(site, after: float) -> bool:
-    path = Path(site.spool_dir) / HANDOVER_NAME
-    try:
-        if path.stat().st_mtime < after:
-            return False
-        path.unlink()
-    except OSError:
-        return False
-    return True
-
-
 class LoopRunning(TemporaryFailure):
     """Another loop holds the loop lock: normal when a tick overran the minute."""
 
 
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-
-
-def hold_lock(spool_dir: str):
+def hold_lock(spool_dir: str, seconds: float = 60.0):
     """The loop's own lock (not the spool lock): held for the whole run. A
-    second copy does not wait: it leaves a note for the running one and exits 75."""
+    second copy does not wait for the run to end: it leaves a note for the
+    running one (which then covers the next minute too) and exits 75."""
     store = Spool(spool_dir)
     store.ensure_dir()
-    path = store.dir / LOCK_NAME
+    path = store.dir / cronstart.LOOP_LOCK
     try:
         fd = open_file(path, os.O_RDWR | os.O_CREAT)
     except OSError as e:
         raise os_failure(e, "open the cron loop's lock", path) from None
-    if not _try_lock(fd):
-        note = store.dir / HANDOVER_NAME
-        try:
-            note.touch(mode=0o640)
-            os.utime(note)
-        except OSError:
-            pass
-        # The running loop may have ended just before it could see the note: one
-        # more try a moment later, so a minute is never left without a loop.
-        time.sleep(HANDOVER_WAIT)
-        if not _try_lock(fd):
+    if not cronstart.try_lock(fd):
+        # The running loop may end instead of taking the note (its hour is up, or
+        # it was not started with --follow and its minute ended just before it
+        # could see the note): the lock is then ours, so a minute is never left
+        # without a loop.
+        if cronstart.wait_for_loop(fd, str(store.dir)):
             os.close(fd)
             raise LoopRunning(
                 f"another spdu cron loop holds {path}; this one exits (the running one"
@@ -512,17 +527,29 @@ def hold_lock(spool_dir: str):
         os.write(fd, f"{os.getpid()}\n".encode())
     except OSError as e:
         log.warning("%s", os_failure(e, "write the pid into", path))
+    cronstart.publish_end(fd, time.time() + seconds)  # the loop sets it exactly
     return fd
 
 
+def _code_stamp() -> tuple | None:
+    """spdu's installed code as it is on disk: an upgrade changes it."""
+    try:
+        st = os.stat(cronstart.__file__)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def run(load: Callable[[], object], config_path: str, seconds: float = 60.0,
-        lock_timeout: float = 5.0, site=None) -> Tally:
-    """`spdu cron`: the loop, for `seconds`, under the loop lock; SIGTERM ends it
-    after the current tick. `site`: the configuration, when already read."""
+        lock_timeout: float = 5.0, site=None, follow: bool = False) -> Tally:
+    """`spdu cron`: the loop, for `seconds` (with `follow`, on for as long as
+    cron's copies ask it to), under the loop lock; SIGTERM ends it after the
+    current tick. `site`: the configuration, when already read."""
     cache = SiteCache(load, config_path, site)
     site = cache.get()
-    fd = hold_lock(site.spool_dir)
-    loop = Loop(cache, seconds, lock_timeout)
+    fd = hold_lock(site.spool_dir, seconds)
+    loop = Loop(cache, seconds, lock_timeout, follow=site.spool_dir if follow else None,
+                lock=fd)
     previous = signal.getsignal(signal.SIGTERM)
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:

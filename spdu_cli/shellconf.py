@@ -7,20 +7,28 @@ line continuations. Anything that would make a shell run something is refused.
 
 from __future__ import annotations
 
-import re
+from collections import namedtuple
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OPERATORS = ";&|<>()"
 _BLANK = " \t\r"
+_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_REST = _FIRST | frozenset("0123456789")
 
 
-@dataclass(frozen=True)
-class Assignment:
-    key: str
-    value: str
-    line: int
+def _name_end(text: str, pos: int) -> int:
+    """The end of the name ([A-Za-z_][A-Za-z0-9_]*) at `pos`; `pos` when there is none."""
+    if pos >= len(text) or text[pos] not in _FIRST:
+        return pos
+    end = pos + 1
+    while end < len(text) and text[end] in _REST:
+        end += 1
+    return end
+
+
+# A tuple, not a dataclass: spdu-cron's first step reads the configuration
+# with this module alone, before anything heavier is imported.
+Assignment = namedtuple("Assignment", "key value line")
 
 
 class ShellSyntaxError(ValueError):
@@ -100,23 +108,23 @@ class _Parser:
 
     def assignment(self) -> Assignment:
         line = self.line
-        m = _NAME.match(self.text, self.pos)
-        if not m or self.text[m.end() : m.end() + 1] != "=":
-            raise self.not_an_assignment(m.group() if m else "")
-        key = m.group()
+        end = _name_end(self.text, self.pos)
+        key = self.text[self.pos : end]
+        if not key or self.text[end : end + 1] != "=":
+            raise self.not_an_assignment(key)
         if key in self.secret_keys:
             try:
-                return self.value_of(key, line, m)
+                return self.value_of(key, line, end)
             except ShellSyntaxError as e:
                 raise self.fail(
                     f"{key}: the value cannot be read as plain data (not shown: it is a secret)",
                     f"put it in single quotes, {key}='...', where $, spaces and \" are literal",
                     e.line,
                 ) from None
-        return self.value_of(key, line, m)
+        return self.value_of(key, line, end)
 
-    def value_of(self, key: str, line: int, m) -> Assignment:
-        self.pos = m.end() + 1
+    def value_of(self, key: str, line: int, end: int) -> Assignment:
+        self.pos = end + 1
         value = self.word(key)
         self.skip_blanks()
         ch = self.peek()
@@ -236,7 +244,7 @@ class _Parser:
         if ch == "{":
             close = self.text.find("}", self.pos)
             inner = self.text[self.pos + 1 : close] if close >= 0 else ""
-            if close < 0 or not _NAME.fullmatch(inner):
+            if close < 0 or not inner or _name_end(inner, 0) != len(inner):
                 raise self.fail(
                     f"{key}: unsupported expansion ${{{inner or '...'}}}",
                     "only ${key} and $key references to keys set earlier are understood",
@@ -244,10 +252,10 @@ class _Parser:
             while self.pos <= close:
                 self.advance()
             return self.reference(key, inner)
-        m = _NAME.match(self.text, self.pos)
-        if m:
-            self.pos = m.end()
-            return self.reference(key, m.group())
+        end = _name_end(self.text, self.pos)
+        if end > self.pos:
+            name, self.pos = self.text[self.pos : end], end
+            return self.reference(key, name)
         if ch and (ch.isdigit() or ch in "@*#?$!-"):
             raise self.fail(
                 f"{key}: shell parameter ${ch} is not allowed",

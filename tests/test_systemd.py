@@ -61,7 +61,10 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path):
 
 def test_the_service_is_sandboxed_and_the_timer_misses_no_minute():
     svc = unit("spdu.service")
-    assert svc["Type"] == ["oneshot"] and svc["User"] == ["knot"]
+    assert svc["Type"] == ["exec"] and svc["User"] == ["knot"]
+    # an hour a process; no copy ever meets the lock (systemd starts none), so no --follow
+    assert svc["Environment"] == ["SPDU_CRON_FOR=3600"] and svc["RuntimeMaxSec"] == ["3660"]
+    assert exec_start()[1:] == ["--no-follow"]
     assert svc["ProtectSystem"] == ["strict"] and svc["ReadWritePaths"] == ["/var/spool/spdu"]
     assert svc["CapabilityBoundingSet"] == [""] and svc["NoNewPrivileges"] == ["yes"]
     assert svc["PrivateTmp"] == ["yes"]
