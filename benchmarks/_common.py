@@ -29,7 +29,10 @@ def installed_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def install_wheel(tmp: Path) -> Path:
+DEBIAN_PYTHON = "/usr/bin/python3"  # what the README's install route makes the venv with
+
+
+def install_wheel(tmp: Path, python: str = DEBIAN_PYTHON) -> Path:
     """spdu as its users run it: a wheel built from this checkout, installed
     into a fresh venv of Debian's python3, offline (the dependencies' wheels
     come from .ci/setup), as the README's install route and
@@ -42,19 +45,19 @@ def install_wheel(tmp: Path) -> Path:
     wheelhouse = root / ".venv" / "wheelhouse"
     if not (wheelhouse / ".done").exists():
         raise SystemExit("no wheelhouse: run sh .ci/setup")
-    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
     src = tmp / "src"
     shutil.copytree(root, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", ".hypothesis", ".pytest_cache", "__pycache__", "*.egg-info", "build",
         "dist", "tests", "benchmarks"))
     offline = ["--no-index", "--find-links", str(wheelhouse)]
-    quiet = {"stdout": subprocess.DEVNULL, "check": True}
+    quiet = {"stdout": subprocess.DEVNULL}
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *offline,
-                    "-w", str(tmp / "dist"), str(src)], **quiet)
+                    "-w", str(tmp / "dist"), str(src)], check=True, **quiet)
     [wheel] = (tmp / "dist").glob("spdu-*.whl")
     venv = tmp / "opt-spdu"
-    subprocess.run([python, "-m", "venv", str(venv)], **quiet)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *offline, str(wheel)], **quiet)
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, **quiet)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *offline, str(wheel)], check=True,
+                   **quiet)
     return venv / "bin"
 
 

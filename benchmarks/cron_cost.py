@@ -23,6 +23,7 @@ Run: .venv/bin/python benchmarks/cron_cost.py [--minutes 3] [--interval 2]
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import statistics
@@ -35,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT))
-from _common import install_wheel, machine, measure, row  # noqa: E402
+from _common import DEBIAN_PYTHON, install_wheel, machine, measure, row  # noqa: E402
 from probe_cost import Quiet, Server  # noqa: E402
 
 from tests.dnsservers import KnotServer  # noqa: E402
@@ -50,6 +51,14 @@ def proc_cpu(pid: int) -> float:
     """CPU seconds (user + system, every thread) a running process has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss(pid: int) -> float:
+    """Resident memory of a running process, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
 
 
 def copy_cpu(cmd: list[str]) -> float:
@@ -67,11 +76,11 @@ def copy_cpu(cmd: list[str]) -> float:
 
 def follow(cron: list[str], spool: Path, minutes: int) -> dict[str, float]:
     """The loop as cron runs it, for 1 + `minutes` minutes; CPU seconds a minute."""
+    lock = spool / LOCK
+    last_end = lock.stat().st_mtime if lock.exists() else 0.0  # an earlier run's
     loop = subprocess.Popen(cron, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    lock = spool / LOCK
-    copies, samples = [], []
-    last_end = 0.0
+    copies, samples, rss = [], [], []
     for _ in range(minutes + 1):
         while True:  # cron: just after the loop's minute ends (the lock's mtime says when)
             end = lock.stat().st_mtime if lock.exists() else 0.0
@@ -81,13 +90,14 @@ def follow(cron: list[str], spool: Path, minutes: int) -> dict[str, float]:
                 raise SystemExit(f"the loop ended: {loop.stderr.read().decode()}")
             time.sleep(0.05)
         samples.append(proc_cpu(loop.pid))
+        rss.append(proc_rss(loop.pid))
         copies.append(copy_cpu(cron))
         last_end = end
     loop.send_signal(signal.SIGTERM)  # (without copies, it would end a minute and 5 s later)
     if loop.wait(timeout=30) != 0:
         raise SystemExit(f"the loop failed: {loop.stderr.read().decode()}")
     return {"first": samples[0], "loop": (samples[-1] - samples[0]) / minutes,
-            "copy": statistics.median(copies)}
+            "copy": statistics.median(copies), "rss": rss}
 
 
 def main() -> None:
@@ -95,6 +105,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=int, default=3,
                     help="minutes of the following loop measured after its first")
     ap.add_argument("--interval", type=float, default=2.0)
+    ap.add_argument("--python", default=DEBIAN_PYTHON,
+                    help="the interpreter of spdu's venv (default: Debian's, as users have it)")
     args = ap.parse_args()
     import threading
 
@@ -104,7 +116,10 @@ def main() -> None:
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
     with tempfile.TemporaryDirectory() as tmp:
-        bin_dir = install_wheel(Path(tmp) / "install")
+        bin_dir = install_wheel(Path(tmp) / "install", args.python)
+        version = subprocess.run([str(bin_dir / "python"), "-c",
+                                  "import sys; print(sys.version.split()[0])"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
         spdu, spdu_cron = str(bin_dir / "spdu"), str(bin_dir / "spdu-cron")
         knot = KnotServer(Path(tmp) / "knot", records=[])
         try:
@@ -138,7 +153,7 @@ def main() -> None:
     steady = cron["loop"] + cron["copy"]
     n = len(TARGETS)
     print(f"cron loop cost, {n} targets up, nothing to change, interval {args.interval:g} s"
-          f" ({machine()}; spdu installed from a wheel)")
+          f" ({machine()}; spdu installed from a wheel, on {args.python} {version})")
     print(row("spdu-cron --no-follow (a minute)", minute))
     print(row("spdu probe (a process)", probe))
     print(row("spdu reconcile (a process)", reconcile))
@@ -148,6 +163,8 @@ def main() -> None:
     print(f"  the loop, each minute after:                {cron['loop']:.3f} CPU-s")
     print(f"  the copy cron starts each minute:           {cron['copy']:.3f} CPU-s"
           " (median; it exits 75)")
+    print("  the loop's resident memory, minute by minute: "
+          + " ".join(f"{m:.1f}" for m in cron["rss"]) + " MiB")
     print(f"  a minute, loop and copy:                    {steady:.3f} CPU-s a minute,"
           f" {steady / n:.3f} per target -> goal <= {GOAL_PER_TARGET_MINUTE:.2f}:"
           f" {'met' if steady / n <= GOAL_PER_TARGET_MINUTE else 'NOT met'}")

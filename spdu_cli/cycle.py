@@ -511,17 +511,15 @@ def hold_lock(spool_dir: str, seconds: float = 60.0):
         fd = open_file(path, os.O_RDWR | os.O_CREAT)
     except OSError as e:
         raise os_failure(e, "open the cron loop's lock", path) from None
-    if not cronstart.try_lock(fd):
-        # The running loop may end instead of taking the note (its hour is up, or
-        # it was not started with --follow and its minute ended just before it
-        # could see the note): the lock is then ours, so a minute is never left
-        # without a loop.
-        if cronstart.wait_for_loop(fd, str(store.dir)):
-            os.close(fd)
-            raise LoopRunning(
-                f"another spdu cron loop holds {path}; this one exits (the running one"
-                " covers this minute)"
-            )
+    # The running loop may end instead of taking the note (its hour is up, or it
+    # was not started with --follow and its minute ended just before it could see
+    # the note): the lock is then ours, so a minute is never left without a loop.
+    if not cronstart.try_lock(fd) and cronstart.wait_for_loop(fd, str(store.dir)):
+        os.close(fd)
+        raise LoopRunning(
+            f"another spdu cron loop holds {path}; this one exits (the running one"
+            " covers this minute)"
+        )
     try:  # the pid is for people; the flock is what counts
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

@@ -6,6 +6,7 @@ spdu-cron processes against real HTTP and DNS servers (test_cycle.py's site)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -172,7 +173,8 @@ def test_a_copy_never_waits_for_a_dead_loop_in_a_foreign_directory(tmp_path):
 # -- the loop, fake clock --------------------------------------------------------------------
 
 
-def follow_loop(script, seconds: float, notes_at=(), note_dir: Path | None = None):
+def follow_loop(script, seconds: float, notes_at=(),  # noqa: F811 - not the fixture
+                note_dir: Path | None = None):
     """A --follow loop whose copies leave their notes at the given (fake) times."""
     clock = Clock()
     script.clock = clock
@@ -200,33 +202,33 @@ def follow_loop(script, seconds: float, notes_at=(), note_dir: Path | None = Non
     return loop, tally, clock.now
 
 
-def test_without_a_copy_the_loop_ends_after_its_grace(script):
-    loop, tally, ended = follow_loop(script, 10)
+def test_without_a_copy_the_loop_ends_after_its_grace(script):  # noqa: F811
+    _, _, ended = follow_loop(script, 10)
     assert T0 + 10 + cronstart.GRACE <= ended < T0 + 10 + cronstart.GRACE + cronstart.POLL + 0.01
     probes = script.calls["probe"]
     assert probes[-1] > T0 + 10  # no gap at the end of the minute: it probed on meanwhile
-    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
     assert max(gaps) <= INTERVAL + 1e-9
 
 
-def test_each_copy_gives_the_loop_one_more_minute(script):
+def test_each_copy_gives_the_loop_one_more_minute(script):  # noqa: F811
     notes = [T0 + 10.2, T0 + 20.1, T0 + 30.3]  # cron's copies, a little after each minute
-    loop, tally, ended = follow_loop(script, 10, notes_at=notes)
+    _, _, ended = follow_loop(script, 10, notes_at=notes)
     assert T0 + 40 + cronstart.GRACE <= ended < T0 + 40 + cronstart.GRACE + 0.3
     assert not (Path(script.site.spool_dir) / cronstart.NOTE).exists()  # each one taken
-    gaps = [b - a for a, b in zip(script.calls["probe"], script.calls["probe"][1:])]
+    gaps = [b - a for a, b in itertools.pairwise(script.calls["probe"])]
     assert max(gaps) <= INTERVAL + 1e-9  # one process, no restart gap
     lock = Path(script.site.spool_dir) / cronstart.LOOP_LOCK
     assert os.stat(lock).st_mtime == T0 + 40  # the end published for the copies
 
 
-def test_a_note_from_the_loops_own_start_is_not_a_new_minute(script):
-    loop, tally, ended = follow_loop(script, 10, notes_at=[T0 + 0.5])
+def test_a_note_from_the_loops_own_start_is_not_a_new_minute(script):  # noqa: F811
+    _, _, ended = follow_loop(script, 10, notes_at=[T0 + 0.5])
     assert ended < T0 + 10 + cronstart.GRACE + 0.3
 
 
 @pytest.mark.parametrize("why", ["upgrade", "hour", "spool"])
-def test_the_loop_leaves_the_next_minute_to_a_new_process(script, monkeypatch, why):
+def test_the_loop_leaves_the_next_minute_to_a_new_process(script, monkeypatch, why):  # noqa: F811
     stamps = iter(range(1000))
     if why == "upgrade":
         monkeypatch.setattr(cycle, "_code_stamp", lambda: next(stamps))
@@ -242,13 +244,13 @@ def test_the_loop_leaves_the_next_minute_to_a_new_process(script, monkeypatch, w
     notes = [T0 + 10.2, T0 + 20.1, T0 + 30.3]
     # spoolDir moved: the copies find no loop there and start one, whose copies'
     # notes the old loop must leave alone
-    loop, tally, ended = follow_loop(script, 10, notes_at=notes,
+    _, _, ended = follow_loop(script, 10, notes_at=notes,
                                      note_dir=moved if why == "spool" else None)
     # before the next copy comes (it finds the lock free), as without --follow
     assert ended == pytest.approx(T0 + (20 if why == "hour" else 10) - cycle.END_MARGIN)
 
 
-def test_without_follow_the_minute_is_the_run(script):
+def test_without_follow_the_minute_is_the_run(script):  # noqa: F811
     clock = Clock()
     script.clock = clock
     loop = cycle.Loop(Cache(script.site), 10, clock=clock, wall=clock)
@@ -262,11 +264,11 @@ def test_without_follow_the_minute_is_the_run(script):
 SPDU_CRON = str(Path(sys.executable).parent / "spdu-cron")
 
 
-def lock_end(site) -> float:
+def lock_end(site) -> float:  # noqa: F811 - not the fixture
     return os.stat(site["spool"] / cronstart.LOOP_LOCK).st_mtime
 
 
-def test_spdu_cron_one_process_minute_after_minute(site):
+def test_spdu_cron_one_process_minute_after_minute(site):  # noqa: F811
     """A loop of 3-second "minutes", and a copy at each minute's end, as cron
     would start one: each copy exits 75 at once, quietly, without importing
     click or dnspython; the loop goes on; once the copies stop, it ends."""
@@ -282,7 +284,7 @@ def test_spdu_cron_one_process_minute_after_minute(site):
             [sys.executable, "-X", "importtime", "-c",
              "import sys; from spdu_cli.cronstart import main; main()",
              "--config", site["conf"]],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=15)
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=15, check=False)
         took = time.monotonic() - t0
         assert copy.returncode == 75, copy.stderr
         assert took < 2.0

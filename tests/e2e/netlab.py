@@ -412,10 +412,13 @@ class Site:
         self.link_up = up
 
     def start_loop(self) -> None:
-        """spdu's cron loop, run again as soon as it ends, as cron does every minute."""
+        """spdu's cron loop as cron runs it (`cron --follow`, what spdu-cron runs): a
+        copy every loop_seconds, in the background; the first one loops, and each
+        later one finds it running and hands its minute over, so one loop runs on."""
         spdu = " ".join(f"'{a}'" for a in spdu_command())
-        script = (f"while :; do {spdu} -v -c '{self.conf}' cron --for {self.lab.loop_seconds:g};"
-                  " sleep 0.1; done")
+        seconds = f"{self.lab.loop_seconds:g}"
+        script = (f"while :; do {spdu} -v -c '{self.conf}' cron --follow --for {seconds} &"
+                  f" sleep {seconds}; done")
         self.loop = Proc(f"{self.name}/spdu", self.exec(["sh", "-c", script]),
                          self.dir / "spdu.log", cwd=self.dir)
 
