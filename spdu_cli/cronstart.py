@@ -34,6 +34,7 @@ MARGIN = 0.5  # the loop looks for a note from this long before the end of its m
 GRACE = 5.0  # a --follow loop waits this long past the end of its minute for the note
 POLL = 0.25  # how often the loop looks for the note meanwhile
 TAKEOVER = GRACE + 1.0  # how long a copy waits for the loop to take its note or end
+STUCK = 120.0  # a loop whose minute ended this long ago and still holds the lock is stuck
 TEMPFAIL = 75  # ExitStatus.TEMPFAIL (errors.py imports enum: not here)
 
 
@@ -79,8 +80,8 @@ def spool_dir(path: str) -> str | None:
         os.close(fd)
     from spdu_cli import shellconf
 
-    def lookup(name, line, seen):  # a default or another file's value: not here
-        raise shellconf.ShellSyntaxError(line, f"${name}", "")
+    def lookup(name, line, seen):  # a default's value: not known here
+        return "\0"  # refused below if spoolDir holds it; any other key's value is not used
 
     try:
         assignments = shellconf.parse(data.decode("utf-8"), lookup)
@@ -103,18 +104,22 @@ def try_lock(fd: int) -> bool:
         return False
 
 
-def ask(directory: str) -> None:
-    """Leave the note: a copy found the loop running (its mtime is when)."""
+def ask(directory: str) -> bool:
+    """Leave the note: a copy found the loop running (its mtime is when).
+    False when it could not be left (a full disk, something else there)."""
     note = os.path.join(directory, NOTE)
     try:
         fd = os.open(note, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
                      | os.O_CLOEXEC, 0o640)
     except OSError:
-        return
+        return False
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
         os.utime(fd)
+        return True
     except OSError:
-        pass
+        return False
     finally:
         os.close(fd)
 
@@ -148,23 +153,33 @@ def wait_for_loop(fd: int, directory: str, wait: float = TAKEOVER) -> bool:
     """The lock (`fd`) is held by a loop: leave the note, then see whether the
     loop covers this minute (True) or ends (False: the lock is ours now, this
     copy must loop). A loop that is not near the end of its minute takes the
-    note when it is: no need to wait for that."""
-    ask(directory)
+    note when it gets there (a loop always covers the minute of a note it
+    finds): no need to wait for that. When no note could be left, the loop
+    ends with its minute, and this copy waits for that to take over."""
+    noted = ask(directory)
     try:
         end = os.fstat(fd).st_mtime
     except OSError:
         end = 0.0
-    if time.time() + 1.0 < end - MARGIN:
+    now = time.time()
+    if now > end + STUCK:
+        print(f"spdu-cron: the cron loop holding {os.path.join(directory, LOOP_LOCK)} should"
+              f" have moved on {now - end:.0f} s ago: is it stuck? (its pid is in that file)",
+              file=sys.stderr)  # cron mails it
         return True
+    if noted and now + 1.0 < end - MARGIN:
+        return True
+    if not noted:
+        wait = max(wait, end + GRACE + 1.0 - now)
     note = os.path.join(directory, NOTE)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         time.sleep(0.1)
         if try_lock(fd):
             return False
-        if not os.path.lexists(note):
+        if noted and not os.path.lexists(note):
             return True  # taken: the loop goes on
-    return True
+    return True  # a loop busy past the end of its minute: it takes the note when done
 
 
 def loop_running(directory: str) -> bool:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 END_MARGIN = cronstart.MARGIN  # no tick starts this close to the end of the minute
 MAX_RUN = 3600.0  # seconds: a following loop then leaves the next minute to a new process
+CODE_CHECK = 60.0  # a run longer than this looks every as often for an upgrade of spdu
 STOP_WAIT = 1.0  # on SIGTERM, how long a mail run in progress may finish
 NOTIFY_RETRY = 10.0  # seconds before mail that failed is tried again
 DRIFT_CHECK = 10.0  # DNS agreed and the spool asks nothing new: read it again after this
@@ -389,7 +390,8 @@ class Loop:
         """Whether a --follow loop may cover one more minute, or ends at the end
         of this one, before the next copy comes (which then finds the lock free
         and loops): after MAX_RUN, when spdu was upgraded on disk, or when
-        spoolDir moved away from the lock this run holds."""
+        spoolDir moved away from the lock this run holds. (A copy's note that
+        is already there is covered all the same: its copy is gone.)"""
         if age + self.seconds > MAX_RUN:
             log.info("this loop has run for %.0f s; a new process takes over", age)
             return False
@@ -415,33 +417,44 @@ class Loop:
             for end in wake:
                 os.close(end)
 
+    def _publish(self, end: float) -> None:
+        if self.lock is not None:  # the wall clock of now: it may have been stepped
+            cronstart.publish_end(self.lock, end + self.wall() - self.clock())
+
     def _run(self) -> Tally:
-        start, offset = self.clock(), self.wall() - self.clock()
-        end = start + self.seconds
-        code = _code_stamp()
+        start = self.clock()
+        # With --follow, the minutes end on the wall clock's: cron starts each copy
+        # just after one, when the loop is waiting for it.
+        end = (aligned(start, self.seconds, self.wall() - start) if self.follow
+               else start + self.seconds)
+        code, next_code_check = _code_stamp(), start + CODE_CHECK
         site = self.cache.site or self.cache.get()
         if not _pending(site):
             self.next_notify = None
-        if self.lock is not None:
-            cronstart.publish_end(self.lock, end + offset)
+        self._publish(end)
         due = start  # the first tick at once
         while not self.stop.is_set():
             now = self.clock()
             if now >= end - END_MARGIN:
-                if self.follow and not self._may_go_on(site, now - start, code):
-                    break  # before the next copy comes: it finds the lock free
                 # A copy cron started for the next minute found us running: cover its
                 # minute. (A copy started with us shares our minute.) With --follow, the
                 # copy is waited for: this is how one process serves minute after minute.
-                if cronstart.asked(site.spool_dir, after=end + offset - self.seconds / 2):
+                after = end + self.wall() - now - self.seconds / 2
+                if cronstart.asked(site.spool_dir, after=after):
                     cronstart.take(site.spool_dir)
                     end += self.seconds
-                    if self.lock is not None:
-                        cronstart.publish_end(self.lock, end + offset)
+                    self._publish(end)
                     log.debug("covering the next minute for a copy that found this one"
                               " running")
                     continue
+                if self.follow and not self._may_go_on(site, now - start, code):
+                    break  # before the next copy comes: it finds the lock free
                 if not self.follow or now >= end + cronstart.GRACE:
+                    break
+            elif not self.follow and now >= next_code_check:  # a long run (systemd's hour)
+                next_code_check = now + CODE_CHECK
+                if _code_stamp() != code:
+                    log.info("spdu was changed on disk (an upgrade?); this run ends")
                     break
             if now >= due:
                 self.tick(now)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spdu_cli import config, cronstart, cycle
+from spdu_cli.errors import ConfigError
 from tests.test_cycle import site, wait_for  # noqa: F401 - the fixture
 from tests.test_cycle_loop import INTERVAL, T0, Cache, Clock, Sleeps, script  # noqa: F401
 
@@ -57,10 +59,16 @@ def test_spool_dir_as_the_configuration_sets_it(tmp_path):
     assert cronstart.spool_dir(write_conf(f, 'd=/x\nspoolDir="$d/spool"\n')) == "/x/spool"
 
 
+def test_a_reference_elsewhere_does_not_matter(tmp_path):
+    f = tmp_path / "spdu.conf"
+    assert cronstart.spool_dir(write_conf(f, "apiName=api.$domain\nspoolDir=/s\n")) == "/s"
+
+
 @pytest.mark.parametrize("text, mode", [
     ("spoolDir=/s\n", 0o666),  # writable by others: config.load refuses it
     ("spoolDir=/s\n", 0o620),  # by the group
-    ("spoolDir=$nowhere/s\n", 0o640),  # a default or another file's value: not here
+    ("spoolDir=$nowhere/s\n", 0o640),  # a default's value: not known here
+    ("spoolDir=${domain}/s\n", 0o640),
     ("spoolDir=relative\n", 0o640),
     ("spoolDir=/s; rm -rf /\n", 0o640),
     ("spoolDir=`id`\n", 0o640),
@@ -99,7 +107,12 @@ def test_spool_dir_is_what_config_load_reads_or_nothing(tmp_path, lines):
     quick = cronstart.spool_dir(path)
     if quick is None:
         return
-    assert quick == config.load(path).spool_dir
+    try:
+        full = config.load(path).spool_dir
+    except ConfigError as e:  # the full start refuses the file; a running loop keeps
+        assert "spoolDir" not in str(e)  # the one it read before, which it did not set
+        return
+    assert quick == full
 
 
 def held_lock(directory: Path, end: float) -> int:
@@ -158,6 +171,41 @@ def test_a_loop_at_the_end_of_its_minute_answers(tmp_path):
     running, took = copy_waits(d)
     assert not running and 0.25 < took < 1.5
     assert (d / cronstart.NOTE).exists()  # left for nobody: the next loop ignores old notes
+
+
+def test_a_copy_that_cannot_leave_its_note_waits_for_the_loop_to_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(cronstart, "GRACE", 0.5)
+    d = tmp_path / "spool"
+    fd = held_lock(d, time.time() + 0.5)  # a loop that ends 0.5 s after its minute
+    (d / cronstart.NOTE).mkdir()  # something that is no note
+    threading.Timer(1.2, os.close, [fd]).start()
+    running, took = copy_waits(d)
+    assert not running and 1.1 < took < 2.0  # past its usual 6 s? no: until the lock freed
+    fd = held_lock(d, time.time())  # and one that does not end: it stops waiting after
+    try:                            # the end, the grace and a second
+        running, took = copy_waits(d)
+        assert running and cronstart.GRACE + 0.9 < took < cronstart.TAKEOVER + 0.5
+    finally:
+        os.close(fd)
+
+
+def test_a_copy_says_when_the_loop_looks_stuck(tmp_path, capsys):
+    d = tmp_path / "spool"
+    fd = held_lock(d, time.time() - cronstart.STUCK - 10)
+    try:
+        running, took = copy_waits(d)
+    finally:
+        os.close(fd)
+    assert running and took < 0.5
+    err = capsys.readouterr().err
+    assert "is it stuck?" in err and str(d / cronstart.LOOP_LOCK) in err
+    fd = held_lock(d, time.time() - 3)  # busy past its minute: no alarm
+    threading.Timer(0.3, cronstart.take, [str(d)]).start()
+    try:
+        copy_waits(d)
+    finally:
+        os.close(fd)
+    assert capsys.readouterr().err == ""
 
 
 def test_a_copy_never_waits_for_a_dead_loop_in_a_foreign_directory(tmp_path):
@@ -220,6 +268,45 @@ def test_each_copy_gives_the_loop_one_more_minute(script):  # noqa: F811
     assert max(gaps) <= INTERVAL + 1e-9  # one process, no restart gap
     lock = Path(script.site.spool_dir) / cronstart.LOOP_LOCK
     assert os.stat(lock).st_mtime == T0 + 40  # the end published for the copies
+
+
+def test_a_note_left_before_the_loop_stops_is_covered_all_the_same(script, monkeypatch):  # noqa: F811
+    """The loop would leave the next minute to a new process (an upgrade), but a
+    copy already left its note (it came early, or the loop's last tick was long)
+    and is gone: the loop covers that minute, and leaves the one after."""
+    stamps = iter(range(1000))
+    monkeypatch.setattr(cycle, "_code_stamp", lambda: next(stamps))
+    _, _, ended = follow_loop(script, 10, notes_at=[T0 + 9.2, T0 + 20.1])
+    assert ended == pytest.approx(T0 + 20 - cycle.END_MARGIN)
+
+
+def test_a_follow_loops_minutes_end_on_the_wall_clocks(script):  # noqa: F811
+    """Started 6.5 s into a 10 s "minute": its first one ends at the whole one
+    after the next (it is at least half a minute long), where cron's copy
+    will come; started 3.5 s into one, at the next."""
+    for late, end in ((6.5, T0 + 20), (3.5, T0 + 10)):
+        assert cycle.aligned(T0 + late, 10, 0) == end
+    clock = Clock()
+    clock.now = T0 + 6.5
+    script.clock = clock
+    loop = cycle.Loop(Cache(script.site), 10, clock=clock, wall=clock,
+                      follow=script.site.spool_dir)
+    loop.stop = Sleeps(loop)
+    Path(script.site.spool_dir).mkdir()
+    loop.run()
+    assert clock.now == pytest.approx(T0 + 20 + cronstart.GRACE, abs=cronstart.POLL + 0.01)
+
+
+def test_a_long_run_without_follow_ends_after_an_upgrade(script, monkeypatch):  # noqa: F811
+    stamps = iter([1, 1, 1, 2, 2, 2, 2])
+    monkeypatch.setattr(cycle, "_code_stamp", lambda: next(stamps))
+    clock = Clock()
+    script.clock = clock
+    loop = cycle.Loop(Cache(script.site), 3600, clock=clock, wall=clock)
+    loop.stop = Sleeps(loop)
+    loop.run()
+    # checked every CODE_CHECK seconds: unchanged at 60 and 120, changed at 180
+    assert T0 + 3 * cycle.CODE_CHECK <= clock.now < T0 + 3 * cycle.CODE_CHECK + INTERVAL + 0.01
 
 
 def test_a_note_from_the_loops_own_start_is_not_a_new_minute(script):  # noqa: F811
@@ -298,3 +385,30 @@ def test_spdu_cron_one_process_minute_after_minute(site):  # noqa: F811
     assert a.wait(timeout=15) == 0  # no more copies: it ends
     assert time.monotonic() - t0 < 3 + cronstart.GRACE + 1.5
     assert "Traceback" not in a.stderr.read()
+
+
+def test_a_copy_in_the_middle_of_the_loops_minute_exits_at_once(site):  # noqa: F811
+    a = subprocess.Popen([SPDU_CRON, "--config", site["conf"], "--for", "10"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (site["spool"] / cronstart.LOOP_LOCK).exists()
+                 and lock_end(site) > time.time() + 3, 10)
+        t0 = time.monotonic()
+        copy = subprocess.run([SPDU_CRON, "--config", site["conf"]], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=15, check=False)
+        assert copy.returncode == 75 and copy.stderr == ""
+        assert time.monotonic() - t0 < 1.5  # no wait: the loop takes the note at its end
+        assert (site["spool"] / cronstart.NOTE).exists()
+    finally:
+        a.send_signal(signal.SIGTERM)
+        assert a.wait(timeout=10) == 0
+
+
+def test_spdu_cron_no_follow_keeps_to_its_minute(site):  # noqa: F811
+    t0 = time.monotonic()
+    r = subprocess.run([SPDU_CRON, "--config", site["conf"], "--no-follow", "--for", "2"],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert 1.4 < time.monotonic() - t0 < 1.5 + 1.5  # not aligned, no grace: --for it is
