@@ -149,13 +149,14 @@ def publish_end(fd: int, end: float) -> None:
         pass  # a copy then waits for this loop's answer a little longer
 
 
-def wait_for_loop(fd: int, directory: str, wait: float = TAKEOVER) -> bool:
+def wait_for_loop(fd: int, directory: str, wait: float | None = None) -> bool:
     """The lock (`fd`) is held by a loop: leave the note, then see whether the
     loop covers this minute (True) or ends (False: the lock is ours now, this
     copy must loop). A loop that is not near the end of its minute takes the
     note when it gets there (a loop always covers the minute of a note it
     finds): no need to wait for that. When no note could be left, the loop
     ends with its minute, and this copy waits for that to take over."""
+    wait = TAKEOVER if wait is None else wait
     noted = ask(directory)
     try:
         end = os.fstat(fd).st_mtime

@@ -175,16 +175,17 @@ def test_a_loop_at_the_end_of_its_minute_answers(tmp_path):
 
 def test_a_copy_that_cannot_leave_its_note_waits_for_the_loop_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(cronstart, "GRACE", 0.5)
+    monkeypatch.setattr(cronstart, "TAKEOVER", 1.0)
     d = tmp_path / "spool"
-    fd = held_lock(d, time.time() + 0.5)  # a loop that ends 0.5 s after its minute
-    (d / cronstart.NOTE).mkdir()  # something that is no note
-    threading.Timer(1.2, os.close, [fd]).start()
+    fd = held_lock(d, time.time() + 1.5)  # its minute ends in 1.5 s; it ends 0.5 s later
+    (d / cronstart.NOTE).mkdir()  # something that is no note: the loop will not go on
+    threading.Timer(2.0, os.close, [fd]).start()
     running, took = copy_waits(d)
-    assert not running and 1.1 < took < 2.0  # past its usual 6 s? no: until the lock freed
-    fd = held_lock(d, time.time())  # and one that does not end: it stops waiting after
-    try:                            # the end, the grace and a second
+    assert not running and 1.9 < took < 2.6  # past its usual wait: until the lock freed
+    fd = held_lock(d, time.time())  # one that does not end: it stops waiting after the
+    try:                            # loop's end, its grace and a second
         running, took = copy_waits(d)
-        assert running and cronstart.GRACE + 0.9 < took < cronstart.TAKEOVER + 0.5
+        assert running and 1.4 < took < 2.0
     finally:
         os.close(fd)
 

@@ -413,12 +413,13 @@ class Site:
 
     def start_loop(self) -> None:
         """spdu's cron loop as cron runs it (`cron --follow`, what spdu-cron runs): a
-        copy every loop_seconds, in the background; the first one loops, and each
-        later one finds it running and hands its minute over, so one loop runs on."""
+        copy in the background at every whole loop_seconds of the wall clock (cron's
+        minutes); the first one loops, and each later one finds it running and hands
+        its minute over, so one loop runs on."""
         spdu = " ".join(f"'{a}'" for a in spdu_command())
-        seconds = f"{self.lab.loop_seconds:g}"
+        seconds = f"{self.lab.loop_seconds:.0f}"
         script = (f"while :; do {spdu} -v -c '{self.conf}' cron --follow --for {seconds} &"
-                  f" sleep {seconds}; done")
+                  f" sleep $(( {seconds} - $(date +%s) % {seconds} )); done")
         self.loop = Proc(f"{self.name}/spdu", self.exec(["sh", "-c", script]),
                          self.dir / "spdu.log", cwd=self.dir)
 
