@@ -29,38 +29,6 @@ def installed_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-DEBIAN_PYTHON = "/usr/bin/python3"  # what the README's install route makes the venv with
-
-
-def install_wheel(tmp: Path, python: str = DEBIAN_PYTHON) -> Path:
-    """spdu as its users run it: a wheel built from this checkout, installed
-    into a fresh venv of Debian's python3, offline (the dependencies' wheels
-    come from .ci/setup), as the README's install route and
-    tests/test_install.py do; the venv's bin directory. (The tests' own venv
-    holds spdu as an editable install, whose import hook alone costs about
-    25 ms at every start.)"""
-    import shutil
-
-    root = Path(__file__).resolve().parent.parent
-    wheelhouse = root / ".venv" / "wheelhouse"
-    if not (wheelhouse / ".done").exists():
-        raise SystemExit("no wheelhouse: run sh .ci/setup")
-    src = tmp / "src"
-    shutil.copytree(root, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".hypothesis", ".pytest_cache", "__pycache__", "*.egg-info", "build",
-        "dist", "tests", "benchmarks"))
-    offline = ["--no-index", "--find-links", str(wheelhouse)]
-    quiet = {"stdout": subprocess.DEVNULL}
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *offline,
-                    "-w", str(tmp / "dist"), str(src)], check=True, **quiet)
-    [wheel] = (tmp / "dist").glob("spdu-*.whl")
-    venv = tmp / "opt-spdu"
-    subprocess.run([python, "-m", "venv", str(venv)], check=True, **quiet)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *offline, str(wheel)], check=True,
-                   **quiet)
-    return venv / "bin"
-
-
 def measure(cmd: list[str], runs: int = 10, ok_codes=(0,)) -> dict[str, float]:
     """Median wall and CPU time, and the peak resident memory, of `cmd`.
 

@@ -36,10 +36,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT))
-from _common import DEBIAN_PYTHON, install_wheel, machine, measure, row  # noqa: E402
+from _common import machine, measure, row  # noqa: E402
 from probe_cost import Quiet, Server  # noqa: E402
 
 from tests.dnsservers import KnotServer  # noqa: E402
+from tests.wheel import SYSTEM_PYTHON, WHEELHOUSE, install  # noqa: E402
 
 ORIGINAL_CPU_PER_TARGET_MINUTE = 0.32  # seconds, the bash daemon (issue 6)
 GOAL_PER_TARGET_MINUTE = 0.15  # seconds (issue 14): an idle minute, start-up included
@@ -105,9 +106,11 @@ def main() -> None:
     ap.add_argument("--minutes", type=int, default=3,
                     help="minutes of the following loop measured after its first")
     ap.add_argument("--interval", type=float, default=2.0)
-    ap.add_argument("--python", default=DEBIAN_PYTHON,
+    ap.add_argument("--python", default=SYSTEM_PYTHON,
                     help="the interpreter of spdu's venv (default: Debian's, as users have it)")
     args = ap.parse_args()
+    if not (WHEELHOUSE / ".done").exists():
+        raise SystemExit("no wheelhouse: run sh .ci/setup")
     import threading
 
     servers = []
@@ -116,7 +119,7 @@ def main() -> None:
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
     with tempfile.TemporaryDirectory() as tmp:
-        bin_dir = install_wheel(Path(tmp) / "install", args.python)
+        bin_dir = install(Path(tmp) / "install", args.python)[0] / "bin"
         version = subprocess.run([str(bin_dir / "python"), "-c",
                                   "import sys; print(sys.version.split()[0])"],
                                  capture_output=True, text=True, check=True).stdout.strip()

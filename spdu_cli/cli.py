@@ -485,9 +485,10 @@ def cron_cmd(obj: Context, seconds, lock_timeout, follow):
     running one, which covers its minute too, and exits 75. With --follow, a
     loop waits up to 5 s past its minute for that copy, so one process serves
     minute after minute for as long as cron starts copies (a new one after
-    an hour, or at once when spdu was upgraded); a copy then costs little
-    more than Python's start-up. A failing step does not stop the others;
-    the exit status says what still failed at the end, 0 when nothing did.
+    an hour, or at the end of the minute when spdu was upgraded); a copy then
+    costs little more than Python's start-up. A failing step does not stop
+    the others; the exit status says what still failed at the end, 0 when
+    nothing did.
 
     \b
     Example:

@@ -45,6 +45,15 @@ def trusted_file(st: os.stat_result, euid: int) -> bool:
             and not st.st_mode & 0o022)
 
 
+def absolute_path(value: str) -> str:
+    """The check of spoolDir and the other paths (validate, config.KEYS)."""
+    if not value.startswith("/"):
+        raise ValueError("not an absolute path")
+    if any(ord(c) < 32 or c == "\x7f" for c in value):
+        raise ValueError("control character in path")
+    return value
+
+
 def config_path(argv: list[str], environ: Mapping[str, str]) -> str | None:
     """The configuration file that spdu-cron's arguments select; None when
     they hold anything else (the full start deals with it)."""
@@ -91,9 +100,10 @@ def spool_dir(path: str) -> str | None:
     for a in assignments:
         if a.key == "spoolDir":
             value = a.value
-    if not value.startswith("/") or any(ord(c) < 32 or c == "\x7f" for c in value):
-        return None  # validate.absolute_path refuses it: the full start says so
-    return value
+    try:
+        return absolute_path(value)
+    except ValueError:
+        return None  # the full start says why
 
 
 def try_lock(fd: int) -> bool:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from spdu_cli.cronstart import absolute_path  # noqa: F401 - shared with spdu-cron's copy
+
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _LOCAL_PART = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}")
 _PATH = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*")
@@ -149,14 +151,6 @@ def url_path(value: str) -> str:
             "not a URL path: use only URL characters (percent-encode spaces and the like)"
         )
     return path
-
-
-def absolute_path(value: str) -> str:
-    if not value.startswith("/"):
-        raise ValueError("not an absolute path")
-    if any(ord(c) < 32 or c == "\x7f" for c in value):
-        raise ValueError("control character in path")
-    return value
 
 
 def optional(check):

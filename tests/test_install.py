@@ -6,17 +6,13 @@ backend and the dependencies come from the wheels .ci/setup downloaded."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parent.parent
-WHEELHOUSE = ROOT / ".venv" / "wheelhouse"
-SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's python3 package, as a newcomer has it
+from tests.wheel import SYSTEM_PYTHON, WHEELHOUSE, install
 
 
 def sh(*argv, **kw) -> subprocess.CompletedProcess:
@@ -33,16 +29,7 @@ def installed(tmp_path_factory):
     assert (WHEELHOUSE / ".done").exists(), "no wheelhouse: run sh .ci/setup"
     assert os.access(SYSTEM_PYTHON, os.X_OK), "Debian's python3 is missing (.ci/setup)"
     tmp = tmp_path_factory.mktemp("install")
-    src = tmp / "src"  # a copy: building leaves build/ and *.egg-info behind
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".hypothesis", ".pytest_cache", "__pycache__", "*.egg-info", "build",
-        "dist", "tests", "benchmarks"))
-    offline = ["--no-index", "--find-links", WHEELHOUSE]
-    sh(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *offline, "-w", tmp / "dist", src)
-    [wheel] = (tmp / "dist").glob("spdu-*.whl")
-    venv = tmp / "opt-spdu"
-    sh(SYSTEM_PYTHON, "-m", "venv", venv)
-    sh(venv / "bin" / "pip", "install", "-q", *offline, wheel)
+    venv, wheel = install(tmp)
     prefix = tmp / "usr-local"
     (prefix / "bin").mkdir(parents=True)
     for cmd in ("spdu", "spdu-cron"):
