@@ -1,7 +1,7 @@
 """Mutation testing of the decision core: would the tests notice this bug?
 
 Each mutant below is one deliberate, plausible bug in health.py, reconcile.py
-(decide, the read, the UPDATE), spool.py, notify.py (selection and marking)
+(decide, the read, the UPDATE), spool.py, notify/ and journal.py (selection and marking)
 cycle.py (the loop's schedule) or probe.py (the kept connection), applied to a copy of the tree in a
 temporary directory; the fast tests that cover that code run against the copy
 (PYTHONPATH points at it, bytecode off) under a per-mutant timeout. A mutant
@@ -225,36 +225,36 @@ MUTANTS = [
     m("spool.py", "a world-writable spool directory is accepted",
       "        if mode & 0o002:\n", "        if False:\n", SPOOL),
 
-    # -- notify.py: which transitions go in which mail, and marking --------------------------
-    m("notify.py", "after a flap summary, the held changes go out one mail each",
+    # -- notify/, journal.py: which transitions go in which mail, and marking --------------------------
+    m("notify/outbox.py", "after a flap summary, the held changes go out one mail each",
       "held_since_last = last is not None and pending[0].at < last + view.flap_window",
       "held_since_last = False", NOTIFY, issue=True),
-    m("notify.py", "flapping already at flapCount changes",
+    m("notify/outbox.py", "flapping already at flapCount changes",
       "if len(recent) > view.flap_count or held_since_last:",
       "if len(recent) >= view.flap_count or held_since_last:", NOTIFY),
-    m("notify.py", "a summary is held a moment past its window",
+    m("notify/outbox.py", "a summary is held a moment past its window",
       "if last is not None and now < last + view.flap_window:",
       "if last is not None and now <= last + view.flap_window:", NOTIFY),
-    m("notify.py", "changes after a summary are not held",
+    m("notify/outbox.py", "changes after a summary are not held",
       "        return Held(view, pending, last + view.flap_window)\n",
       "        pass\n", NOTIFY),
-    m("notify.py", "only pending changes count towards flapping",
+    m("notify/outbox.py", "only pending changes count towards flapping",
       "recent = [c for c in view.journal if", "recent = [c for c in pending if", NOTIFY),
-    m("notify.py", "any mailed change counts as a flap summary",
+    m("journal.py", "any mailed change counts as a flap summary",
       "c.notified_at for c in self.journal if c.flap and c.notified_at",
       "c.notified_at for c in self.journal if c.notified_at", NOTIFY),
-    m("notify.py", "a digest is not in the order things happened",
+    m("notify/outbox.py", "a digest is not in the order things happened",
       "tuple(sorted(ns, key=order))", "tuple(ns)", NOTIFY),
-    m("notify.py", "the Message-ID ignores its timestamp (reused after a spool reset)",
+    m("notify/mail.py", "the Message-ID ignores its timestamp (reused after a spool reset)",
       'f"{t}:{c.id}:{c.stamp}"', 'f"{t}:{c.id}"', NOTIFY, issue=True),
-    m("notify.py", "a mail the relay did not take is marked notified",
+    m("notify/step.py", "a mail the relay did not take is marked notified",
       '"mail_id"] = None\n            continue\n', '"mail_id"] = None\n', NOTIFY),
-    m("notify.py", "without mailTo, transitions are never marked",
+    m("notify/marks.py", "without mailTo, transitions are never marked",
       "found + (0 if entry.fresh else _settle(entry, v, now))", "found", NOTIFY),
-    m("notify.py", "marking matches the id only (a reset journal gets marked)",
+    m("notify/marks.py", "marking matches the id only (a reset journal gets marked)",
       'fields = updates.get((e.get("id"), str(e.get("at"))))',
       'fields = next((f for (i, _), f in updates.items() if i == e.get("id")), None)', NOTIFY),
-    m("notify.py", "marks are written to an entry that could not be read",
+    m("notify/marks.py", "marks are written to an entry that could not be read",
       "found = 0 if entry.fresh else _mark(entry, updates)\n            if found < len(updates):"
       "\n                log.warning(\"%s: the spool entry changed meanwhile; %d transition(s)"
       " not\"\n                            \" found to mark\", v.target,",
@@ -263,7 +263,7 @@ MUTANTS = [
       " not\"\n                            \" found to mark\", v.target,",
       NOTIFY, equivalent="an entry that could not be read is a fresh one with an empty"
       " journal: _mark finds nothing and nothing is written either way"),
-    m("notify.py", "each pending transition goes to syslog on every run",
+    m("journal.py", "each pending transition goes to syslog on every run",
       "            if c.logged:\n                continue\n", "", NOTIFY),
 
     # -- cycle.py: the loop's schedule ------------------------------------------------------

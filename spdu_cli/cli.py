@@ -447,7 +447,7 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
     Example:
         spdu notify --dry-run | less
     """
-    from spdu_cli import notify
+    import spdu_cli.notify.step as notify
 
     outcome = notify.run(obj.site(), dry_run=dry_run, lock_timeout=lock_timeout)
     if not dry_run:

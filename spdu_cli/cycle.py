@@ -314,7 +314,7 @@ class Loop:
         self.mailer.start()
 
     def _mail(self, site) -> None:
-        from spdu_cli import notify
+        import spdu_cli.notify.step as notify
 
         try:
             outcome = notify.run(site, lock_timeout=self.lock_timeout)

@@ -53,7 +53,7 @@ def expire(entry: SpoolEntry, now: float) -> dict | None:
 
 def _log_now(site, entry: SpoolEntry) -> None:
     """Log the change to syslog as it is journaled, not when it is mailed."""
-    from spdu_cli.notify import JournalLog
+    from spdu_cli.journal import JournalLog
 
     journal_log = JournalLog(site.syslog_socket)
     try:

@@ -1057,7 +1057,7 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None,
                 journal = _record(entry, cfg, r) or journal
             if journal is not None:
                 if journal_log is None:
-                    from spdu_cli.notify import JournalLog
+                    from spdu_cli.journal import JournalLog
 
                     journal_log = JournalLog(site.syslog_socket)
                 journal_log(cfg, entry)

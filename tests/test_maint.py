@@ -9,7 +9,11 @@ import time
 
 import pytest
 
-from spdu_cli import config, maint, notify, reconcile
+import spdu_cli.notify.step as notify
+import spdu_cli.notify.text as notice
+from spdu_cli import config, maint, reconcile
+from spdu_cli.journal import StateChange, TargetView
+from spdu_cli.notify import outbox
 from spdu_cli.errors import UsageError
 from spdu_cli.health import Health, State
 from spdu_cli.spool import Maintenance, Spool, SpoolEntry, iso
@@ -190,18 +194,18 @@ def test_probe_clears_an_expired_maintenance(run, confdir, http_server, tmp_path
 
 
 def test_notify_texts_for_maintenance():
-    mail = notify.MailConfig(("ops@domain.tld",), "robot@domain.tld", "127.0.0.1", 25, False,
+    mail = config.MailConfig(("ops@domain.tld",), "robot@domain.tld", "127.0.0.1", 25, False,
                              "", "", tag="alpha")
 
     def one(*changes):
-        v = notify.TargetView("beta", "beta.domain.tld", (BETA,), "http://api/status", mail, 4,
+        v = TargetView("beta", "beta.domain.tld", (BETA,), "http://api/status", mail, 4,
                               600.0, tuple(changes))
-        return notify.plan([v], NOW + 10).mails[0]
+        return outbox.plan([v], NOW + 10).mails[0]
 
-    on = notify.StateChange(2, "x", NOW, "up", "maint", "kernel", until=NOW + 3600)
-    assert notify.subject(one(on)) == (
+    on = StateChange(2, "x", NOW, "up", "maint", "kernel", until=NOW + 3600)
+    assert notice.subject(one(on)) == (
         "NOTICE: beta is in maintenance until 2025-06-15 16:06:40 UTC (kernel)")
-    back = notify.StateChange(3, "y", NOW + 5, "maint", "down", "maintenance expired")
-    assert notify.subject(one(back)) == "WARNING: beta is back from maintenance: DOWN"
-    text = notify.body(one(on, back))
+    back = StateChange(3, "y", NOW + 5, "maint", "down", "maintenance expired")
+    assert notice.subject(one(back)) == "WARNING: beta is back from maintenance: DOWN"
+    text = notice.body(one(on, back))
     assert "It had been in maintenance for 5 s" in text

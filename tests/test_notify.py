@@ -11,11 +11,15 @@ import time
 
 import pytest
 
-from spdu_cli import config, notify
+import spdu_cli.notify.mail as smtp
+import spdu_cli.notify.step as notify
+import spdu_cli.notify.text as notice
+from spdu_cli import config, journal
+from spdu_cli.notify import outbox
 from spdu_cli.config import MailConfig
 from spdu_cli.errors import ConfigError, ServiceUnavailable
 from spdu_cli.health import Health, State, Transition
-from spdu_cli.spool import Spool, iso
+from spdu_cli.spool import Spool, duration, iso
 from tests.conftest import free_port
 
 NOW = 1_750_000_000.0
@@ -24,16 +28,16 @@ MAIL = MailConfig(("ops@domain.tld",), "robot@domain.tld", "127.0.0.1", 25, Fals
 
 
 def change(id, at, old, new, reason="", dns=(), **kw):
-    return notify.StateChange(id, iso(at), at, old, new, reason, tuple(dns), **kw)
+    return journal.StateChange(id, iso(at), at, old, new, reason, tuple(dns), **kw)
 
 
 def view(*changes, target="beta", mail=MAIL, flap_count=4, flap_window=600.0):
-    return notify.TargetView(target, f"{target}.domain.tld", ("5.6.7.8",),
+    return journal.TargetView(target, f"{target}.domain.tld", ("5.6.7.8",),
                              "http://api.domain.tld:80/status", mail, flap_count, flap_window,
                              tuple(changes))
 
 
-REMOVED = notify.DnsAction(NOW + 2, "delete", "5.6.7.8", "api.pool.domain.tld A",
+REMOVED = journal.DnsAction(NOW + 2, "delete", "5.6.7.8", "api.pool.domain.tld A",
                            "127.0.0.1:53")
 
 
@@ -41,17 +45,17 @@ REMOVED = notify.DnsAction(NOW + 2, "delete", "5.6.7.8", "api.pool.domain.tld A"
 
 
 def test_duration():
-    assert [notify.duration(s) for s in (0, 45, 60, 3725, 90061)] == [
+    assert [duration(s) for s in (0, 45, 60, 3725, 90061)] == [
         "0 s", "45 s", "1 min", "1 h 2 min", "1 d 1 h"]
 
 
 def test_one_pending_transition_is_one_mail_and_notified_ones_are_skipped():
     v = view(change(1, NOW - 900, "unknown", "up", notified=True),
              change(2, NOW - 300, "up", "down", "connection refused"))
-    p = notify.plan([v], NOW)
+    p = outbox.plan([v], NOW)
     assert len(p.mails) == 1 and [c.id for _, c in p.mails[0].changes] == [2]
-    assert notify.subject(p.mails[0]) == "WARNING: beta is DOWN"
-    assert notify.plan([view(change(1, NOW, "unknown", "up", notified=True))], NOW).mails == []
+    assert notice.subject(p.mails[0]) == "WARNING: beta is DOWN"
+    assert outbox.plan([view(change(1, NOW, "unknown", "up", notified=True))], NOW).mails == []
 
 
 def test_several_pending_go_out_as_one_digest_per_mail_configuration():
@@ -62,19 +66,19 @@ def test_several_pending_go_out_as_one_digest_per_mail_configuration():
         view(change(7, NOW - 50, "up", "down", "timed out"), target="gamma"),
         view(change(3, NOW - 40, "up", "down"), target="delta", mail=other),
     ]
-    p = notify.plan(views, NOW)
+    p = outbox.plan(views, NOW)
     assert [len(m.changes) for m in p.mails] == [3, 1]
     digest = p.mails[0]
     assert [(t, c.id) for t, c in digest.changes] == [("beta", 1), ("gamma", 7), ("beta", 2)]
-    assert notify.subject(digest) == "WARNING: 3 changes: gamma is DOWN, beta is up"
-    text = notify.body(digest)
+    assert notice.subject(digest) == "WARNING: 3 changes: gamma is DOWN, beta is up"
+    text = notice.body(digest)
     assert text.startswith("3 changes seen from alpha since the last mail:\n  - beta is DOWN\n")
     assert text.count("-" * 72) == 3
-    assert notify.subject(p.mails[1]) == "WARNING: delta is DOWN"
+    assert notice.subject(p.mails[1]) == "WARNING: delta is DOWN"
 
 
 def test_without_mail_to_transitions_are_marked_silently():
-    p = notify.plan([view(change(1, NOW, "up", "down"), mail=None)], NOW)
+    p = outbox.plan([view(change(1, NOW, "up", "down"), mail=None)], NOW)
     assert p.mails == [] and [(v.target, c.id) for v, c in p.silent] == [("beta", 1)]
 
 
@@ -86,29 +90,29 @@ def flaps(n, start, step=20.0, notified=0):
 
 def test_flapping_target_gets_one_summary_per_window():
     # 4 changes within the window: one mail each (the first three went already).
-    p = notify.plan([view(*flaps(4, NOW - 100, notified=3))], NOW)
+    p = outbox.plan([view(*flaps(4, NOW - 100, notified=3))], NOW)
     assert [n.flapping for n in p.mails[0].notices] == [0]
     # The 5th within the window: a summary instead.
-    p = notify.plan([view(*flaps(5, NOW - 100, notified=4))], NOW)
+    p = outbox.plan([view(*flaps(5, NOW - 100, notified=4))], NOW)
     (n,) = p.mails[0].notices
     assert n.flapping == 5 and n.next_summary == NOW + 600
-    assert notify.subject(p.mails[0]) == "WARNING: beta is flapping (5 changes in 10 min), now DOWN"
+    assert notice.subject(p.mails[0]) == "WARNING: beta is flapping (5 changes in 10 min), now DOWN"
     # Once a summary went out, later flaps are held until the window has passed...
     sent = [change(c.id, c.at, c.old, c.new, c.reason, notified=True, notified_at=NOW,
                    flap=c.id == 5) for c in flaps(5, NOW - 100)]
     more = [change(6, NOW + 10, "up", "down", "flap 6"), change(7, NOW + 30, "down", "up")]
-    p = notify.plan([view(*sent, *more)], NOW + 60)
+    p = outbox.plan([view(*sent, *more)], NOW + 60)
     assert p.mails == [] and p.held[0].until == NOW + 600 and len(p.held[0].changes) == 2
     # ...then they go out as one summary (due at the window's end, not a moment
     # later), even though the flapping has calmed down.
-    assert notify.plan([view(*sent, *more)], NOW + 600).held == []
-    p = notify.plan([view(*sent, *more)], NOW + 601)
+    assert outbox.plan([view(*sent, *more)], NOW + 600).held == []
+    p = outbox.plan([view(*sent, *more)], NOW + 601)
     (n,) = p.mails[0].notices
     assert n.flapping and [c.id for c in n.changes] == [6, 7]
-    text = notify.body(p.mails[0])
+    text = notice.body(p.mails[0])
     assert "is flapping, as seen from alpha" in text and "DOWN -> up" in text
     # flapCount=0: no summaries.
-    p = notify.plan([view(*flaps(8, NOW - 100), flap_count=0)], NOW)
+    p = outbox.plan([view(*flaps(8, NOW - 100), flap_count=0)], NOW)
     assert len(p.mails[0].notices) == 8
 
 
@@ -119,15 +123,15 @@ def test_changes_held_after_a_summary_go_out_as_one_summary_even_when_calm():
     sent = [change(c.id, c.at, c.old, c.new, c.reason, notified=True, notified_at=NOW - 900,
                    flap=True) for c in flaps(5, NOW - 1000)]
     held = [change(6, NOW - 320, "down", "up", "back"), change(7, NOW - 310, "up", "down", "gone")]
-    p = notify.plan([view(*sent, *held)], NOW)
+    p = outbox.plan([view(*sent, *held)], NOW)
     (mail,) = p.mails
     (n,) = mail.notices
     assert n.flapping and [c.id for c in n.changes] == [6, 7]
-    assert "flapping" in notify.subject(mail)
+    assert "flapping" in notice.subject(mail)
 
 
 def test_slow_changes_are_not_flapping():
-    p = notify.plan([view(*flaps(8, NOW - 8 * 700, step=700))], NOW)
+    p = outbox.plan([view(*flaps(8, NOW - 8 * 700, step=700))], NOW)
     assert [n.flapping for n in p.mails[0].notices] == [0] * 8
 
 
@@ -137,15 +141,15 @@ def test_slow_changes_are_not_flapping():
 def test_down_mail_headers_and_text():
     v = view(change(1, NOW - 3900, "down", "up", "HTTP 200 in 3 ms", notified=True),
              change(2, NOW, "up", "down", "connection refused", dns=[REMOVED]))
-    mail = notify.plan([v], NOW).mails[0]
-    msg = notify.compose(mail, NOW + 5)
+    mail = outbox.plan([v], NOW).mails[0]
+    msg = smtp.compose(mail, NOW + 5)
     assert msg["Subject"] == "WARNING: beta is DOWN"
     assert 'From: "spdu on alpha" <robot@domain.tld>\n' in msg.as_string()
     assert msg["From"].addresses[0].display_name == "spdu on alpha"
     assert msg["To"] == "ops@domain.tld"
     assert msg["Date"].datetime.timestamp() == NOW + 5
     assert msg["Message-ID"].startswith("<spdu.") and msg["Message-ID"].endswith("@domain.tld>")
-    assert msg["Message-ID"] == notify.compose(mail, NOW + 60)["Message-ID"]  # same on retry
+    assert msg["Message-ID"] == smtp.compose(mail, NOW + 60)["Message-ID"]  # same on retry
     text = msg.get_content()
     assert "beta (beta.domain.tld, 5.6.7.8) is DOWN, as seen from alpha." in text
     assert "It stopped answering http://api.domain.tld:80/status at" in text
@@ -157,7 +161,7 @@ def test_down_mail_headers_and_text():
 def test_up_mail_names_the_last_failure_and_unchanged_dns():
     v = view(change(4, NOW - 125, "up", "down", "HTTP 503", notified=True),
              change(5, NOW, "down", "up", "HTTP 200 in 2.5 ms"))
-    msg = notify.compose(notify.plan([v], NOW).mails[0], NOW)
+    msg = smtp.compose(outbox.plan([v], NOW).mails[0], NOW)
     assert msg["Subject"] == "NOTICE: beta is up"
     text = msg.get_content()
     assert "It answers http://api.domain.tld:80/status since" in text
@@ -169,7 +173,7 @@ def test_up_mail_names_the_last_failure_and_unchanged_dns():
 def test_log_line():
     v = view(change(1, NOW - 60, "down", "up", notified=True),
              change(2, NOW, "up", "down", "HTTP 500"))
-    assert notify.log_line(v, v.journal[1]) == (
+    assert journal.log_line(v, v.journal[1]) == (
         "beta is DOWN: http://api.domain.tld:80/status at 5.6.7.8: HTTP 500 (was up for 1 min)")
 
 
@@ -483,13 +487,13 @@ def test_dry_run_sends_logs_and_marks_nothing(site, smtp_relay, syslog_socket):
 
 def test_non_ascii_reason_survives_encoding():
     v = view(change(1, NOW, "up", "down", "TLS error: certificat expiré"))
-    msg = notify.compose(notify.plan([v], NOW).mails[0], NOW)
+    msg = smtp.compose(outbox.plan([v], NOW).mails[0], NOW)
     assert msg["Content-Transfer-Encoding"] == "quoted-printable"
     assert "certificat expiré" in msg.get_content()
 
 
 def test_a_damaged_journal_entry_does_not_crash():
-    c = notify.StateChange.from_journal({"id": 3, "at": "garbage", "to": "down", "dns": 7})
+    c = journal.StateChange.from_journal({"id": 3, "at": "garbage", "to": "down", "dns": 7})
     assert (c.id, c.at, c.old, c.new, c.dns) == (3, 0.0, "unknown", "down", ())
 
 

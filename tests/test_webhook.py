@@ -1,4 +1,4 @@
-"""Webhook notifications (spdu_cli.webhook and the webhook channels of notify):
+"""Webhook notifications (spdu_cli.notify.webhook and the webhook channels of notify):
 the formats over data, and delivery to real HTTP and HTTPS receivers on loopback
 (tests/webhookd.py), per channel, at least once."""
 
@@ -10,7 +10,11 @@ import time
 
 import pytest
 
-from spdu_cli import config, notify, webhook
+import spdu_cli.notify.step as notify
+from spdu_cli import config
+from spdu_cli.journal import StateChange, TargetView
+from spdu_cli.notify import outbox, webhook
+from spdu_cli.spool import iso
 from spdu_cli.config import WebhookConfig
 from spdu_cli.errors import ConfigError
 from tests.conftest import free_port
@@ -22,8 +26,8 @@ TOKEN = "tk_s3cret-token-value"
 def post(*changes, fmt="json", token="", flap_count=4):
     cfg = WebhookConfig("https://hooks.example/services/T0/B0/XYZ", fmt, token, tag="alpha")
     v = view(*changes, mail=None, flap_count=flap_count)
-    v = notify.TargetView(**{**v.__dict__, "webhooks": (cfg,)})
-    p = notify.plan([v], NOW)
+    v = TargetView(**{**v.__dict__, "webhooks": (cfg,)})
+    p = outbox.plan([v], NOW)
     assert p.mails == [] and p.silent == []
     (x,) = p.posts
     return x
@@ -44,7 +48,7 @@ def test_json_document_names_each_transition_and_what_dns_did():
     assert (t["target"], t["id"], t["from"], t["to"], t["reason"]) == (
         "beta", 2, "up", "down", "connection refused")
     assert t["addresses"] == ["5.6.7.8"] and t["host"] == "beta.domain.tld"
-    assert t["dns"] == [{"at": notify.iso(NOW + 2), "action": "delete", "address": "5.6.7.8",
+    assert t["dns"] == [{"at": iso(NOW + 2), "action": "delete", "address": "5.6.7.8",
                          "rrset": "api.pool.domain.tld A", "server": "127.0.0.1:53"}]
     assert "is DOWN, as seen from alpha" in doc["text"]
     assert webhook.request(x, NOW + 60).headers["Idempotency-Key"] == doc["id"]  # same on retry
@@ -91,11 +95,11 @@ def test_each_channel_sees_its_own_pending_and_flap_summaries():
     c = change(1, NOW, "up", "down", **sent)
     assert c.on("mail").notified and not c.on("webhook:x").notified
     # a flap summary that went to one channel does not hold the other back
-    done = [notify.StateChange(**{**f.__dict__, "sent": (("webhook:a", NOW, f.id == 5),)})
+    done = [StateChange(**{**f.__dict__, "sent": (("webhook:a", NOW, f.id == 5),)})
             for f in flaps(5, NOW - 100)]
     v = view(*done, change(6, NOW + 10, "up", "down"))
-    assert isinstance(notify.notices_for(v.on("webhook:a"), NOW + 60), notify.Held)
-    assert not isinstance(notify.notices_for(v.on("webhook:b"), NOW + 60), notify.Held)
+    assert isinstance(outbox.notices_for(v.on("webhook:a"), NOW + 60), outbox.Held)
+    assert not isinstance(outbox.notices_for(v.on("webhook:b"), NOW + 60), outbox.Held)
 
 
 # -- configuration ---------------------------------------------------------------------
@@ -300,9 +304,9 @@ def test_notify_without_webhooks_loads_no_requests(site, smtp_relay):
     relay = smtp_relay()
     site.change("beta", "up", "down")
     site.load(mailTo="ops@domain.tld", smtpPort=relay.port)
-    code = ("import sys; from spdu_cli import config, notify; "
+    code = ("import sys; from spdu_cli import config; import spdu_cli.notify.step as notify; "
             f"notify.run(config.load({str(site.confdir.main)!r})); "
-            "print('requests' in sys.modules, 'spdu_cli.webhook' in sys.modules)")
+            "print('requests' in sys.modules, 'spdu_cli.notify.webhook' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.split() == ["False", "False"], out.stderr
     assert len(relay.received) == 1

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 from spdu_cli import __version__
 from spdu_cli.config import WebhookConfig
 from spdu_cli.errors import ConfigError, ServiceUnavailable, SpduError
-from spdu_cli.notify import _CONTROL  # notify loads this module: what a header may not hold
+from spdu_cli.notify.text import CONTROL, body, subject
 
 if TYPE_CHECKING:
-    from spdu_cli.notify import Post
+    from spdu_cli.notify.outbox import Post
 
 FORMAT_VERSION = 1  # of the json format: a receiver may rely on every field it names
 NTFY_MAX = 4000  # bytes of body: ntfy turns a longer message into an attachment, or refuses it
@@ -64,9 +64,7 @@ def _iso(ts: float | None) -> str | None:
 
 def document(post: Post, now: float) -> dict[str, Any]:
     """The json format (spdu.conf(5), webhookFormat): every transition with what DNS did."""
-    from spdu_cli.notify import body, subject
-
-    summary = _CONTROL.sub(" ", subject(post))
+    summary = CONTROL.sub(" ", subject(post))
     return {
         "spdu": FORMAT_VERSION,
         "id": delivery_id(post),
@@ -118,7 +116,7 @@ def _encoded(value: str) -> str:
     """A header value: one line; RFC 2047 when not ASCII (ntfy decodes it)."""
     import base64
 
-    value = _CONTROL.sub(" ", value)
+    value = CONTROL.sub(" ", value)
     if value.isascii():
         return value
     return "=?UTF-8?B?" + base64.b64encode(value.encode()).decode() + "?="
@@ -126,11 +124,9 @@ def _encoded(value: str) -> str:
 
 def request(post: Post, now: float) -> Request:
     """The POST for the receiver's format."""
-    from spdu_cli.notify import body, subject
-
     cfg = post.config
     headers = {"User-Agent": f"spdu/{__version__}", "Idempotency-Key": delivery_id(post)}
-    summary = _CONTROL.sub(" ", subject(post))
+    summary = CONTROL.sub(" ", subject(post))
     warn = summary.startswith("WARNING")
     if cfg.format == "ntfy":
         data = _capped(body(post), NTFY_MAX, lambda s: len(s.encode())).encode()
@@ -229,7 +225,7 @@ def refusal(cfg: WebhookConfig, status: int, reason: str) -> SpduError | None:
     pending all the same, so fixing the setting delivers them."""
     if 200 <= status < 300:
         return None
-    reason = _CONTROL.sub(" ", reason or "")[:60].strip()
+    reason = CONTROL.sub(" ", reason or "")[:60].strip()
     answered = f"{cfg.where} answered {status}{' ' + reason if reason else ''}"
     if status in (408, 429) or status >= 500:
         return ServiceUnavailable(answered, LATER)

@@ -1,0 +1,277 @@
+"""A target's journal of transitions as notify, probe and maint read it
+(its configuration beside it), and the syslog line each transition gets as
+soon as it is journaled, so a log line never waits for a mail run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import logging.handlers
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from spdu_cli.config import MailConfig, TargetConfig, WebhookConfig
+from spdu_cli.logsetup import SYSLOG_SOCKETS, system_socket
+from spdu_cli.spool import SpoolEntry, duration, epoch
+
+log = logging.getLogger(__name__)
+
+MAIL = "mail"  # the mail channel's name in the spool (a webhook's: WebhookConfig.channel)
+MESSAGE_ID = re.compile(r"<spdu\.[0-9a-f]{20}@[A-Za-z0-9.-]{1,253}>")  # what message_id makes
+
+
+def _epoch(value: Any) -> float | None:
+    try:
+        return epoch(value)
+    except (ValueError, TypeError):
+        return None
+
+
+# -- what notify knows of a target: its journal, seen through its config -----------
+
+
+@dataclass(frozen=True)
+class DnsAction:
+    """What reconcile did for a transition (spool journal `dns` entries)."""
+
+    at: float | None
+    action: str  # "add" or "delete"
+    address: str
+    rrset: str
+    server: str
+
+    def words(self) -> str:
+        done = f"added {self.address} to" if self.action == "add" else f"removed {self.address} from"
+        when = f" at {clock(self.at)}" if self.at else ""
+        return f"{done} {self.rrset} on {self.server}{when}"
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """One transition of a target's journal."""
+
+    id: int
+    stamp: str  # `at` as the journal spells it: with `id`, what marking matches on
+    at: float
+    old: str
+    new: str
+    reason: str
+    dns: tuple[DnsAction, ...] = ()
+    notified: bool = False
+    notified_at: float | None = None
+    flap: bool = False  # went out in a flap summary
+    logged: bool = False  # written to syslog
+    until: float | None = None  # a change to maint: when the maintenance ends
+    sent: tuple[tuple[str, float | None, bool], ...] = ()  # (channel, at, flap summary)
+    mail_id: str | None = None  # the Message-ID of a mail about to carry it (see run)
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.id, self.stamp)
+
+    @classmethod
+    def from_journal(cls, e: dict[str, Any]) -> StateChange:
+        dns = tuple(
+            DnsAction(
+                _epoch(d.get("at")), str(d.get("action", "")), str(d.get("address", "")),
+                str(d.get("rrset", "")), str(d.get("server", "")),
+            )
+            for d in (e.get("dns") if isinstance(e.get("dns"), list) else ())
+            if isinstance(d, dict)
+        )
+        return cls(
+            id=e["id"],
+            stamp=str(e.get("at")),
+            at=_epoch(e.get("at")) or 0.0,
+            old=str(e.get("from", "unknown")),
+            new=str(e.get("to", "unknown")),
+            reason=str(e.get("reason") or ""),
+            dns=dns,
+            notified=bool(e.get("notified")),
+            notified_at=_epoch(e.get("notified_at")),
+            flap=bool(e.get("flap")),
+            logged=bool(e.get("logged")),
+            until=_epoch(e.get("until")),
+            sent=_sent(e.get("sent")),
+            mail_id=(e["mail_id"] if isinstance(e.get("mail_id"), str)
+                     and MESSAGE_ID.fullmatch(e["mail_id"]) else None),  # goes into a header
+        )
+
+    def on(self, channel: str) -> StateChange:
+        """As `channel` sees it: done once that channel took it, or once every channel
+        did (`notified`; from before channels, the mail fields tell)."""
+        rec = next((r for r in self.sent if r[0] == channel), None)
+        if rec is not None:
+            return dataclasses.replace(self, notified=True, notified_at=rec[1], flap=rec[2])
+        if self.notified and self.sent:
+            return dataclasses.replace(self, flap=False)  # settled without this channel
+        return self
+
+
+def _sent(value: Any) -> tuple[tuple[str, float | None, bool], ...]:
+    if not isinstance(value, dict):
+        return ()
+    return tuple((str(ch), _epoch(r.get("at")), bool(r.get("flap")))
+                 for ch, r in value.items() if isinstance(r, dict))
+
+
+@dataclass(frozen=True)
+class TargetView:
+    target: str
+    host: str  # targetName
+    addresses: tuple[str, ...]
+    url: str
+    mail: MailConfig | None  # None: mailTo is empty
+    flap_count: int  # 0: flap summaries off
+    flap_window: float
+    journal: tuple[StateChange, ...]
+    webhooks: tuple[WebhookConfig, ...] = ()
+
+    @classmethod
+    def from_spool(cls, cfg: TargetConfig, entry: SpoolEntry) -> TargetView:
+        addresses = tuple(entry.addresses) or tuple(str(ip) for ip in cfg.target_ips)
+        return cls(
+            target=cfg.target,
+            host=cfg.target_name,
+            addresses=addresses,
+            url=entry.url or cfg.probe_url,
+            mail=cfg.mail,
+            flap_count=cfg.flap_count,
+            flap_window=cfg.flap_window,
+            journal=tuple(StateChange.from_journal(e) for e in entry.journal),
+            webhooks=cfg.webhooks,
+        )
+
+    def channels(self) -> set[str]:
+        """Every channel that must take a transition before it is notified."""
+        return ({MAIL} if self.mail else set()) | {w.channel for w in self.webhooks}
+
+    def on(self, channel: str) -> TargetView:
+        """The journal as one channel sees it."""
+        return dataclasses.replace(self, journal=tuple(c.on(channel) for c in self.journal))
+
+    def pending(self) -> list[StateChange]:
+        return [c for c in self.journal if not c.notified]
+
+    def previous(self, change: StateChange) -> StateChange | None:
+        """The transition that began the state `change` ended, if still in the journal."""
+        return next((c for c in self.journal if c.id == change.id - 1), None)
+
+    def last_failure(self, change: StateChange) -> StateChange | None:
+        """The latest transition to down up to `change`: its reason is the failure."""
+        earlier = [c for c in self.journal if c.id <= change.id and c.new == "down"]
+        return earlier[-1] if earlier else None
+
+    def last_flap_summary(self) -> float | None:
+        return max((c.notified_at for c in self.journal if c.flap and c.notified_at), default=None)
+
+
+# -- words shared by the log line, mails and webhooks --------------------------------
+
+
+def state_word(state: str) -> str:
+    return {"down": "DOWN", "maint": "in maintenance"}.get(state, state)
+
+
+def clock(ts: float | None) -> str:
+    if ts is None:
+        return "an unknown time"
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def address_list(view: TargetView) -> str:
+    return ", ".join(view.addresses) or "no known address"
+
+
+# -- syslog ------------------------------------------------------------------------
+
+
+class _Syslog(logging.handlers.SysLogHandler):
+    def handleError(self, record):  # noqa: N802 - raise to the caller instead of printing
+        raise  # noqa: PLE0704 - called from emit's except block
+
+
+def open_syslog(setting: str) -> _Syslog | None:
+    """The daemon facility at `setting` (a socket path), or the system's socket
+    when empty; None when off or there is none."""
+    if setting == "none":
+        return None
+    path = setting or system_socket()
+    if path is None:
+        log.debug("no syslog socket (%s): transitions are not logged to syslog",
+                  " or ".join(SYSLOG_SOCKETS))
+        return None
+    try:
+        handler = _Syslog(address=path, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+    except OSError as e:
+        log.warning("cannot log to syslog at %s: %s", path, e.strerror or e)
+        return None
+    handler.ident = f"spdu[{os.getpid()}]: "
+    try:  # a stuck syslogd must not hold up a probe
+        handler.socket.settimeout(1.0)
+    except (AttributeError, OSError):
+        pass  # not connected: emit says so
+    return handler
+
+
+def log_line(view: TargetView, change: StateChange) -> str:
+    """The original's log line: which target, which URL, what happened."""
+    line = (
+        f"{view.target} is {state_word(change.new)}: {view.url} at {address_list(view)}:"
+        f" {change.reason or 'no reason recorded'}"
+    )
+    prev = view.previous(change)
+    if change.old != "unknown" and prev is not None:
+        line += f" (was {state_word(change.old)} for {duration(change.at - prev.at)})"
+    elif change.old == "unknown":
+        line += " (first probe)"
+    return line
+
+
+def log_transitions(views: Iterable[TargetView], handler) -> dict[str, set[tuple[int, str]]]:
+    """Log each pending transition not logged yet; returns what was logged."""
+    done: dict[str, set[tuple[int, str]]] = {}
+    if handler is None:
+        return done
+    for v in views:
+        for c in v.pending():
+            if c.logged:
+                continue
+            level = logging.WARNING if c.new == "down" else logging.INFO
+            record = logging.LogRecord("spdu", level, __file__, 0, log_line(v, c), None, None)
+            try:
+                handler.emit(record)
+            except OSError as e:
+                log.warning("cannot log to syslog: %s", e.strerror or e)
+                return done
+            done.setdefault(v.target, set()).add(c.key)
+    return done
+
+
+class JournalLog:
+    """Logs transitions to syslog when they are journaled (by probe, maint),
+    so a log line never waits for a mail run; each one logged is marked
+    `logged` in the entry, before the caller writes it. Opened on first use."""
+
+    def __init__(self, setting: str):
+        self.setting = setting
+        self.handler = None
+        self.opened = False
+
+    def __call__(self, cfg: TargetConfig, entry: SpoolEntry) -> None:
+        if not self.opened:
+            self.handler, self.opened = open_syslog(self.setting), True
+        done = log_transitions([TargetView.from_spool(cfg, entry)], self.handler)
+        keys = done.get(entry.target, set())
+        for e in entry.journal:
+            if (e.get("id"), str(e.get("at"))) in keys:
+                e["logged"] = True
+
+    def close(self) -> None:
+        if self.handler is not None:
+            self.handler.close()
