@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-import spdu_cli.notify.step as notify
 import spdu_cli.notify.text as notice
 from spdu_cli import config, maint, reconcile
 from spdu_cli.journal import StateChange, TargetView
