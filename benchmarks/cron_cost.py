@@ -45,7 +45,7 @@ from tests.wheel import SYSTEM_PYTHON, WHEELHOUSE, install  # noqa: E402
 ORIGINAL_CPU_PER_TARGET_MINUTE = 0.32  # seconds, the bash daemon (issue 6)
 GOAL_PER_TARGET_MINUTE = 0.15  # seconds (issue 14): an idle minute, start-up included
 TARGETS = ("beta", "gamma")
-LOCK = ".cron.lock"  # spdu_cli.cronstart.LOOP_LOCK: its mtime is when the loop's minute ends
+LOCK = ".cron.lock"  # spdu_cli.handover.LOOP_LOCK: its mtime is when the loop's minute ends
 
 
 def proc_cpu(pid: int) -> float:

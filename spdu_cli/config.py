@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from spdu_cli import shellconf, tsig, validate
-from spdu_cli.cronstart import CONFIG_ENV as ENV_VAR
-from spdu_cli.cronstart import DEFAULT_CONFIG as DEFAULT_PATH
-from spdu_cli.cronstart import DEFAULT_SPOOL_DIR, trusted_file
-from spdu_cli.cronstart import MAX_CONFIG as MAX_FILE_SIZE
+from spdu_cli.paths import CONFIG_ENV as ENV_VAR
+from spdu_cli.paths import DEFAULT_CONFIG as DEFAULT_PATH
+from spdu_cli.paths import DEFAULT_SPOOL_DIR, trusted_file
+from spdu_cli.paths import MAX_CONFIG as MAX_FILE_SIZE
 from spdu_cli.errors import ConfigError, UsageError
 
 log = logging.getLogger(__name__)

@@ -24,13 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spdu_cli import cronstart, health
+from spdu_cli import handover, health
 from spdu_cli.errors import ExitStatus, ProbeInterrupted, SpduError, TemporaryFailure, os_failure
 from spdu_cli.spool import Spool, open_file
 
 log = logging.getLogger(__name__)
 
-END_MARGIN = cronstart.MARGIN  # no tick starts this close to the end of the minute
+END_MARGIN = handover.MARGIN  # no tick starts this close to the end of the minute
 MAX_RUN = 3600.0  # seconds: a following loop then leaves the next minute to a new process
 CODE_CHECK = 60.0  # a run longer than this looks every as often for an upgrade of spdu
 STOP_WAIT = 1.0  # on SIGTERM, how long a mail run in progress may finish
@@ -419,7 +419,7 @@ class Loop:
 
     def _publish(self, end: float) -> None:
         if self.lock is not None:  # the wall clock of now: it may have been stepped
-            cronstart.publish_end(self.lock, end + self.wall() - self.clock())
+            handover.publish_end(self.lock, end + self.wall() - self.clock())
 
     def _run(self) -> Tally:
         start = self.clock()
@@ -440,8 +440,8 @@ class Loop:
                 # minute. (A copy started with us shares our minute.) With --follow, the
                 # copy is waited for: this is how one process serves minute after minute.
                 after = end + self.wall() - now - self.seconds / 2
-                if cronstart.asked(site.spool_dir, after=after):
-                    cronstart.take(site.spool_dir)
+                if handover.asked(site.spool_dir, after=after):
+                    handover.take(site.spool_dir)
                     end += self.seconds
                     self._publish(end)
                     log.debug("covering the next minute for a copy that found this one"
@@ -449,7 +449,7 @@ class Loop:
                     continue
                 if self.follow and not self._may_go_on(site, now - start, code):
                     break  # before the next copy comes: it finds the lock free
-                if not self.follow or now >= end + cronstart.GRACE:
+                if not self.follow or now >= end + handover.GRACE:
                     break
             elif not self.follow and now >= next_code_check:  # a long run (systemd's hour)
                 next_code_check = now + CODE_CHECK
@@ -461,7 +461,7 @@ class Loop:
                 due = min(self.schedule.next(site.targets, now + site.interval),
                           self.next_reconcile,
                           self.next_notify if self.next_notify is not None else math.inf)
-            limit = end - END_MARGIN if now < end - END_MARGIN else now + cronstart.POLL
+            limit = end - END_MARGIN if now < end - END_MARGIN else now + handover.POLL
             if self.sleep(max(0.0, min(due, limit) - self.clock())):
                 due = self.clock()
             site = self.cache.site or site
@@ -519,7 +519,7 @@ def hold_lock(spool_dir: str, seconds: float = 60.0):
     running one (which then covers the next minute too) and exits 75."""
     store = Spool(spool_dir)
     store.ensure_dir()
-    path = store.dir / cronstart.LOOP_LOCK
+    path = store.dir / handover.LOOP_LOCK
     try:
         fd = open_file(path, os.O_RDWR | os.O_CREAT)
     except OSError as e:
@@ -527,7 +527,7 @@ def hold_lock(spool_dir: str, seconds: float = 60.0):
     # The running loop may end instead of taking the note (its hour is up, or it
     # was not started with --follow and its minute ended just before it could see
     # the note): the lock is then ours, so a minute is never left without a loop.
-    if not cronstart.try_lock(fd) and cronstart.wait_for_loop(fd, str(store.dir)):
+    if not handover.try_lock(fd) and handover.wait_for_loop(fd, str(store.dir)):
         os.close(fd)
         raise LoopRunning(
             f"another spdu cron loop holds {path}; this one exits (the running one"
@@ -538,14 +538,14 @@ def hold_lock(spool_dir: str, seconds: float = 60.0):
         os.write(fd, f"{os.getpid()}\n".encode())
     except OSError as e:
         log.warning("%s", os_failure(e, "write the pid into", path))
-    cronstart.publish_end(fd, time.time() + seconds)  # the loop sets it exactly
+    handover.publish_end(fd, time.time() + seconds)  # the loop sets it exactly
     return fd
 
 
 def _code_stamp() -> tuple | None:
     """spdu's installed code as it is on disk: an upgrade changes it."""
     try:
-        st = os.stat(cronstart.__file__)
+        st = os.stat(os.path.join(os.path.dirname(handover.__file__), "cronstart.py"))
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size

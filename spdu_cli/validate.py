@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from spdu_cli.cronstart import absolute_path  # noqa: F401 - shared with spdu-cron's copy
+from spdu_cli.paths import absolute_path  # noqa: F401 - shared with spdu-cron's copy
 
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _LOCAL_PART = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}")

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spdu_cli import config, cronstart, cycle
+from spdu_cli import config, cronstart, cycle, handover, paths
 from spdu_cli.errors import ConfigError
 from tests.test_cycle import site, wait_for  # noqa: F401 - the fixture
 from tests.test_cycle_loop import INTERVAL, T0, Cache, Clock, Sleeps, script  # noqa: F401
@@ -43,7 +43,7 @@ def test_the_copy_understands_only_the_configuration_option(argv, path):
 
 
 def test_without_option_or_environment_the_default_file():
-    assert cronstart.config_path([], {}) == cronstart.DEFAULT_CONFIG == config.DEFAULT_PATH
+    assert cronstart.config_path([], {}) == paths.DEFAULT_CONFIG == config.DEFAULT_PATH
 
 
 def write_conf(path: Path, text: str, mode: int = 0o640) -> str:
@@ -82,7 +82,7 @@ def test_spool_dir_refuses_other_files(tmp_path):
     assert cronstart.spool_dir(str(tmp_path / "missing.conf")) is None
     assert cronstart.spool_dir(str(tmp_path)) is None  # a directory
     big = tmp_path / "big.conf"
-    big.write_bytes(b"#" * (cronstart.MAX_CONFIG + 1))
+    big.write_bytes(b"#" * (paths.MAX_CONFIG + 1))
     os.chmod(big, 0o640)
     assert cronstart.spool_dir(str(big)) is None
     latin = tmp_path / "latin.conf"
@@ -118,16 +118,16 @@ def test_spool_dir_is_what_config_load_reads_or_nothing(tmp_path, lines):
 def held_lock(directory: Path, end: float) -> int:
     """A loop's lock, held (by this process, through its own descriptor)."""
     directory.mkdir(mode=0o750, exist_ok=True)
-    fd = os.open(directory / cronstart.LOOP_LOCK, os.O_RDWR | os.O_CREAT, 0o640)
-    assert cronstart.try_lock(fd)
-    cronstart.publish_end(fd, end)
+    fd = os.open(directory / handover.LOOP_LOCK, os.O_RDWR | os.O_CREAT, 0o640)
+    assert handover.try_lock(fd)
+    handover.publish_end(fd, end)
     return fd
 
 
 def copy_waits(directory: Path) -> tuple[bool, float]:
-    """cronstart.loop_running from a descriptor of its own, as a copy has: (answer, seconds)."""
+    """handover.loop_running from a descriptor of its own, as a copy has: (answer, seconds)."""
     t0 = time.monotonic()
-    return cronstart.loop_running(str(directory)), time.monotonic() - t0
+    return handover.loop_running(str(directory)), time.monotonic() - t0
 
 
 def test_no_loop_no_note(tmp_path):
@@ -138,9 +138,9 @@ def test_no_loop_no_note(tmp_path):
     fd = held_lock(d, time.time() + 30)
     os.close(fd)  # released: no loop
     assert copy_waits(d)[0] is False
-    assert not (d / cronstart.NOTE).exists()
-    fd = os.open(d / cronstart.LOOP_LOCK, os.O_RDWR)
-    assert cronstart.try_lock(fd)  # and the copy did not keep it
+    assert not (d / handover.NOTE).exists()
+    fd = os.open(d / handover.LOOP_LOCK, os.O_RDWR)
+    assert handover.try_lock(fd)  # and the copy did not keep it
     os.close(fd)
 
 
@@ -150,7 +150,7 @@ def test_a_loop_far_from_the_end_of_its_minute_takes_the_note_later(tmp_path):
     try:
         running, took = copy_waits(d)
         assert running and took < 0.5  # at once
-        assert (d / cronstart.NOTE).exists()
+        assert (d / handover.NOTE).exists()
     finally:
         os.close(fd)
 
@@ -160,7 +160,7 @@ def test_a_loop_at_the_end_of_its_minute_answers(tmp_path):
     fd = held_lock(d, time.time())
     try:
         # the loop takes the note: the copy sees it gone and exits
-        threading.Timer(0.3, cronstart.take, [str(d)]).start()
+        threading.Timer(0.3, handover.take, [str(d)]).start()
         running, took = copy_waits(d)
         assert running and 0.25 < took < 1.5
     finally:
@@ -170,15 +170,15 @@ def test_a_loop_at_the_end_of_its_minute_answers(tmp_path):
     threading.Timer(0.3, os.close, [fd]).start()
     running, took = copy_waits(d)
     assert not running and 0.25 < took < 1.5
-    assert (d / cronstart.NOTE).exists()  # left for nobody: the next loop ignores old notes
+    assert (d / handover.NOTE).exists()  # left for nobody: the next loop ignores old notes
 
 
 def test_a_copy_that_cannot_leave_its_note_waits_for_the_loop_to_end(tmp_path, monkeypatch):
-    monkeypatch.setattr(cronstart, "GRACE", 0.5)
-    monkeypatch.setattr(cronstart, "TAKEOVER", 1.0)
+    monkeypatch.setattr(handover, "GRACE", 0.5)
+    monkeypatch.setattr(handover, "TAKEOVER", 1.0)
     d = tmp_path / "spool"
     fd = held_lock(d, time.time() + 1.5)  # its minute ends in 1.5 s; it ends 0.5 s later
-    (d / cronstart.NOTE).mkdir()  # something that is no note: the loop will not go on
+    (d / handover.NOTE).mkdir()  # something that is no note: the loop will not go on
     threading.Timer(2.0, os.close, [fd]).start()
     running, took = copy_waits(d)
     assert not running and 1.9 < took < 2.6  # past its usual wait: until the lock freed
@@ -192,16 +192,16 @@ def test_a_copy_that_cannot_leave_its_note_waits_for_the_loop_to_end(tmp_path, m
 
 def test_a_copy_says_when_the_loop_looks_stuck(tmp_path, capsys):
     d = tmp_path / "spool"
-    fd = held_lock(d, time.time() - cronstart.STUCK - 10)
+    fd = held_lock(d, time.time() - handover.STUCK - 10)
     try:
         running, took = copy_waits(d)
     finally:
         os.close(fd)
     assert running and took < 0.5
     err = capsys.readouterr().err
-    assert "is it stuck?" in err and str(d / cronstart.LOOP_LOCK) in err
+    assert "is it stuck?" in err and str(d / handover.LOOP_LOCK) in err
     fd = held_lock(d, time.time() - 3)  # busy past its minute: no alarm
-    threading.Timer(0.3, cronstart.take, [str(d)]).start()
+    threading.Timer(0.3, handover.take, [str(d)]).start()
     try:
         copy_waits(d)
     finally:
@@ -229,7 +229,7 @@ def follow_loop(script, seconds: float, notes_at=(),  # noqa: F811 - not the fix
     script.clock = clock
     directory = Path(script.site.spool_dir)
     directory.mkdir(exist_ok=True)
-    lock = os.open(directory / cronstart.LOOP_LOCK, os.O_RDWR | os.O_CREAT, 0o640)
+    lock = os.open(directory / handover.LOOP_LOCK, os.O_RDWR | os.O_CREAT, 0o640)
     loop = cycle.Loop(Cache(script.site), seconds, clock=clock, wall=clock,
                       follow=str(directory), lock=lock)
     sleeps = Sleeps(loop)
@@ -240,8 +240,8 @@ def follow_loop(script, seconds: float, notes_at=(),  # noqa: F811 - not the fix
         fake_sleep(timeout)
         while pending and clock.now >= pending[0]:
             pending.pop(0)
-            cronstart.ask(str(note_dir or directory))
-            os.utime((note_dir or directory) / cronstart.NOTE, (clock.now, clock.now))
+            handover.ask(str(note_dir or directory))
+            os.utime((note_dir or directory) / handover.NOTE, (clock.now, clock.now))
         return False
 
     loop.stop = sleeps
@@ -253,7 +253,7 @@ def follow_loop(script, seconds: float, notes_at=(),  # noqa: F811 - not the fix
 
 def test_without_a_copy_the_loop_ends_after_its_grace(script):  # noqa: F811
     _, _, ended = follow_loop(script, 10)
-    assert T0 + 10 + cronstart.GRACE <= ended < T0 + 10 + cronstart.GRACE + cronstart.POLL + 0.01
+    assert T0 + 10 + handover.GRACE <= ended < T0 + 10 + handover.GRACE + handover.POLL + 0.01
     probes = script.calls["probe"]
     assert probes[-1] > T0 + 10  # no gap at the end of the minute: it probed on meanwhile
     gaps = [b - a for a, b in itertools.pairwise(probes)]
@@ -263,11 +263,11 @@ def test_without_a_copy_the_loop_ends_after_its_grace(script):  # noqa: F811
 def test_each_copy_gives_the_loop_one_more_minute(script):  # noqa: F811
     notes = [T0 + 10.2, T0 + 20.1, T0 + 30.3]  # cron's copies, a little after each minute
     _, _, ended = follow_loop(script, 10, notes_at=notes)
-    assert T0 + 40 + cronstart.GRACE <= ended < T0 + 40 + cronstart.GRACE + 0.3
-    assert not (Path(script.site.spool_dir) / cronstart.NOTE).exists()  # each one taken
+    assert T0 + 40 + handover.GRACE <= ended < T0 + 40 + handover.GRACE + 0.3
+    assert not (Path(script.site.spool_dir) / handover.NOTE).exists()  # each one taken
     gaps = [b - a for a, b in itertools.pairwise(script.calls["probe"])]
     assert max(gaps) <= INTERVAL + 1e-9  # one process, no restart gap
-    lock = Path(script.site.spool_dir) / cronstart.LOOP_LOCK
+    lock = Path(script.site.spool_dir) / handover.LOOP_LOCK
     assert os.stat(lock).st_mtime == T0 + 40  # the end published for the copies
 
 
@@ -295,7 +295,7 @@ def test_a_follow_loops_minutes_end_on_the_wall_clocks(script):  # noqa: F811
     loop.stop = Sleeps(loop)
     Path(script.site.spool_dir).mkdir()
     loop.run()
-    assert clock.now == pytest.approx(T0 + 20 + cronstart.GRACE, abs=cronstart.POLL + 0.01)
+    assert clock.now == pytest.approx(T0 + 20 + handover.GRACE, abs=handover.POLL + 0.01)
 
 
 def test_a_long_run_without_follow_ends_after_an_upgrade(script, monkeypatch):  # noqa: F811
@@ -312,7 +312,7 @@ def test_a_long_run_without_follow_ends_after_an_upgrade(script, monkeypatch):  
 
 def test_a_note_from_the_loops_own_start_is_not_a_new_minute(script):  # noqa: F811
     _, _, ended = follow_loop(script, 10, notes_at=[T0 + 0.5])
-    assert ended < T0 + 10 + cronstart.GRACE + 0.3
+    assert ended < T0 + 10 + handover.GRACE + 0.3
 
 
 @pytest.mark.parametrize("why", ["upgrade", "hour", "spool"])
@@ -353,7 +353,7 @@ SPDU_CRON = str(Path(sys.executable).parent / "spdu-cron")
 
 
 def lock_end(site) -> float:  # noqa: F811 - not the fixture
-    return os.stat(site["spool"] / cronstart.LOOP_LOCK).st_mtime
+    return os.stat(site["spool"] / handover.LOOP_LOCK).st_mtime
 
 
 def test_spdu_cron_one_process_minute_after_minute(site):  # noqa: F811
@@ -363,8 +363,8 @@ def test_spdu_cron_one_process_minute_after_minute(site):  # noqa: F811
     a = subprocess.Popen([SPDU_CRON, "--config", site["conf"], "--for", "3"],
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: (site["spool"] / cronstart.LOOP_LOCK).exists(), 5)
-    pid = (site["spool"] / cronstart.LOOP_LOCK).read_text().strip()
+    wait_for(lambda: (site["spool"] / handover.LOOP_LOCK).exists(), 5)
+    pid = (site["spool"] / handover.LOOP_LOCK).read_text().strip()
     for minute in range(3):
         wait_for(lambda: time.time() >= lock_end(site) + 0.1, 6)  # cron, just after the minute
         t0 = time.monotonic()
@@ -381,10 +381,10 @@ def test_spdu_cron_one_process_minute_after_minute(site):  # noqa: F811
         assert "spdu_cli.cronstart" in imported
         assert not {"click", "dns", "h11", "logging", "spdu_cli.cli"} & imported
         assert not [ln for ln in copy.stderr.splitlines() if not ln.startswith("import time:")]
-        assert a.poll() is None and (site["spool"] / cronstart.LOOP_LOCK).read_text().strip() == pid
+        assert a.poll() is None and (site["spool"] / handover.LOOP_LOCK).read_text().strip() == pid
     t0 = time.monotonic()
     assert a.wait(timeout=15) == 0  # no more copies: it ends
-    assert time.monotonic() - t0 < 3 + cronstart.GRACE + 1.5
+    assert time.monotonic() - t0 < 3 + handover.GRACE + 1.5
     assert "Traceback" not in a.stderr.read()
 
 
@@ -393,14 +393,14 @@ def test_a_copy_in_the_middle_of_the_loops_minute_exits_at_once(site):  # noqa: 
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: (site["spool"] / cronstart.LOOP_LOCK).exists()
+        wait_for(lambda: (site["spool"] / handover.LOOP_LOCK).exists()
                  and lock_end(site) > time.time() + 3, 10)
         t0 = time.monotonic()
         copy = subprocess.run([SPDU_CRON, "--config", site["conf"]], stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=15, check=False)
         assert copy.returncode == 75 and copy.stderr == ""
         assert time.monotonic() - t0 < 1.5  # no wait: the loop takes the note at its end
-        assert (site["spool"] / cronstart.NOTE).exists()
+        assert (site["spool"] / handover.NOTE).exists()
     finally:
         a.send_signal(signal.SIGTERM)
         assert a.wait(timeout=10) == 0
