@@ -2,284 +2,35 @@
 
 The main file (default /usr/local/etc/spdu.conf) holds site-wide values; the
 file `spdu/TARGET` beside it overrides them for one target. Files are parsed as
-data (see shellconf), refused when unsafe, and every value is validated.
+data (see shellconf), refused when unsafe (safefile), and every value is
+validated (the key table: settings).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import ipaddress
 import logging
 import os
-import pwd
 import re
-import shlex
-import socket
-import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from spdu_cli import shellconf, tsig, validate
+from spdu_cli.errors import ConfigError, UsageError
 from spdu_cli.paths import CONFIG_ENV as ENV_VAR
 from spdu_cli.paths import DEFAULT_CONFIG as DEFAULT_PATH
-from spdu_cli.paths import DEFAULT_SPOOL_DIR, trusted_file
-from spdu_cli.paths import MAX_CONFIG as MAX_FILE_SIZE
-from spdu_cli.errors import ConfigError, UsageError
+from spdu_cli.safefile import SafeFile, read_safe_file, require_private
+from spdu_cli.settings import KEYS, MissingDefault, Setting, System, Values, check_value
 
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-# -- the keys ------------------------------------------------------------------
-
-Getter = Callable[[str], str]
-
-
-@dataclass(frozen=True)
-class Key:
-    name: str
-    check: Callable[[str], Any]
-    default: str | Callable[[Getter], str]
-    help: str
-    site_only: bool = False  # meaningless per target: ignored there, with a warning
-    secret: bool = False  # a file setting it must not be readable by others
-
-
-def _port_default(ssl_key: str, with_ssl: str, without: str) -> Callable[[Getter], str]:
-    return lambda get: with_ssl if validate.yes_no(get(ssl_key)) else without
-
-
-def _host_or_ip(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        return validate.hostname(value)
-
-
-def _auto_yes_no(value: str) -> str:
-    return "auto" if value.lower() == "auto" else ("yes" if validate.yes_no(value) else "no")
-
-
-def _syslog_socket(value: str) -> str:
-    return value.lower() if value.lower() in ("", "none") else validate.absolute_path(value)
-
-
-KEYS: dict[str, Key] = {
-    k.name: k
-    for k in [
-        # The original's keys, with its defaults (see spdu.conf(5) for the choices).
-        Key("domain", validate.fqdn, lambda get: get("@domain"), "base of the defaults"),
-        Key("nameServer", validate.ip_address, "127.0.0.1", "DNS server to update"),
-        Key("nameTTL", validate.integer(0, 2147483647), "5", "TTL of added records"),
-        Key("mailTo", validate.email_list, "", "recipients, space-separated"),
-        Key("mailFrom", validate.email, lambda get: "robot@" + get("domain"), "sender"),
-        Key("myTag", validate.tag, lambda get: get("@shortname"), "this site's short name"),
-        Key("smtpRelay", _host_or_ip, lambda get: "smtp." + get("domain"), "SMTP relay"),
-        Key("smtpSSL", validate.yes_no, "yes", "yes: implicit TLS; no: plain SMTP"),
-        Key("smtpPort", validate.integer(1, 65535), _port_default("smtpSSL", "465", "25"), ""),
-        Key("smtpUser", validate.text, lambda get: get("mailFrom"), "SMTP AUTH user"),
-        Key("smtpPassword", validate.text, "", "SMTP AUTH password", secret=True),
-        Key("apiDomain", validate.hostname, lambda get: get("domain"), ""),
-        Key("apiName", validate.hostname, "api", "public name of the service"),
-        Key("probePath", validate.url_path, "status", "path of the status URL"),
-        Key("probeTimeout", validate.decimal(0.1, 60), "1.5", "seconds per try"),
-        Key("probeRetries", validate.integer(1, 10), "1", "tries per probe"),
-        Key("loopWait", validate.decimal(0.1, 60), "2", "the original's probe interval"),
-        Key("probeSSL", validate.yes_no, "no", "probe with HTTPS"),
-        Key("probePort", validate.integer(1, 65535), _port_default("probeSSL", "443", "80"), ""),
-        Key("poolDomain", validate.hostname, lambda get: get("domain"), ""),
-        Key("poolZone", validate.hostname, "pool", "zone of the pool name"),
-        Key("poolName", validate.hostname, "api", "the name whose A/AAAA RRset is the pool"),
-        Key("targetName", validate.hostname, lambda get: get("@target"), "target's host name"),
-        Key("targetDomain", validate.hostname, lambda get: get("domain"), ""),
-        Key("targetIP", validate.ip_list, "", "target's addresses (else targetName's)"),
-        # New keys.
-        Key("targets", validate.target_list, "", "targets of this site", site_only=True),
-        Key("spoolDir", validate.absolute_path, DEFAULT_SPOOL_DIR, "state", site_only=True),
-        Key("interval", validate.decimal(0.1, 60), lambda get: get("loopWait"), "", site_only=True),
-        Key("namePort", validate.integer(1, 65535), "53", "port of nameServer"),
-        Key("probeRise", validate.integer(1, 100), "2", "good probes to go up"),
-        Key("probeFall", validate.integer(1, 100), "2", "failed probes to go down"),
-        Key("probeCodes", validate.status_codes, "200-299", "accepted HTTP statuses"),
-        Key("probeMatch", validate.text, "", "text the body (tcp: the banner) must contain"),
-        Key("probeType", validate.choice("http", "tcp"), "http",
-            "http: GET the status URL; tcp: connect (and read a banner with probeMatch)"),
-        Key("probeVerify", validate.yes_no, "yes", "verify HTTPS certificates"),
-        Key("probeCAFile", validate.optional(validate.absolute_path), "", "CA bundle for HTTPS probes"),
-        Key("selfIP", validate.ip_list, "", "this site's own addresses, always kept"),
-        Key("staleAfter", validate.decimal(1, 86400), lambda get: f"{max(1.0, 5 * float(get('interval'))):g}",
-            "a probe older than this leaves the target's records as they are"),
-        Key("nameTimeout", validate.decimal(0.1, 60), "3", "deadline of each DNS exchange"),
-        Key("secondaryServers", validate.server_list, "",
-            "the pool zone's servers that status --dns compares (empty: its NS set)"),
-        Key("tsigKey", validate.optional(tsig.parse_inline), "", "[alg:]name:secret", secret=True),
-        Key("tsigKeyFile", validate.optional(validate.absolute_path), "", "TSIG key file"),
-        Key("smtpStartTLS", _auto_yes_no, "auto",
-            "with smtpSSL=no: auto upgrades when the relay offers it, yes requires it, no never"),
-        Key("smtpCAFile", validate.optional(validate.absolute_path), "",
-            "CA bundle to verify the relay's certificate (else the system's)"),
-        Key("smtpTimeout", validate.decimal(0.1, 300), "10", "deadline of each SMTP exchange"),
-        Key("flapCount", validate.integer(0, 50), "4",
-            "more changes than this within flapWindow: one summary mail per window (0: off)"),
-        Key("flapWindow", validate.decimal(10, 86400), "600", "seconds, for flapCount"),
-        Key("fastInterval", validate.decimal(0.05, 60),
-            lambda get: f"{min(float(get('interval')), 0.25):g}",
-            "seconds before a probe confirms one that disagrees with the state",
-            site_only=True),
-        Key("downInterval", validate.decimal(0.1, 60),
-            lambda get: f"{min(float(get('interval')), 0.5):g}",
-            "seconds between probes of a target that is down", site_only=True),
-        Key("syslogSocket", _syslog_socket, "",
-            "where transitions are logged (empty: /dev/log or /var/run/log; none: off)",
-            site_only=True),
-        Key("metricsFile", validate.optional(validate.absolute_path), "",
-            "Prometheus text file written after each run (empty: none)", site_only=True),
-        Key("webhookURL", validate.optional(validate.url_list), "",
-            "URLs that get each change as an HTTP POST (empty: none)", secret=True),
-        Key("webhookFormat", validate.webhook_formats, "json",
-            "json, slack or ntfy: one for every webhookURL, or one each"),
-        Key("webhookTokenFile", validate.optional(validate.absolute_path), "",
-            "file holding a token sent as Authorization: Bearer"),
-        Key("webhookCAFile", validate.optional(validate.absolute_path), "",
-            "CA bundle to verify HTTPS receivers (else the system's)"),
-        Key("webhookTimeout", validate.decimal(0.1, 60), "5",
-            "deadline of each webhook POST, whole"),
-    ]
-}
-
-
-# -- the system's own names ----------------------------------------------------
-
-
-class System:
-    """The host's names, looked up only when a default needs them."""
-
-    def __init__(self, hostname: str | None = None, fqdn: str | None = None):
-        self._hostname = hostname
-        self._fqdn = fqdn
-
-    def hostname(self) -> str:
-        if self._hostname is None:
-            self._hostname = socket.gethostname()
-        return self._hostname
-
-    def short_name(self) -> str:
-        return self.hostname().split(".")[0]
-
-    def domain(self) -> str:
-        name = self.hostname()
-        if "." not in name:
-            if self._fqdn is None:
-                self._fqdn = socket.getfqdn(name)  # what `hostname -d` consults too
-            name = self._fqdn
-        if "." not in name:
-            raise _MissingDefault(
-                f"domain is not set, and this host's name {self.hostname()!r} has no domain"
-                " part",
-                'set domain="example.org"',
-            )
-        return name.split(".", 1)[1]
-
-
-
-class _MissingDefault(Exception):
-    def __init__(self, message: str, hint: str):
-        super().__init__(message)
-        self.message, self.hint = message, hint
-
-
 # -- reading files -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Setting:
-    value: str
-    file: str | None = None  # None: a default
-    line: int | None = None
-
-    @property
-    def source(self) -> str:
-        return f"{self.file}:{self.line}" if self.file else "default"
-
-
-@dataclass(frozen=True)
-class SafeFile:
-    path: str
-    text: str
-    mode: int
-
-
-def _owner(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
-
-
-def read_safe_file(path: str, what: str = "configuration file") -> SafeFile:
-    """Read a file that spdu trusts: owned by root or us, writable by no one else.
-
-    The checks are made on the open descriptor, so the file cannot be swapped
-    between check and read.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        hint = (f"create it, or select another with --config FILE or {ENV_VAR}=FILE"
-                if what == "configuration file" else None)
-        raise ConfigError(f"{what} {path} does not exist", hint) from None
-    except PermissionError:
-        raise ConfigError(
-            f"cannot read {what} {path}: permission denied",
-            "run spdu as the user that owns it, or root",
-        ) from None
-    except OSError as e:
-        raise ConfigError(f"cannot open {what} {path}: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{what} {path} is not a regular file")
-        mode = stat.S_IMODE(st.st_mode)
-        foreign = st.st_uid not in (0, os.geteuid())
-        if not trusted_file(st, os.geteuid()):
-            allowed = "root" if os.geteuid() == 0 else f"root or {_owner(os.geteuid())} (who runs spdu)"
-            why = []
-            if foreign:
-                why.append(f"it must be owned by {allowed}")
-            if mode & 0o022:
-                who = " and ".join(w for w, b in (("group", 0o020), ("others", 0o002)) if mode & b)
-                why.append(f"it is writable by {who}")
-            fix = ([f"chown root {path}"] if foreign else []) + (
-                [f"chmod go-w {path}"] if mode & 0o022 else [])
-            raise ConfigError(
-                f"refusing unsafe {what} {path}: owned by {_owner(st.st_uid)},"
-                f" mode {mode:04o}; {' and '.join(why)}",
-                " && ".join(fix),
-            )
-        if st.st_size > MAX_FILE_SIZE:
-            raise ConfigError(f"{what} {path} is larger than {MAX_FILE_SIZE} bytes")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_FILE_SIZE + 1)
-    finally:
-        os.close(fd)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
-    return SafeFile(path, text, mode)
-
-
-def _require_private(file: SafeFile, secret: str) -> None:
-    if file.mode & 0o004:
-        raise ConfigError(
-            f"refusing {file.path}: it holds a secret ({secret}) but is readable by others "
-            f"(mode {file.mode:04o})",
-            f"chmod o-r {file.path}",
-        )
 
 
 _SECRET_KEYS = frozenset(k for k, v in KEYS.items() if v.secret)
@@ -312,65 +63,6 @@ def site_advisories(site: Site) -> list[str]:
     return out
 
 
-def _quote(value: str) -> str:
-    """A value as it may be shown in a one-line message: control characters
-    (a newline, NUL...) escaped, so a message is always one line."""
-    if any(ord(c) < 32 or c == "\x7f" for c in value):
-        return "$" + repr(value)  # a shell $'...' string, readable and unambiguous
-    return shlex.quote(value) if value else "''"
-
-
-class _Values:
-    """Effective values: what the files set, else the key's default, lazily."""
-
-    def __init__(self, settings: Mapping[str, Setting], target: str | None, system: System):
-        self.settings = settings
-        self.target = target
-        self.system = system
-        self._cache: dict[str, Setting] = {}
-
-    def setting(self, key: str) -> Setting:
-        if key in self.settings:
-            return self.settings[key]
-        if key not in self._cache:
-            if key == "@target":
-                if self.target is None:
-                    raise _MissingDefault("targetName has no default outside a target", "")
-                value = self.target
-            elif key == "@domain":
-                value = self.system.domain()
-            elif key == "@shortname":
-                value = self.system.short_name()
-            else:
-                default = KEYS[key].default
-                value = default if isinstance(default, str) else default(self.get)
-            self._cache[key] = Setting(value)
-        return self._cache[key]
-
-    def get(self, key: str) -> str:
-        return self.setting(key).value
-
-    def checked(self, key: str) -> Any:
-        s = self.setting(key)
-        return check_value(key, s)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _checked(key: str, value: str) -> Any:
-    """A key's checker is a pure function of the value: thousands of targets
-    sharing the main file's values check each once."""
-    return KEYS[key].check(value)
-
-
-def check_value(key: str, s: Setting) -> Any:
-    try:
-        return _checked(key, s.value)
-    except ValueError as e:
-        where = f"{s.file}:{s.line}: " if s.file else "default "
-        shown = "(secret not shown)" if KEYS[key].secret else _quote(s.value)
-        raise ConfigError(f"{where}{key}={shown}: {e}") from None
-
-
 def _parse_file(
     file: SafeFile, inherited: Mapping[str, Setting], target: str | None, system: System
 ) -> dict[str, Setting]:
@@ -382,8 +74,8 @@ def _parse_file(
         if name in KEYS:
             merged = {**inherited, **{k: Setting(v) for k, v in seen.items()}}
             try:
-                return _Values(merged, target, system).get(name)
-            except _MissingDefault as e:
+                return Values(merged, target, system).get(name)
+            except MissingDefault as e:
                 raise shellconf.ShellSyntaxError(line, f"${name}: {e.message}", e.hint) from None
         raise shellconf.ShellSyntaxError(
             line,
@@ -412,7 +104,7 @@ def _parse_file(
             )
     for key, s in settings.items():
         if key in KEYS and KEYS[key].secret and s.value:
-            _require_private(file, key)
+            require_private(file, key)
     return settings
 
 
@@ -537,7 +229,7 @@ class Site:
     def _site_value(self, key: str) -> Any:
         # Checked once: `targets` alone may list thousands of names.
         if key not in self._values:
-            self._values[key] = _resolve(_Values(self.settings, None, self.system), key,
+            self._values[key] = _resolve(Values(self.settings, None, self.system), key,
                                          self.path)
         return self._values[key]
 
@@ -637,14 +329,14 @@ class Site:
         return [self.target(name) for name in self.targets]
 
 
-def _resolve(values: _Values, key: str, origin: str) -> Any:
+def _resolve(values: Values, key: str, origin: str) -> Any:
     try:
         return values.checked(key)
-    except _MissingDefault as e:
+    except MissingDefault as e:
         raise ConfigError(e.message, f"{e.hint} in {origin}" if e.hint else None) from None
 
 
-def _complete(name: str, domain_key: str, values: _Values, origin: str) -> str:
+def _complete(name: str, domain_key: str, values: Values, origin: str) -> str:
     if "." in name:
         return name
     return f"{name}.{_resolve(values, domain_key, origin)}"
@@ -661,7 +353,7 @@ def build_target(
 ) -> TargetConfig:
     """`checked`: keys whose setting is known valid (the main file's, checked
     once per Site rather than once per target)."""
-    values = _Values(settings, name, system)
+    values = Values(settings, name, system)
     for key, s in settings.items():  # every value a file sets is checked, used or not
         if key in KEYS and key not in checked:
             check_value(key, s)
@@ -682,7 +374,7 @@ def build_target(
     elif read_key_file and settings.get("tsigKeyFile", Setting("")).value:
         s = settings["tsigKeyFile"]
         f = read_safe_file(s.value, f"TSIG key file (tsigKeyFile, {s.source})")
-        _require_private(f, "a TSIG key")
+        require_private(f, "a TSIG key")
         try:
             key = tsig.parse_file(f.text, s.value)
         except ValueError as e:
@@ -793,12 +485,12 @@ def read_token(s: Setting) -> str:
     return lines[0]
 
 
-def _effective(values: _Values) -> dict[str, Setting]:
+def _effective(values: Values) -> dict[str, Setting]:
     out = {}
     for key in KEYS:
         try:
             out[key] = values.setting(key)
-        except _MissingDefault:
+        except MissingDefault:
             pass  # a default that this target never needs and cannot have
     return out
 

@@ -10,7 +10,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from spdu_cli import health
-from spdu_cli.config import KEYS, TargetConfig, check_value
+from spdu_cli.config import TargetConfig
+from spdu_cli.settings import KEYS, check_value
 
 MASK = "********"
 

@@ -434,15 +434,17 @@ def test_a_transition_is_logged_before_any_mail(site, world):
 
 
 def test_the_main_files_values_are_checked_once_for_all_targets(confdir, monkeypatch):
-    from spdu_cli import config, validate
+    import dataclasses
+
+    from spdu_cli import config, settings, validate
 
     names = [f"t{i}" for i in range(300)]
     confdir.write(f"domain=domain.tld\ntargets='{' '.join(names)}'\nselfIP={SELF}\n")
     calls = []
     real = validate.target_list
-    monkeypatch.setitem(config.KEYS, "targets", config.dataclasses.replace(
-        config.KEYS["targets"], check=lambda v: calls.append(1) or real(v)))
-    config._checked.cache_clear()
+    monkeypatch.setitem(settings.KEYS, "targets", dataclasses.replace(
+        settings.KEYS["targets"], check=lambda v: calls.append(1) or real(v)))
+    settings._checked.cache_clear()
     site = config.load(str(confdir.main), system=config.System("alpha.domain.tld"))
     assert len(site.check()) == 300
     assert len(calls) == 1  # not once per target: that made 10,000 targets quadratic
