@@ -1,9 +1,10 @@
 """Mutation testing of the decision core: would the tests notice this bug?
 
-Each mutant below is one deliberate, plausible bug in health.py, reconcile.py
-(decide, the read, the UPDATE), spool.py, notify/ and journal.py (selection and marking)
-cycle.py (the loop's schedule) or probe.py (the kept connection), applied to a copy of the tree in a
-temporary directory; the fast tests that cover that code run against the copy
+Each mutant below is one deliberate, plausible bug in health.py, plan.py
+(decide), nameserver.py and reconcile.py (the read, the UPDATE), spool.py,
+notify/ and journal.py (selection and marking), cycle.py and handover.py (the
+loop's schedule, the hand-over) or probe/ (the kept connection), applied to a
+copy of the tree in a temporary directory; the fast tests that cover that code run against the copy
 (PYTHONPATH points at it, bytecode off) under a per-mutant timeout. A mutant
 is killed when they fail (or time out), survives when they pass. The working
 tree is never touched.
@@ -114,51 +115,51 @@ MUTANTS = [
     m("health.py", "a readdressed target's transition says it came from unknown",
       "return h, replace(t, old=before.state) if t else None", "return h, t", HEALTH),
 
-    # -- reconcile.py: decide ---------------------------------------------------------------
-    m("reconcile.py", "an added target's record gets selfIP's TTL, not its own nameTTL",
+    # -- plan.py: decide ---------------------------------------------------------------------
+    m("plan.py", "an added target's record gets selfIP's TTL, not its own nameTTL",
       "present.setdefault(a, (t.ttl, t.target))", "present.setdefault(a, (self_ttl, t.target))",
       DECIDE, issue=True),
-    m("reconcile.py", "the end of a maintenance window is off by one comparison (decide)",
+    m("plan.py", "the end of a maintenance window is off by one comparison (decide)",
       "now < t.maint_until", "now <= t.maint_until", DECIDE, issue=True),
-    m("reconcile.py", "retired addresses are never removed",
+    m("plan.py", "retired addresses are never removed",
       "for a in t.retired:", "for a in ():", DECIDE),
-    m("reconcile.py", "maintenance removes only probed addresses, not configured ones",
-      "sorted({_canon(a) for a in t.addresses + t.configured})",
-      "sorted({_canon(a) for a in t.addresses})", DECIDE),
-    m("reconcile.py", "a target of unknown state is judged (removed)",
+    m("plan.py", "maintenance removes only probed addresses, not configured ones",
+      "sorted({canon(a) for a in t.addresses + t.configured})",
+      "sorted({canon(a) for a in t.addresses})", DECIDE),
+    m("plan.py", "a target of unknown state is judged (removed)",
       "        if t.state is State.UNKNOWN:\n", "        if False:\n", DECIDE),
     m("spool.py", "stale targets are judged", "    if age > limit:\n", "    if False:\n",
       DECIDE + ["tests/test_spool.py"]),
     m("spool.py", "a probe time in the future is trusted (the clock was stepped back)",
       "    if age < -CLOCK_SLACK:\n", "    if False:\n",
       DECIDE + ["tests/test_spool.py", "tests/test_faults.py"]),
-    m("reconcile.py", "a changed targetIP is judged by the old probe",
-      "if t.configured and {_canon(a) for a in t.configured} != probed:", "if False:", DECIDE),
-    m("reconcile.py", "up and unknown are one",
+    m("plan.py", "a changed targetIP is judged by the old probe",
+      "if t.configured and {canon(a) for a in t.configured} != probed:", "if False:", DECIDE),
+    m("plan.py", "up and unknown are one",
       "            if t.state is State.UP:\n", "            if t.state is not State.DOWN:\n",
       DECIDE, equivalent="unknown targets have left the loop above (`continue`), so the"
       " states that reach this line are up and down only"),
-    m("reconcile.py", "addresses already present are added again (an UPDATE every run)",
+    m("plan.py", "addresses already present are added again (an UPDATE every run)",
       "for a, (ttl, who) in sorted(present.items()) if a not in current",
       "for a, (ttl, who) in sorted(present.items())", DECIDE),
-    m("reconcile.py", "down wins over up and selfIP for a shared address",
+    m("plan.py", "down wins over up and selfIP for a shared address",
       "if a in current and a not in present", "if a in current", DECIDE),
-    m("reconcile.py", "deletes of addresses that are not there",
+    m("plan.py", "deletes of addresses that are not there",
       "if a in current and a not in present", "if a not in present", DECIDE),
-    m("reconcile.py", "the pool may be emptied",
+    m("plan.py", "the pool may be emptied",
       "if changes and not after:", "if False:", DECIDE),
 
-    # -- reconcile.py: reading the zone, building and sending the UPDATE ---------------------
-    m("reconcile.py", "an answer without the AA bit is taken as the zone's data",
+    # -- nameserver.py, reconcile.py: reading the zone, building and sending the UPDATE -------
+    m("nameserver.py", "an answer without the AA bit is taken as the zone's data",
       "rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and not answer.flags & dns.flags.AA",
       "False", RECONCILE, issue=True),
-    m("reconcile.py", "REFUSED to the query is 69, not a configuration error (78)",
+    m("nameserver.py", "REFUSED to the query is 69, not a configuration error (78)",
       "if rcode == dns.rcode.REFUSED or (", "if (", RECONCILE),
-    m("reconcile.py", "the query asks for recursion",
+    m("nameserver.py", "the query asks for recursion",
       "        q.flags &= ~dns.flags.RD  # never recursion: the zone's own data\n", "", RECONCILE,
       equivalent="an authoritative server answers its own zone with AA whatever RD says;"
       " a server that would recurse is refused by the AA check (a killed mutant above)"),
-    m("reconcile.py", "the query goes over TCP (a server that is down reads as refusing)",
+    m("nameserver.py", "the query goes over TCP (a server that is down reads as refusing)",
       "answer = _exchange(pool, q, what, tcp=False)", "answer = _exchange(pool, q, what)",
       RECONCILE),
     m("reconcile.py", "one retry fewer against a concurrent writer",
@@ -167,16 +168,16 @@ MUTANTS = [
       "MAX_ATTEMPTS = 3", "MAX_ATTEMPTS = 4", RECONCILE),
     m("reconcile.py", "the last try is never made",
       "range(1, MAX_ATTEMPTS + 1)", "range(1, MAX_ATTEMPTS)", RECONCILE),
-    m("reconcile.py", "the prerequisite pins only that the RRset exists, not its addresses",
+    m("nameserver.py", "the prerequisite pins only that the RRset exists, not its addresses",
       'u.present(name, dns.rdataset.from_text("IN", rdtype, 0, *addrs))',
       "u.present(name, rdtype)", RECONCILE),
-    m("reconcile.py", "an empty RRset is not pinned as empty",
+    m("nameserver.py", "an empty RRset is not pinned as empty",
       "                u.absent(name, rdtype)\n", "                pass\n", RECONCILE),
-    m("reconcile.py", "a delete removes the whole RRset",
+    m("nameserver.py", "a delete removes the whole RRset",
       "u.delete(name, c.rdtype, c.address)", "u.delete(name, c.rdtype)", RECONCILE),
-    m("reconcile.py", "the UPDATE is not signed",
-      "    if pool.tsig:\n        u.use_tsig(_keyring(pool.tsig))\n", "", RECONCILE),
-    m("reconcile.py", "NXRRSET (a prerequisite failed) is not a race",
+    m("nameserver.py", "the UPDATE is not signed",
+      "    if pool.tsig:\n        u.use_tsig(keyring(pool.tsig))\n", "", RECONCILE),
+    m("nameserver.py", "NXRRSET (a prerequisite failed) is not a race",
       "if rcode in (dns.rcode.YXRRSET, dns.rcode.NXRRSET,", "if rcode in (dns.rcode.YXRRSET,",
       RECONCILE),
     m("reconcile.py", "--dry-run sends", "if dry_run or not items:", "if not items:", RECONCILE),
@@ -188,7 +189,7 @@ MUTANTS = [
     m("reconcile.py", "a change is recorded on a later transition",
       "        if latest.get(\"to\") not in wanted:", "        if False:", RECONCILE),
     m("reconcile.py", "retired addresses are never forgotten",
-      "still = [a for a in entry.retired if _canon(a) in after]", "still = entry.retired",
+      "still = [a for a in entry.retired if canon(a) in after]", "still = entry.retired",
       RECONCILE),
 
     # -- spool.py ---------------------------------------------------------------------------
@@ -225,7 +226,7 @@ MUTANTS = [
     m("spool.py", "a world-writable spool directory is accepted",
       "        if mode & 0o002:\n", "        if False:\n", SPOOL),
 
-    # -- notify/, journal.py: which transitions go in which mail, and marking --------------------------
+    # -- notify/, journal.py: which transitions go in which mail, and marking ----------------
     m("notify/outbox.py", "after a flap summary, the held changes go out one mail each",
       "held_since_last = last is not None and pending[0].at < last + view.flap_window",
       "held_since_last = False", NOTIFY, issue=True),

@@ -121,7 +121,7 @@ def _sent(value: Any) -> tuple[tuple[str, float | None, bool], ...]:
 
 
 @dataclass(frozen=True)
-class TargetView:
+class JournalView:
     target: str
     host: str  # targetName
     addresses: tuple[str, ...]
@@ -133,7 +133,7 @@ class TargetView:
     webhooks: tuple[WebhookConfig, ...] = ()
 
     @classmethod
-    def from_spool(cls, cfg: TargetConfig, entry: SpoolEntry) -> TargetView:
+    def from_spool(cls, cfg: TargetConfig, entry: SpoolEntry) -> JournalView:
         addresses = tuple(entry.addresses) or tuple(str(ip) for ip in cfg.target_ips)
         return cls(
             target=cfg.target,
@@ -151,7 +151,7 @@ class TargetView:
         """Every channel that must take a transition before it is notified."""
         return ({MAIL} if self.mail else set()) | {w.channel for w in self.webhooks}
 
-    def on(self, channel: str) -> TargetView:
+    def on(self, channel: str) -> JournalView:
         """The journal as one channel sees it."""
         return dataclasses.replace(self, journal=tuple(c.on(channel) for c in self.journal))
 
@@ -184,7 +184,7 @@ def clock(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def address_list(view: TargetView) -> str:
+def address_list(view: JournalView) -> str:
     return ", ".join(view.addresses) or "no known address"
 
 
@@ -219,7 +219,7 @@ def open_syslog(setting: str) -> _Syslog | None:
     return handler
 
 
-def log_line(view: TargetView, change: StateChange) -> str:
+def log_line(view: JournalView, change: StateChange) -> str:
     """The original's log line: which target, which URL, what happened."""
     line = (
         f"{view.target} is {state_word(change.new)}: {view.url} at {address_list(view)}:"
@@ -233,7 +233,7 @@ def log_line(view: TargetView, change: StateChange) -> str:
     return line
 
 
-def log_transitions(views: Iterable[TargetView], handler) -> dict[str, set[tuple[int, str]]]:
+def log_transitions(views: Iterable[JournalView], handler) -> dict[str, set[tuple[int, str]]]:
     """Log each pending transition not logged yet; returns what was logged."""
     done: dict[str, set[tuple[int, str]]] = {}
     if handler is None:
@@ -266,7 +266,7 @@ class JournalLog:
     def __call__(self, cfg: TargetConfig, entry: SpoolEntry) -> None:
         if not self.opened:
             self.handler, self.opened = open_syslog(self.setting), True
-        done = log_transitions([TargetView.from_spool(cfg, entry)], self.handler)
+        done = log_transitions([JournalView.from_spool(cfg, entry)], self.handler)
         keys = done.get(entry.target, set())
         for e in entry.journal:
             if (e.get("id"), str(e.get("at"))) in keys:

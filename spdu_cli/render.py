@@ -187,7 +187,7 @@ def reconcile_lines(plans) -> Iterator[str]:
 def reconcile_script(plans) -> Iterator[str]:
     """--dry-run: what would be sent, as input for nsupdate/knsupdate: one block
     (one UPDATE) per zone and server."""
-    from spdu_cli.reconcile import zone_script
+    from spdu_cli.plan import zone_script
 
     blocks: dict[tuple, list] = {}
     for p in plans:

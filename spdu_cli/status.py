@@ -115,16 +115,17 @@ def collect(site, names=(), dns: bool = False, now: float | None = None) -> list
     if not dns:
         return out
     from spdu_cli import reconcile
+    from spdu_cli.plan import PoolKey
 
     cfgs = {t: site.target(t) for t in targets}
     by_key = {}
     for c in cfgs.values():
-        by_key.setdefault(reconcile.PoolKey(c.pool_name, c.pool_zone, str(c.name_server),
+        by_key.setdefault(PoolKey(c.pool_name, c.pool_zone, str(c.name_server),
                                             c.name_port), c)
     history = store.read_reconcile()
     plans = {p.pool: with_servers(PoolStatus.from_plan(p), p, by_key.get(p.pool), history, now)
              for p in reconcile.run(site, dry_run=True)}
-    keys = {t: reconcile.PoolKey(c.pool_name, c.pool_zone, str(c.name_server), c.name_port)
+    keys = {t: PoolKey(c.pool_name, c.pool_zone, str(c.name_server), c.name_port)
             for t, c in cfgs.items()}
     return [TargetStatus(s.target, s.state, s.since, s.last, s.pending, s.maint,
                          plans.get(keys[s.target])) for s in out]
@@ -150,6 +151,7 @@ def with_servers(ps: PoolStatus, plan, cfg, history: dict, now: float) -> PoolSt
     import dataclasses
 
     from spdu_cli import reconcile, secondaries
+    from spdu_cli.nameserver import keyring
     from spdu_cli.errors import SpduError
 
     if plan.error is not None or cfg is None:
@@ -160,7 +162,7 @@ def with_servers(ps: PoolStatus, plan, cfg, history: dict, now: float) -> PoolSt
         serial, servers = secondaries.check(
             k.name, k.zone, k.server, k.port, cfg.name_timeout, cfg.secondary_servers,
             primary, _updates(history.get(reconcile.pool_id(k))),
-            reconcile._keyring(cfg.tsig))
+            keyring(cfg.tsig))
     except SpduError as e:
         return dataclasses.replace(ps, servers_error=str(e), now=now)
     return dataclasses.replace(ps, serial=serial, servers=tuple(servers), now=now)

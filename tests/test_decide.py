@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spdu_cli.health import State
-from spdu_cli.reconcile import TargetView, decide
+from spdu_cli.plan import TargetView, decide
 
 NOW = 1000.0
 

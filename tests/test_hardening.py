@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spdu_cli import config, reconcile
+from spdu_cli import config
 from spdu_cli.config import System
 from spdu_cli.errors import ConfigError
+from spdu_cli.plan import decide
 from spdu_cli.reconcile import Plan, PoolKey
 from spdu_cli.spool import Spool
 
@@ -32,7 +33,7 @@ ONE_TIME = settings(max_examples=60, deadline=None,
 
 def _script(cfg) -> str:
     key = PoolKey(cfg.pool_name, cfg.pool_zone, str(cfg.name_server), cfg.name_port)
-    decision = reconcile.decide([str(i) for i in cfg.self_ips], [], cfg.self_ips, cfg.name_ttl, 0)
+    decision = decide([str(i) for i in cfg.self_ips], [], cfg.self_ips, cfg.name_ttl, 0)
     return Plan(key, None, {"A": ["192.0.2.1"], "AAAA": []}, decision).script()
 
 

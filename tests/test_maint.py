@@ -10,11 +10,12 @@ import time
 import pytest
 
 import spdu_cli.notify.text as notice
-from spdu_cli import config, maint, reconcile
-from spdu_cli.journal import StateChange, TargetView
-from spdu_cli.notify import outbox
+from spdu_cli import config, maint
 from spdu_cli.errors import UsageError
 from spdu_cli.health import Health, State
+from spdu_cli.journal import JournalView, StateChange
+from spdu_cli.notify import outbox
+from spdu_cli.plan import TargetView, decide
 from spdu_cli.spool import Maintenance, Spool, SpoolEntry, iso
 from tests.test_reconcile import BETA, GAMMA, SELF, pool, write_conf
 
@@ -46,31 +47,31 @@ def test_bad_durations(text):
 
 
 def view(target, state, addresses, maint_until=None, configured=()):
-    return reconcile.TargetView(target, State(state), tuple(addresses), NOW - 1,
+    return TargetView(target, State(state), tuple(addresses), NOW - 1,
                                 tuple(configured), 5, 10.0, maint_until)
 
 
 def test_decide_removes_a_target_in_maintenance_whatever_its_state():
     targets = [view("beta", "up", [BETA], maint_until=NOW + 60), view("gamma", "up", [GAMMA])]
-    d = reconcile.decide([SELF, BETA, GAMMA], targets, [SELF], 5, NOW)
+    d = decide([SELF, BETA, GAMMA], targets, [SELF], 5, NOW)
     assert [(c.action, c.address, c.target) for c in d.changes] == [("delete", BETA, "beta")]
     # unknown and never probed, but with targetIP: its configured address goes too
-    stale = reconcile.TargetView("beta", State.UNKNOWN, (), None, (BETA,), 5, 10.0, NOW + 60)
-    d = reconcile.decide([SELF, BETA], [stale], [SELF], 5, NOW)
+    stale = TargetView("beta", State.UNKNOWN, (), None, (BETA,), 5, 10.0, NOW + 60)
+    d = decide([SELF, BETA], [stale], [SELF], 5, NOW)
     assert [(c.action, c.address) for c in d.changes] == [("delete", BETA)]
 
 
 def test_decide_expired_maintenance_is_over_before_it_is_cleared():
     targets = [view("beta", "up", [BETA], maint_until=NOW - 1)]
-    d = reconcile.decide([SELF], targets, [SELF], 5, NOW)
+    d = decide([SELF], targets, [SELF], 5, NOW)
     assert [(c.action, c.address) for c in d.changes] == [("add", BETA)]
 
 
 def test_decide_maintenance_never_empties_the_pool_and_keeps_self_ip():
     targets = [view("beta", "up", [BETA], maint_until=NOW + 60)]
-    d = reconcile.decide([BETA], targets, [], 5, NOW)
+    d = decide([BETA], targets, [], 5, NOW)
     assert d.changes == () and "no address at all" in d.blocked
-    d = reconcile.decide([SELF, BETA], [view("beta", "up", [SELF, BETA], NOW + 60)], [SELF], 5,
+    d = decide([SELF, BETA], [view("beta", "up", [SELF, BETA], NOW + 60)], [SELF], 5,
                          NOW)
     assert [(c.action, c.address) for c in d.changes] == [("delete", BETA)]  # selfIP wins
 
@@ -197,7 +198,7 @@ def test_notify_texts_for_maintenance():
                              "", "", tag="alpha")
 
     def one(*changes):
-        v = TargetView("beta", "beta.domain.tld", (BETA,), "http://api/status", mail, 4,
+        v = JournalView("beta", "beta.domain.tld", (BETA,), "http://api/status", mail, 4,
                               600.0, tuple(changes))
         return outbox.plan([v], NOW + 10).mails[0]
 

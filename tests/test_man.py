@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from spdu_cli import config, health, probe, reconcile, render, shellconf, spool, tsig
 from spdu_cli.cli import cli
 from spdu_cli.errors import ExitStatus
+from spdu_cli.plan import Change, Decision, Plan, PoolKey
 
 ROOT = Path(__file__).resolve().parent.parent
 MAN1 = ROOT / "man" / "spdu.1"
@@ -264,9 +265,9 @@ def _spool_sample(tmp_path) -> dict:
         entry.record(spool.ResultRecord(1.0, True, "192.0.2.1", 200, 3.2, None))
         entry.add_transition(health.Transition(health.State.UNKNOWN, health.State.UP, 1.0, "ok"))
         store.write(entry)
-    key = reconcile.PoolKey("api.pool.domain.tld", "pool.domain.tld", "127.0.0.1", 53)
-    change = reconcile.Change("add", "192.0.2.1", 5, "beta")
-    plan = reconcile.Plan(key, None, {}, reconcile.Decision((change,), (), None))
+    key = PoolKey("api.pool.domain.tld", "pool.domain.tld", "127.0.0.1", 53)
+    change = Change("add", "192.0.2.1", 5, "beta")
+    plan = Plan(key, None, {}, Decision((change,), (), None))
     with store.locked():
         reconcile.record(store, plan, 2.0)
     return json.loads((tmp_path / "spool" / "beta.json").read_text())
@@ -292,9 +293,9 @@ def test_json_outputs_are_described(tmp_path):
     """The fields of `--json` in each command's section, from the objects the code makes."""
     result = probe.ProbeResult("beta", 1.0, True, ("192.0.2.1",), 200, 3.2, None, "192.0.2.1")
     report = probe.TargetReport(result, health.Health(), None)
-    key = reconcile.PoolKey("api.pool.domain.tld", "pool.domain.tld", "127.0.0.1", 53)
-    plan = reconcile.Plan(key, None, {}, reconcile.Decision(
-        (reconcile.Change("add", "192.0.2.1", 5, "beta"),), (), None))
+    key = PoolKey("api.pool.domain.tld", "pool.domain.tld", "127.0.0.1", 53)
+    plan = Plan(key, None, {}, Decision(
+        (Change("add", "192.0.2.1", 5, "beta"),), (), None))
     (tmp_path / "spdu.conf").write_text('domain=domain.tld\nmyTag=alpha\ntargets=beta\n')
     cfg = config.load(str(tmp_path / "spdu.conf")).target("beta")
     docs = documented_commands()

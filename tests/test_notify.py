@@ -15,10 +15,10 @@ import spdu_cli.notify.mail as smtp
 import spdu_cli.notify.step as notify
 import spdu_cli.notify.text as notice
 from spdu_cli import config, journal
-from spdu_cli.notify import outbox
 from spdu_cli.config import MailConfig
 from spdu_cli.errors import ConfigError, ServiceUnavailable
 from spdu_cli.health import Health, State, Transition
+from spdu_cli.notify import outbox
 from spdu_cli.spool import Spool, duration, iso
 from tests.conftest import free_port
 
@@ -32,7 +32,7 @@ def change(id, at, old, new, reason="", dns=(), **kw):
 
 
 def view(*changes, target="beta", mail=MAIL, flap_count=4, flap_window=600.0):
-    return journal.TargetView(target, f"{target}.domain.tld", ("5.6.7.8",),
+    return journal.JournalView(target, f"{target}.domain.tld", ("5.6.7.8",),
                              "http://api.domain.tld:80/status", mail, flap_count, flap_window,
                              tuple(changes))
 

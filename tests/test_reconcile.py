@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from spdu_cli import reconcile
+from spdu_cli import nameserver, reconcile
 from spdu_cli.health import Health, State
+from spdu_cli.plan import Change, Decision, Plan, Pool, PoolKey, TargetView, decide, pools
 from spdu_cli.spool import Spool, SpoolEntry
 from tests.dnsservers import BindServer, KnotServer, PowerDNSServer
 
@@ -247,15 +248,15 @@ def test_concurrent_change_is_detected_by_the_prerequisite(confdir, primary, spo
     write_conf(confdir, primary, spool, key=primary.key)
     set_state(spool, "beta", "down", [BETA])
     set_state(spool, "gamma", "up", [GAMMA])
-    p = reconcile.pools([config.load(str(confdir.main)).target(n) for n in ("beta", "gamma")])[0]
-    current = reconcile.read_current(p)
+    p = pools([config.load(str(confdir.main)).target(n) for n in ("beta", "gamma")])[0]
+    current = nameserver.read_current(p)
     entries = {n: spool.read(n) for n in ("beta", "gamma")}
-    d = reconcile.decide(current["A"] + current["AAAA"], reconcile._views(p, entries),
+    d = decide(current["A"] + current["AAAA"], reconcile._views(p, entries),
                          p.self_ips, p.self_ttl, time.time())
-    plan = reconcile.Plan(p.key, None, current, d)
+    plan = Plan(p.key, None, current, d)
     # another writer adds an address between spdu's read and its write
     assert primary.nsupdate(f"update add {API} 60 {added}", key=primary.key).returncode == 0
-    with pytest.raises(reconcile._PrerequisiteFailed):
+    with pytest.raises(nameserver.PrerequisiteFailed):
         reconcile.send([(p, plan)])
     # nothing of spdu's change went in (an RRset that was empty is pinned too)
     assert pool(primary) == [SELF, BETA, added.split()[1]]
@@ -542,9 +543,9 @@ def test_one_failing_pool_does_not_stop_another(run, confdir, knot, tmp_path, sp
 
 
 def test_a_change_is_recorded_only_on_the_transition_that_caused_it(spool):
-    key = reconcile.PoolKey("api.pool.domain.tld", "pool.domain.tld", "127.0.0.1", 53)
-    plan = reconcile.Plan(key, None, {}, reconcile.Decision(
-        (reconcile.Change("delete", BETA, 0, "beta"),), (), None))
+    key = PoolKey("api.pool.domain.tld", "pool.domain.tld", "127.0.0.1", 53)
+    plan = Plan(key, None, {}, Decision(
+        (Change("delete", BETA, 0, "beta"),), (), None))
     set_state(spool, "beta", "up", [BETA])  # the state moved on: beta is up again
     reconcile.record(spool, plan, time.time())
     assert spool.read("beta").journal[-1]["dns"] == []
@@ -612,9 +613,9 @@ def test_a_udp_answer_from_another_port_or_to_another_query_is_not_taken():
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
-        key = reconcile.PoolKey(API.rstrip("."), "pool.domain.tld", "127.0.0.1",
+        key = PoolKey(API.rstrip("."), "pool.domain.tld", "127.0.0.1",
                                 server.getsockname()[1])
-        got = reconcile._udp(reconcile.Pool(key, None, 2.0, (), 5),
+        got = nameserver._udp(Pool(key, None, 2.0, (), 5),
                              dns.message.make_query(API, "A"))
         assert [r.address for rrset in got.answer for r in rrset] == [BETA]
     finally:
@@ -627,9 +628,9 @@ def test_the_reconcile_record_is_rewritten_only_when_it_changes(spool):
     """A pool that failed leaves its record as it was: no write, no fsync."""
     from spdu_cli.errors import ServiceUnavailable
 
-    key = reconcile.PoolKey("api.pool.domain.tld", "pool.domain.tld", "127.0.0.1", 53)
-    ok = reconcile.Plan(key, None, {"A": [SELF], "AAAA": []}, reconcile.Decision((), (), None))
-    failed = reconcile.Plan(key, None, {}, reconcile.Decision((), (), None),
+    key = PoolKey("api.pool.domain.tld", "pool.domain.tld", "127.0.0.1", 53)
+    ok = Plan(key, None, {"A": [SELF], "AAAA": []}, Decision((), (), None))
+    failed = Plan(key, None, {}, Decision((), (), None),
                             error=ServiceUnavailable("DNS server did not answer"))
     spool.ensure_dir()
     path = spool.dir / ".reconcile.json"
@@ -650,8 +651,6 @@ def test_the_reconcile_record_is_rewritten_only_when_it_changes(spool):
 
 
 def test_retired_addresses_leave_the_pool_whatever_the_state():
-    from spdu_cli.reconcile import TargetView, decide
-
     now = 1000.0
     moved = TargetView("beta", State.UNKNOWN, ("192.0.2.31",), now, (), 5, 10,
                        retired=("192.0.2.2",))

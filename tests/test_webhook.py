@@ -12,11 +12,11 @@ import pytest
 
 import spdu_cli.notify.step as notify
 from spdu_cli import config
-from spdu_cli.journal import StateChange, TargetView
-from spdu_cli.notify import outbox, webhook
-from spdu_cli.spool import iso
 from spdu_cli.config import WebhookConfig
 from spdu_cli.errors import ConfigError
+from spdu_cli.journal import JournalView, StateChange
+from spdu_cli.notify import outbox, webhook
+from spdu_cli.spool import iso
 from tests.conftest import free_port
 from tests.test_notify import NOW, REMOVED, Site, change, flaps, view
 
@@ -26,7 +26,7 @@ TOKEN = "tk_s3cret-token-value"
 def post(*changes, fmt="json", token="", flap_count=4):
     cfg = WebhookConfig("https://hooks.example/services/T0/B0/XYZ", fmt, token, tag="alpha")
     v = view(*changes, mail=None, flap_count=flap_count)
-    v = TargetView(**{**v.__dict__, "webhooks": (cfg,)})
+    v = JournalView(**{**v.__dict__, "webhooks": (cfg,)})
     p = outbox.plan([v], NOW)
     assert p.mails == [] and p.silent == []
     (x,) = p.posts

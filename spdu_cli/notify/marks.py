@@ -9,11 +9,11 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from spdu_cli.journal import TargetView
+from spdu_cli.journal import JournalView
 from spdu_cli.notify.outbox import Notice
 from spdu_cli.spool import Spool, SpoolEntry, iso
 
-log = logging.getLogger("spdu_cli.notify")
+log = logging.getLogger(__name__)
 
 Marks = dict[str, dict[tuple[int, str], dict[str, Any]]]  # target -> transition -> fields
 
@@ -33,7 +33,7 @@ def _mark(entry: SpoolEntry, updates: dict[tuple[int, str], dict[str, Any]]) -> 
     return done
 
 
-def _settle(entry: SpoolEntry, view: TargetView, now: float) -> int:
+def _settle(entry: SpoolEntry, view: JournalView, now: float) -> int:
     """Mark notified each transition of `view` that every channel it has now took
     (or that has no channel: mailTo and webhookURL empty, or a channel removed)."""
     pending = {c.key for c in view.pending()}
@@ -48,7 +48,7 @@ def _settle(entry: SpoolEntry, view: TargetView, now: float) -> int:
     return done
 
 
-def write_marks(store: Spool, views: list[TargetView], marks: Marks, now: float,
+def write_marks(store: Spool, views: list[JournalView], marks: Marks, now: float,
                  lock_timeout: float) -> None:
     """Under the lock, re-reading each entry so transitions a concurrent probe added are kept."""
     targets = [v for v in views if v.target in marks or v.pending()]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spdu_cli.config import MailConfig, WebhookConfig
-from spdu_cli.journal import MAIL, StateChange, TargetView, clock, state_word
+from spdu_cli.journal import MAIL, StateChange, JournalView, clock, state_word
 from spdu_cli.spool import duration
 
 
@@ -19,7 +19,7 @@ from spdu_cli.spool import duration
 class Notice:
     """One section of a mail: one transition, or a flapping target's summary."""
 
-    view: TargetView
+    view: JournalView
     changes: tuple[StateChange, ...]
     flapping: int = 0  # > 0: a flap summary; transitions within the window
     next_summary: float | None = None
@@ -65,7 +65,7 @@ class Post(Mail):
 class Held:
     """A flapping target's transitions kept pending until its next summary is due."""
 
-    view: TargetView
+    view: JournalView
     changes: tuple[StateChange, ...]
     until: float
     channel: str = MAIL
@@ -74,12 +74,12 @@ class Held:
 @dataclass
 class Plan:
     mails: list[Mail] = field(default_factory=list)
-    silent: list[tuple[TargetView, StateChange]] = field(default_factory=list)  # no channel
+    silent: list[tuple[JournalView, StateChange]] = field(default_factory=list)  # no channel
     held: list[Held] = field(default_factory=list)
     posts: list[Post] = field(default_factory=list)
 
 
-def notices_for(view: TargetView, now: float,
+def notices_for(view: JournalView, now: float,
                 pending: tuple[StateChange, ...] | None = None) -> list[Notice] | Held:
     """A target's pending transitions as notices, or held back while it flaps.
 
@@ -102,7 +102,7 @@ def notices_for(view: TargetView, now: float,
     return [Notice(view, (c,)) for c in pending]
 
 
-def _gather(pairs: Iterable[tuple[Any, TargetView]], now: float, channel: str = MAIL
+def _gather(pairs: Iterable[tuple[Any, JournalView]], now: float, channel: str = MAIL
             ) -> tuple[dict[tuple[Any, str | None], tuple[Notice, ...]], list[Held]]:
     """(channel configuration, the target as that channel sees it) pairs -> the
     notices for each (configuration, Message-ID) in time order, and the flapping
@@ -132,7 +132,7 @@ def _gather(pairs: Iterable[tuple[Any, TargetView]], now: float, channel: str = 
     return {key: tuple(sorted(ns, key=order)) for key, ns in groups.items()}, held
 
 
-def plan(views: Iterable[TargetView], now: float) -> Plan:
+def plan(views: Iterable[JournalView], now: float) -> Plan:
     """Group every pending transition into mails: one per mail configuration
     (recipients, relay...), a digest when it holds several notices; and into
     POSTs: one per webhook receiver. Each channel sees its own pending ones."""

@@ -13,14 +13,14 @@ if TYPE_CHECKING:
     from email.message import EmailMessage
 
 from spdu_cli.errors import SpduError
-from spdu_cli.journal import MAIL, TargetView, clock, log_transitions, open_syslog
+from spdu_cli.journal import MAIL, JournalView, clock, log_transitions, open_syslog
 from spdu_cli.notify.mail import compose, relay_where, send
 from spdu_cli.notify.marks import Marks, sent_mark, write_marks, write_notes
 from spdu_cli.notify.outbox import Mail, Plan, Post, plan
 from spdu_cli.notify.text import CONTROL, subject
 from spdu_cli.spool import Spool
 
-log = logging.getLogger("spdu_cli.notify")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -117,7 +117,7 @@ def run(
     now = time.time() if now is None else now
     cfgs = [site.target(n) for n in site.select(())]
     store = Spool(site.spool_dir)
-    views = [TargetView.from_spool(c, store.read(c.target)) for c in cfgs]
+    views = [JournalView.from_spool(c, store.read(c.target)) for c in cfgs]
     p = plan(views, now)
     outcome = Outcome(p, [Delivery(m, compose(m, now)) for m in p.mails], dry_run)
     if p.posts:

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable
 
 from spdu_cli import __version__
-from spdu_cli.journal import StateChange, TargetView, address_list, clock, state_word
+from spdu_cli.journal import StateChange, JournalView, address_list, clock, state_word
 from spdu_cli.notify.outbox import Mail, Notice
 from spdu_cli.spool import duration
 
@@ -24,7 +24,7 @@ def _dns_lines(changes: Iterable[StateChange]) -> list[str]:
     return [f"DNS: {d.words()}." for d in actions]
 
 
-def _history_line(view: TargetView, change: StateChange) -> str:
+def _history_line(view: JournalView, change: StateChange) -> str:
     prev = view.previous(change)
     if change.old == "unknown":
         return "Its state before was unknown (first probe, or the spool was reset)."
@@ -36,7 +36,7 @@ def _history_line(view: TargetView, change: StateChange) -> str:
     )
 
 
-def change_text(view: TargetView, change: StateChange, tag: str) -> list[str]:
+def change_text(view: JournalView, change: StateChange, tag: str) -> list[str]:
     """One transition, as the original's mail said it, plus what DNS did."""
     who = f"{view.target} ({view.host}, {address_list(view)})"
     if change.new == "maint":

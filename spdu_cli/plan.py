@@ -1,0 +1,289 @@
+"""What reconcile would do, as data: the pure decision (`decide`) of which
+addresses join or leave a pool, the pools themselves (one RRset name per zone
+and server), and each pool's Plan, rendered as an nsupdate script or JSON.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from spdu_cli.config import TargetConfig
+from spdu_cli.errors import ConfigError, SpduError
+from spdu_cli.health import State
+from spdu_cli.spool import staleness
+from spdu_cli.tsig import TsigKey
+
+RDTYPES = ("A", "AAAA")
+
+
+def rdtype_of(address: str) -> str:
+    return "AAAA" if ipaddress.ip_address(address).version == 6 else "A"
+
+
+def canon(address: str) -> str:
+    return str(ipaddress.ip_address(address))
+
+
+# -- the pure decision -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TargetView:
+    """What reconcile knows of one target: its spool entry, seen through its config."""
+
+    target: str
+    state: State
+    addresses: tuple[str, ...]  # the addresses the last probe checked
+    checked: float | None  # last conclusive probe
+    configured: tuple[str, ...]  # targetIP, when set
+    ttl: int
+    stale_after: float
+    maint_until: float | None = None  # in maintenance (`spdu maint`) until then
+    retired: tuple[str, ...] = ()  # its addresses before they changed: to be removed
+
+
+@dataclass(frozen=True)
+class Change:
+    action: str  # "add" or "delete"
+    address: str
+    ttl: int
+    target: str | None  # None: this site's own address (selfIP)
+
+    @property
+    def rdtype(self) -> str:
+        return rdtype_of(self.address)
+
+
+@dataclass(frozen=True)
+class Decision:
+    changes: tuple[Change, ...]
+    left_as_is: tuple[tuple[str, str], ...]  # (target, why): DNS is not judged for it
+    blocked: str | None  # set when the change is withheld (it would empty the pool)
+
+    @property
+    def left(self) -> dict[str, str]:
+        return dict(self.left_as_is)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(f"{target}: {why}" for target, why in self.left_as_is)
+
+
+def decide(
+    current: Iterable[str],
+    targets: Iterable[TargetView],
+    self_ips: Iterable[str],
+    self_ttl: int,
+    now: float,
+) -> Decision:
+    """The minimal change that makes the pool agree with the targets' states.
+
+    Up targets' probed addresses must be present, down targets' absent, and
+    so are those of a target in maintenance (probed or configured, whatever
+    its state; a maintenance past its end is over even before it is cleared);
+    unknown or stale targets (a probe time in the future is stale too) are
+    left as they are; selfIP is always present;
+    an address spdu does not manage is never touched; and a change that would
+    leave the pool without any address is withheld.
+    """
+    current = {canon(a) for a in current}
+    present: dict[str, tuple[int, str | None]] = {}
+    absent: dict[str, str] = {}
+    left = []
+    for t in targets:
+        for a in t.retired:  # no longer this target's, whatever its state
+            absent.setdefault(canon(a), t.target)
+        if t.maint_until is not None and now < t.maint_until:
+            for a in sorted({canon(a) for a in t.addresses + t.configured}):
+                absent.setdefault(a, t.target)
+            continue
+        if t.state is State.UNKNOWN:
+            left.append((t.target, "state unknown; its records are left as they are"))
+            continue
+        stale = staleness(t.checked, now, t.stale_after)
+        if stale:
+            left.append((t.target, f"last probed {stale} (staleAfter={t.stale_after:g});"
+                                   " its records are left as they are"))
+            continue
+        probed = {canon(a) for a in t.addresses}
+        if t.configured and {canon(a) for a in t.configured} != probed:
+            left.append((t.target, "targetIP changed since the last probe; waiting for a"
+                                   " probe of the new addresses"))
+            continue
+        for a in sorted(probed):
+            if t.state is State.UP:
+                present.setdefault(a, (t.ttl, t.target))
+            else:
+                absent.setdefault(a, t.target)
+    for a in self_ips:
+        present[canon(a)] = (self_ttl, None)
+    changes = [
+        Change("add", a, ttl, who) for a, (ttl, who) in sorted(present.items()) if a not in current
+    ]
+    changes += [
+        Change("delete", a, 0, who)
+        for a, who in sorted(absent.items())
+        if a in current and a not in present  # up (or selfIP) wins over down
+    ]
+    after = (current - {c.address for c in changes if c.action == "delete"}) | {
+        c.address for c in changes if c.action == "add"
+    }
+    if changes and not after:
+        gone = " ".join(c.address for c in changes)
+        return Decision(
+            (),
+            tuple(left),
+            f"removing {gone} would leave the pool with no address at all; nothing is sent"
+            " (set selfIP so that this site always stays in its own pool)",
+        )
+    return Decision(tuple(changes), tuple(left), None)
+
+
+# -- pools and plans -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    name: str
+    zone: str
+    server: str
+    port: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.server} port {self.port}"
+
+
+@dataclass
+class Pool:
+    key: PoolKey
+    tsig: TsigKey | None
+    timeout: float
+    self_ips: tuple[str, ...]
+    self_ttl: int
+    targets: list[TargetConfig] = field(default_factory=list)
+
+
+def zone_script(plans: list[Plan]) -> str:
+    """One nsupdate/knsupdate block for plans of one zone on one server: what
+    one UPDATE carries (no key: pass -k or -y)."""
+    first = plans[0].pool
+    lines = [f"; {', '.join(p.pool.name for p in plans)} on {first.where}"]
+    if plans[0].signed_with:
+        lines.append(f"; sign with the key {plans[0].signed_with}: nsupdate -k KEYFILE")
+    lines += [f"server {first.server} {first.port}", f"zone {first.zone}."]
+    for p in plans:
+        lines += p.prereq_lines()
+    for p in plans:
+        lines += p.update_lines()
+    lines.append("send")
+    return "\n".join(lines) + "\n"
+
+
+def zones(all_pools: list[Pool]) -> list[list[Pool]]:
+    """Pools whose changes go in one UPDATE: one zone, one server, one key."""
+    out: dict[tuple, list[Pool]] = {}
+    for pool in all_pools:
+        k = pool.key
+        out.setdefault((k.zone, k.server, k.port, pool.tsig and pool.tsig.name), []).append(pool)
+    return list(out.values())
+
+
+def pools(cfgs: Iterable[TargetConfig]) -> list[Pool]:
+    """Group targets by the RRset they belong to (poolName and nameServer may
+    differ per target)."""
+    out: dict[PoolKey, Pool] = {}
+    for c in cfgs:
+        key = PoolKey(c.pool_name, c.pool_zone, str(c.name_server), c.name_port)
+        if key not in out:
+            out[key] = Pool(key, c.tsig, c.name_timeout, (), c.name_ttl)
+        pool = out[key]
+        if (pool.tsig and pool.tsig.name) != (c.tsig and c.tsig.name):
+            raise ConfigError(
+                f"targets {pool.targets[0].target} and {c.target} update {c.pool_name} on "
+                f"{key.where} with different TSIG keys",
+                "use one key per pool and server",
+            )
+        pool.self_ips = tuple(dict.fromkeys(pool.self_ips + tuple(str(i) for i in c.self_ips)))
+        pool.targets.append(c)
+    return list(out.values())
+
+
+@dataclass
+class Plan:
+    """One pool's diff, as data: rendered as a script, as JSON, or sent."""
+
+    pool: PoolKey
+    signed_with: str | None
+    current: dict[str, list[str]]  # rdtype -> addresses, as read from the server
+    decision: Decision
+    sent: bool = False
+    attempts: int = 0
+    error: SpduError | None = None
+    serial_after: int | None = None  # the zone's serial once sent, when it could be read
+
+    @property
+    def changes(self) -> tuple[Change, ...]:
+        return self.decision.changes
+
+    def after(self) -> set[str] | None:
+        """The pool's addresses once this plan is done; None when not known (an
+        error, or changes that were not sent)."""
+        if self.error is not None or (self.changes and not self.sent):
+            return None
+        now = set(self.current.get("A", []) + self.current.get("AAAA", []))
+        now -= {c.address for c in self.changes if c.action == "delete"}
+        return now | {c.address for c in self.changes if c.action == "add"}
+
+    @property
+    def in_sync(self) -> bool:
+        """DNS was read and already agrees (not: the read failed)."""
+        return self.error is None and not self.changes and not self.decision.blocked
+
+    def prereq_lines(self) -> list[str]:
+        name = self.pool.name + "."
+        lines = []
+        for rdtype in RDTYPES:
+            addrs = self.current.get(rdtype, [])
+            if addrs:
+                lines += [f"prereq yxrrset {name} IN {rdtype} {a}" for a in addrs]
+            else:
+                lines.append(f"prereq nxrrset {name} IN {rdtype}")
+        return lines
+
+    def update_lines(self) -> list[str]:
+        name = self.pool.name + "."
+        return [
+            f"update add {name} {c.ttl} IN {c.rdtype} {c.address}" if c.action == "add"
+            else f"update delete {name} IN {c.rdtype} {c.address}"
+            for c in self.changes
+        ]
+
+    def script(self) -> str:
+        """The nsupdate/knsupdate script this plan sends (no key: pass -k or -y)."""
+        return zone_script([self])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool.name,
+            "zone": self.pool.zone,
+            "server": self.pool.server,
+            "port": self.pool.port,
+            "signed_with": self.signed_with,
+            "current": self.current,
+            "in_sync": self.in_sync,
+            "changes": [
+                {"action": c.action, "type": c.rdtype, "address": c.address,
+                 "ttl": c.ttl if c.action == "add" else None, "target": c.target}
+                for c in self.changes
+            ],
+            "notes": list(self.decision.notes),
+            "left_alone": self.decision.left,
+            "blocked": self.decision.blocked,
+            "sent": self.sent,
+            "attempts": self.attempts,
+            "error": str(self.error) if self.error else None,
+        }
