@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spdu_cli import maint
-from spdu_cli.spool import SpoolEntry, epoch, iso
+from spdu_cli.entry import SpoolEntry, epoch, iso
 
 STATES = ("up", "down", "maint", "unknown")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from spdu_cli.config import MailConfig, TargetConfig, WebhookConfig
 from spdu_cli.logsetup import SYSLOG_SOCKETS, system_socket
-from spdu_cli.spool import SpoolEntry, duration, epoch
+from spdu_cli.entry import SpoolEntry, duration, epoch
 
 log = logging.getLogger(__name__)
 

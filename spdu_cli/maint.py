@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 
 from spdu_cli.errors import UsageError
-from spdu_cli.spool import Maintenance, Spool, SpoolEntry, iso
+from spdu_cli.entry import Maintenance, SpoolEntry, iso
+from spdu_cli.spool import Spool
 
 log = logging.getLogger(__name__)
 

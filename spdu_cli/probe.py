@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from spdu_cli import __version__, health, maint
 from spdu_cli.errors import ConfigError, ProbeInterrupted, SpduError
 from spdu_cli.health import Health
-from spdu_cli.spool import ResultRecord, Spool, iso
+from spdu_cli.entry import ResultRecord, iso
+from spdu_cli.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -1079,7 +1080,7 @@ def _entry_or_fresh(store: Spool, target: str):
     try:
         return store.read(target)
     except SpduError:
-        from spdu_cli.spool import SpoolEntry
+        from spdu_cli.entry import SpoolEntry
 
         return SpoolEntry(target)
 

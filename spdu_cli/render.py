@@ -340,7 +340,7 @@ def _dns_cell(s) -> str:
 def status_rows(statuses, now: float, dns: bool = False, table: bool = False) -> list[list[str]]:
     """`table`: for a terminal of 80 columns: how long in the state and in
     maintenance, not since and until when."""
-    from spdu_cli.spool import duration
+    from spdu_cli.entry import duration
 
     rows = []
     for s in statuses:
@@ -392,7 +392,7 @@ def server_lines(statuses, now: float) -> Iterator[str]:
 
 
 def availability_line(h) -> str:
-    from spdu_cli.spool import duration
+    from spdu_cli.entry import duration
 
     sec = h.seconds
     if h.start is None:
@@ -410,7 +410,7 @@ HISTORY_HEADERS = ["AT", "CHANGE", "FOR", "REASON", "MAILED"]
 
 
 def history_rows(h) -> list[list[str]]:
-    from spdu_cli.spool import duration
+    from spdu_cli.entry import duration
 
     return [
         [stamp(p.at), f"{p.old} -> {p.new}",

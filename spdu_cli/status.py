@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spdu_cli import maint
-from spdu_cli.spool import Maintenance, ResultRecord, Spool, SpoolEntry, iso
+from spdu_cli.entry import Maintenance, ResultRecord, SpoolEntry, iso
+from spdu_cli.spool import Spool
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def collect(site, names=(), dns: bool = False, now: float | None = None) -> list
 
 def _updates(record: dict | None) -> list[tuple[float, int]]:
     """(time, serial) of the pool's last UPDATEs from the spool; what is damaged is skipped."""
-    from spdu_cli.spool import epoch
+    from spdu_cli.entry import epoch
 
     out = []
     for item in (record or {}).get("serials") or []:

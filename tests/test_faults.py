@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from spdu_cli.health import Health, State
-from spdu_cli.spool import Spool, SpoolEntry
+from spdu_cli.entry import SpoolEntry
+from spdu_cli.spool import Spool
 from tests.smtpd import SilentRelay
 
 SELF, BETA, GAMMA, DELTA = "192.0.2.1", "127.0.0.21", "127.0.0.22", "127.0.0.23"

@@ -16,7 +16,8 @@ from spdu_cli.health import Health, State
 from spdu_cli.journal import JournalView, StateChange
 from spdu_cli.notify import outbox
 from spdu_cli.plan import TargetView, decide
-from spdu_cli.spool import Maintenance, Spool, SpoolEntry, iso
+from spdu_cli.entry import Maintenance, SpoolEntry, iso
+from spdu_cli.spool import Spool
 from tests.test_reconcile import BETA, GAMMA, SELF, pool, write_conf
 
 NOW = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC

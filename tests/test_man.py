@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from spdu_cli import config, health, probe, reconcile, render, shellconf, spool, tsig
+from spdu_cli import entry as spool_entry
 from spdu_cli.cli import cli
 from spdu_cli.errors import ExitStatus
 from spdu_cli.plan import Change, Decision, Plan, PoolKey
@@ -251,8 +252,8 @@ def test_environment_and_files():
     for word in (
         config.DEFAULT_PATH, f"{spool_dir}/", f"{spool_dir}/TARGET.json",
         f"{spool_dir}/{spool.LOCK_NAME}", f"{spool.DIR_MODE:04o}", f"{spool.FILE_MODE:04o}",
-        f"last {spool.MAX_RESULTS} probes", f"At most {spool.MAX_JOURNAL} transitions",
-        f"beyond {spool.MAX_PENDING}", f"version, {spool.VERSION}", "fsync", "unknown",
+        f"last {spool_entry.MAX_RESULTS} probes", f"At most {spool_entry.MAX_JOURNAL} transitions",
+        f"beyond {spool_entry.MAX_PENDING}", f"version, {spool_entry.VERSION}", "fsync", "unknown",
     ):
         assert word in files, f"man/spdu.1, FILES, does not mention {word!r}"
 
@@ -262,7 +263,7 @@ def _spool_sample(tmp_path) -> dict:
     store = spool.Spool(str(tmp_path / "spool"))
     with store.locked():
         entry = store.read("beta")
-        entry.record(spool.ResultRecord(1.0, True, "192.0.2.1", 200, 3.2, None))
+        entry.record(spool_entry.ResultRecord(1.0, True, "192.0.2.1", 200, 3.2, None))
         entry.add_transition(health.Transition(health.State.UNKNOWN, health.State.UP, 1.0, "ok"))
         store.write(entry)
     key = PoolKey("api.pool.domain.tld", "pool.domain.tld", "127.0.0.1", 53)

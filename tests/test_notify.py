@@ -19,7 +19,8 @@ from spdu_cli.config import MailConfig
 from spdu_cli.errors import ConfigError, ServiceUnavailable
 from spdu_cli.health import Health, State, Transition
 from spdu_cli.notify import outbox
-from spdu_cli.spool import Spool, duration, iso
+from spdu_cli.entry import duration, iso
+from spdu_cli.spool import Spool
 from tests.conftest import free_port
 
 NOW = 1_750_000_000.0

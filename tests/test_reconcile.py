@@ -16,7 +16,8 @@ import pytest
 from spdu_cli import nameserver, reconcile
 from spdu_cli.health import Health, State
 from spdu_cli.plan import Change, Decision, Plan, Pool, PoolKey, TargetView, decide, pools
-from spdu_cli.spool import Spool, SpoolEntry
+from spdu_cli.entry import SpoolEntry
+from spdu_cli.spool import Spool
 from tests.dnsservers import BindServer, KnotServer, PowerDNSServer
 
 API = "api.pool.domain.tld."
@@ -559,7 +560,7 @@ def test_standing_moves_with_what_decide_acts_on_and_nothing_else():
     fresh or stale, addresses as sets, a maintenance as on or over."""
     from types import SimpleNamespace
 
-    from spdu_cli.spool import Maintenance
+    from spdu_cli.entry import Maintenance
 
     now = 1000.0
     cfg = SimpleNamespace(target="beta", target_ips=(), name_ttl=5, stale_after=10.0)

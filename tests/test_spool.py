@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from spdu_cli import entry as spool_entry
 from spdu_cli import spool as spool_mod
 from spdu_cli.errors import ConfigError, TemporaryFailure
 from spdu_cli.health import Health, State, Transition
-from spdu_cli.spool import ResultRecord, Spool, SpoolEntry
+from spdu_cli.entry import Maintenance, ResultRecord, SpoolEntry
+from spdu_cli.spool import Spool
 
 
 @pytest.fixture
@@ -101,7 +103,7 @@ def test_journal_is_bounded_dropping_notified_first(store):
         j = e.add_transition(Transition(State.UP, State.DOWN, float(i), "x"))
         if i >= 20:
             j["notified"] = True
-    assert len(e.journal) <= spool_mod.MAX_JOURNAL + 1
+    assert len(e.journal) <= spool_entry.MAX_JOURNAL + 1
     ids = [j["id"] for j in e.journal]
     assert ids[:20] == list(range(1, 21))  # pending ones kept
     assert ids == sorted(ids) and ids[-1] == 150
@@ -111,7 +113,7 @@ def test_results_are_bounded():
     e = SpoolEntry("beta")
     for i in range(25):
         e.record(ResultRecord(float(i), True, "a", 200, 1.0, None))
-    assert len(e.results) == spool_mod.MAX_RESULTS and e.results[-1].at == 24.0
+    assert len(e.results) == spool_entry.MAX_RESULTS and e.results[-1].at == 24.0
 
 
 def test_lock_timeout_is_75(store):
@@ -255,7 +257,7 @@ def test_an_address_that_comes_back_is_no_longer_retired():
 
 
 def test_a_maintenance_ends_at_until():
-    m = spool_mod.Maintenance(100.0, 200.0)
+    m = Maintenance(100.0, 200.0)
     assert m.active(199.999) and not m.active(200.0)
 
 

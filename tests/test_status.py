@@ -14,7 +14,8 @@ import pytest
 
 from spdu_cli import history, maint
 from spdu_cli.health import Health, State
-from spdu_cli.spool import ResultRecord, Spool, SpoolEntry, iso
+from spdu_cli.entry import ResultRecord, SpoolEntry, iso
+from spdu_cli.spool import Spool
 from tests.conftest import free_port
 from tests.test_reconcile import BETA, GAMMA, set_state, write_conf
 
@@ -38,7 +39,7 @@ def seed(spool: Spool) -> None:
     beta.add_change("unknown", "up", NOW - 3600, "HTTP 200 in 3 ms")
     beta.journal[-1]["notified"] = True
     beta.add_change("up", "maint", NOW - 60, "disk swap", until=iso(NOW + 3600))
-    from spdu_cli.spool import Maintenance
+    from spdu_cli.entry import Maintenance
 
     beta.maint = Maintenance(NOW - 60, NOW + 3600, "disk swap")
     gamma = SpoolEntry("gamma", Health(State.DOWN, NOW - 120, 0, 3), checked=NOW - 1,
@@ -84,7 +85,7 @@ def test_plain_lines_in_a_pipe(run, conf):
 
 def test_an_expired_maintenance_shows_as_over_and_status_writes_nothing(run, conf, spool):
     e = spool.read("beta")
-    from spdu_cli.spool import Maintenance
+    from spdu_cli.entry import Maintenance
 
     e.maint = Maintenance(NOW - 600, NOW - 300, "done")
     spool.write(e)
@@ -183,7 +184,7 @@ def test_history_empty_and_expired_maintenance(spool):
     e = SpoolEntry("beta", Health(State.UP, T0, 2, 0))
     e.add_change("unknown", "up", T0, "ok")
     e.add_change("up", "maint", T0 + 100, "x", until=iso(T0 + 200))
-    from spdu_cli.spool import Maintenance
+    from spdu_cli.entry import Maintenance
 
     e.maint = Maintenance(T0 + 100, T0 + 200, "x")
     h = history.of_entry(e, now=T0 + 1000)  # shown as ended at until, as the probe will write

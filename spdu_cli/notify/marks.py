@@ -11,7 +11,8 @@ from typing import Any
 
 from spdu_cli.journal import JournalView
 from spdu_cli.notify.outbox import Notice
-from spdu_cli.spool import Spool, SpoolEntry, iso
+from spdu_cli.entry import SpoolEntry, iso
+from spdu_cli.spool import Spool
 
 log = logging.getLogger(__name__)
 

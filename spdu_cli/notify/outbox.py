@@ -12,7 +12,7 @@ from typing import Any
 
 from spdu_cli.config import MailConfig, WebhookConfig
 from spdu_cli.journal import MAIL, StateChange, JournalView, clock, state_word
-from spdu_cli.spool import duration
+from spdu_cli.entry import duration
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def delivery_id(post: Post) -> str:
 
 
 def _iso(ts: float | None) -> str | None:
-    from spdu_cli.spool import iso
+    from spdu_cli.entry import iso
 
     return iso(ts) if ts else None
 
