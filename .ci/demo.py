@@ -155,7 +155,7 @@ class Sink:
         self.controller = Controller(self, hostname="127.0.0.1", port=port, ready_timeout=10)
         self.controller.start()
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+    async def handle_DATA(self, server, session, envelope):
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self._lock:
             self.mails.append(msg)

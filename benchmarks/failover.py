@@ -52,10 +52,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine  # noqa: E402
-from tests.dnsservers import write_pdns_lua  # noqa: E402
-from tests.e2e.netlab import POOL, SITES, ZONE, Lab, LabError, Proc, run, v4, which  # noqa: E402
 
 from spdu_cli.health import failover  # noqa: E402
+from tests.dnsservers import write_pdns_lua  # noqa: E402
+from tests.e2e.netlab import POOL, SITES, ZONE, Lab, LabError, Proc, run, v4, which  # noqa: E402
 
 #: Settings written to every site's spdu.conf; keys not named keep spdu's defaults.
 PROFILES = {

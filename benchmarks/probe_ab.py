@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine  # noqa: E402
-from probe_cost import Quiet, Server  # noqa: E402
+from _common import machine
+from probe_cost import Quiet, Server
 
 
 def main() -> None:
@@ -64,7 +64,7 @@ def main() -> None:
     print(f"spdu probe t0, 1 target up, probeMatch set, {args.runs} interleaved runs"
           f" ({machine()})")
     for b in builds:
-        print(f"{str(b):<40} cpu median {statistics.median(cpu[b]) * 1000:6.1f} ms"
+        print(f"{b!s:<40} cpu median {statistics.median(cpu[b]) * 1000:6.1f} ms"
               f"  min {min(cpu[b]) * 1000:6.1f} ms   wall median"
               f" {statistics.median(wall[b]) * 1000:6.1f} ms  min {min(wall[b]) * 1000:6.1f} ms")
 

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import VENV_BIN, machine, measure, memory_verdict, row  # noqa: E402
+from _common import VENV_BIN, machine, measure, memory_verdict, row
 
 
 class Quiet(http.server.BaseHTTPRequestHandler):

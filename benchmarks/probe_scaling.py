@@ -26,11 +26,11 @@ import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import VENV_BIN, machine, measure, row  # noqa: E402
-from probe_cost import Server, Quiet  # noqa: E402
+from _common import VENV_BIN, machine, measure, row
+from probe_cost import Quiet, Server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.rawserver import RawServer  # noqa: E402
+from tests.rawserver import RawServer
 
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT))
 from _common import VENV_BIN, machine, measure, memory_verdict, row  # noqa: E402
 
-from spdu_cli.health import Health, State  # noqa: E402
 from spdu_cli.entry import SpoolEntry  # noqa: E402
+from spdu_cli.health import Health, State  # noqa: E402
 from spdu_cli.spool import Spool  # noqa: E402
 from tests.dnsservers import KnotServer  # noqa: E402
 

@@ -20,8 +20,14 @@ import sys
 from collections.abc import Mapping
 
 from spdu_cli.handover import loop_running
-from spdu_cli.paths import CONFIG_ENV, DEFAULT_CONFIG, DEFAULT_SPOOL_DIR, MAX_CONFIG
-from spdu_cli.paths import absolute_path, trusted_file
+from spdu_cli.paths import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG,
+    DEFAULT_SPOOL_DIR,
+    MAX_CONFIG,
+    absolute_path,
+    trusted_file,
+)
 
 TEMPFAIL = 75  # ExitStatus.TEMPFAIL (errors.py imports enum: not here)
 

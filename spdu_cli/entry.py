@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import marshal
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from spdu_cli.health import Health, State, Transition
@@ -54,7 +54,7 @@ def iso(ts: float | None) -> str | None:
 # and each read parses them again (the same times, one new one a probe).
 @functools.lru_cache(maxsize=1024)
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace(
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z"
     )
 

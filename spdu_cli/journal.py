@@ -12,12 +12,12 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from spdu_cli.config import MailConfig, TargetConfig, WebhookConfig
-from spdu_cli.logsetup import SYSLOG_SOCKETS, system_socket
 from spdu_cli.entry import SpoolEntry, duration, epoch
+from spdu_cli.logsetup import SYSLOG_SOCKETS, system_socket
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def state_word(state: str) -> str:
 def clock(ts: float | None) -> str:
     if ts is None:
         return "an unknown time"
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def address_list(view: JournalView) -> str:
@@ -192,7 +192,7 @@ def address_list(view: JournalView) -> str:
 
 
 class _Syslog(logging.handlers.SysLogHandler):
-    def handleError(self, record):  # noqa: N802 - raise to the caller instead of printing
+    def handleError(self, record):
         raise  # noqa: PLE0704 - called from emit's except block
 
 

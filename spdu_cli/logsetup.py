@@ -47,7 +47,7 @@ def _syslog_class():
 
         fallback: logging.Handler | None = None
 
-        def handleError(self, record):  # noqa: N802 - logging's API
+        def handleError(self, record):
             if self.fallback is None:
                 self.fallback = logging.StreamHandler(sys.stderr)
                 self.fallback.setFormatter(StderrFormatter())

@@ -13,8 +13,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from spdu_cli.errors import UsageError
 from spdu_cli.entry import Maintenance, SpoolEntry, iso
+from spdu_cli.errors import UsageError
 from spdu_cli.spool import Spool
 
 log = logging.getLogger(__name__)

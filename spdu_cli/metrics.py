@@ -14,8 +14,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from spdu_cli.errors import SpduError
 from spdu_cli.entry import epoch
+from spdu_cli.errors import SpduError
 from spdu_cli.spool import Spool, atomic_write
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spdu_cli.config import TargetConfig
+from spdu_cli.entry import staleness
 from spdu_cli.errors import ConfigError, SpduError
 from spdu_cli.health import State
-from spdu_cli.entry import staleness
 from spdu_cli.tsig import TsigKey
 
 RDTYPES = ("A", "AAAA")

@@ -16,11 +16,21 @@ import time
 from dataclasses import replace
 
 from spdu_cli.config import TargetConfig
+from spdu_cli.entry import SpoolEntry, iso, staleness
 from spdu_cli.errors import SpduError, TemporaryFailure
 from spdu_cli.nameserver import PrerequisiteFailed, keyring, read_current, send
-from spdu_cli.plan import (Change, Decision, Plan, Pool, PoolKey, TargetView, canon, decide,
-                           pools, zones)
-from spdu_cli.entry import SpoolEntry, iso, staleness
+from spdu_cli.plan import (
+    Change,
+    Decision,
+    Plan,
+    Pool,
+    PoolKey,
+    TargetView,
+    canon,
+    decide,
+    pools,
+    zones,
+)
 from spdu_cli.spool import Spool
 
 log = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Iterable, Iterator
+from datetime import UTC
 from typing import Any
 
 from spdu_cli import health
@@ -307,11 +308,11 @@ def aligned(rows: list[list[str]]) -> Iterator[str]:
 
 def stamp(ts: float | None) -> str:
     """The one form of a time for people: 2026-11-30 18:40:34Z (UTC)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 # -- status ------------------------------------------------------------------------------

@@ -152,8 +152,8 @@ def with_servers(ps: PoolStatus, plan, cfg, history: dict, now: float) -> PoolSt
     import dataclasses
 
     from spdu_cli import reconcile, secondaries
-    from spdu_cli.nameserver import keyring
     from spdu_cli.errors import SpduError
+    from spdu_cli.nameserver import keyring
 
     if plan.error is not None or cfg is None:
         return ps

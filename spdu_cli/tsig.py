@@ -61,7 +61,7 @@ def parse_inline(value: str, source: str = "") -> TsigKey:
     raise ValueError("expected [algorithm:]name:secret")
 
 
-_BIND_KEY = re.compile(r'key\s+"?([^"\s{]+)"?\s*\{(.*?)\}\s*;', re.S)
+_BIND_KEY = re.compile(r'key\s+"?([^"\s{]+)"?\s*\{(.*?)\}\s*;', re.DOTALL)
 _BIND_ITEM = re.compile(r'(algorithm|secret)\s+"?([^";\s]+)"?\s*;')
 
 

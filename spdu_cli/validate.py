@@ -26,7 +26,7 @@ TSIG_ALGORITHMS = (
 
 def hostname(value: str) -> str:
     """A DNS host name (LDH labels); a trailing dot is dropped, case folded."""
-    name = value[:-1] if value.endswith(".") else value
+    name = value.removesuffix(".")
     if not name:
         raise ValueError("empty name")
     if len(name) > 253:
@@ -63,7 +63,7 @@ def ip_list(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, 
             ip = ipaddress.ip_address(item)
         except ValueError:
             raise ValueError(f"{item!r} is not an IPv4 or IPv6 address") from None
-        if getattr(ip, "scope_id", None) or ip.is_link_local and ip.version == 6:
+        if getattr(ip, "scope_id", None) or (ip.is_link_local and ip.version == 6):
             raise ValueError(f"{item!r} is an IPv6 link-local address: it names a host on one"
                              " link of this machine only, so it can neither go in a DNS pool"
                              " nor be probed as a site; use the site's global address")

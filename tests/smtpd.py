@@ -28,13 +28,13 @@ class _Handler:
     def __init__(self, relay: SmtpRelay):
         self.relay = relay
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address in self.relay.refuse:
             return "550 5.1.1 no such mailbox here"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+    async def handle_DATA(self, server, session, envelope):
         if self.relay.on_data is not None:
             self.relay.on_data()
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)

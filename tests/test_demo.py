@@ -45,7 +45,7 @@ def test_the_demo_runs_end_to_end():
     assert re.search(r"gamma rejoined the pool \d+\.\d s after", out), out
 
     # The mails the SMTP sink received: the DOWN warning and the up notice.
-    subjects = re.findall(r"^  \| Subject: (.*)$", out, re.M)
+    subjects = re.findall(r"^  \| Subject: (.*)$", out, re.MULTILINE)
     assert any(re.fullmatch(r"WARNING: (\d+ changes: .*)?gamma is DOWN.*", s)
                for s in subjects), subjects
     assert any(re.fullmatch(r"NOTICE: (\d+ changes: .*)?gamma is up.*", s)

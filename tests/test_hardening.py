@@ -51,7 +51,7 @@ def test_hostile_values_are_refused_before_they_reach_a_script_or_a_header(confd
     try:
         cfg = config.load(str(confdir.main), system=ALPHA).target("beta")
     except ConfigError as e:
-        assert str(confdir.main) in str(e) and key in str(e) or "line" in str(e)
+        assert (str(confdir.main) in str(e) and key in str(e)) or "line" in str(e)
         return
     # Accepted (e.g. a probePath with ';'): it must not reach DNS or mail verbatim.
     for line in _script(cfg).splitlines():

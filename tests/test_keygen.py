@@ -75,7 +75,7 @@ def _knot_with_snippet(tmp_path, snippet: str) -> KnotServer:
 
 def _bind_with_snippet(tmp_path, snippet: str) -> BindServer:
     include = next(line for line in snippet.splitlines() if line.startswith("include"))
-    policy = re.search(r"update-policy \{.*?\n    \};", snippet, re.S).group(0)
+    policy = re.search(r"update-policy \{.*?\n    \};", snippet, re.DOTALL).group(0)
     return BindServer(tmp_path / "bind", extra_conf=include + "\n", policy=policy,
                       other_zones=["elsewhere.example"])
 

@@ -11,12 +11,12 @@ import pytest
 
 import spdu_cli.notify.text as notice
 from spdu_cli import config, maint
+from spdu_cli.entry import Maintenance, SpoolEntry, iso
 from spdu_cli.errors import UsageError
 from spdu_cli.health import Health, State
 from spdu_cli.journal import JournalView, StateChange
 from spdu_cli.notify import outbox
 from spdu_cli.plan import TargetView, decide
-from spdu_cli.entry import Maintenance, SpoolEntry, iso
 from spdu_cli.spool import Spool
 from tests.test_reconcile import BETA, GAMMA, SELF, pool, write_conf
 

@@ -16,10 +16,10 @@ import spdu_cli.notify.step as notify
 import spdu_cli.notify.text as notice
 from spdu_cli import config, journal
 from spdu_cli.config import MailConfig
+from spdu_cli.entry import duration, iso
 from spdu_cli.errors import ConfigError, ServiceUnavailable
 from spdu_cli.health import Health, State, Transition
 from spdu_cli.notify import outbox
-from spdu_cli.entry import duration, iso
 from spdu_cli.spool import Spool
 from tests.conftest import free_port
 

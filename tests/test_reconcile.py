@@ -14,9 +14,9 @@ import time
 import pytest
 
 from spdu_cli import nameserver, reconcile
+from spdu_cli.entry import SpoolEntry
 from spdu_cli.health import Health, State
 from spdu_cli.plan import Change, Decision, Plan, Pool, PoolKey, TargetView, decide, pools
-from spdu_cli.entry import SpoolEntry
 from spdu_cli.spool import Spool
 from tests.dnsservers import BindServer, KnotServer, PowerDNSServer
 

@@ -15,9 +15,9 @@ import pytest
 
 from spdu_cli import entry as spool_entry
 from spdu_cli import spool as spool_mod
+from spdu_cli.entry import Maintenance, ResultRecord, SpoolEntry
 from spdu_cli.errors import ConfigError, TemporaryFailure
 from spdu_cli.health import Health, State, Transition
-from spdu_cli.entry import Maintenance, ResultRecord, SpoolEntry
 from spdu_cli.spool import Spool
 
 
@@ -120,9 +120,8 @@ def test_lock_timeout_is_75(store):
     fd = os.open(store.dir / ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        with pytest.raises(TemporaryFailure) as e:
-            with store.locked(timeout=0.2):
-                pass
+        with pytest.raises(TemporaryFailure) as e, store.locked(timeout=0.2):
+            pass
         assert e.value.exit_status == 75 and ".lock" in str(e.value)
     finally:
         os.close(fd)
@@ -165,9 +164,8 @@ def test_full_disk_keeps_the_previous_state(tiny_fs):
     e = entry()
     e.health = Health(State.DOWN, 5.0, 0, 2)
     e.journal.extend({"id": i, "reason": "x" * 200} for i in range(2, 60))
-    with pytest.raises(TemporaryFailure) as err:
-        with store.locked():
-            store.write(e)
+    with pytest.raises(TemporaryFailure) as err, store.locked():
+        store.write(e)
     assert "No space left on device" in str(err.value) and "previous state is kept" in str(err.value)
     assert store.path("beta").read_bytes() == before
     assert [p.name for p in store.dir.iterdir() if p.name.endswith(".tmp")] == []

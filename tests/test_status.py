@@ -13,8 +13,8 @@ import time
 import pytest
 
 from spdu_cli import history, maint
-from spdu_cli.health import Health, State
 from spdu_cli.entry import ResultRecord, SpoolEntry, iso
+from spdu_cli.health import Health, State
 from spdu_cli.spool import Spool
 from tests.conftest import free_port
 from tests.test_reconcile import BETA, GAMMA, set_state, write_conf

@@ -13,10 +13,10 @@ import pytest
 import spdu_cli.notify.step as notify
 from spdu_cli import config
 from spdu_cli.config import WebhookConfig
+from spdu_cli.entry import iso
 from spdu_cli.errors import ConfigError
 from spdu_cli.journal import JournalView, StateChange
 from spdu_cli.notify import outbox, webhook
-from spdu_cli.entry import iso
 from tests.conftest import free_port
 from tests.test_notify import NOW, REMOVED, Site, change, flaps, view
 

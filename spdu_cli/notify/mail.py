@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the mail modules are loaded only when there is mail to send
@@ -43,7 +43,7 @@ def compose(mail: Mail, now: float) -> EmailMessage:
     # The subject may carry words from the spool (a maintenance reason): one line,
     # always, so nothing read there can add a header (Bcc:...) or break the mail.
     msg["Subject"] = CONTROL.sub(" ", subject(mail))
-    msg["Date"] = format_datetime(datetime.fromtimestamp(now, timezone.utc))
+    msg["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
     msg["Message-ID"] = message_id(mail)
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to a robot
     msg["X-Mailer"] = f"spdu/{__version__}"

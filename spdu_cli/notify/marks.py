@@ -9,9 +9,9 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from spdu_cli.entry import SpoolEntry, iso
 from spdu_cli.journal import JournalView
 from spdu_cli.notify.outbox import Notice
-from spdu_cli.entry import SpoolEntry, iso
 from spdu_cli.spool import Spool
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spdu_cli.config import MailConfig, WebhookConfig
-from spdu_cli.journal import MAIL, StateChange, JournalView, clock, state_word
 from spdu_cli.entry import duration
+from spdu_cli.journal import MAIL, JournalView, StateChange, clock, state_word
 
 
 @dataclass(frozen=True)

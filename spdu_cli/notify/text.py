@@ -8,9 +8,9 @@ import re
 from collections.abc import Iterable
 
 from spdu_cli import __version__
-from spdu_cli.journal import StateChange, JournalView, address_list, clock, state_word
-from spdu_cli.notify.outbox import Mail, Notice
 from spdu_cli.entry import duration
+from spdu_cli.journal import JournalView, StateChange, address_list, clock, state_word
+from spdu_cli.notify.outbox import Mail, Notice
 
 MAX_SUBJECT = 150
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # what a header may not hold

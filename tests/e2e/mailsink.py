@@ -26,7 +26,7 @@ class Sink:
         self.count = itertools.count(1)
         self.lock = threading.Lock()
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+    async def handle_DATA(self, server, session, envelope):
         with self.lock:
             n = next(self.count)
         name = f"{time.time():.6f}-{n:05d}.eml"

@@ -319,7 +319,7 @@ class Site:
         kdir = self.dir / "knot"
         (kdir / "db").mkdir(parents=True, exist_ok=True)  # the journal of updates
         snippet = self.keygen()
-        keyname = re.search(r"^\s+key: (\S+)$", snippet, re.M).group(1)
+        keyname = re.search(r"^\s+key: (\S+)$", snippet, re.MULTILINE).group(1)
         own = [(a, "AAAA" if ":" in a else "A") for a in self.addresses]
         zonefile = kdir / f"{ZONE}.zone"
         zonefile.write_text("\n".join([
