@@ -303,7 +303,7 @@ MUTANTS = [
       "        self.stop.wait(seconds)\n        return False\n", KEPT),
     m("cycle.py", "a peer that closes idle connections is probed early every time",
       "                    self.kept.spurious(target)", "                    pass", KEPT),
-    m("probe.py", "a connection the peer will close is kept (an early probe each interval)",
+    m("probe/step.py", "a connection the peer will close is kept (an early probe each interval)",
       "            if name == b\"connection\" and b\"close\" in (t.strip() for t in"
       " value.lower().split(b\",\")):\n                self.reusable = False  # a token of the"
       " list, as h11 reads it\n            elif", "            if", KEPT),

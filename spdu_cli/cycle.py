@@ -207,7 +207,7 @@ class Loop:
     # -- steps, each of which may fail without stopping the others --------------------
 
     def probe(self, site, now: float) -> bool:
-        from spdu_cli import probe
+        import spdu_cli.probe.step as probe
 
         due = self.schedule.due(site.targets, now)
         if not due:

@@ -70,7 +70,8 @@ def test_one_down_target_exits_1(run, site):
 
 def test_terminal_output(site, confdir):
     """On a terminal: one aligned line per target (rendered from real reports)."""
-    from spdu_cli import config, probe, render
+    import spdu_cli.probe.step as probe
+    from spdu_cli import config, render
 
     site["gamma"].behaviour = "500"
     reports = probe.run(config.load(str(confdir.main)))

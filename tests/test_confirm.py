@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from spdu_cli import config, cycle, health, probe
+import spdu_cli.probe.step as probe
+from spdu_cli import config, cycle, health
 from spdu_cli.health import State
 from spdu_cli.spool import Spool
 from tests.rawserver import RawServer

@@ -128,7 +128,8 @@ class Script:
 
 @pytest.fixture
 def script(tmp_path, monkeypatch):
-    from spdu_cli import notify, probe, reconcile
+    import spdu_cli.probe.step as probe
+    from spdu_cli import notify, reconcile
 
     site = Site(targets=["beta", "gamma"], interval=INTERVAL, fast_interval=FAST,
                 down_interval=INTERVAL,  # (downInterval: tests/test_confirm.py)

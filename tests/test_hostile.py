@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spdu_cli.probe import MAX_BODY, MAX_HEADER, ProbeSpec, probe
+from spdu_cli.probe.step import MAX_BODY, MAX_HEADER, ProbeSpec, probe
 from tests.rawserver import RawServer
 
 API = "api.domain.tld"

@@ -21,7 +21,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spdu_cli import config, cycle, probe
+import spdu_cli.probe.step as probe
+from spdu_cli import config, cycle
 from spdu_cli.health import Health, State
 from spdu_cli.spool import Spool
 from tests.rawserver import RawServer

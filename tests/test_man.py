@@ -21,7 +21,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from spdu_cli import config, health, probe, reconcile, render, shellconf, spool, tsig
+import spdu_cli.probe.step as probe
+from spdu_cli import config, health, reconcile, render, shellconf, spool, tsig
 from spdu_cli.cli import cli
 from spdu_cli.errors import ExitStatus
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import trustme
 
-from spdu_cli.probe import ProbeSpec, probe, resolve
+from spdu_cli.probe.step import ProbeSpec, probe, resolve
 from tests.conftest import free_port
 
 API = "api.domain.tld"

@@ -14,9 +14,10 @@ import time
 import pytest
 import trustme
 
-from spdu_cli import config, probe
+import spdu_cli.probe.step as probe
+from spdu_cli import config
 from spdu_cli.health import State
-from spdu_cli.probe import MAX_BODY, ProbeSpec
+from spdu_cli.probe.step import MAX_BODY, ProbeSpec
 from spdu_cli.spool import Spool
 from tests.conftest import free_port
 from tests.rawserver import RawServer
