@@ -208,6 +208,7 @@ class Loop:
 
     def probe(self, site, now: float) -> bool:
         import spdu_cli.probe.step as probe
+        from spdu_cli.probe.kept import Kept
 
         due = self.schedule.due(site.targets, now)
         if not due:
@@ -215,7 +216,7 @@ class Loop:
         self.tally.probes += 1
         changed = False
         if self.kept is None:
-            self.kept = probe.Kept(self.wake[0] if self.wake else None)
+            self.kept = Kept(self.wake[0] if self.wake else None)
         for t in due:  # this probe's connection, if good, replaces the last one
             self.kept.drop(t)
         kept: dict = {}
