@@ -2,7 +2,7 @@
 
 Each mutant below is one deliberate, plausible bug in health.py, reconcile.py
 (decide, the read, the UPDATE), spool.py, notify.py (selection and marking)
-cycle.py (the loop's schedule) or probe.py (the kept connection), applied to a copy of the tree in a
+cycle.py (the loop's schedule) or probe/http.py (the kept connection), applied to a copy of the tree in a
 temporary directory; the fast tests that cover that code run against the copy
 (PYTHONPATH points at it, bytecode off) under a per-mutant timeout. A mutant
 is killed when they fail (or time out), survives when they pass. The working
@@ -303,7 +303,7 @@ MUTANTS = [
       "        self.stop.wait(seconds)\n        return False\n", KEPT),
     m("cycle.py", "a peer that closes idle connections is probed early every time",
       "                    self.kept.spurious(target)", "                    pass", KEPT),
-    m("probe/step.py", "a connection the peer will close is kept (an early probe each interval)",
+    m("probe/http.py", "a connection the peer will close is kept (an early probe each interval)",
       "            if name == b\"connection\" and b\"close\" in (t.strip() for t in"
       " value.lower().split(b\",\")):\n                self.reusable = False  # a token of the"
       " list, as h11 reads it\n            elif", "            if", KEPT),
