@@ -3,7 +3,7 @@
 Each mutant below is one deliberate, plausible bug in health.py, plan.py
 (decide), nameserver.py and reconcile.py (the read, the UPDATE), spool.py,
 notify/ and journal.py (selection and marking), cycle.py and handover.py (the
-loop's schedule, the hand-over) or probe/ (the kept connection), applied to a
+loop's schedule, the hand-over) or probe/http.py (the kept connection), applied to a
 copy of the tree in a temporary directory; the fast tests that cover that code run against the copy
 (PYTHONPATH points at it, bytecode off) under a per-mutant timeout. A mutant
 is killed when they fail (or time out), survives when they pass. The working
@@ -304,7 +304,7 @@ MUTANTS = [
       "        self.stop.wait(seconds)\n        return False\n", KEPT),
     m("cycle.py", "a peer that closes idle connections is probed early every time",
       "                    self.kept.spurious(target)", "                    pass", KEPT),
-    m("probe.py", "a connection the peer will close is kept (an early probe each interval)",
+    m("probe/http.py", "a connection the peer will close is kept (an early probe each interval)",
       "            if name == b\"connection\" and b\"close\" in (t.strip() for t in"
       " value.lower().split(b\",\")):\n                self.reusable = False  # a token of the"
       " list, as h11 reads it\n            elif", "            if", KEPT),

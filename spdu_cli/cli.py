@@ -190,7 +190,7 @@ def probe_cmd(obj: Context, targets, as_json, lock_timeout):
     Example:
         spdu probe beta && echo "beta is up"
     """
-    from spdu_cli import probe
+    import spdu_cli.probe.step as probe
 
     reports = probe.run(obj.site(), targets, lock_timeout=lock_timeout)
     _write_metrics(obj.site())

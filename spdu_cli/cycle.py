@@ -192,7 +192,7 @@ class Loop:
         self.wall = wall  # what the probe schedule is aligned to (the wall clock)
         self.stop = threading.Event()
         self.wake: tuple[int, int] | None = None  # a pipe that request_stop writes to
-        self.kept = None  # probe.Kept: the connections of good probes, watched
+        self.kept = None  # probe.kept.Kept: the connections of good probes, watched
         self.early: set[str] = set()  # targets probed early: their kept connection closed
         self.schedule = Schedule()
         self.tally = Tally()
@@ -207,7 +207,8 @@ class Loop:
     # -- steps, each of which may fail without stopping the others --------------------
 
     def probe(self, site, now: float) -> bool:
-        from spdu_cli import probe
+        import spdu_cli.probe.step as probe
+        from spdu_cli.probe.kept import Kept
 
         due = self.schedule.due(site.targets, now)
         if not due:
@@ -215,7 +216,7 @@ class Loop:
         self.tally.probes += 1
         changed = False
         if self.kept is None:
-            self.kept = probe.Kept(self.wake[0] if self.wake else None)
+            self.kept = Kept(self.wake[0] if self.wake else None)
         for t in due:  # this probe's connection, if good, replaces the last one
             self.kept.drop(t)
         kept: dict = {}

@@ -143,7 +143,7 @@ def failover(interval: float, fast_interval: float, timeout: float, retries: int
     failed probe, so the next one starts `down_interval` later. Other targets
     are assumed to answer (a hanging target's probe runs alongside theirs).
     A site whose server process dies while its host stays up closes the
-    connection kept from the last good probe (probe.Kept): the loop probes it
+    connection kept from the last good probe (probe.kept.Kept): the loop probes it
     at once, so only the confirming probes remain (`out_closed`).
     """
     probe = timeout * retries

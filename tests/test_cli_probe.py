@@ -70,10 +70,11 @@ def test_one_down_target_exits_1(run, site):
 
 def test_terminal_output(site, confdir):
     """On a terminal: one aligned line per target (rendered from real reports)."""
-    from spdu_cli import config, probe, render
+    import spdu_cli.probe.step as probe_step
+    from spdu_cli import config, render
 
     site["gamma"].behaviour = "500"
-    reports = probe.run(config.load(str(confdir.main)))
+    reports = probe_step.run(config.load(str(confdir.main)))
     lines = list(render.probe_lines(reports))
     assert lines[0].startswith("beta   up ") and lines[0].endswith("HTTP 200  [was unknown]")
     assert " ms " in lines[0]

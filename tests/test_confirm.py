@@ -12,8 +12,10 @@ import time
 
 import pytest
 
-from spdu_cli import config, cycle, health, probe
+import spdu_cli.probe.step as probe_step
+from spdu_cli import config, cycle, health
 from spdu_cli.health import State
+from spdu_cli.probe.engine import Engine
 from spdu_cli.spool import Spool
 from tests.rawserver import RawServer
 
@@ -82,7 +84,7 @@ def lab(confdir, tmp_path):
 
 def confirmed(site, **kw):
     t0 = time.monotonic()
-    reports = probe.run(site, confirm=True, **kw)
+    reports = probe_step.run(site, confirm=True, **kw)
     return reports, time.monotonic() - t0
 
 
@@ -201,13 +203,13 @@ def test_overlapping_probes_are_bounded(lab, fall, bound, monkeypatch):
     up_first(site, [p])
     p.mode = "hang"
     most = [0]
-    start = probe._Engine._start
+    start = Engine._start
 
     def counting(engine):
         start(engine)
         most[0] = max(most[0], len(engine.active))
 
-    monkeypatch.setattr(probe._Engine, "_start", counting)
+    monkeypatch.setattr(Engine, "_start", counting)
     [rep], _ = confirmed(site)
     assert rep.health.state is State.DOWN and rep.probes == fall
     assert 2 <= most[0] <= bound

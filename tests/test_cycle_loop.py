@@ -129,13 +129,14 @@ class Script:
 @pytest.fixture
 def script(tmp_path, monkeypatch):
     import spdu_cli.notify.step as notify
-    from spdu_cli import probe, reconcile
+    import spdu_cli.probe.step as probe_step
+    from spdu_cli import reconcile
 
     site = Site(targets=["beta", "gamma"], interval=INTERVAL, fast_interval=FAST,
                 down_interval=INTERVAL,  # (downInterval: tests/test_confirm.py)
                 spool_dir=str(tmp_path / "spool"), metrics_file=None)
     s = Script(site)
-    monkeypatch.setattr(probe, "run", s.probe_run)
+    monkeypatch.setattr(probe_step, "run", s.probe_run)
     monkeypatch.setattr(reconcile, "run", s.reconcile_run)
     monkeypatch.setattr(notify, "run", s.notify_run)
     monkeypatch.setattr(reconcile, "standing", lambda site, entries, now: s.standing(s.clock()))

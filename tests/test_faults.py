@@ -40,7 +40,8 @@ import dns.exception, dns.flags, dns.message, dns.name, dns.query, dns.rcode
 import dns.rdataclass, dns.rdataset, dns.rdatatype, dns.tsig, dns.update
 import dns.rdtypes.IN.A, dns.rdtypes.IN.AAAA, dns.rdtypes.ANY.SOA
 import rich.box, rich.console, rich.table
-import spdu_cli.cli, spdu_cli.cycle, spdu_cli.probe, spdu_cli.reconcile, spdu_cli.notify.step
+import spdu_cli.cli, spdu_cli.cycle, spdu_cli.probe.step, spdu_cli.probe.kept
+import spdu_cli.reconcile, spdu_cli.notify.step
 import spdu_cli.status, spdu_cli.history, spdu_cli.maint, spdu_cli.metrics
 import os, sys
 u = pwd.getpwnam(sys.argv[1])

@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spdu_cli.probe import MAX_BODY, MAX_HEADER, ProbeSpec, probe
+from spdu_cli.probe.engine import probe
+from spdu_cli.probe.spec import MAX_BODY, MAX_HEADER, ProbeSpec
 from tests.rawserver import RawServer
 
 API = "api.domain.tld"

@@ -4,7 +4,7 @@
   at the same moments and all of the pool's servers drop a dead site within
   one phase of each other, not the slowest of several;
 - the connection of each target's last good probe is kept open between probes
-  (`probe.Kept`): a peer whose server process dies closes it at once, and the
+  (`probe.kept.Kept`): a peer whose server process dies closes it at once, and the
   loop probes that target right away instead of at its next interval.
 
 Real HTTP servers on 127.0.4.x (tests/rawserver.py), a real Knot for DNS."""
@@ -21,8 +21,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spdu_cli import config, cycle, probe
+import spdu_cli.probe.step as probe_step
+from spdu_cli import config, cycle
 from spdu_cli.health import Health, State
+from spdu_cli.probe.kept import KEPT_DISCARD, Kept
 from spdu_cli.spool import Spool
 from tests.rawserver import RawServer
 
@@ -99,7 +101,7 @@ def lab(confdir, tmp_path):
 
 def kept_after_probe(site) -> tuple[dict, list]:
     kept: dict = {}
-    reports = probe.run(site, confirm=True, kept=kept)
+    reports = probe_step.run(site, confirm=True, kept=kept)
     return kept, reports
 
 
@@ -109,7 +111,7 @@ def test_the_loop_asks_to_keep_the_connection_and_spdu_probe_does_not(lab):
     site = make(p)()
     kept, [rep] = kept_after_probe(site)
     assert rep.result.ok and list(kept) == ["t0"]
-    probe.run(site)  # by hand: nothing is kept, and the peer is told so
+    probe_step.run(site)  # by hand: nothing is kept, and the peer is told so
     assert b"connection: close" not in p.requests[0].lower()
     assert b"connection: close" in p.requests[-1].lower()
     for sock in kept["t0"]:
@@ -120,7 +122,7 @@ def test_a_peer_that_dies_is_heard_at_once_and_an_idle_one_is_not(lab):
     make, peer = lab
     p = peer()
     kept, _ = kept_after_probe(make(p)())
-    watch = probe.Kept()
+    watch = Kept()
     try:
         watch.keep("t0", kept["t0"])
         assert watch.wait(0.3) == []  # open and quiet: nothing to hear
@@ -138,7 +140,7 @@ def test_a_reset_is_heard_too(lab):
     make, peer = lab
     p = peer(after=[0.3, "rst"])  # answers, then resets the idle connection
     kept, _ = kept_after_probe(make(p)())
-    watch = probe.Kept()
+    watch = Kept()
     try:
         watch.keep("t0", kept["t0"])
         assert watch.wait(2.0) == ["t0"]
@@ -205,7 +207,7 @@ def test_an_https_peer_that_dies_is_heard_too(lab, tmp_path):
         site = make(p, extra=f"probeSSL=yes\nprobeCAFile={tmp_path / 'ca.pem'}\n")()
         kept, [rep] = kept_after_probe(site)
         assert rep.result.ok, rep.result.error
-        watch = probe.Kept()
+        watch = Kept()
         try:
             watch.keep("t0", kept["t0"])
             assert watch.wait(0.3) == []
@@ -230,14 +232,14 @@ def test_a_kept_connection_that_keeps_sending_is_let_go_not_heard_as_a_failure(l
     junk = b"x" * 16384
     p = peer(after=[junk] * 6 + ["until-closed"])  # more than KEPT_DISCARD after the answer
     kept, _ = kept_after_probe(make(p)())
-    watch = probe.Kept()
+    watch = Kept()
     try:
         watch.keep("t0", kept["t0"])
         deadline = time.monotonic() + 2
         while watch and time.monotonic() < deadline:
             assert watch.wait(0.2) == []  # drained, never reported as closed
         assert not watch  # let go after KEPT_DISCARD bytes
-        assert probe.KEPT_DISCARD < 6 * len(junk)
+        assert KEPT_DISCARD < 6 * len(junk)
     finally:
         watch.close()
 

@@ -21,11 +21,13 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from spdu_cli import config, health, probe, reconcile, render, shellconf, spool, tsig
+from spdu_cli import config, health, reconcile, render, shellconf, spool, tsig
 from spdu_cli import entry as spool_entry
 from spdu_cli.cli import cli
 from spdu_cli.errors import ExitStatus
 from spdu_cli.plan import Change, Decision, Plan, PoolKey
+from spdu_cli.probe.spec import ProbeResult
+from spdu_cli.probe.step import TargetReport
 
 ROOT = Path(__file__).resolve().parent.parent
 MAN1 = ROOT / "man" / "spdu.1"
@@ -292,8 +294,8 @@ def test_the_spool_format_names_every_field(tmp_path):
 
 def test_json_outputs_are_described(tmp_path):
     """The fields of `--json` in each command's section, from the objects the code makes."""
-    result = probe.ProbeResult("beta", 1.0, True, ("192.0.2.1",), 200, 3.2, None, "192.0.2.1")
-    report = probe.TargetReport(result, health.Health(), None)
+    result = ProbeResult("beta", 1.0, True, ("192.0.2.1",), 200, 3.2, None, "192.0.2.1")
+    report = TargetReport(result, health.Health(), None)
     key = PoolKey("api.pool.domain.tld", "pool.domain.tld", "127.0.0.1", 53)
     plan = Plan(key, None, {}, Decision(
         (Change("add", "192.0.2.1", 5, "beta"),), (), None))

@@ -8,7 +8,9 @@ import time
 import pytest
 import trustme
 
-from spdu_cli.probe import ProbeSpec, probe, resolve
+from spdu_cli.probe.engine import probe
+from spdu_cli.probe.names import resolve
+from spdu_cli.probe.spec import ProbeSpec
 from tests.conftest import free_port
 
 API = "api.domain.tld"

@@ -14,9 +14,12 @@ import time
 import pytest
 import trustme
 
-from spdu_cli import config, probe
+import spdu_cli.probe.step as probe_step
+from spdu_cli import config
 from spdu_cli.health import State
-from spdu_cli.probe import MAX_BODY, ProbeSpec
+from spdu_cli.probe.engine import probe
+from spdu_cli.probe.rounds import certain
+from spdu_cli.probe.spec import MAX_BODY, ProbeSpec
 from spdu_cli.spool import Spool
 from tests.conftest import free_port
 from tests.rawserver import RawServer
@@ -39,7 +42,7 @@ def spec(port: int, host: str = "127.0.3.1", **kw) -> ProbeSpec:
 
 def one(s: ProbeSpec):
     t = time.monotonic()
-    [r] = probe.probe([s])
+    [r] = probe([s])
     took = time.monotonic() - t
     assert took < s.timeout + SLACK, took
     return r, took
@@ -72,7 +75,7 @@ def test_smtp_banner_matches(servers):
     r, _ = one(spec(relay.port, match="220"))
     assert (r.ok, r.status, r.error, r.address) == (True, None, None, "127.0.3.1")
     assert r.latency_ms is not None and r.summary == "connected"
-    assert probe._reason(r) == f"connected in {r.latency_ms:g} ms"
+    assert probe_step._reason(r) == f"connected in {r.latency_ms:g} ms"
 
 
 def test_smtp_banner_without_the_match(servers):
@@ -134,7 +137,7 @@ def test_a_listener_with_a_full_backlog_times_out_connecting():
 def test_a_refused_port():
     r, took = one(spec(free_port("127.0.3.5"), "127.0.3.5"))
     assert (r.ok, r.error, r.latency_ms) == (False, "connection refused", None)
-    assert probe.certain(r)  # confirmed at once, as for HTTP
+    assert certain(r)  # confirmed at once, as for HTTP
     assert took < 0.5
 
 
@@ -303,7 +306,7 @@ def tcp_site(confdir, tmp_path, servers):
 
 def confirmed(site):
     t0 = time.monotonic()
-    reports = probe.run(site, confirm=True)
+    reports = probe_step.run(site, confirm=True)
     return reports, time.monotonic() - t0
 
 

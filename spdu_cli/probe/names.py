@@ -1,0 +1,50 @@
+"""The lookup of the targets' names, for targets without targetIP: every name
+at once, none allowed to hold up the probes longer than a probe would take.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterable
+
+from spdu_cli.probe.spec import ProbeSpec
+
+RESOLVE_TIMEOUT = 5.0
+
+
+def resolve(names: Iterable[str], timeout: float) -> dict[str, tuple[str, ...] | str]:
+    """name -> its IPv4/IPv6 addresses, or an error text. getaddrinfo cannot be
+    cancelled, so each lookup runs in a daemon thread that we stop waiting for."""
+    out: dict[str, tuple[str, ...] | str] = {}
+
+    def lookup(name: str) -> None:
+        try:
+            infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+            out[name] = tuple(dict.fromkeys(str(i[4][0]) for i in infos))
+        except (OSError, UnicodeError) as e:
+            out[name] = f"cannot resolve {name}: {getattr(e, 'strerror', None) or e}"
+
+    threads = [threading.Thread(target=lookup, args=(n,), daemon=True) for n in set(names)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    for name in set(names):
+        out.setdefault(name, f"cannot resolve {name}: timed out after {timeout:g} s")
+    return out
+
+
+def addresses_of(specs: list[ProbeSpec]) -> dict[str, tuple[str, ...] | str]:
+    """target -> the addresses to probe, or why there are none."""
+    need = [s for s in specs if not s.addresses]
+    # A slow resolver must not hold up the probes more than a probe would take.
+    budget = min(RESOLVE_TIMEOUT, max((s.timeout for s in need), default=0))
+    resolved = resolve([s.resolve_name for s in need], budget) if need else {}
+    out: dict[str, tuple[str, ...] | str] = {}
+    for s in specs:
+        addrs = s.addresses or resolved[s.resolve_name]
+        out[s.target] = addrs or f"{s.resolve_name} has no address"
+    return out
