@@ -386,7 +386,7 @@ def cleanup(pieces: dict) -> None:
             continue
         try:
             piece.stop()
-        except Exception as e:  # keep stopping the others
+        except Exception as e:  # noqa: BLE001 - whatever one piece raises, stop the others
             print(f"demo: stopping {key}: {e}", file=sys.stderr)
 
 

@@ -81,7 +81,8 @@ def main() -> None:
                 continue
             steps = [timed([*base, "probe"], args.runs, ok=(1,)),  # every target is down
                      timed([*base, "reconcile"], args.runs), timed([*base, "notify"], args.runs)]
-            print(f"{n:>8}  {check:10.2f} s  {steps[0]:6.2f} s  {steps[1]:7.2f} s  {steps[2]:6.2f} s"
+            print(f"{n:>8}  {check:10.2f} s  {steps[0]:6.2f} s  {steps[1]:7.2f} s"
+                  f"  {steps[2]:6.2f} s"
                   f"  {sum(steps):7.2f} s", flush=True)
         if knot.query("api.pool.domain.tld", "A") != ["192.0.2.1"]:
             raise SystemExit("the pool changed: it should hold selfIP only")

@@ -221,7 +221,8 @@ MUTANTS = [
     m("spool.py", "a corrupt file is overwritten without a copy",
       "        if entry.fresh:\n            self._keep_corrupt(path, entry.target)\n", "", SPOOL),
     m("spool.py", "the spool lock is shared",
-      "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)",
+      "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+      "fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)",
       SPOOL),
     m("spool.py", "a world-writable spool directory is accepted",
       "        if mode & 0o002:\n", "        if False:\n", SPOOL),
@@ -284,9 +285,11 @@ MUTANTS = [
     m("cycle.py", "a held flap summary is never sent by the loop",
       "        if outcome.plan.held:", "        if False:", CYCLE, issue=True),
     m("cycle.py", "a mail run that raised is not retried",
-      "            log.error(\"notify: %s\", e)\n            self.tally.failed(\"notify\", e.exit_status)\n"
+      "            log.error(\"notify: %s\", e)\n"
+      "            self.tally.failed(\"notify\", e.exit_status)\n"
       "            self.next_notify = self.clock() + NOTIFY_RETRY\n",
-      "            log.error(\"notify: %s\", e)\n            self.tally.failed(\"notify\", e.exit_status)\n",
+      "            log.error(\"notify: %s\", e)\n"
+      "            self.tally.failed(\"notify\", e.exit_status)\n",
       CYCLE),
     m("cycle.py", "a transition of one target is hidden by the next target's report",
       "changed |= rep.transition is not None", "changed = rep.transition is not None", CYCLE),
@@ -311,7 +314,7 @@ MUTANTS = [
     m("health.py", "the overlap waits for the median latency (a resumed hang delays it)",
       "[len(latencies_ms) // 4]", "[len(latencies_ms) // 2]", HEALTH),
     m("cycle.py", "a down target waits a whole interval (no downInterval)",
-      "            wait = down  #", "            wait = interval  #", CYCLE),
+      "wait = down if h.state", "wait = interval if h.state", CYCLE),
     m("cycle.py", "a target never probed is never due",
       "self.due_at.get(t, now) <= now", "self.due_at.get(t, now) < now", CYCLE),
     m("cycle.py", "the loop wakes for reconcile and mail only, not for a due probe",
@@ -331,7 +334,8 @@ MUTANTS = [
     m("cycle.py", "the note is not taken (its copy waits out its 6 s)",
       "                    handover.take(site.spool_dir)\n", "", FOLLOW),
     m("cycle.py", "an upgraded spdu keeps running the old code for up to an hour",
-      "        if _code_stamp() != code:\n            log.info(\"spdu was changed on disk (an upgrade?); a new",
+      "        if _code_stamp() != code:\n"
+      "            log.info(\"spdu was changed on disk (an upgrade?); a new",
       "        if False:\n            log.info(\"spdu was changed on disk (an upgrade?); a new",
       FOLLOW),
     m("cycle.py", "a run of an hour without --follow keeps running an upgraded spdu's old code",

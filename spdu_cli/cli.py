@@ -315,9 +315,9 @@ def status_cmd(obj: Context, targets, as_json, dns):
     server as reconcile would, and the change it would make is shown (nothing
     is sent); then every authoritative server of the pool zone (its NS set,
     or secondaryServers) with its serial, whether its pool matches the
-    primary's, and how long a lagging one has lagged. A table on a terminal, aligned lines in a pipe. Exit 0, also
-    when DNS does not agree; with --dns, a pool that cannot be read gives
-    reconcile's exit status (69, 78).
+    primary's, and how long a lagging one has lagged. A table on a terminal,
+    aligned lines in a pipe. Exit 0, also when DNS does not agree; with --dns,
+    a pool that cannot be read gives reconcile's exit status (69, 78).
 
     \b
     Example:

@@ -444,7 +444,8 @@ def build_target(
     )
 
 
-def _webhooks(settings: Mapping[str, Setting], get: Callable[[str], Any]) -> tuple[WebhookConfig, ...]:
+def _webhooks(settings: Mapping[str, Setting],
+              get: Callable[[str], Any]) -> tuple[WebhookConfig, ...]:
     urls = get("webhookURL") or ()
     if not urls:
         return ()

@@ -72,10 +72,8 @@ class Schedule:
         if health.suspect(h):
             self.due_at[target] = now + fast
             return
-        if h.state is health.State.DOWN and down is not None:
-            wait = down  # HAProxy's downinter: a repaired site is seen soon
-        else:
-            wait = interval
+        # HAProxy's downinter: a repaired site is seen soon
+        wait = down if h.state is health.State.DOWN and down is not None else interval
         self.due_at[target] = now + wait if offset is None else aligned(now, wait, offset)
 
     def trip(self, target: str, now: float) -> None:

@@ -272,7 +272,8 @@ class SpoolEntry:
         if not isinstance(d, dict):
             raise ValueError("not a JSON object")
         if d.get("version") != VERSION:
-            raise ValueError(f"unsupported version {d.get('version')!r} (this spdu writes {VERSION})")
+            raise ValueError(f"unsupported version {d.get('version')!r}"
+                             f" (this spdu writes {VERSION})")
         if d.get("target") != target:
             raise ValueError(f"holds target {d.get('target')!r}")
         journal = d.get("journal", [])

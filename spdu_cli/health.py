@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 
-class State(str, Enum):
+class State(str, Enum):  # noqa: UP042 - str(State.UP) is "State.UP" in messages; StrEnum would change them
     UP = "up"
     DOWN = "down"
     UNKNOWN = "unknown"
@@ -158,7 +158,8 @@ def failover(interval: float, fast_interval: float, timeout: float, retries: int
     )
 
 
-def carried_over(before: Health, h: Health, t: Transition | None) -> tuple[Health, Transition | None]:
+def carried_over(before: Health, h: Health,
+                 t: Transition | None) -> tuple[Health, Transition | None]:
     """After a restart from unknown (the target's addresses changed): the same
     state as before is no transition; another one is a transition from it."""
     if h.state is before.state:

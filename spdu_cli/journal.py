@@ -46,7 +46,8 @@ class DnsAction:
     server: str
 
     def words(self) -> str:
-        done = f"added {self.address} to" if self.action == "add" else f"removed {self.address} from"
+        done = (f"added {self.address} to" if self.action == "add"
+                else f"removed {self.address} from")
         when = f" at {clock(self.at)}" if self.at else ""
         return f"{done} {self.rrset} on {self.server}{when}"
 

@@ -102,7 +102,8 @@ class Generated:
             "# and add the ACL to the pool zone's own acl list:",
         ]
         for zone in zones:
-            lines += ["#   zone:", f"#     - domain: {zone}", f"#       acl: [..., {self.key.name}]"]
+            lines += ["#   zone:", f"#     - domain: {zone}",
+                      f"#       acl: [..., {self.key.name}]"]
         return "\n".join(lines) + "\n"
 
     def pdns_snippet(self, database: str = PDNS_DATABASE) -> str:

@@ -85,7 +85,8 @@ def setup(verbose: int, quiet: bool, use_syslog: bool, socket_path: str = "",
     root.propagate = False
     handler = syslog_handler(socket_path) if use_syslog else None
     if use_syslog and handler is None and socket_path != "none" and warn:
-        sys.stderr.write(f"spdu: warning: no syslog socket at {socket_path or ' or '.join(SYSLOG_SOCKETS)};"
+        where = socket_path or " or ".join(SYSLOG_SOCKETS)
+        sys.stderr.write(f"spdu: warning: no syslog socket at {where};"
                          " logging to stderr\n")
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)

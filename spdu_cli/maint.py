@@ -88,7 +88,8 @@ def start(site, target: str, seconds: float, reason: str = "", now: float | None
     now = time.time() if now is None else now
     [target] = site.select([target])
     if not 0 < seconds <= MAX:
-        raise UsageError(f"a maintenance of {seconds:g} s is not within 1 s to {MAX / 86400:g} days")
+        raise UsageError(f"a maintenance of {seconds:g} s is not within 1 s to"
+                         f" {MAX / 86400:g} days")
     if len(reason) > MAX_REASON or any(ord(c) < 32 or c == "\x7f" for c in reason):
         raise UsageError(f"--reason: one line of at most {MAX_REASON} characters, please"
                          " (it goes into mail subjects)")

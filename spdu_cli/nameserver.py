@@ -124,9 +124,11 @@ def _exchange(pool: Pool, message, what: str, tcp: bool = True):
     except dns.exception.FormError as e:
         if "requires a TSIG" in str(e):
             raise _unsigned_answer(pool, what) from None
-        raise ServiceUnavailable(f"DNS server {server} sent a malformed answer to {what}: {e}") from None
+        raise ServiceUnavailable(
+            f"DNS server {server} sent a malformed answer to {what}: {e}") from None
     except OSError as e:
-        raise ServiceUnavailable(f"cannot reach DNS server {server} for {what}: {e.strerror or e}") from None
+        raise ServiceUnavailable(
+            f"cannot reach DNS server {server} for {what}: {e.strerror or e}") from None
     except dns.exception.DNSException as e:
         raise ServiceUnavailable(f"DNS server {server} failed {what}: {e}") from None
 
@@ -213,7 +215,8 @@ def read_current(pool: Pool) -> dict[str, list[str]]:
             answer.answer, dns.name.from_text(pool.key.name + "."), dns.rdataclass.IN,
             dns.rdatatype.from_text(rdtype),
         )
-        out[rdtype] = sorted((canon(r.address) for r in rrset), key=ipaddress.ip_address) if rrset else []
+        out[rdtype] = sorted((canon(r.address) for r in rrset),
+                             key=ipaddress.ip_address) if rrset else []
     return out
 
 

@@ -105,13 +105,13 @@ def decide(
             continue
         stale = staleness(t.checked, now, t.stale_after)
         if stale:
-            left.append((t.target, f"last probed {stale} (staleAfter={t.stale_after:g});"
-                                   " its records are left as they are"))
+            left.append((t.target, (f"last probed {stale} (staleAfter={t.stale_after:g});"
+                                    " its records are left as they are")))
             continue
         probed = {canon(a) for a in t.addresses}
         if t.configured and {canon(a) for a in t.configured} != probed:
-            left.append((t.target, "targetIP changed since the last probe; waiting for a"
-                                   " probe of the new addresses"))
+            left.append((t.target, ("targetIP changed since the last probe; waiting for a"
+                                    " probe of the new addresses")))
             continue
         for a in sorted(probed):
             if t.state is State.UP:

@@ -179,7 +179,8 @@ def reconcile_lines(plans) -> Iterator[str]:
         else:
             done = "" if p.sent else " (not sent)"
             parts = [
-                f"{'added' if c.action == 'add' else 'removed'} {c.address} ({c.target or 'selfIP'})"
+                f"{'added' if c.action == 'add' else 'removed'} {c.address}"
+                f" ({c.target or 'selfIP'})"
                 for c in p.changes
             ]
             yield f"{head} {', '.join(parts)}{done}"
@@ -210,7 +211,10 @@ def reconcile_script(plans) -> Iterator[str]:
 def _left(plan) -> str:
     """In sync is said only of what could be judged: name the targets left alone."""
     left = plan.decision.left
-    return f" for the targets it can judge; left as is: {'; '.join(f'{t}: {w}' for t, w in left.items())}" if left else ""
+    if not left:
+        return ""
+    alone = "; ".join(f"{t}: {w}" for t, w in left.items())
+    return f" for the targets it can judge; left as is: {alone}"
 
 
 # -- notify --------------------------------------------------------------------------

@@ -56,7 +56,8 @@ def read_safe_file(path: str, what: str = "configuration file") -> SafeFile:
         mode = stat.S_IMODE(st.st_mode)
         foreign = st.st_uid not in (0, os.geteuid())
         if not trusted_file(st, os.geteuid()):
-            allowed = "root" if os.geteuid() == 0 else f"root or {_owner(os.geteuid())} (who runs spdu)"
+            allowed = ("root" if os.geteuid() == 0
+                       else f"root or {_owner(os.geteuid())} (who runs spdu)")
             why = []
             if foreign:
                 why.append(f"it must be owned by {allowed}")

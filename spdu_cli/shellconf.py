@@ -28,7 +28,7 @@ def _name_end(text: str, pos: int) -> int:
 
 # A tuple, not a dataclass: spdu-cron's first step reads the configuration
 # with this module alone, before anything heavier is imported.
-Assignment = namedtuple("Assignment", "key value line")
+Assignment = namedtuple("Assignment", "key value line")  # noqa: PYI024 - typing costs the copy
 
 
 class ShellSyntaxError(ValueError):

@@ -214,7 +214,7 @@ class _DNSServer:
     def __del__(self):  # last resort; fixtures and `with` stop explicitly
         try:
             self.stop()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - at interpreter exit: nothing left to tell
             pass
 
     def log(self) -> str:
@@ -343,7 +343,8 @@ class KnotServer(_DNSServer):
                         "    action: transfer\n")
             acl_ids.append(f"transfer{i}")
         if self.notify:
-            zone_more += f"    notify: [{', '.join(f'secondary{i}' for i in range(len(self.notify)))}]\n"
+            names = ", ".join(f"secondary{i}" for i in range(len(self.notify)))
+            zone_more += f"    notify: [{names}]\n"
         if self.primary is not None:
             addr, port = self.primary
             remotes.append(f"  - id: primary\n    address: {addr}@{port}\n")

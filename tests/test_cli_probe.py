@@ -123,11 +123,12 @@ def test_probe_path_imports_no_dnspython_no_rich_no_ssl(site, confdir):
     import subprocess
     import sys
 
+    conf = str(confdir.main)
     code = (
-        "import sys; from spdu_cli.cli import main; sys.argv=['spdu','-c',%r,'probe'];\n"
+        f"import sys; from spdu_cli.cli import main; sys.argv=['spdu','-c',{conf!r},'probe'];\n"
         "try: main()\nexcept SystemExit: pass\n"
         "bad=[m for m in ('dns','rich','ssl','requests','asyncio','urllib3') if m in sys.modules]\n"
-        "print(','.join(bad))" % str(confdir.main)
+        "print(','.join(bad))"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
@@ -139,12 +140,13 @@ def test_reports_in_a_pipe_import_no_rich_and_no_dnspython(site, confdir, comman
     import subprocess
     import sys
 
+    conf = str(confdir.main)
     code = (
-        "import sys; from spdu_cli.cli import main; sys.argv=['spdu','-c',%r,*%r];\n"
+        "import sys; from spdu_cli.cli import main;"
+        f" sys.argv=['spdu','-c',{conf!r},*{command!r}];\n"
         "try: main()\nexcept SystemExit: pass\n"
         "sys.stderr.write('MODULES:' + ','.join(m for m in ('dns','rich','smtplib')"
         " if m in sys.modules) + '\\n')"
-        % (str(confdir.main), command)
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        stdin=subprocess.DEVNULL)

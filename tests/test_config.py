@@ -94,21 +94,25 @@ def test_per_target_file_overrides_and_sees_main_values(confdir):
 @pytest.mark.parametrize(
     "text, api, pool, zone, target_name",
     [
-        ("apiName=www", "www.domain.tld", "api.pool.domain.tld", "pool.domain.tld", "beta.domain.tld"),
+        ("apiName=www", "www.domain.tld", "api.pool.domain.tld", "pool.domain.tld",
+         "beta.domain.tld"),
         ("apiName=www.example.com", "www.example.com", "api.pool.domain.tld", "pool.domain.tld",
          "beta.domain.tld"),
         ("apiDomain=example.com", "api.example.com", "api.pool.domain.tld", "pool.domain.tld",
          "beta.domain.tld"),
-        ("poolZone=dyn", "api.domain.tld", "api.dyn.domain.tld", "dyn.domain.tld", "beta.domain.tld"),
+        ("poolZone=dyn", "api.domain.tld", "api.dyn.domain.tld", "dyn.domain.tld",
+         "beta.domain.tld"),
         ("poolZone=dyn.example.net", "api.domain.tld", "api.dyn.example.net", "dyn.example.net",
          "beta.domain.tld"),
         ("poolDomain=example.net", "api.domain.tld", "api.pool.example.net", "pool.example.net",
          "beta.domain.tld"),
-        ("poolName=www", "api.domain.tld", "www.pool.domain.tld", "pool.domain.tld", "beta.domain.tld"),
+        ("poolName=www", "api.domain.tld", "www.pool.domain.tld", "pool.domain.tld",
+         "beta.domain.tld"),
         # A dotted poolName wins, and its zone is what follows the first label.
         ("poolName=svc.lb.example.org\npoolZone=ignored", "api.domain.tld", "svc.lb.example.org",
          "lb.example.org", "beta.domain.tld"),
-        ("targetName=b2", "api.domain.tld", "api.pool.domain.tld", "pool.domain.tld", "b2.domain.tld"),
+        ("targetName=b2", "api.domain.tld", "api.pool.domain.tld", "pool.domain.tld",
+         "b2.domain.tld"),
         ("targetDomain=sites.example", "api.domain.tld", "api.pool.domain.tld", "pool.domain.tld",
          "beta.sites.example"),
         ("targetName=beta.example.net.", "api.domain.tld", "api.pool.domain.tld", "pool.domain.tld",
@@ -285,7 +289,8 @@ def test_secret_never_in_error_messages(confdir):
 # -- safety checks, with real files --------------------------------------------
 
 
-@pytest.mark.parametrize("mode, who", [(0o664, "group"), (0o646, "others"), (0o666, "group and others")])
+@pytest.mark.parametrize("mode, who",
+                         [(0o664, "group"), (0o646, "others"), (0o666, "group and others")])
 def test_writable_by_others_is_refused(confdir, mode, who):
     confdir.write("domain=domain.tld\n", mode=mode)
     with pytest.raises(ConfigError) as e:

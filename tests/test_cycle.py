@@ -154,7 +154,7 @@ def test_a_failing_reconcile_does_not_stop_the_probes(site, tmp_path):
     p = start(site, seconds=2.5)
     time.sleep(0.6)
     site["servers"]["beta"].behaviour = "503"
-    out, err = p.communicate(timeout=10)
+    _out, err = p.communicate(timeout=10)
     assert p.returncode == 69
     assert "did not answer" in err
     beta = spool_of(site, "beta")
@@ -172,7 +172,7 @@ def test_a_relay_that_never_answers_does_not_delay_probes(site):
         site["servers"]["beta"].behaviour = "503"
         took = wait_for(lambda: BETA not in pool(site["knot"]), 2)
         assert took < 1.5
-        out, err = p.communicate(timeout=15)
+        _out, err = p.communicate(timeout=15)
         assert p.returncode in (0, 69), err
         assert any(not j["notified"] for j in spool_of(site, "beta")["journal"])  # kept
     finally:
@@ -201,7 +201,7 @@ def test_a_copy_from_the_next_minute_is_covered_by_the_running_loop(site):
 def test_config_error_at_start_is_78_and_no_loop(site, confdir):
     confdir.write("domain=domain.tld\ntargets=beta\nprobePort=99999\n")
     p = start(site, seconds=2)
-    out, err = p.communicate(timeout=10)
+    _out, err = p.communicate(timeout=10)
     assert p.returncode == 78 and "probePort=99999" in err
 
 
@@ -292,7 +292,7 @@ def test_syslog_that_is_not_listening_falls_back_to_stderr(site, tmp_path, kind)
         sock.close()
         os.unlink(path)
         site["servers"]["beta"].behaviour = "503"  # something to log after it is gone
-    out, err = p.communicate(timeout=15)
+    _out, err = p.communicate(timeout=15)
     sock.close()
     assert p.returncode == 0, err
     assert "Traceback" not in err and "Logging error" not in err
@@ -311,7 +311,7 @@ def test_sigterm_does_not_wait_for_a_hung_relay(site):
         time.sleep(0.5)  # the first mail run now waits on the silent relay
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=10)
+        _out, err = p.communicate(timeout=10)
         assert time.monotonic() - t0 < 2.5
         assert p.returncode == 69 and "still waiting on the SMTP relay" in err
         assert all(not j["notified"] for j in spool_of(site, "beta")["journal"])  # kept
@@ -330,7 +330,7 @@ def test_a_mail_that_failed_once_and_went_out_later_is_no_error(site, smtp_relay
     time.sleep(1)  # the first mail run fails: nothing listens
     relay = smtp_relay(port=port)
     wait_for(lambda: relay.received, 12)  # retried after 10 s
-    out, err = p.communicate(timeout=20)
+    _out, err = p.communicate(timeout=20)
     assert "refused the connection" in err  # the failure was logged
     assert p.returncode == 0, err  # but nothing was pending at the end
 
@@ -365,7 +365,7 @@ def test_a_webhook_receiver_that_hangs_does_not_delay_dns(site, webhook_receiver
     site["servers"]["beta"].behaviour = "503"
     took = wait_for(lambda: BETA not in pool(site["knot"]), 2)
     assert took < 1.5
-    out, err = p.communicate(timeout=15)
+    _out, err = p.communicate(timeout=15)
     assert p.returncode == 69, err
     assert "did not answer within 5 s" in err or "still waiting" in err
     assert "s3cretpath" not in err

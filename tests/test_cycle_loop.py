@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from itertools import pairwise
 from types import SimpleNamespace
 
 import pytest
@@ -21,7 +22,8 @@ from spdu_cli.spool import Spool
 
 T0 = 1000.0
 INTERVAL, FAST = 2.0, 0.5
-UP, SUSPECT, DOWN = Health(State.UP, 0, 3, 0), Health(State.UP, 0, 0, 1), Health(State.DOWN, 0, 0, 2)
+UP, SUSPECT = Health(State.UP, 0, 3, 0), Health(State.UP, 0, 0, 1)
+DOWN = Health(State.DOWN, 0, 0, 2)
 
 
 class Site(SimpleNamespace):
@@ -75,7 +77,7 @@ class Script:
         self.site = site
         self.store = Spool(site.spool_dir)
         self.calls: dict[str, list[float]] = {"probe": [], "reconcile": [], "notify": []}
-        self.probe = lambda now, due: {t: UP for t in due}  # -> {target: Health} or raise
+        self.probe = lambda now, due: dict.fromkeys(due, UP)  # -> {target: Health} or raise
         self.transitions: dict[float, str] = {}  # time -> target that changes state then
         self.plans = lambda now: []  # reconcile's plans (their `error` and `in_sync`)
         self.standing = lambda now: "as before"  # what the spool asks of DNS (reconcile.standing)
@@ -108,7 +110,8 @@ class Script:
             changed = self.transitions.get(now) == t
             if changed:
                 self.journal(t, now)
-            reports.append(SimpleNamespace(result=SimpleNamespace(target=t), health=h, spool_error=None,
+            reports.append(SimpleNamespace(result=SimpleNamespace(target=t), health=h,
+                                           spool_error=None,
                                            transition={"to": h.state.value} if changed else None))
         return reports
 
@@ -160,7 +163,7 @@ def ticks(start: float, step: float, end: float) -> list[float]:
 
 
 def test_quiet_targets_are_probed_once_an_interval_and_dns_read_every_drift_check(script):
-    loop, tally = run_loop(script, 25)
+    _loop, tally = run_loop(script, 25)
     expected = ticks(T0, INTERVAL, T0 + 25 - cycle.END_MARGIN)
     assert script.calls["probe"] == expected
     # DNS agreed and nothing changed: read again every DRIFT_CHECK, not every tick
@@ -191,7 +194,7 @@ def test_dns_that_disagrees_is_read_once_an_interval_not_every_tick(script):
     script.probe = lambda now, due: {t: SUSPECT if t == "beta" else UP for t in due}
     script.plans = lambda now: [SimpleNamespace(
         error=ServiceUnavailable("DNS server 127.0.0.1 port 53 did not answer"), in_sync=False)]
-    loop, tally = run_loop(script, 7)
+    _loop, _tally = run_loop(script, 7)
     assert len(script.calls["probe"]) > 8  # beta every 0.5 s
     assert script.calls["reconcile"] == [T0, T0 + 2, T0 + 4, T0 + 6]
 
@@ -226,9 +229,10 @@ def test_a_change_is_reconciled_in_the_tick_that_saw_it(script):
     right then, not at the next interval."""
     def probe(now, due):
         if now == T0 + 2:
-            return {t: SUSPECT for t in due}
-        return {t: DOWN if t == "beta" else SUSPECT for t in due} if now == T0 + 2.5 else {
-            t: UP for t in due}
+            return dict.fromkeys(due, SUSPECT)
+        if now == T0 + 2.5:
+            return {t: DOWN if t == "beta" else SUSPECT for t in due}
+        return dict.fromkeys(due, UP)
 
     script.probe = probe
     script.transitions = {T0 + 2.5: "beta"}
@@ -242,10 +246,10 @@ def test_a_failed_probe_run_is_tried_again_an_interval_later_not_at_once(script)
     def probe(now, due):
         if now > T0:
             raise TemporaryFailure("spool lock held")
-        return {t: UP for t in due}
+        return dict.fromkeys(due, UP)
 
     script.probe = probe
-    loop, tally = run_loop(script, 10)
+    _loop, tally = run_loop(script, 10)
     assert script.calls["probe"] == ticks(T0, INTERVAL, T0 + 10 - cycle.END_MARGIN)
     assert tally.last_error == 75  # and the exit status says so
 
@@ -254,10 +258,10 @@ def test_a_failed_mail_run_is_an_error_and_is_retried_later(script):
     script.transitions = {T0: "beta"}
     script.mail = lambda now: SimpleNamespace(errors=[ServiceUnavailable("relay down")],
                                               plan=SimpleNamespace(held=[]))
-    loop, tally = run_loop(script, 25)
+    _loop, tally = run_loop(script, 25)
     calls = script.calls["notify"]
     assert calls[0] == T0 and len(calls) >= 2  # tried again within the run...
-    assert all(b - a > INTERVAL for a, b in zip(calls, calls[1:]))  # ...but not every tick
+    assert all(b - a > INTERVAL for a, b in pairwise(calls))  # ...but not every tick
     assert tally.last_error == 69  # still failing at the end: not a success
 
 
@@ -268,10 +272,10 @@ def test_a_mail_run_that_raised_is_an_error_and_is_retried_later(script):
         raise TemporaryFailure("spool lock held")
 
     script.mail = mail
-    loop, tally = run_loop(script, 25)
+    _loop, tally = run_loop(script, 25)
     calls = script.calls["notify"]
     assert calls[0] == T0 and len(calls) >= 2
-    assert all(b - a > INTERVAL for a, b in zip(calls, calls[1:]))
+    assert all(b - a > INTERVAL for a, b in pairwise(calls))
     assert tally.last_error == 75
 
 
@@ -293,7 +297,7 @@ def test_a_transition_made_outside_the_loop_is_mailed_within_an_interval(script)
 def test_a_pool_that_failed_is_an_error_at_the_end(script):
     script.plans = lambda now: [SimpleNamespace(
         error=ServiceUnavailable("DNS server 127.0.0.1 port 53 did not answer"), in_sync=False)]
-    loop, tally = run_loop(script, 7)
+    _loop, tally = run_loop(script, 7)
     assert script.calls["reconcile"] == [T0, T0 + 2, T0 + 4, T0 + 6]  # tried every interval
     assert tally.last_error == 69
 
@@ -303,7 +307,7 @@ def test_a_mail_run_that_failed_once_and_went_out_later_is_no_error(script):
     results = [[ServiceUnavailable("relay down")], []]
     script.mail = lambda now: SimpleNamespace(errors=results.pop(0) if results else [],
                                               plan=SimpleNamespace(held=[]))
-    loop, tally = run_loop(script, 25)
+    _loop, tally = run_loop(script, 25)
     assert len(script.calls["notify"]) == 2
     assert tally.last_error is None
 

@@ -69,7 +69,8 @@ def test_ipv6_is_canonicalised():
 
 def test_up_wins_over_down_for_a_shared_address():
     d = decide(["192.0.2.2", "192.0.2.9"],
-               [view("beta", "down", ["192.0.2.2"]), view("beta6", "up", ["192.0.2.2"])], [], 5, NOW)
+               [view("beta", "down", ["192.0.2.2"]), view("beta6", "up", ["192.0.2.2"])],
+               [], 5, NOW)
     assert d.changes == ()
 
 

@@ -33,7 +33,7 @@ def test_the_demo_runs_end_to_end():
     except subprocess.TimeoutExpired:
         p.terminate()  # SIGTERM: the demo stops what it started (Knot, servers, loop)
         out, err = p.communicate(timeout=30)
-        raise AssertionError(f"the demo did not end within {TIMEOUT} s\n{out}\n{err}")
+        raise AssertionError(f"the demo did not end within {TIMEOUT} s\n{out}\n{err}") from None
     elapsed = time.monotonic() - t0
     assert p.returncode == 0, f"exit {p.returncode}\n{out}\n{err}"
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from spdu_cli.health import Health, State
 from spdu_cli.entry import SpoolEntry
+from spdu_cli.health import Health, State
 from spdu_cli.spool import Spool
 from tests.smtpd import SilentRelay
 
@@ -496,8 +496,8 @@ def test_unsupported_expansion_is_shown_whole(site):
 def test_status_table_keeps_one_line_per_target_at_80_columns():
     from spdu_cli import render
 
-    rows = [["beta", "down", "2 h 13 min", "12.3 ms", "connection refused by 127.0.0.21"
-             " port 80 after 3 tries", "1", "1 h 59 min left: kernel upgrade and more"]]
+    rows = [["beta", "down", "2 h 13 min", "12.3 ms", ("connection refused by 127.0.0.21"
+             " port 80 after 3 tries"), "1", "1 h 59 min left: kernel upgrade and more"]]
     out = render.table(render.STATUS_HEADERS, rows * 2, width=80)
     lines = [x for x in out.splitlines() if x.strip()]
     assert len(lines) == 4 and all(len(render_strip(x)) <= 80 for x in lines)

@@ -96,7 +96,8 @@ _values = st.one_of(
     st.sampled_from(["/srv/spool", "'/a b'", '"/x/$d"', "${d}/y", "$spoolDir/z", "/q\\ r"]))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(st.tuples(st.sampled_from(["spoolDir", "d", "domain", "#", ""]), _values),
                       max_size=5))
 def test_spool_dir_is_what_config_load_reads_or_nothing(tmp_path, lines):
@@ -365,7 +366,7 @@ def test_spdu_cron_one_process_minute_after_minute(site):  # noqa: F811
                          stderr=subprocess.PIPE, text=True)
     wait_for(lambda: (site["spool"] / handover.LOOP_LOCK).exists(), 5)
     pid = (site["spool"] / handover.LOOP_LOCK).read_text().strip()
-    for minute in range(3):
+    for _minute in range(3):
         wait_for(lambda: time.time() >= lock_end(site) + 0.1, 6)  # cron, just after the minute
         t0 = time.monotonic()
         copy = subprocess.run(

@@ -5,8 +5,10 @@ from hypothesis import strategies as st
 
 from spdu_cli.health import Health, State, advance, carried_over, suspect
 
+FRESH = Health()
 
-def run(outcomes, rise=2, fall=2, start=Health()):
+
+def run(outcomes, rise=2, fall=2, start=FRESH):
     h, transitions = start, []
     for i, ok in enumerate(outcomes):
         h, t = advance(h, ok, rise, fall, float(i), "r")
@@ -32,9 +34,9 @@ def test_one_lost_probe_changes_nothing():
 
 
 def test_rise_after_consecutive_successes():
-    h, ts = run([False, True, True, True], rise=3)
+    _h, ts = run([False, True, True, True], rise=3)
     assert ts == [(0, "unknown", "down"), (3, "down", "up")]
-    h, ts = run([False, True, False, True, True, True], rise=3)
+    _h, ts = run([False, True, False, True, True, True], rise=3)
     assert ts[-1] == (5, "down", "up")
 
 

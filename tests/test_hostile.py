@@ -204,8 +204,8 @@ def test_a_corrupt_gzip_body_is_malformed(peer):
 def test_an_unknown_coding_says_the_match_cannot_be_checked(peer):
     _, s = peer(once(response(b"\x00\x01", b"Content-Encoding: br")), match="ok")
     r = judged(s)
-    assert r.error == "the body is in an encoding spdu cannot read (br), so probeMatch" \
-                      " cannot be checked"
+    assert r.error == ("the body is in an encoding spdu cannot read (br), so probeMatch"
+                       " cannot be checked")
 
 
 @pytest.mark.parametrize("size, ok", [(MAX_HEADER - 200, True), (MAX_HEADER + 2000, False)])
@@ -366,7 +366,7 @@ def test_hostile_peers_do_not_delay_the_others(peer, http_server):
 
 def test_spdu_cron_answers_sigterm_within_a_second_during_hostile_probes(peer, confdir,
                                                                          tmp_path):
-    srv, s = peer(lambda: (x for b in (CHUNKED + b"1\r\nx\r\n" * 10**6)
+    srv, _s = peer(lambda: (x for b in (CHUNKED + b"1\r\nx\r\n" * 10**6)
                            for x in (bytes([b]), 0.01)), match="ok", timeout=20)
     hang, _ = peer(once("hang"))
     confdir.write(

@@ -73,7 +73,7 @@ def test_man_finds_the_pages(installed):
     env = clean_env(prefix)  # no MANPATH: man derives it from PATH, as for /usr/local
     for name, section in (("spdu", "1"), ("spdu.conf", "5")):
         where = sh("man", "-w", section, name, env=env).stdout.strip()
-        assert where.startswith(str(venv)) or where.startswith(str(prefix)), where
+        assert where.startswith((str(venv), str(prefix))), where
         text = sh("man", "-P", "cat", section, name, env={**env, "MANWIDTH": "80"}).stdout
         assert "spdu" in text and len(text) > 2000
 

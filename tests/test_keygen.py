@@ -103,7 +103,8 @@ def test_generated_snippet_scopes_the_key_to_the_pool(keygen, run, confdir, tmp_
         # the same key cannot add another name, a TXT record, or touch another zone
         other = dns.nsupdate(f"update add www.pool.domain.tld. 5 A {BETA}", key=key)
         txt = dns.nsupdate(f'update add {API} 5 TXT "x"', key=key)
-        zone = dns.nsupdate(f"zone elsewhere.example.\nupdate add api.elsewhere.example. 5 A {BETA}",
+        zone = dns.nsupdate("zone elsewhere.example.\n"
+                            f"update add api.elsewhere.example. 5 A {BETA}",
                             key=key)
         for denied in (other, txt, zone):
             assert denied.returncode != 0

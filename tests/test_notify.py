@@ -502,5 +502,6 @@ def test_implicit_tls_against_a_plain_relay_says_what_to_set(site, smtp_relay):
     relay = smtp_relay()
     site.change("beta", "up", "down")
     out = notify.run(site.load(smtpPort=relay.port, smtpSSL="yes"))
-    assert "TLS failed" in str(out.errors[0]) and "for STARTTLS set smtpSSL=no" in str(out.errors[0])
+    error = str(out.errors[0])
+    assert "TLS failed" in error and "for STARTTLS set smtpSSL=no" in error
     assert site.pending("beta") == [1]

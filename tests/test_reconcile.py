@@ -207,7 +207,8 @@ def test_self_ip_is_added_and_never_removed(run, confdir, primary, spool):
 
 
 def test_never_an_empty_pool(run, confdir, primary, spool):
-    write_conf(confdir, primary, spool, key=primary.key, self_ip=None, targets={"beta": BETA, "self": SELF})
+    write_conf(confdir, primary, spool, key=primary.key, self_ip=None,
+               targets={"beta": BETA, "self": SELF})
     set_state(spool, "beta", "down", [BETA])
     set_state(spool, "self", "down", [SELF])
     r = run("reconcile", "--json")
@@ -218,7 +219,8 @@ def test_never_an_empty_pool(run, confdir, primary, spool):
 
 
 def test_ipv6_targets_are_aaaa_records(run, confdir, primary, spool):
-    write_conf(confdir, primary, spool, key=primary.key, targets={"beta": f"{BETA} {BETA6}", "gamma": GAMMA})
+    write_conf(confdir, primary, spool, key=primary.key,
+               targets={"beta": f"{BETA} {BETA6}", "gamma": GAMMA})
     set_state(spool, "beta", "up", [BETA, BETA6])
     set_state(spool, "gamma", "down", [GAMMA])
     assert run("reconcile").exit_code == 0
@@ -272,7 +274,8 @@ def test_reconcile_rereads_and_retries_after_a_race(run, confdir, primary, spool
 
     def racing_send(items):
         if not raced:  # a concurrent writer gets in first, once
-            raced.append(primary.nsupdate(f"update add {API} 60 A 192.0.2.50", key=primary.key).returncode)
+            raced.append(primary.nsupdate(f"update add {API} 60 A 192.0.2.50",
+                                          key=primary.key).returncode)
         return real_send(items)
 
     monkeypatch.setattr(reconcile, "send", racing_send)
@@ -320,7 +323,8 @@ def test_a_concurrent_writer_gets_exactly_three_tries(run, confdir, primary, spo
 
 @pytest.mark.parametrize("tool", ["nsupdate", "knsupdate"])
 def test_dry_run_script_piped_into_the_real_client(run, confdir, primary, spool, tool):
-    write_conf(confdir, primary, spool, key=primary.key, targets={"beta": f"{BETA} {BETA6}", "gamma": GAMMA})
+    write_conf(confdir, primary, spool, key=primary.key,
+               targets={"beta": f"{BETA} {BETA6}", "gamma": GAMMA})
     set_state(spool, "beta", "down", [BETA, BETA6])
     set_state(spool, "gamma", "up", [GAMMA])
     r = run("reconcile", "--dry-run")
@@ -514,7 +518,7 @@ class BrokenZoneBind(BindServer):
             try:
                 if self._ask(self.zone, "SOA", timeout=0.2).rcode() == dns.rcode.SERVFAIL:
                     return
-            except Exception:
+            except Exception:  # noqa: BLE001 - not up yet, in whatever way: ask again
                 time.sleep(0.05)
         raise AssertionError(f"named never answered SERVFAIL; log:\n{self.log()}")
 

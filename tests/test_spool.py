@@ -166,7 +166,8 @@ def test_full_disk_keeps_the_previous_state(tiny_fs):
     e.journal.extend({"id": i, "reason": "x" * 200} for i in range(2, 60))
     with pytest.raises(TemporaryFailure) as err, store.locked():
         store.write(e)
-    assert "No space left on device" in str(err.value) and "previous state is kept" in str(err.value)
+    assert "No space left on device" in str(err.value)
+    assert "previous state is kept" in str(err.value)
     assert store.path("beta").read_bytes() == before
     assert [p.name for p in store.dir.iterdir() if p.name.endswith(".tmp")] == []
 

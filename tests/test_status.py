@@ -30,7 +30,7 @@ def spool(tmp_path):
 def seed(spool: Spool) -> None:
     """beta up for an hour, its last probe 12.5 ms, one mail pending, in maintenance;
     gamma down with a refused connection; delta never probed."""
-    global NOW
+    global NOW  # noqa: PLW0603 - the fixture sets the clock its assertions read
     NOW = time.time()
     spool.ensure_dir()
     beta = SpoolEntry("beta", Health(State.UP, NOW - 3600, 5, 0), checked=NOW - 1,
@@ -128,7 +128,7 @@ def test_dns_in_sync_out_of_sync_and_unreachable(run, confdir, knot, spool):
     set_state(spool, "gamma", "up", [GAMMA])
     r = run("status", "--dns", "--json")
     assert r.exit_code == 0, r.stderr  # out of sync is a report, exit 0
-    beta, gamma = [json.loads(x)["dns"] for x in r.stdout.splitlines()]
+    beta, _gamma = [json.loads(x)["dns"] for x in r.stdout.splitlines()]
     assert beta["in_sync"] is False and beta["pool"] == "api.pool.domain.tld"
     assert beta["changes"] == [{"action": "add", "address": GAMMA, "target": "gamma"}]
     r = run("status", "--dns")

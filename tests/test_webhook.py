@@ -75,7 +75,8 @@ def test_a_long_backlog_is_cut_to_what_ntfy_and_slack_take():
     many = [change(i, NOW - 10_000 + i * 700, *(("up", "down") if i % 2 else ("down", "up")),
                    "x" * 200) for i in range(1, 14)]
     body = webhook.request(post(*many, fmt="ntfy", flap_count=0), NOW).body
-    assert len(body) <= webhook.NTFY_MAX and body.decode().endswith("see `spdu history` for the rest]\n")
+    assert len(body) <= webhook.NTFY_MAX
+    assert body.decode().endswith("see `spdu history` for the rest]\n")
     doc = json.loads(webhook.request(post(*many, flap_count=0), NOW).body)
     assert len(doc["transitions"]) == 13  # json carries them all
 
@@ -124,7 +125,7 @@ def test_webhook_keys_are_checked(site, tmp_path):
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
     token.chmod(0o644)
-    with pytest.raises(ConfigError, match="readable by group or others.*chmod 0600") as e:
+    with pytest.raises(ConfigError, match=r"readable by group or others.*chmod 0600") as e:
         site.load(webhookFormat="json", webhookTokenFile=token).target("beta")
     assert TOKEN not in str(e.value)
     token.chmod(0o600)

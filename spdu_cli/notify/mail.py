@@ -198,4 +198,5 @@ def send(cfg: MailConfig, msg: EmailMessage) -> dict[str, str]:
         conn.quit()
     except (OSError, smtplib.SMTPException):
         conn.close()
-    return {rcpt: f"{code} {text.decode(errors='replace')}" for rcpt, (code, text) in refused.items()}
+    return {rcpt: f"{code} {text.decode(errors='replace')}"
+            for rcpt, (code, text) in refused.items()}

@@ -19,8 +19,8 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # what a header may not hold
 def _dns_lines(changes: Iterable[StateChange]) -> list[str]:
     actions = [d for c in changes for d in c.dns]
     if not actions:
-        return ["DNS has not been changed yet (spdu reconcile has not recorded an update"
-                " for this change)."]
+        return [("DNS has not been changed yet (spdu reconcile has not recorded an update"
+                 " for this change).")]
     return [f"DNS: {d.words()}." for d in actions]
 
 
@@ -41,17 +41,17 @@ def change_text(view: JournalView, change: StateChange, tag: str) -> list[str]:
     who = f"{view.target} ({view.host}, {address_list(view)})"
     if change.new == "maint":
         lines = [
-            f"{who} is in maintenance until {clock(change.until)}, as set on {tag}"
-            f" at {clock(change.at)}.",
+            (f"{who} is in maintenance until {clock(change.until)}, as set on {tag}"
+             f" at {clock(change.at)}."),
             f"Reason: {change.reason or 'not given'}",
-            "Its addresses are taken out of the pool; probes go on, and decide again"
-            " when the maintenance ends.",
+            ("Its addresses are taken out of the pool; probes go on, and decide again"
+             " when the maintenance ends."),
             _history_line(view, change),
         ]
     elif change.old == "maint":
         lines = [
-            f"{who} is back from maintenance ({change.reason or 'ended'} at"
-            f" {clock(change.at)}), and {state_word(change.new)} as seen from {tag}.",
+            (f"{who} is back from maintenance ({change.reason or 'ended'} at"
+             f" {clock(change.at)}), and {state_word(change.new)} as seen from {tag}."),
             f"Probed at {view.url}.",
             _history_line(view, change),
         ]
@@ -83,10 +83,10 @@ def notice_text(n: Notice, tag: str) -> list[str]:
     first, last = n.changes[0], n.changes[-1]
     failure = v.last_failure(last)
     lines = [
-        f"{v.target} ({v.host}, {address_list(v)}) is flapping, as seen from {tag}:"
-        f" {n.flapping} changes within {duration(v.flap_window)} (flapCount={v.flap_count}).",
-        "They are summarized here instead of one mail each; the next summary comes no"
-        f" sooner than {clock(n.next_summary)}.",
+        (f"{v.target} ({v.host}, {address_list(v)}) is flapping, as seen from {tag}:"
+         f" {n.flapping} changes within {duration(v.flap_window)} (flapCount={v.flap_count})."),
+        ("They are summarized here instead of one mail each; the next summary comes no"
+         f" sooner than {clock(n.next_summary)}."),
         f"Now: {state_word(last.new)} since {clock(last.at)} ({v.url}).",
     ]
     if failure is not None:

@@ -198,7 +198,8 @@ def failure(cfg: WebhookConfig, e: BaseException) -> SpduError:
         if isinstance(cause, ssl.SSLCertVerificationError):
             return ServiceUnavailable(f"{where}: certificate not trusted ({cause.verify_message})",
                                       f"set webhookCAFile to the CA that signed it; {LATER}")
-        why = cause.reason if isinstance(cause, ssl.SSLError) and cause.reason else type(cause).__name__
+        tls = isinstance(cause, ssl.SSLError) and cause.reason
+        why = cause.reason if tls else type(cause).__name__
         return ServiceUnavailable(f"{where}: TLS failed ({why})", LATER)
     if isinstance(e, requests.exceptions.Timeout):
         return ServiceUnavailable(f"{where} did not answer within {cfg.timeout:g} s",
@@ -247,7 +248,8 @@ def send(cfg: WebhookConfig, req: Request) -> int:
     with requests.Session() as s:
         s.trust_env = False  # no ~/.netrc: it could replace the token
         try:
-            r = s.post(req.url, data=req.body, headers=req.headers, timeout=(cfg.timeout, cfg.timeout),
+            r = s.post(req.url, data=req.body, headers=req.headers,
+                       timeout=(cfg.timeout, cfg.timeout),
                        allow_redirects=False, verify=verify, stream=True,
                        proxies=get_environ_proxies(req.url))
         except (requests.exceptions.RequestException, OSError) as e:
@@ -286,7 +288,7 @@ class Sending:
             status = send(self.config, self.request)
         except SpduError as e:
             error = e
-        except Exception as e:  # a bug: reported as such, the changes stay pending
+        except Exception as e:  # noqa: BLE001 - a bug: reported as such, the changes stay pending
             error = SpduError(f"{self.config.where}: internal error: {type(e).__name__}")
         with self._lock:
             if not self._abandoned:

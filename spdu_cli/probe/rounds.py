@@ -66,7 +66,7 @@ def probe_rounds(specs: list[ProbeSpec], rules: dict[str, Rounds], stop=None,
         if tg is None:  # its round was decided, or its target settled, meanwhile
             return
         tg.results[i] = r
-        for k, (started, wall, jobs) in enumerate(tg.inflight):
+        for k, (_started, wall, jobs) in enumerate(tg.inflight):  # noqa: B007 - used below
             if i in jobs:
                 break
         else:

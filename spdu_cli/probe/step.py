@@ -9,12 +9,12 @@ import logging
 from dataclasses import dataclass
 
 from spdu_cli import health, maint
+from spdu_cli.entry import ResultRecord, iso
 from spdu_cli.errors import SpduError
 from spdu_cli.health import Health
 from spdu_cli.probe.engine import probe
 from spdu_cli.probe.rounds import Rounds, certain, probe_rounds
 from spdu_cli.probe.spec import ProbeResult, ProbeSpec
-from spdu_cli.entry import ResultRecord, iso
 from spdu_cli.spool import Spool
 
 log = logging.getLogger(__name__)

@@ -40,6 +40,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 ROOT = Path(__file__).resolve().parents[2]
 ZONE = "pool.domain.tld"
@@ -550,7 +551,7 @@ class Lab:
             if p is not None:
                 try:
                     p.stop()
-                except Exception:
+                except Exception:  # noqa: BLE001, S110 - stop the rest whatever one does
                     pass
         for ns in reversed(self.namespaces):
             r = run(["ip", "netns", "pids", ns], check=False)
@@ -566,7 +567,7 @@ class Lab:
             shutil.rmtree(self.dir, ignore_errors=True)
         atexit.unregister(self.stop)
 
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

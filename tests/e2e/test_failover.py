@@ -101,7 +101,8 @@ def test_flapping_site_one_summary(scenario):
     for obs in observers:
         mine = [m for m in mails if m.observer == obs]
         # every transition exactly once, in order
-        assert [new for m in mine for _, new in m.transitions(victim)] == ["down", "up"] * cycles, summary
+        seen = [new for m in mine for _, new in m.transitions(victim)]
+        assert seen == ["down", "up"] * cycles, summary
         assert any(n.flap for m in mine for n in m.notices), summary
         # not one mail per flap: at most one single notice, then summaries
         assert len(mine) <= 3, summary
