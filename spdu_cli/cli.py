@@ -153,23 +153,35 @@ def config_show(obj: Context, targets, as_json):
 
 
 @config_group.command("check")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object: valid or not, the targets, the warnings.")
 @click.pass_obj
-def config_check(obj: Context):
+def config_check(obj: Context, as_json):
     """Validate the main file and every target's file; exit 0 or 78.
 
     \b
     Example:
         spdu --config /usr/local/etc/spdu.conf config check
     """
-    site = obj.site()
-    checked = site.check()
-    warnings = config.site_advisories(site) + [w for c in checked for w in config.advisories(c)]
-    for warning in dict.fromkeys(warnings):
-        log.warning("%s", warning)
-    site.select(())  # no target is 78 here too, as for every command that acts on them
+    try:
+        site = obj.site()
+        checked = site.check()
+        warnings = config.site_advisories(site) + [
+            w for c in checked for w in config.advisories(c)]
+        for warning in dict.fromkeys(warnings):
+            log.warning("%s", warning)
+        site.select(())  # no target is 78 here too, as for every command that acts on them
+    except SpduError as e:
+        if as_json:  # the object says so too; the message and status are as without
+            click.echo(render.json_line(render.check_json(
+                config.config_path(obj.config_path), [], [], str(e))))
+        raise
     names = ", ".join(t.target for t in checked) or "no targets"
     log.info("%s is valid (%s)", site.path, names)
-    if sys.stderr.isatty():
+    if as_json:
+        click.echo(render.json_line(render.check_json(
+            site.path, [t.target for t in checked], list(dict.fromkeys(warnings)))))
+    elif sys.stderr.isatty():
         click.echo(f"{site.path}: ok ({names})", err=True)
 
 
@@ -256,8 +268,11 @@ def reconcile_cmd(obj: Context, dry_run, as_json, lock_timeout):
 @click.option("--server-dir", metavar="DIR",
               help="Where to write the servers' key files [default: beside --key-file].")
 @click.option("--force", is_flag=True, help="Replace existing key files.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object: the key's name, the files, the snippets.")
 @click.pass_obj
-def keygen_cmd(obj: Context, name, server, key_file, server_dir, force, pdns_database):
+def keygen_cmd(obj: Context, name, server, key_file, server_dir, force, pdns_database,
+               as_json):
     """Make a TSIG key that may change only this site's pool name (A/AAAA).
 
     Writes the secret (hmac-sha256, 256 bits from the OS) to spdu's key file
@@ -282,9 +297,15 @@ def keygen_cmd(obj: Context, name, server, key_file, server_dir, force, pdns_dat
     servers = {"both": ("knot", "bind"), "all": keygen.SERVERS}.get(server, (server,))
     made = keygen.generate(name or keygen.default_name(cfgs[0].my_tag), key_file,
                            server_dir or str(Path(key_file).parent), servers, pools, force)
-    for s in servers:
-        click.echo(made.pdns_snippet(pdns_database or keygen.PDNS_DATABASE) if s == "pdns"
-                   else made.knot_snippet() if s == "knot" else made.bind_snippet())
+    snippets = {s: made.pdns_snippet(pdns_database or keygen.PDNS_DATABASE) if s == "pdns"
+                else made.knot_snippet() if s == "knot" else made.bind_snippet()
+                for s in servers}
+    if as_json:
+        done = bool(configured) and key_file == os.path.abspath(configured)
+        click.echo(render.json_line(render.keygen_json(made, servers, snippets, done)))
+    else:
+        for s in servers:
+            click.echo(snippets[s])
     files = " ".join([key_file, *made.server_files.values()])
     click.echo(f"spdu: wrote the key {made.key.name} to {files} (mode 0600)", err=True)
     if not configured or key_file != os.path.abspath(configured):
@@ -361,9 +382,10 @@ def _duration(ctx, param, value):
               help="How long: 90s, 30m, 2h, 1d or plain seconds; at most 7d.")
 @click.option("--reason", default="", metavar="TEXT", help="Why, for the mail and status.")
 @click.option("--clear", is_flag=True, help="End the maintenance now.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the target afterwards.")
 @LOCK_TIMEOUT
 @click.pass_obj
-def maint_cmd(obj: Context, target, seconds, reason, clear, lock_timeout):
+def maint_cmd(obj: Context, target, seconds, reason, clear, lock_timeout, as_json):
     """Take TARGET out of the pool on purpose, for a while (or --clear it).
 
     Reconcile removes its addresses while probes go on (the pool is never
@@ -385,7 +407,9 @@ def maint_cmd(obj: Context, target, seconds, reason, clear, lock_timeout):
         out = maint.start(site, target, seconds, reason, lock_timeout=lock_timeout)
         line = f"{out.target} is in maintenance until {render.stamp(out.maint.until)}"
     _write_metrics(site)
-    if _tty():
+    if as_json:
+        click.echo(render.json_line(out.to_json()))
+    elif _tty():
         click.echo(line)
 
 
@@ -473,9 +497,11 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
 @click.option("--follow/--no-follow", default=False, show_default=True,
               help="Go on for another --for each time the next copy that cron starts"
                    " finds this loop running, up to an hour (spdu-cron sets it).")
+@click.option("--json", "as_json", is_flag=True,
+              help="At the end, one JSON object: what the loop did.")
 @LOCK_TIMEOUT
 @click.pass_obj
-def cron_cmd(obj: Context, seconds, lock_timeout, follow):
+def cron_cmd(obj: Context, seconds, lock_timeout, follow, as_json):
     """Probe, reconcile and mail every `interval` seconds for a minute.
 
     What cron runs every minute (spdu-cron is `spdu --syslog cron --follow`):
@@ -507,6 +533,8 @@ def cron_cmd(obj: Context, seconds, lock_timeout, follow):
             raise
         log.info("%s", e)  # under cron: the usual hand-over, not a mail every minute
         sys.exit(int(e.exit_status))
+    if as_json:
+        click.echo(render.json_line(render.tally_json(tally)))
     if tally.last_error is not None:
         sys.exit(int(tally.last_error))
 
