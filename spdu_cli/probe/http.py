@@ -9,13 +9,14 @@ import re
 
 from spdu_cli import __version__
 from spdu_cli.probe.attempt import Failure, Needle, Try, shown
-from spdu_cli.probe.spec import MAX_BODY, MAX_HEADER, MAX_PIECES, MAX_RAW, ProbeSpec
+from spdu_cli.probe.spec import MAX_BODY, MAX_CHUNKS, MAX_HEADER, MAX_RAW, ProbeSpec
 
 
 class HttpTry(Try):
     """An HTTP(S) GET of the status URL. h11 parses the response; this class
-    only judges it. Beside the base class's caps, the decoded body (MAX_BODY)
-    and its pieces (MAX_PIECES) are capped."""
+    only judges it. Beside the base class's caps (every byte read), the
+    decoded body (MAX_BODY) and the chunks of a chunked body (MAX_CHUNKS) are
+    capped: chunks, not reads, so a body trickled in small writes is read whole."""
 
     def __init__(self, spec: ProbeSpec, address: str, ssl_context, now: float,
                  keep: bool = False):
@@ -27,7 +28,7 @@ class HttpTry(Try):
         self.decoder = None  # zlib decompressor, for a gzip/deflate body
         self.body = Needle(spec.match)  # decoded, at most MAX_BODY bytes
         self.body_raw = 0  # body bytes as framed by h11, before any decoding
-        self.pieces = 0
+        self.chunks = 0  # chunks begun, of a chunked body
         self.head_start = 0  # where the response head being read began
         self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER)
         host = spec.host
@@ -78,7 +79,7 @@ class HttpTry(Try):
                     continue  # 100 Continue, 103 Early Hints: the answer is still to come
                 decided = self.head(event)
             elif isinstance(event, h11.Data):
-                decided = self.take(event.data)
+                decided = self.take(event.data, event.chunk_start)
             elif isinstance(event, h11.EndOfMessage):
                 if self.decoder is not None and not self.decoder.eof:
                     raise Failure(f"malformed response: bad {self.coding} body (it ends"
@@ -137,8 +138,8 @@ class HttpTry(Try):
             self.coding = codings[0].decode()
         return None
 
-    def take(self, data: bytes):
-        self.pieces += 1
+    def take(self, data: bytes, chunk_start: bool = False):
+        self.chunks += chunk_start  # h11 marks the first Data of each chunk
         self.body_raw += len(data)
         if self.decoder is not None:
             import zlib
@@ -150,8 +151,8 @@ class HttpTry(Try):
         self.body.add(data)
         if self.body.full:
             return self.verdict(f"the first {MAX_BODY} bytes of the body")
-        if self.pieces >= MAX_PIECES:
-            return self.verdict(f"the first {MAX_PIECES} pieces of the body")
+        if self.chunks >= MAX_CHUNKS:
+            return self.verdict(f"the first {MAX_CHUNKS} chunks of the body")
         return None
 
     def verdict(self, read: str | None = None):
