@@ -190,7 +190,11 @@ def test_sigterm_ends_the_loop_after_the_current_tick(site):
 
 def test_a_copy_from_the_next_minute_is_covered_by_the_running_loop(site):
     a = start(site, seconds=2)
-    time.sleep(1.3)  # past half of a's time: b is "the next minute's" copy
+    lock = site["spool"] / ".cron.lock"  # its mtime: when a's minute ends (wall clock)
+    wait_for(lambda: lock.exists() and lock.read_text().strip(), 5)
+    # past half of a's time, counted from a's own start (a slow start under load
+    # must not make b the copy of a's first minute): b is "the next minute's" copy
+    time.sleep(max(0.0, os.stat(lock).st_mtime - 0.7 - time.time()))
     b = start(site, seconds=2)
     assert b.wait(timeout=5) == 75
     t0 = time.monotonic()
