@@ -256,19 +256,29 @@ def reconcile_cmd(obj: Context, dry_run, as_json, lock_timeout):
 @click.option("--server-dir", metavar="DIR",
               help="Where to write the servers' key files [default: beside --key-file].")
 @click.option("--force", is_flag=True, help="Replace existing key files.")
+@click.option("--spdu-user", metavar="USER",
+              help="The user that runs spdu, who must read its key file [default: you].")
+@click.option("--knot-user", metavar="USER", help="The user knotd runs as [default: knot].")
+@click.option("--bind-user", metavar="USER", help="The user named runs as [default: bind].")
+@click.option("--pdns-user", metavar="USER",
+              help="The user pdns_server runs as [default: pdns].")
 @click.pass_obj
-def keygen_cmd(obj: Context, name, server, key_file, server_dir, force, pdns_database):
+def keygen_cmd(obj: Context, name, server, key_file, server_dir, force, pdns_database,
+               spdu_user, knot_user, bind_user, pdns_user):
     """Make a TSIG key that may change only this site's pool name (A/AAAA).
 
     Writes the secret (hmac-sha256, 256 bits from the OS) to spdu's key file
-    and to a key file for Knot, BIND and/or PowerDNS, all mode 0600, and
-    prints the Knot acl / BIND update-policy that include them, or the
-    commands that load PowerDNS's file (which cannot scope a key to one name:
-    the output says what the key can do). The secret is never printed.
+    (and its one-line twin for knsupdate -k) and to a key file for Knot, BIND
+    and/or PowerDNS, each readable by exactly the user that needs it (the
+    server's: knot, bind, pdns; spdu's: --spdu-user), and prints the Knot acl
+    / BIND update-policy that include them, or the commands that load
+    PowerDNS's file (which cannot scope a key to one name: the output says
+    what the key can do). The secret is never printed. Not run as root, it
+    prints the chown/chmod that root must run.
 
     \b
     Example:
-        spdu keygen --server knot >> /etc/knot/knot.conf.spdu
+        spdu keygen --server knot --spdu-user knot >> /etc/knot/knot.conf.spdu
     """
     from spdu_cli import keygen
 
@@ -280,13 +290,29 @@ def keygen_cmd(obj: Context, name, server, key_file, server_dir, force, pdns_dat
     key_file = os.path.abspath(key_file or configured
                                or str(Path(site.path).parent / "spdu.tsig.key"))
     servers = {"both": ("knot", "bind"), "all": keygen.SERVERS}.get(server, (server,))
+    users = {"knot": knot_user, "bind": bind_user, "pdns": pdns_user}
+    owners, notes = {}, []
+    for s in servers:
+        owners[s], note = keygen.server_owner(s, users[s])
+        notes += [note] if note else []
+    spdu_owner = keygen.owner_for(spdu_user, "--spdu-user")
     made = keygen.generate(name or keygen.default_name(cfgs[0].my_tag), key_file,
-                           server_dir or str(Path(key_file).parent), servers, pools, force)
+                           server_dir or str(Path(key_file).parent), servers, pools, force,
+                           spdu_owner, owners)
     for s in servers:
         click.echo(made.pdns_snippet(pdns_database or keygen.PDNS_DATABASE) if s == "pdns"
                    else made.knot_snippet() if s == "knot" else made.bind_snippet())
-    files = " ".join([key_file, *made.server_files.values()])
-    click.echo(f"spdu: wrote the key {made.key.name} to {files} (mode 0600)", err=True)
+    for note in notes:
+        click.echo(f"spdu: {note}", err=True)
+    click.echo(f"spdu: wrote the key {made.key.name}:", err=True)
+    for p in made.placed:
+        state = p.owner.text() if p.applied else f"0600 {keygen.owner_for(None).user}'s for now"
+        click.echo(f"spdu:   {p.path} ({state}, for {p.owner.user})", err=True)
+    pending = [p for p in made.placed if not p.applied]
+    if pending:
+        click.echo("spdu: not run as root, so these files are yours alone; as root, run:", err=True)
+        for p in pending:
+            click.echo(f"  {p.fix()}", err=True)
     if not configured or key_file != os.path.abspath(configured):
         click.echo(f"spdu: now set tsigKeyFile={key_file} in {site.path}", err=True)
 
