@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from spdu_cli import __version__, config, logsetup, render
-from spdu_cli.errors import ExitStatus, SpduError
+from spdu_cli.errors import ExitStatus, SpduError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,11 @@ class Context:
     debug: bool = False
     logging: tuple = (0, False, False)  # verbose, quiet, syslog
     _site: config.Site | None = field(default=None, repr=False)
+    strict: bool = False  # config check: unknown keys are its findings, not warnings
 
     def site(self) -> config.Site:
         if self._site is None:
-            self._site = config.load(self.config_path)
+            self._site = config.load(self.config_path, strict=self.strict)
             verbose, quiet, use_syslog = self.logging
             if use_syslog:  # the configured socket, now that it is known
                 logsetup.setup(verbose, quiet, True, self._site.syslog_socket)
@@ -153,20 +154,41 @@ def config_show(obj: Context, targets, as_json):
 
 
 @config_group.command("check")
+@click.option("--online", is_flag=True,
+              help="Also ask the name server: the zone's SOA, the key, the TTLs; and resolve"
+                   " each targetName.")
+@click.option("--as", "as_user", metavar="USER",
+              help="Check the spool and key file for USER (who will run spdu) [default: you].")
 @click.pass_obj
-def config_check(obj: Context):
-    """Validate the main file and every target's file; exit 0 or 78.
+def config_check(obj: Context, online, as_user):
+    """Validate the main file and every target's file; exit 0, 69 or 78.
+
+    Unknown keys (with the key meant), a spool USER cannot write, a key file
+    USER cannot read, a target with nothing to probe; with --online, what the
+    name server says. One line per finding: where, what, what to do.
 
     \b
     Example:
-        spdu --config /usr/local/etc/spdu.conf config check
+        spdu --config /usr/local/etc/spdu.conf config check --online --as knot
     """
+    import pwd
+
+    from spdu_cli import checkconf
+
+    user = as_user or pwd.getpwuid(os.geteuid()).pw_name
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise UsageError(f"--as {user}: no such user on this host") from None
+    obj.strict = True
     site = obj.site()
-    checked = site.check()
-    warnings = config.site_advisories(site) + [w for c in checked for w in config.advisories(c)]
-    for warning in dict.fromkeys(warnings):
-        log.warning("%s", warning)
+    checked, findings = checkconf.check(site, user, online)
+    for f in findings:
+        (log.warning if f.warning else log.error)("%s", f.line())
     site.select(())  # no target is 78 here too, as for every command that acts on them
+    status = checkconf.status(findings)
+    if status:
+        raise click.exceptions.Exit(int(status))
     names = ", ".join(t.target for t in checked) or "no targets"
     log.info("%s is valid (%s)", site.path, names)
     if sys.stderr.isatty():
@@ -302,17 +324,8 @@ def keygen_cmd(obj: Context, name, server, key_file, server_dir, force, pdns_dat
     for s in servers:
         click.echo(made.pdns_snippet(pdns_database or keygen.PDNS_DATABASE) if s == "pdns"
                    else made.knot_snippet() if s == "knot" else made.bind_snippet())
-    for note in notes:
-        click.echo(f"spdu: {note}", err=True)
-    click.echo(f"spdu: wrote the key {made.key.name}:", err=True)
-    for p in made.placed:
-        state = p.owner.text() if p.applied else f"0600 {keygen.owner_for(None).user}'s for now"
-        click.echo(f"spdu:   {p.path} ({state}, for {p.owner.user})", err=True)
-    pending = [p for p in made.placed if not p.applied]
-    if pending:
-        click.echo("spdu: not run as root, so these files are yours alone; as root, run:", err=True)
-        for p in pending:
-            click.echo(f"  {p.fix()}", err=True)
+    for line in [f"spdu: {note}" for note in notes] + made.report():
+        click.echo(line, err=True)
     if not configured or key_file != os.path.abspath(configured):
         click.echo(f"spdu: now set tsigKeyFile={key_file} in {site.path}", err=True)
 

@@ -175,6 +175,20 @@ class Generated:
     pools: list[Pool]
     placed: list[Placed] = field(default_factory=list)
 
+    def report(self) -> list[str]:
+        """For stderr: each file with its owner, group and mode, and whom it is
+        for; when not root, the chown/chmod that root must run."""
+        me = owner_for(None).user
+        lines = [f"spdu: wrote the key {self.key.name}:"]
+        for p in self.placed:
+            state = p.owner.text() if p.applied else f"0600 {me}'s for now"
+            lines.append(f"spdu:   {p.path} ({state}, for {p.owner.user})")
+        pending = [p.fix() for p in self.placed if not p.applied]
+        if pending:
+            lines.append("spdu: not run as root, so these files are yours alone; as root, run:")
+            lines += [f"  {fix}" for fix in pending]
+        return lines
+
     def mode_of(self, server: str) -> str:
         """How the server's file was left, for the snippet's comment."""
         for p in self.placed:
