@@ -34,8 +34,7 @@ class Finding:
 
 def _where(cfg_or_site, key: str) -> str:
     s = cfg_or_site.settings[key]
-    at = f"{s.source}:{s.line}" if s.line else f"{s.source or 'default'}"
-    return f"{at}: {key}={s.value}"
+    return f"{s.source}: {key}={s.value}"
 
 
 # -- what a user may do with a path (mode bits; ACLs are not read) ------------------

@@ -22,7 +22,7 @@ from spdu_cli import shellconf, tsig, validate
 from spdu_cli.errors import ConfigError, UsageError
 from spdu_cli.paths import CONFIG_ENV as ENV_VAR
 from spdu_cli.paths import DEFAULT_CONFIG as DEFAULT_PATH
-from spdu_cli.safefile import SafeFile, read_safe_file, require_private
+from spdu_cli.safefile import SafeFile, check_directory, read_safe_file, require_private
 from spdu_cli.settings import KEYS, MissingDefault, Setting, System, Values, check_value
 
 log = logging.getLogger(__name__)
@@ -328,6 +328,7 @@ class Site:
         own: dict[str, Setting] = {}
         path = self.target_dir / name
         if path.exists() or path.is_symlink():
+            check_directory(str(self.target_dir))
             f = read_safe_file(str(path))
             own = _parse_file(f, self.settings, name, self.system, self.unknown)
             for key, s in own.items():
@@ -391,7 +392,8 @@ def build_target(
         key = dataclasses.replace(key, source=settings["tsigKey"].source)
     elif read_key_file and settings.get("tsigKeyFile", Setting("")).value:
         s = settings["tsigKeyFile"]
-        f = read_safe_file(s.value, f"TSIG key file (tsigKeyFile, {s.source})")
+        f = read_safe_file(s.value, f"TSIG key file (tsigKeyFile, {s.source})",
+                           "run spdu keygen: it writes the key and prints the server's part")
         require_private(f, "a TSIG key")
         try:
             key = tsig.parse_file(f.text, s.value)
@@ -524,5 +526,6 @@ def load(path: str | None = None, system: System | None = None, strict: bool = F
     system = system or System()
     path = config_path(path)
     f = read_safe_file(path)
+    check_directory(os.path.dirname(os.path.abspath(path)))
     unknown: list[UnknownKey] | None = [] if strict else None
     return Site(path, _parse_file(f, {}, None, system, unknown), system, unknown=unknown)
