@@ -75,6 +75,18 @@ def cannot(user: str, path: str, write: bool) -> str:
         f"{user} cannot {'write' if write else 'read'} it")
 
 
+def user_named(user: str | None) -> str:
+    """--as USER, checked; by default whoever runs the check."""
+    from spdu_cli.errors import UsageError
+
+    if not user:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    try:
+        return pwd.getpwnam(user).pw_name
+    except KeyError:
+        raise UsageError(f"--as {user}: no such user on this host") from None
+
+
 # -- offline -----------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from spdu_cli import __version__, config, logsetup, render
-from spdu_cli.errors import ExitStatus, SpduError, UsageError
+from spdu_cli.errors import ExitStatus, SpduError
 
 log = logging.getLogger(__name__)
 
@@ -154,44 +154,44 @@ def config_show(obj: Context, targets, as_json):
 
 
 @config_group.command("check")
-@click.option("--online", is_flag=True,
-              help="Also ask the name server: the zone's SOA, the key, the TTLs; and resolve"
-                   " each targetName.")
-@click.option("--as", "as_user", metavar="USER",
-              help="Check the spool and key file for USER (who will run spdu) [default: you].")
+@click.option("--online", is_flag=True, help="Also ask the name server; resolve targetName.")
+@click.option("--as", "as_user", metavar="USER", help="The user that runs spdu [default: you].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: valid, targets, warnings.")
 @click.pass_obj
-def config_check(obj: Context, online, as_user):
+def config_check(obj: Context, online, as_user, as_json):
     """Validate the main file and every target's file; exit 0, 69 or 78.
 
-    Unknown keys (with the key meant), a spool USER cannot write, a key file
-    USER cannot read, a target with nothing to probe; with --online, what the
-    name server says. One line per finding: where, what, what to do.
+    Also unknown keys, a spool or key file USER cannot use, a target with
+    nothing to probe; with --online, the zone's SOA, the key and the TTLs.
 
     \b
     Example:
         spdu --config /usr/local/etc/spdu.conf config check --online --as knot
     """
-    import pwd
-
     from spdu_cli import checkconf
 
-    user = as_user or pwd.getpwuid(os.geteuid()).pw_name
+    user, obj.strict = checkconf.user_named(as_user), True
     try:
-        pwd.getpwnam(user)
-    except KeyError:
-        raise UsageError(f"--as {user}: no such user on this host") from None
-    obj.strict = True
-    site = obj.site()
-    checked, findings = checkconf.check(site, user, online)
-    for f in findings:
-        (log.warning if f.warning else log.error)("%s", f.line())
-    site.select(())  # no target is 78 here too, as for every command that acts on them
-    status = checkconf.status(findings)
-    if status:
+        site = obj.site()
+        checked, findings = checkconf.check(site, user, online)
+        for f in findings:
+            (log.warning if f.warning else log.error)("%s", f.line())
+        site.select(())  # no target is 78 here too, as for every command that acts on them
+    except SpduError as e:
+        if as_json:  # the object says so too; the message and status are as without
+            click.echo(render.json_line(render.check_json(
+                config.config_path(obj.config_path), [], [], str(e))))
+        raise
+    if as_json:  # error: the first finding (stderr has every one)
+        first = next((f.line() for f in findings if not f.warning), None)
+        click.echo(render.json_line(render.check_json(
+            site.path, [t.target for t in checked],
+            [f.line() for f in findings if f.warning], first)))
+    if status := checkconf.status(findings):
         raise click.exceptions.Exit(int(status))
     names = ", ".join(t.target for t in checked) or "no targets"
     log.info("%s is valid (%s)", site.path, names)
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() and not as_json:
         click.echo(f"{site.path}: ok ({names})", err=True)
 
 
@@ -278,25 +278,22 @@ def reconcile_cmd(obj: Context, dry_run, as_json, lock_timeout):
 @click.option("--server-dir", metavar="DIR",
               help="Where to write the servers' key files [default: beside --key-file].")
 @click.option("--force", is_flag=True, help="Replace existing key files.")
-@click.option("--spdu-user", metavar="USER",
-              help="The user that runs spdu, who must read its key file [default: you].")
+@click.option("--spdu-user", metavar="USER", help="The user that runs spdu [default: you].")
 @click.option("--knot-user", metavar="USER", help="The user knotd runs as [default: knot].")
 @click.option("--bind-user", metavar="USER", help="The user named runs as [default: bind].")
-@click.option("--pdns-user", metavar="USER",
-              help="The user pdns_server runs as [default: pdns].")
+@click.option("--pdns-user", metavar="USER", help="The user pdns_server runs as [default: pdns].")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object: the key's name, the files, the snippets.")
 @click.pass_obj
 def keygen_cmd(obj: Context, name, server, key_file, server_dir, force, pdns_database,
-               spdu_user, knot_user, bind_user, pdns_user):
+               spdu_user, knot_user, bind_user, pdns_user, as_json):
     """Make a TSIG key that may change only this site's pool name (A/AAAA).
 
-    Writes the secret (hmac-sha256, 256 bits from the OS) to spdu's key file
-    (and its one-line twin for knsupdate -k) and to a key file for Knot, BIND
-    and/or PowerDNS, each readable by exactly the user that needs it (the
-    server's: knot, bind, pdns; spdu's: --spdu-user), and prints the Knot acl
-    / BIND update-policy that include them, or the commands that load
-    PowerDNS's file (which cannot scope a key to one name: the output says
-    what the key can do). The secret is never printed. Not run as root, it
-    prints the chown/chmod that root must run.
+    Writes it to spdu's key file (and a one-line twin for knsupdate -k) and a
+    file per server, each readable only by the user that needs it, and prints
+    the Knot acl / BIND update-policy / PowerDNS commands (PowerDNS cannot
+    scope a key: the output says so). The secret is never printed. Not run
+    as root, it prints the chown/chmod for root to run.
 
     \b
     Example:
@@ -312,18 +309,20 @@ def keygen_cmd(obj: Context, name, server, key_file, server_dir, force, pdns_dat
     key_file = os.path.abspath(key_file or configured
                                or str(Path(site.path).parent / "spdu.tsig.key"))
     servers = {"both": ("knot", "bind"), "all": keygen.SERVERS}.get(server, (server,))
-    users = {"knot": knot_user, "bind": bind_user, "pdns": pdns_user}
-    owners, notes = {}, []
-    for s in servers:
-        owners[s], note = keygen.server_owner(s, users[s])
-        notes += [note] if note else []
-    spdu_owner = keygen.owner_for(spdu_user, "--spdu-user")
+    owners, notes = keygen.server_owners(servers, {"knot": knot_user, "bind": bind_user,
+                                                   "pdns": pdns_user})
     made = keygen.generate(name or keygen.default_name(cfgs[0].my_tag), key_file,
                            server_dir or str(Path(key_file).parent), servers, pools, force,
-                           spdu_owner, owners)
-    for s in servers:
-        click.echo(made.pdns_snippet(pdns_database or keygen.PDNS_DATABASE) if s == "pdns"
-                   else made.knot_snippet() if s == "knot" else made.bind_snippet())
+                           keygen.owner_for(spdu_user, "--spdu-user"), owners)
+    snippets = {s: made.pdns_snippet(pdns_database or keygen.PDNS_DATABASE) if s == "pdns"
+                else made.knot_snippet() if s == "knot" else made.bind_snippet()
+                for s in servers}
+    if as_json:
+        done = bool(configured) and key_file == os.path.abspath(configured)
+        click.echo(render.json_line(render.keygen_json(made, servers, snippets, done)))
+    else:
+        for s in servers:
+            click.echo(snippets[s])
     for line in [f"spdu: {note}" for note in notes] + made.report():
         click.echo(line, err=True)
     if not configured or key_file != os.path.abspath(configured):
@@ -400,9 +399,10 @@ def _duration(ctx, param, value):
               help="How long: 90s, 30m, 2h, 1d or plain seconds; at most 7d.")
 @click.option("--reason", default="", metavar="TEXT", help="Why, for the mail and status.")
 @click.option("--clear", is_flag=True, help="End the maintenance now.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the target afterwards.")
 @LOCK_TIMEOUT
 @click.pass_obj
-def maint_cmd(obj: Context, target, seconds, reason, clear, lock_timeout):
+def maint_cmd(obj: Context, target, seconds, reason, clear, lock_timeout, as_json):
     """Take TARGET out of the pool on purpose, for a while (or --clear it).
 
     Reconcile removes its addresses while probes go on (the pool is never
@@ -424,7 +424,9 @@ def maint_cmd(obj: Context, target, seconds, reason, clear, lock_timeout):
         out = maint.start(site, target, seconds, reason, lock_timeout=lock_timeout)
         line = f"{out.target} is in maintenance until {render.stamp(out.maint.until)}"
     _write_metrics(site)
-    if _tty():
+    if as_json:
+        click.echo(render.json_line(out.to_json()))
+    elif _tty():
         click.echo(line)
 
 
@@ -512,9 +514,11 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
 @click.option("--follow/--no-follow", default=False, show_default=True,
               help="Go on for another --for each time the next copy that cron starts"
                    " finds this loop running, up to an hour (spdu-cron sets it).")
+@click.option("--json", "as_json", is_flag=True,
+              help="At the end, one JSON object: what the loop did.")
 @LOCK_TIMEOUT
 @click.pass_obj
-def cron_cmd(obj: Context, seconds, lock_timeout, follow):
+def cron_cmd(obj: Context, seconds, lock_timeout, follow, as_json):
     """Probe, reconcile and mail every `interval` seconds for a minute.
 
     What cron runs every minute (spdu-cron is `spdu --syslog cron --follow`):
@@ -546,6 +550,8 @@ def cron_cmd(obj: Context, seconds, lock_timeout, follow):
             raise
         log.info("%s", e)  # under cron: the usual hand-over, not a mail every minute
         sys.exit(int(e.exit_status))
+    if as_json:
+        click.echo(render.json_line(render.tally_json(tally)))
     if tally.last_error is not None:
         sys.exit(int(tally.last_error))
 

@@ -116,6 +116,15 @@ def _counters(d: Any) -> dict[str, int]:
     return {k: count(d, k) for k in COUNTERS}
 
 
+def result_reason(ok: bool | None, status: int | None, error: str | None) -> str:
+    """A probe's outcome in words, the `reason` of probe's and status's JSON:
+    HTTP 200, connected (tcp), the failure, or inconclusive: the failure."""
+    if ok:  # a good TCP probe (probeType=tcp) has no status
+        return "connected" if status is None else f"HTTP {status}"
+    words = error or (f"HTTP {status}" if status else "failed")
+    return f"inconclusive: {words}" if ok is None else words
+
+
 @dataclass(frozen=True)
 class ResultRecord:
     """One probe, as kept in the spool's `results` list."""

@@ -104,6 +104,12 @@ def server_owner(server: str, user: str | None) -> tuple[Owner, str]:
     return owner_for(default), ""
 
 
+def server_owners(servers, users: dict[str, str | None]) -> tuple[dict[str, Owner], list[str]]:
+    """Each server's owner (server_owner), and the notes to show."""
+    found = {s: server_owner(s, users.get(s)) for s in servers}
+    return {s: o for s, (o, _) in found.items()}, [n for _, n in found.values() if n]
+
+
 def knsupdate_file(key_file: str) -> str:
     """The one-line twin of spdu's key file, for `knsupdate -k` (Knot 3.2
     reads only `algorithm:name:secret` there, nsupdate -k only BIND's form)."""

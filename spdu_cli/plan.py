@@ -225,6 +225,7 @@ class Plan:
     attempts: int = 0
     error: SpduError | None = None
     serial_after: int | None = None  # the zone's serial once sent, when it could be read
+    tsig: dict | None = None  # TsigKey.to_json() of the key it is signed with
 
     @property
     def changes(self) -> tuple[Change, ...]:
@@ -273,7 +274,8 @@ class Plan:
             "zone": self.pool.zone,
             "server": self.pool.server,
             "port": self.pool.port,
-            "signed_with": self.signed_with,
+            "tsig": self.tsig,
+            "signed_with": self.signed_with,  # deprecated, as `tsig` in words: removed next release
             "current": self.current,
             "in_sync": self.in_sync,
             "changes": [

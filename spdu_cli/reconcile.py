@@ -91,7 +91,8 @@ def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int) -> Plan:
     if decision.blocked:
         log.error("%s on %s: %s", pool.key.name, pool.key.where, decision.blocked)
     signed = pool.tsig.describe() if pool.tsig else None
-    return Plan(pool.key, signed, current, decision, attempts=attempt)
+    return Plan(pool.key, signed, current, decision, attempts=attempt,
+                tsig=pool.tsig.to_json() if pool.tsig else None)
 
 
 def reconcile_zone(group: list[Pool], entries: dict[str, SpoolEntry],

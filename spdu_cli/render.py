@@ -46,7 +46,8 @@ def derived(cfg: TargetConfig) -> dict[str, Any]:
         "name_server": str(cfg.name_server),
         "name_port": cfg.name_port,
         "name_ttl": cfg.name_ttl,
-        "tsig_key": cfg.tsig.describe() if cfg.tsig else None,
+        "tsig": cfg.tsig.to_json() if cfg.tsig else None,
+        "tsig_key": cfg.tsig.describe() if cfg.tsig else None,  # deprecated: removed next release
         "self_ip": [str(ip) for ip in cfg.self_ips],
         "mail_to": list(mail.to) if mail else [],
         "smtp": f"{'smtps' if mail.ssl else 'smtp'}://{mail.relay}:{mail.port}" if mail else None,
@@ -135,6 +136,27 @@ def config_text(cfg: TargetConfig) -> Iterator[str]:
     for key, row in rows.items():
         assignment = f"{key}={shlex.quote(row['value']) if row['value'] else chr(39) * 2}"
         yield f"{assignment:<{width}}# {row['source']}"
+
+
+def check_json(path: str, targets: list[str], warnings: list[str],
+               error: str | None = None) -> dict[str, Any]:
+    """config check --json: valid or not, what was checked, the warnings."""
+    return {"file": path, "valid": error is None, "targets": targets,
+            "warnings": warnings, "error": error}
+
+
+def keygen_json(made, servers, snippets: dict[str, str], configured: bool) -> dict[str, Any]:
+    """keygen --json: the key (never its secret), the files written, the snippets."""
+    return {"tsig": {**made.key.to_json(), "source": made.key_file},
+            "server_files": {s: made.server_files[s] for s in servers},
+            "snippets": snippets, "configured": configured}
+
+
+def tally_json(tally) -> dict[str, Any]:
+    """cron --json: what the loop did, its summary line as an object."""
+    return {"ticks": tally.ticks, "probes": tally.probes, "reconciles": tally.reconciles,
+            "notifies": tally.notifies, "failures": dict(tally.failures),
+            "status": tally.last_error or 0}
 
 
 def lines(rows: Iterable[str]) -> str:

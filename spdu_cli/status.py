@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spdu_cli import maint
-from spdu_cli.entry import Maintenance, ResultRecord, SpoolEntry, iso
+from spdu_cli.entry import Maintenance, ResultRecord, SpoolEntry, iso, result_reason
 from spdu_cli.spool import Spool
 
 
@@ -74,10 +74,7 @@ class TargetStatus:
         r = self.last
         if r is None:
             return None
-        if r.ok:  # a good TCP probe (probeType=tcp) has no status
-            return "connected" if r.status is None else f"HTTP {r.status}"
-        words = r.error or (f"HTTP {r.status}" if r.status else "failed")
-        return f"inconclusive: {words}" if r.ok is None else words
+        return result_reason(r.ok, r.status, r.error)
 
     def to_json(self) -> dict[str, Any]:
         r = self.last

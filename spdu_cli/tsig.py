@@ -29,6 +29,10 @@ class TsigKey:
         where = f" from {self.source}" if self.source else ""
         return f"{self.name} ({self.algorithm}){where}"
 
+    def to_json(self) -> dict[str, str | None]:
+        """The `tsig` object of every --json output: never the secret."""
+        return {"name": self.name, "algorithm": self.algorithm, "source": self.source or None}
+
 
 def _check(name: str, algorithm: str, secret: str, source: str) -> TsigKey:
     name = name.strip().rstrip(".").lower()

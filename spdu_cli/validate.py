@@ -54,22 +54,33 @@ def ip_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         raise ValueError("not an IPv4 or IPv6 address") from None
 
 
+def host_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, shown: str = ""
+            ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address spdu may probe and publish: one host's, the same from anywhere.
+    An IPv4-mapped IPv6 address (::ffff:192.0.2.1) is its IPv4 address, judged
+    and published as such (an A record), never as AAAA."""
+    shown = shown or str(ip)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if getattr(ip, "scope_id", None) or (ip.is_link_local and ip.version == 6):
+        raise ValueError(f"{shown!r} is an IPv6 link-local address: it names a host on one"
+                         " link of this machine only, so it can neither go in a DNS pool"
+                         " nor be probed as a site; use the site's global address")
+    if ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        raise ValueError(f"{shown!r} is not the address of one host")
+    return ip
+
+
 def ip_list(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
     """Addresses of the pool: each one is published in DNS and probed from here,
-    so it must mean the same host from anywhere."""
+    so it must mean the same host from anywhere (see host_ip)."""
     out = []
     for item in value.split():
         try:
             ip = ipaddress.ip_address(item)
         except ValueError:
             raise ValueError(f"{item!r} is not an IPv4 or IPv6 address") from None
-        if getattr(ip, "scope_id", None) or (ip.is_link_local and ip.version == 6):
-            raise ValueError(f"{item!r} is an IPv6 link-local address: it names a host on one"
-                             " link of this machine only, so it can neither go in a DNS pool"
-                             " nor be probed as a site; use the site's global address")
-        if ip.is_unspecified or ip.is_multicast:
-            raise ValueError(f"{item!r} is not the address of one host")
-        out.append(ip)
+        out.append(host_ip(ip, item))
     return tuple(dict.fromkeys(out))
 
 

@@ -152,3 +152,30 @@ def test_reports_in_a_pipe_import_no_rich_and_no_dnspython(site, confdir, comman
                        stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stderr
     assert "MODULES:\n" in p.stderr, p.stderr
+
+
+def test_a_mapped_target_address_is_probed_and_recorded_as_ipv4(run, site, confdir):
+    confdir.write(f"targetIP=::ffff:{site['beta'].host}\nprobePort={site['beta'].port}\n",
+                  target="beta")
+    r = run("probe", "beta", "--json")
+    assert r.exit_code == 0, r.stderr
+    beta = json.loads(r.stdout)
+    assert beta["ok"] is True and beta["addresses"] == [site["beta"].host]
+    spool = json.loads((site["spool"] / "beta.json").read_text())
+    assert "::ffff:" not in json.dumps(spool)
+
+
+@pytest.mark.parametrize("found, usable", [
+    (["::ffff:192.0.2.7", "192.0.2.7"], ("192.0.2.7",)),
+    (["0.0.0.0", "192.0.2.8"], ("192.0.2.8",)),
+    (["fe80::1%eth0", "2001:db8::8"], ("2001:db8::8",)),
+    (["0.0.0.0", "::"], "blocked.example resolves only to 0.0.0.0, ::: not one host's address"),
+    (["::ffff:0.0.0.0"], "blocked.example resolves only to ::ffff:0.0.0.0: not one host's address"),
+])
+def test_resolved_addresses_are_taken_as_targetip_would_take_them(found, usable):
+    """A resolver's answer is held to targetIP's rules: a mapped address is its
+    IPv4 address, and this host (0.0.0.0, as blocking resolvers answer) is never
+    probed or published."""
+    from spdu_cli.probe.names import usable as usable_of
+
+    assert usable_of("blocked.example", found) == usable

@@ -247,6 +247,9 @@ def test_site_wide_key_in_target_file_warns(confdir, caplog):
         ("selfIP=fe80::1%lo", "link-local"),
         ("targetIP=0.0.0.0", "not the address of one host"),
         ("targetIP=ff02::1", "not the address of one host"),
+        ("targetIP=::ffff:0.0.0.0", "not the address of one host"),  # this host, mapped
+        ("selfIP=::ffff:224.0.0.1", "not the address of one host"),
+        ("targetIP=::ffff:255.255.255.255", "not the address of one host"),
         ("probePath='status page'", "not a URL path"),
         ("spoolDir=spool", "not an absolute path"),
         ("targets='beta ../etc'", "'../etc'"),
@@ -461,3 +464,16 @@ def test_config_check_refuses_a_scoped_link_local_target(run, confdir):
     assert r.exit_code == 78
     assert f"{path}:1: targetIP=fe80::1%eth0: 'fe80::1%eth0' is an IPv6 link-local" in r.stderr
     assert r.stderr.count("\n") == 1
+
+
+def test_an_ipv4_mapped_address_is_its_ipv4_address(confdir):
+    """::ffff:192.0.2.5 is 192.0.2.5: probed over IPv4 and published as an A
+    record, never as AAAA ::ffff:192.0.2.5 (issue 23)."""
+    import ipaddress
+
+    confdir.write("domain=domain.tld\ntargets=beta\nselfIP=::ffff:192.0.2.1\n")
+    confdir.write("targetIP='::ffff:192.0.2.5 192.0.2.5 2001:db8::5'\n", target="beta")
+    cfg = load(confdir).target("beta")
+    assert cfg.target_ips == (ipaddress.IPv4Address("192.0.2.5"),
+                              ipaddress.IPv6Address("2001:db8::5"))
+    assert cfg.self_ips == (ipaddress.IPv4Address("192.0.2.1"),)

@@ -304,3 +304,22 @@ def test_a_missing_or_bad_ca_file_is_a_config_error(run, confdir, tmp_path, http
     assert r.exit_code == 78, r.stderr
     assert f"probeCAFile {bad}: cannot load CA certificates" in r.stderr
     assert r.stderr.count("\n") == 1
+
+
+# -- reasons in an operator's words (issue 23) ---------------------------------------
+
+LIBRARY_WORDS = ("_ssl.c", "[SSL", "EOF occurred", "WRONG_VERSION", "ALERT_")
+
+
+@pytest.mark.parametrize("version", ["TLSv1_3", "TLSv1_2"])
+def test_a_server_that_wants_a_client_certificate_says_so(http_server, ca, cafile, version):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(API).configure_cert(ctx)
+    ca.configure_trust(ctx)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.maximum_version = getattr(ssl.TLSVersion, version)
+    srv = http_server("127.0.0.10", tls=ctx)
+    r, _ = one(spec(srv.port, ["127.0.0.10"], tls=True, cafile=cafile))
+    assert r.ok is False
+    assert "client certificate" in r.error, r.error
+    assert not any(w in r.error for w in LIBRARY_WORDS), r.error

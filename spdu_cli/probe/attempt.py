@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import selectors
 import socket
 import time
@@ -28,8 +29,37 @@ class Failure(Exception):
     pass
 
 
+# OpenSSL's reason codes, in an operator's words (the rest: lower case, no C names)
+_TLS_REASONS = {
+    "WRONG_VERSION_NUMBER": "the server did not answer in TLS (plain HTTP on this port?"
+                            " then set probeSSL=no)",
+    "HTTP_REQUEST": "the server did not answer in TLS (plain HTTP on this port? then set"
+                    " probeSSL=no)",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the server wants a client certificate, which spdu"
+                                         " does not send",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the server refused the TLS handshake (no protocol"
+                                     " version or cipher in common, or it wants a client"
+                                     " certificate)",
+    "UNSUPPORTED_PROTOCOL": "the server offers only a TLS version too old to be safe",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "the server refused every TLS version spdu offers",
+    "TLSV1_UNRECOGNIZED_NAME": "the server has no certificate for this name (SNI)",
+    "TLSV1_ALERT_INTERNAL_ERROR": "the server's TLS failed (it sent an internal error alert)",
+}
+
+
 def _tls_words(e) -> str:
-    msg = (getattr(e, "verify_message", "") or getattr(e, "reason", "") or str(e)).rstrip(".")
+    import ssl
+
+    if isinstance(e, ssl.SSLEOFError) or "EOF occurred" in str(e):
+        return ("the server closed the connection in the TLS handshake (does it want a"
+                " client certificate?)")
+    reason = getattr(e, "reason", None)
+    if reason in _TLS_REASONS and not getattr(e, "verify_message", ""):
+        return _TLS_REASONS[reason]
+    msg = (getattr(e, "verify_message", "") or reason or str(e)).rstrip(".")
+    msg = re.sub(r"\s*\(_ssl\.c:\d+\)|\[SSL(: [A-Z_]+)?\]\s*", "", msg).strip()
+    if msg.isupper() or "_" in msg:  # a bare reason code: words, not a C name
+        msg = msg.replace("_", " ").lower()
     lowered = msg.lower()
     if "expired" in lowered:
         return "certificate expired"

@@ -9,13 +9,14 @@ import re
 
 from spdu_cli import __version__
 from spdu_cli.probe.attempt import Failure, Needle, Try, shown
-from spdu_cli.probe.spec import MAX_BODY, MAX_HEADER, MAX_PIECES, MAX_RAW, ProbeSpec
+from spdu_cli.probe.spec import MAX_BODY, MAX_CHUNKS, MAX_HEADER, MAX_RAW, ProbeSpec
 
 
 class HttpTry(Try):
     """An HTTP(S) GET of the status URL. h11 parses the response; this class
-    only judges it. Beside the base class's caps, the decoded body (MAX_BODY)
-    and its pieces (MAX_PIECES) are capped."""
+    only judges it. Beside the base class's caps (every byte read), the
+    decoded body (MAX_BODY) and the chunks of a chunked body (MAX_CHUNKS) are
+    capped: chunks, not reads, so a body trickled in small writes is read whole."""
 
     def __init__(self, spec: ProbeSpec, address: str, ssl_context, now: float,
                  keep: bool = False):
@@ -27,8 +28,10 @@ class HttpTry(Try):
         self.decoder = None  # zlib decompressor, for a gzip/deflate body
         self.body = Needle(spec.match)  # decoded, at most MAX_BODY bytes
         self.body_raw = 0  # body bytes as framed by h11, before any decoding
-        self.pieces = 0
+        self.chunks = 0  # chunks begun, of a chunked body
         self.head_start = 0  # where the response head being read began
+        self.first = b""  # the response's first bytes, for a status line h11 refuses
+        self.interim: int | None = None  # the last 1xx answer, while the real one is due
         self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER)
         host = spec.host
         host_header = host if spec.port == (443 if spec.tls else 80) else f"{host}:{spec.port}"
@@ -57,8 +60,10 @@ class HttpTry(Try):
         answer is known."""
         import h11
 
-        if self.received <= len(data) and data and not b"HTTP/".startswith(data[:5]):
-            raise Failure(f"not an HTTP response (it begins {shown(data[:24])})")
+        if self.received <= len(data) and data:
+            self.first = data[:80]
+            if not b"HTTP/".startswith(data[:5]):
+                raise Failure(f"not an HTTP response (it begins {shown(data[:24])})")
         self.conn.receive_data(data)
         while True:
             try:
@@ -75,10 +80,11 @@ class HttpTry(Try):
                     raise Failure(f"response headers larger than {MAX_HEADER} bytes")
                 self.head_start = consumed
                 if isinstance(event, h11.InformationalResponse):
+                    self.interim = event.status_code
                     continue  # 100 Continue, 103 Early Hints: the answer is still to come
                 decided = self.head(event)
             elif isinstance(event, h11.Data):
-                decided = self.take(event.data)
+                decided = self.take(event.data, event.chunk_start)
             elif isinstance(event, h11.EndOfMessage):
                 if self.decoder is not None and not self.decoder.eof:
                     raise Failure(f"malformed response: bad {self.coding} body (it ends"
@@ -94,8 +100,16 @@ class HttpTry(Try):
         detail = shown(re.sub(r"bytearray\(b(['\"])(.*)\1\)", r"'\2'", str(e)), quote=False)
         if self.status is None:
             if eof:
-                return False, None, ("connection closed before a response" if self.received == 0
-                                     else "connection closed in the middle of the headers")
+                if self.received == 0:
+                    return False, None, "connection closed before a response"
+                if self.interim is not None and self.received == self.head_start:
+                    return False, None, (f"connection closed after an interim {self.interim}"
+                                         " answer, before the response")
+                return False, None, "connection closed in the middle of the headers"
+            if "status_code should be in range" in str(e):  # h11's words for 000-099
+                line = self.first.split(b"\r\n", 1)[0] if self.head_start == 0 else b""
+                return False, None, ("malformed response: the status code is not one of"
+                                     f" HTTP's (100-599){f': {shown(line)}' if line else ''}")
             if getattr(e, "error_status_hint", None) == 431:
                 return False, None, f"response headers larger than {MAX_HEADER} bytes"
             return False, None, f"malformed response: {detail}"
@@ -137,21 +151,22 @@ class HttpTry(Try):
             self.coding = codings[0].decode()
         return None
 
-    def take(self, data: bytes):
-        self.pieces += 1
+    def take(self, data: bytes, chunk_start: bool = False):
+        self.chunks += chunk_start  # h11 marks the first Data of each chunk
         self.body_raw += len(data)
         if self.decoder is not None:
             import zlib
 
             try:
                 data = self.decoder.decompress(data, MAX_BODY - len(self.body.text))
-            except zlib.error as e:
-                raise Failure(f"malformed response: bad {self.coding} body ({e})") from None
+            except zlib.error as e:  # "Error -3 while decompressing data: incorrect header check"
+                why = re.sub(r"^Error -?\d+ while \w+ data: ", "", str(e))
+                raise Failure(f"malformed response: bad {self.coding} body ({why})") from None
         self.body.add(data)
         if self.body.full:
             return self.verdict(f"the first {MAX_BODY} bytes of the body")
-        if self.pieces >= MAX_PIECES:
-            return self.verdict(f"the first {MAX_PIECES} pieces of the body")
+        if self.chunks >= MAX_CHUNKS:
+            return self.verdict(f"the first {MAX_CHUNKS} chunks of the body")
         return None
 
     def verdict(self, read: str | None = None):

@@ -4,12 +4,14 @@ at once, none allowed to hold up the probes longer than a probe would take.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 import time
 from collections.abc import Iterable
 
 from spdu_cli.probe.spec import ProbeSpec
+from spdu_cli.validate import host_ip
 
 RESOLVE_TIMEOUT = 5.0
 
@@ -22,9 +24,10 @@ def resolve(names: Iterable[str], timeout: float) -> dict[str, tuple[str, ...] |
     def lookup(name: str) -> None:
         try:
             infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-            out[name] = tuple(dict.fromkeys(str(i[4][0]) for i in infos))
         except (OSError, UnicodeError) as e:
             out[name] = f"cannot resolve {name}: {getattr(e, 'strerror', None) or e}"
+            return
+        out[name] = usable(name, [str(i[4][0]) for i in infos])
 
     threads = [threading.Thread(target=lookup, args=(n,), daemon=True) for n in set(names)]
     for t in threads:
@@ -35,6 +38,22 @@ def resolve(names: Iterable[str], timeout: float) -> dict[str, tuple[str, ...] |
     for name in set(names):
         out.setdefault(name, f"cannot resolve {name}: timed out after {timeout:g} s")
     return out
+
+
+def usable(name: str, found: list[str]) -> tuple[str, ...] | str:
+    """What a name resolved to, as targetIP would take it (see validate.host_ip:
+    an IPv4-mapped address is its IPv4 address); an error text when none of them
+    is one host's address (a resolver that answers 0.0.0.0 for a blocked name)."""
+    good: list[str] = []
+    bad: list[str] = []
+    for a in found:
+        try:
+            good.append(str(host_ip(ipaddress.ip_address(a.partition("%")[0]))))
+        except ValueError:
+            bad.append(a)
+    if good:
+        return tuple(dict.fromkeys(good))
+    return f"{name} resolves only to {', '.join(dict.fromkeys(bad))}: not one host's address"
 
 
 def addresses_of(specs: list[ProbeSpec]) -> dict[str, tuple[str, ...] | str]:

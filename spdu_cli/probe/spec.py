@@ -1,6 +1,6 @@
 """What one target's probe asks (ProbeSpec, from its configuration) and what it
 found (AddressResult per address, ProbeResult per target), and the caps that
-bound every try: bytes read, head and body sizes, pieces of a body.
+bound every try: bytes read, head and body sizes, chunks of a chunked body.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 MAX_HEADER = 16 * 1024  # one response head (interim ones each count alone)
 MAX_BODY = 8 * 1024  # decoded body (tcp: banner) examined for probeMatch, read only when set
-MAX_PIECES = 1024  # body pieces (chunks): parsing each costs CPU that other probes wait for
+MAX_CHUNKS = 1024  # chunks of a chunked body: parsing each costs CPU that other probes wait for
 MAX_RAW = 64 * 1024  # every byte read on one try: heads, framing, compressed body
 READ_SIZE = 16 * 1024  # one recv()
 STOP_POLL = 0.2  # how often a probe run looks at its stop event (SIGTERM in the cron loop)

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 
 from spdu_cli import health, maint
-from spdu_cli.entry import ResultRecord, iso
+from spdu_cli.entry import ResultRecord, iso, result_reason
 from spdu_cli.errors import SpduError
 from spdu_cli.health import Health
 from spdu_cli.probe.engine import probe
@@ -39,7 +39,8 @@ class TargetReport:
             "ok": r.ok,
             "status": r.status,
             "latency_ms": r.latency_ms,
-            "error": r.error,
+            "reason": result_reason(r.ok, r.status, r.error),
+            "error": r.error,  # deprecated (see `reason`): removed next release
             "address": r.address,
             "addresses": list(r.addresses),
             "good": self.health.good,
