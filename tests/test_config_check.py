@@ -200,3 +200,18 @@ def test_a_configuration_directory_others_can_write_is_refused(run, confdir, tmp
                             f" it; chmod go-w {d}\n")
     d.chmod(0o755)
     assert run("config", "show", "beta").exit_code == 0
+
+
+def test_json_error_is_the_first_finding_and_stderr_has_every_one(run, confdir, shared):
+    import json
+
+    spool = shared / "spool"
+    spool.mkdir(mode=0o755)
+    conf(confdir, spool, extra="nameServr=192.0.2.53\nsite=a\nmyTag=$site\n")
+    r = run("config", "check", "--json", "--as", "knot")
+    assert r.exit_code == 78
+    obj = json.loads(r.stdout)
+    assert obj["valid"] is False
+    assert obj["error"].endswith("nameServr: unknown key; did you mean nameServer?")
+    assert [w for w in obj["warnings"] if "site: not a spdu key" in w]
+    assert len(errors(r)) == 2 and "knot cannot write it" in errors(r)[1]
