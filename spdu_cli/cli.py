@@ -27,10 +27,11 @@ class Context:
     debug: bool = False
     logging: tuple = (0, False, False)  # verbose, quiet, syslog
     _site: config.Site | None = field(default=None, repr=False)
+    strict: bool = False  # config check: unknown keys are its findings, not warnings
 
     def site(self) -> config.Site:
         if self._site is None:
-            self._site = config.load(self.config_path)
+            self._site = config.load(self.config_path, strict=self.strict)
             verbose, quiet, use_syslog = self.logging
             if use_syslog:  # the configured socket, now that it is known
                 logsetup.setup(verbose, quiet, True, self._site.syslog_socket)
@@ -153,35 +154,44 @@ def config_show(obj: Context, targets, as_json):
 
 
 @config_group.command("check")
-@click.option("--json", "as_json", is_flag=True,
-              help="One JSON object: valid or not, the targets, the warnings.")
+@click.option("--online", is_flag=True, help="Also ask the name server; resolve targetName.")
+@click.option("--as", "as_user", metavar="USER", help="The user that runs spdu [default: you].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: valid, targets, warnings.")
 @click.pass_obj
-def config_check(obj: Context, as_json):
-    """Validate the main file and every target's file; exit 0 or 78.
+def config_check(obj: Context, online, as_user, as_json):
+    """Validate the main file and every target's file; exit 0, 69 or 78.
+
+    Also unknown keys, a spool or key file USER cannot use, a target with
+    nothing to probe; with --online, the zone's SOA, the key and the TTLs.
 
     \b
     Example:
-        spdu --config /usr/local/etc/spdu.conf config check
+        spdu --config /usr/local/etc/spdu.conf config check --online --as knot
     """
+    from spdu_cli import checkconf
+
+    user, obj.strict = checkconf.user_named(as_user), True
     try:
         site = obj.site()
-        checked = site.check()
-        warnings = config.site_advisories(site) + [
-            w for c in checked for w in config.advisories(c)]
-        for warning in dict.fromkeys(warnings):
-            log.warning("%s", warning)
+        checked, findings = checkconf.check(site, user, online)
+        for f in findings:
+            (log.warning if f.warning else log.error)("%s", f.line())
         site.select(())  # no target is 78 here too, as for every command that acts on them
     except SpduError as e:
         if as_json:  # the object says so too; the message and status are as without
             click.echo(render.json_line(render.check_json(
                 config.config_path(obj.config_path), [], [], str(e))))
         raise
+    if as_json:  # error: the first finding (stderr has every one)
+        first = next((f.line() for f in findings if not f.warning), None)
+        click.echo(render.json_line(render.check_json(
+            site.path, [t.target for t in checked],
+            [f.line() for f in findings if f.warning], first)))
+    if status := checkconf.status(findings):
+        raise click.exceptions.Exit(int(status))
     names = ", ".join(t.target for t in checked) or "no targets"
     log.info("%s is valid (%s)", site.path, names)
-    if as_json:
-        click.echo(render.json_line(render.check_json(
-            site.path, [t.target for t in checked], list(dict.fromkeys(warnings)))))
-    elif sys.stderr.isatty():
+    if sys.stderr.isatty() and not as_json:
         click.echo(f"{site.path}: ok ({names})", err=True)
 
 
@@ -268,22 +278,26 @@ def reconcile_cmd(obj: Context, dry_run, as_json, lock_timeout):
 @click.option("--server-dir", metavar="DIR",
               help="Where to write the servers' key files [default: beside --key-file].")
 @click.option("--force", is_flag=True, help="Replace existing key files.")
+@click.option("--spdu-user", metavar="USER", help="The user that runs spdu [default: you].")
+@click.option("--knot-user", metavar="USER", help="The user knotd runs as [default: knot].")
+@click.option("--bind-user", metavar="USER", help="The user named runs as [default: bind].")
+@click.option("--pdns-user", metavar="USER", help="The user pdns_server runs as [default: pdns].")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object: the key's name, the files, the snippets.")
 @click.pass_obj
 def keygen_cmd(obj: Context, name, server, key_file, server_dir, force, pdns_database,
-               as_json):
+               spdu_user, knot_user, bind_user, pdns_user, as_json):
     """Make a TSIG key that may change only this site's pool name (A/AAAA).
 
-    Writes the secret (hmac-sha256, 256 bits from the OS) to spdu's key file
-    and to a key file for Knot, BIND and/or PowerDNS, all mode 0600, and
-    prints the Knot acl / BIND update-policy that include them, or the
-    commands that load PowerDNS's file (which cannot scope a key to one name:
-    the output says what the key can do). The secret is never printed.
+    Writes it to spdu's key file (and a one-line twin for knsupdate -k) and a
+    file per server, each readable only by the user that needs it, and prints
+    the Knot acl / BIND update-policy / PowerDNS commands (PowerDNS cannot
+    scope a key: the output says so). The secret is never printed. Not run
+    as root, it prints the chown/chmod for root to run.
 
     \b
     Example:
-        spdu keygen --server knot >> /etc/knot/knot.conf.spdu
+        spdu keygen --server knot --spdu-user knot >> /etc/knot/knot.conf.spdu
     """
     from spdu_cli import keygen
 
@@ -295,8 +309,11 @@ def keygen_cmd(obj: Context, name, server, key_file, server_dir, force, pdns_dat
     key_file = os.path.abspath(key_file or configured
                                or str(Path(site.path).parent / "spdu.tsig.key"))
     servers = {"both": ("knot", "bind"), "all": keygen.SERVERS}.get(server, (server,))
+    owners, notes = keygen.server_owners(servers, {"knot": knot_user, "bind": bind_user,
+                                                   "pdns": pdns_user})
     made = keygen.generate(name or keygen.default_name(cfgs[0].my_tag), key_file,
-                           server_dir or str(Path(key_file).parent), servers, pools, force)
+                           server_dir or str(Path(key_file).parent), servers, pools, force,
+                           keygen.owner_for(spdu_user, "--spdu-user"), owners)
     snippets = {s: made.pdns_snippet(pdns_database or keygen.PDNS_DATABASE) if s == "pdns"
                 else made.knot_snippet() if s == "knot" else made.bind_snippet()
                 for s in servers}
@@ -306,8 +323,8 @@ def keygen_cmd(obj: Context, name, server, key_file, server_dir, force, pdns_dat
     else:
         for s in servers:
             click.echo(snippets[s])
-    files = " ".join([key_file, *made.server_files.values()])
-    click.echo(f"spdu: wrote the key {made.key.name} to {files} (mode 0600)", err=True)
+    for line in [f"spdu: {note}" for note in notes] + made.report():
+        click.echo(line, err=True)
     if not configured or key_file != os.path.abspath(configured):
         click.echo(f"spdu: now set tsigKeyFile={key_file} in {site.path}", err=True)
 

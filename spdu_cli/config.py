@@ -22,7 +22,7 @@ from spdu_cli import shellconf, tsig, validate
 from spdu_cli.errors import ConfigError, UsageError
 from spdu_cli.paths import CONFIG_ENV as ENV_VAR
 from spdu_cli.paths import DEFAULT_CONFIG as DEFAULT_PATH
-from spdu_cli.safefile import SafeFile, read_safe_file, require_private
+from spdu_cli.safefile import SafeFile, check_directory, read_safe_file, require_private
 from spdu_cli.settings import KEYS, MissingDefault, Setting, System, Values, check_value
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,20 @@ def site_advisories(site: Site) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class UnknownKey:
+    """A key spdu does not know, where it was set, and the key it may be a typo of."""
+
+    path: str
+    line: int
+    key: str
+    close: str  # the nearest known key, or ""
+    helper: bool  # used as $key later in its file: a shell helper, as the original allowed
+
+
 def _parse_file(
-    file: SafeFile, inherited: Mapping[str, Setting], target: str | None, system: System
+    file: SafeFile, inherited: Mapping[str, Setting], target: str | None, system: System,
+    unknown: list[UnknownKey] | None = None,
 ) -> dict[str, Setting]:
     settings: dict[str, Setting] = {}
 
@@ -93,6 +105,11 @@ def _parse_file(
             import difflib  # only for a key that is not known
 
             close = difflib.get_close_matches(a.key, KEYS, n=1)
+            if unknown is not None:  # config check reports them itself
+                used = re.search(r"\$\{?" + re.escape(a.key) + r"(?![A-Za-z0-9_])", file.text)
+                unknown.append(UnknownKey(file.path, a.line, a.key, close[0] if close else "",
+                                          bool(used)))
+                continue
             hint = f"; did you mean {close[0]}?" if close else ""
             log.warning("%s:%d: unknown key %s ignored%s", file.path, a.line, a.key, hint)
         elif target is not None and KEYS[a.key].site_only:
@@ -221,6 +238,7 @@ class Site:
     read_key_file: bool = True  # False for keygen, which is about to write it
     _targets: dict = field(default_factory=dict, repr=False, compare=False)
     _values: dict = field(default_factory=dict, repr=False, compare=False)
+    unknown: list[UnknownKey] | None = None  # a list: collect unknown keys, do not warn
 
     @property
     def target_dir(self) -> Path:
@@ -310,8 +328,9 @@ class Site:
         own: dict[str, Setting] = {}
         path = self.target_dir / name
         if path.exists() or path.is_symlink():
+            check_directory(str(self.target_dir))
             f = read_safe_file(str(path))
-            own = _parse_file(f, self.settings, name, self.system)
+            own = _parse_file(f, self.settings, name, self.system, self.unknown)
             for key, s in own.items():
                 if key in KEYS and KEYS[key].site_only:
                     continue
@@ -373,7 +392,8 @@ def build_target(
         key = dataclasses.replace(key, source=settings["tsigKey"].source)
     elif read_key_file and settings.get("tsigKeyFile", Setting("")).value:
         s = settings["tsigKeyFile"]
-        f = read_safe_file(s.value, f"TSIG key file (tsigKeyFile, {s.source})")
+        f = read_safe_file(s.value, f"TSIG key file (tsigKeyFile, {s.source})",
+                           "run spdu keygen: it writes the key and prints the server's part")
         require_private(f, "a TSIG key")
         try:
             key = tsig.parse_file(f.text, s.value)
@@ -500,9 +520,12 @@ def config_path(explicit: str | None = None, environ: Mapping[str, str] = os.env
     return explicit or environ.get(ENV_VAR) or DEFAULT_PATH
 
 
-def load(path: str | None = None, system: System | None = None) -> Site:
-    """Read the main file; per-target files are read when a target is asked for."""
+def load(path: str | None = None, system: System | None = None, strict: bool = False) -> Site:
+    """Read the main file; per-target files are read when a target is asked for.
+    `strict`: unknown keys are collected in Site.unknown instead of warned of."""
     system = system or System()
     path = config_path(path)
     f = read_safe_file(path)
-    return Site(path, _parse_file(f, {}, None, system), system)
+    check_directory(os.path.dirname(os.path.abspath(path)))
+    unknown: list[UnknownKey] | None = [] if strict else None
+    return Site(path, _parse_file(f, {}, None, system, unknown), system, unknown=unknown)

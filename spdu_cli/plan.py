@@ -173,7 +173,8 @@ def zone_script(plans: list[Plan]) -> str:
     first = plans[0].pool
     lines = [f"; {', '.join(p.pool.name for p in plans)} on {first.where}"]
     if plans[0].signed_with:
-        lines.append(f"; sign with the key {plans[0].signed_with}: nsupdate -k KEYFILE")
+        lines.append(f"; sign with the key {plans[0].signed_with}: nsupdate -k KEYFILE,"
+                     " or knsupdate -k the one-line form (keygen's .knsupdate twin)")
     lines += [f"server {first.server} {first.port}", f"zone {first.zone}."]
     for p in plans:
         lines += p.prereq_lines()

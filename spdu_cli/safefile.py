@@ -30,7 +30,26 @@ def _owner(uid: int) -> str:
         return f"uid {uid}"
 
 
-def read_safe_file(path: str, what: str = "configuration file") -> SafeFile:
+def check_directory(path: str) -> None:
+    """Refuse a configuration directory that group or others can write, as
+    sshd's StrictModes does: whoever can write it can rename spdu's files
+    away and put links to other files in their place."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # a missing file in it is reported by its own read
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISDIR(st.st_mode) and mode & 0o022:
+        who = " and ".join(w for w, b in (("group", 0o020), ("others", 0o002)) if mode & b)
+        raise ConfigError(
+            f"refusing configuration directory {path}: mode {mode:04o}, writable by {who},"
+            " who could replace the files in it",
+            f"chmod go-w {path}",
+        )
+
+
+def read_safe_file(path: str, what: str = "configuration file",
+                   missing: str | None = None) -> SafeFile:
     """Read a file that spdu trusts: owned by root or us, writable by no one else.
 
     The checks are made on the open descriptor, so the file cannot be swapped
@@ -40,7 +59,7 @@ def read_safe_file(path: str, what: str = "configuration file") -> SafeFile:
         fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
     except FileNotFoundError:
         hint = (f"create it, or select another with --config FILE or {ENV_VAR}=FILE"
-                if what == "configuration file" else None)
+                if what == "configuration file" else missing)
         raise ConfigError(f"{what} {path} does not exist", hint) from None
     except PermissionError:
         raise ConfigError(

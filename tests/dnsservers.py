@@ -20,6 +20,12 @@ directory, and accepts dynamic updates according to its ACL / update-policy:
   benchmarks/failover.py measures spdu against (``write_pdns_lua`` writes the
   same configuration for the namespaced lab). No updates.
 
+Each takes ``user=``: started as that user from the first instruction (as
+Debian's units start them: ``User=knot``, ``User=pdns``; named as ``bind``),
+through setpriv, with its own directory given to that user. The directory's
+parents must be searchable by it (pytest's tmp_path is not: see
+``open_dir``).
+
 All offer ``query``, ``serial``, ``nsupdate`` (through the real ``nsupdate`` or
 ``knsupdate`` client), ``log`` and ``stop``, and work as context managers.
 """
@@ -73,6 +79,31 @@ def require_binary(name: str) -> str:
             f"Knot DNS (knot, knot-dnsutils), BIND (bind9, bind9-dnsutils) and PowerDNS "
             f"(pdns-server, pdns-backend-bind, pdns-backend-sqlite3) installed: run .ci/setup")
     return path
+
+
+def as_user(user: str, argv: list[str]) -> list[str]:
+    """``argv`` run as ``user`` with its own groups and nothing of root's."""
+    return [require_binary("setpriv"), f"--reuid={user}", f"--regid={user}", "--init-groups",
+            "--", *argv]
+
+
+def give_to(user: str, *paths) -> None:
+    """Make each directory tree belong to ``user`` (and its primary group)."""
+    import pwd
+
+    pw = pwd.getpwnam(user)
+    for top in paths:
+        for root, dirs, files in os.walk(top):
+            for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                os.lchown(name, pw.pw_uid, pw.pw_gid)
+
+
+def open_dir(prefix: str = "spdu-test-") -> Path:
+    """A fresh directory under /tmp that every user may search (mode 0755),
+    for servers and spdu run as another user; the caller removes it."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    d.chmod(0o755)
+    return d
 
 
 def free_port(address: str = "127.0.0.1") -> int:
@@ -133,6 +164,7 @@ class _DNSServer:
         self.start_timeout = START_TIMEOUT
         self._rundir = ""
         self.want_port = 0
+        self.user = ""  # run as this user (setpriv); "" keeps the caller's
 
     # -- lifecycle --------------------------------------------------------
 
@@ -153,9 +185,14 @@ class _DNSServer:
             # to send NOTIFY before its secondaries start)
             self.port = self.want_port or free_port(self.address)
             self._write_config()
+            argv = self._command()
+            if self.user:
+                open(self._logpath, "ab").close()
+                give_to(self.user, self.dir, *([self._rundir] if self._rundir else []))
+                argv = as_user(self.user, argv)
             with open(self._logpath, "ab") as out:
                 self.proc = subprocess.Popen(
-                    self._command(), stdin=subprocess.DEVNULL, stdout=out,
+                    argv, stdin=subprocess.DEVNULL, stdout=out,
                     stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True)
             try:
                 self._wait_ready()
@@ -268,14 +305,15 @@ class _DNSServer:
     # -- updates ----------------------------------------------------------
 
     def nsupdate(self, script: str, key: Key | None = None, tool: str = "nsupdate",
-                 timeout: float = 5.0) -> subprocess.CompletedProcess:
+                 timeout: float = 5.0, keyfile=None) -> subprocess.CompletedProcess:
         """Run ``script`` through the real ``nsupdate`` or ``knsupdate``.
 
         Owner names in ``update`` lines must be absolute (``api.ZONE.``): plain
         nsupdate has no origin and reads ``api`` as ``api.`` (-> NOTZONE).
         ``server ADDRESS PORT`` and ``zone ZONE`` lines are prepended unless the
         script has its own, and ``send`` is appended unless present. With
-        ``key=(name, alg, secret)`` the update is TSIG-signed (``-y``). Returns
+        ``key=(name, alg, secret)`` the update is TSIG-signed (``-y``); with
+        ``keyfile=PATH``, with the key in that file (``-k``). Returns
         the CompletedProcess (text mode); non-zero ``returncode`` on failure.
         Denied updates: named answers REFUSED; Knot 3.2 answers NOTAUTH
         (unsigned) or NOTAUTH with TSIG error BADKEY (signed, outside the ACL).
@@ -299,6 +337,8 @@ class _DNSServer:
         if key is not None:
             name, alg, secret = key
             argv += ["-y", f"{alg}:{name}:{secret}"]
+        if keyfile is not None:
+            argv += ["-k", str(keyfile)]
         return subprocess.run(argv, input=text, capture_output=True, text=True,
                               timeout=timeout * 4 + 5)
 
@@ -318,8 +358,10 @@ class KnotServer(_DNSServer):
     def __init__(self, tmpdir, address: str = "127.0.0.1", zone: str = ZONE,
                  records=None, key: Key | None = None, allow_unsigned: bool = True,
                  start: bool = True, extra_conf: str = "", zone_acls=(),
-                 other_zones=(), notify=(), primary: tuple[str, int] | None = None):
+                 other_zones=(), notify=(), primary: tuple[str, int] | None = None,
+                 user: str = ""):
         super().__init__(tmpdir, address, zone, records, key)
+        self.user = user
         self.allow_unsigned = allow_unsigned
         self.notify = tuple(notify)  # (address, port) of secondaries: NOTIFY + transfers
         self.primary = primary  # (address, port): a secondary of that primary (AXFR/IXFR)
@@ -415,8 +457,9 @@ class BindServer(_DNSServer):
     def __init__(self, tmpdir, zone: str = ZONE, records=None, key: Key | None = None,
                  address: str = "127.0.0.1", start: bool = True, extra_conf: str = "",
                  policy: str | None = None, other_zones=(),
-                 primary: tuple[str, int] | None = None):
+                 primary: tuple[str, int] | None = None, user: str = ""):
         super().__init__(tmpdir, address, zone, records, key)
+        self.user = user
         self.primary = primary  # (address, port): a secondary of that primary
         self.conf = self.dir / "named.conf"
         self.extra_conf = extra_conf  # top-level statements (e.g. include "...";)
@@ -466,7 +509,10 @@ class BindServer(_DNSServer):
             + "};\n")
 
     def _command(self) -> list[str]:
-        return [require_binary("named"), "-g", "-n", "1", "-c", str(self.conf), "-u", "root"]
+        # as its user from the start (not -u USER, which reads the configuration
+        # as root first): an include the user cannot read fails as it would on a host
+        user = [] if self.user else ["-u", "root"]
+        return [require_binary("named"), "-g", "-n", "1", "-c", str(self.conf), *user]
 
 
 # -- PowerDNS with a LUA ifurlup record ---------------------------------------------
@@ -569,8 +615,10 @@ class PowerDNSServer(_DNSServer):
     rundir_prefix = "pdns-"
 
     def __init__(self, tmpdir, address: str = "127.0.0.1", zone: str = ZONE, records=None,
-                 key: Key | None = None, start: bool = True, metadata=(), extra_conf: str = ""):
+                 key: Key | None = None, start: bool = True, metadata=(), extra_conf: str = "",
+                 user: str = ""):
         super().__init__(tmpdir, address, zone, records, key)
+        self.user = user
         self.database = self.dir / "pdns.sqlite3"
         self.metadata = tuple(metadata)  # (kind, value...) set on the zone
         self.extra_conf = extra_conf

@@ -121,9 +121,13 @@ def test_spdu_config_env_var(run, confdir):
 
 def test_unknown_key_warning_reaches_stderr(run, confdir):
     confdir.write(MAIN + "probetimeout=3\n", mode=0o600)
-    r = run("config", "check")
+    r = run("config", "show", "beta")
     assert r.exit_code == 0
     assert "unknown key probetimeout ignored; did you mean probeTimeout?" in r.stderr
+    r = run("config", "check")  # what cron would run with: an error there
+    assert r.exit_code == 78
+    assert (f"spdu: error: {confdir.main}:6: probetimeout: unknown key; did you mean"
+            " probeTimeout?") in r.stderr
 
 
 def test_console_script_runs(confdir, tmp_path):

@@ -254,7 +254,8 @@ def test_the_example_config_is_valid(run, confdir):
     confdir.write(example.read_text())
     r = run("config", "check")
     assert r.exit_code == 0, r.stderr
-    assert r.stderr == ""  # no unknown key, no warning
+    # no unknown key, no warning but the example's names not resolving here
+    assert [ln for ln in r.stderr.splitlines() if "cannot resolve" not in ln] == []
 
 
 def test_maintenance_set_by_hand_is_applied_mailed_and_counted_by_the_loop(site, smtp_relay,

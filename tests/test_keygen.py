@@ -37,10 +37,12 @@ def test_key_files_are_private_and_the_secret_is_never_printed(keygen, tmp_path)
     assert r.exit_code == 0, r.stderr
     keys = tmp_path / "keys"
     files = sorted(p.name for p in keys.iterdir())
-    assert files == ["spdu-alpha.bind.key", "spdu-alpha.knot.key", "spdu.key"]
-    for p in keys.iterdir():
-        assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    assert files == ["spdu-alpha.bind.key", "spdu-alpha.knot.key", "spdu.key", "spdu.knsupdate"]
+    for p in keys.iterdir():  # 0600, or 0640 with a group of the server's user alone
+        assert stat.S_IMODE(p.stat().st_mode) in (0o600, 0o640)
+        assert not p.stat().st_mode & 0o004
     secret = secret_of(keys / "spdu.key")
+    assert (keys / "spdu.knsupdate").read_text() == f"hmac-sha256:spdu-alpha:{secret}\n"
     assert len(__import__("base64").b64decode(secret)) == 32
     assert secret_of(keys / "spdu-alpha.knot.key") == secret
     assert secret not in r.stdout + r.stderr
@@ -157,9 +159,10 @@ def test_pdns_commands_applied_as_printed_let_spdu_update_the_pool(keygen, run, 
         r = keygen("--server", "pdns", "--pdns-database", str(dns.database))
         assert r.exit_code == 0, r.stderr
         keys = tmp_path / "keys"
-        assert sorted(p.name for p in keys.iterdir()) == ["spdu-alpha.pdns.sql", "spdu.key"]
+        assert sorted(p.name for p in keys.iterdir()) == [
+            "spdu-alpha.pdns.sql", "spdu.key", "spdu.knsupdate"]
         sql = keys / "spdu-alpha.pdns.sql"
-        assert stat.S_IMODE(sql.stat().st_mode) == 0o600
+        assert stat.S_IMODE(sql.stat().st_mode) in (0o600, 0o640)
         secret = secret_of(keys / "spdu.key")
         assert secret in sql.read_text() and secret not in r.stdout + r.stderr
         assert "cannot limit a key to a name or a type" in r.stdout
@@ -199,6 +202,33 @@ def test_all_servers_at_once(keygen, tmp_path):
     r = keygen("--server", "all")
     assert r.exit_code == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [
-        "spdu-alpha.bind.key", "spdu-alpha.knot.key", "spdu-alpha.pdns.sql", "spdu.key"]
+        "spdu-alpha.bind.key", "spdu-alpha.knot.key", "spdu-alpha.pdns.sql", "spdu.key",
+        "spdu.knsupdate"]
     assert "update-policy" in r.stdout and "acl:" in r.stdout and "pdnsutil set-meta" in r.stdout
     assert "sqlite3 /var/lib/powerdns/pdns.sqlite3 < " in r.stdout
+
+
+@pytest.mark.parametrize("tool", ["nsupdate", "knsupdate"])
+def test_dry_run_piped_into_the_client_with_the_key_file_keygen_wrote(keygen, run, confdir,
+                                                                      tmp_path, tool):
+    """spdu.conf(5): `reconcile --dry-run | nsupdate -k spdu.key` and
+    `| knsupdate -k spdu.knsupdate` send what reconcile would."""
+    from spdu_cli.spool import Spool
+
+    r = keygen("--server", "knot")
+    assert r.exit_code == 0, r.stderr
+    keys = tmp_path / "keys"
+    keyfile = keys / ("spdu.key" if tool == "nsupdate" else "spdu.knsupdate")
+    with _knot_with_snippet(tmp_path, r.stdout) as dns:
+        down_beta(confdir, dns, Spool(str(tmp_path / "spool")),
+                  extra=f"tsigKeyFile={keys / 'spdu.key'}\n")
+        r = run("reconcile", "--dry-run")
+        assert r.exit_code == 0, r.stderr
+        assert "knsupdate -k" in r.stdout and secret_of(keys / "spdu.key") not in r.stdout
+        # the other form is refused by this client: why keygen writes both
+        other = keys / ("spdu.knsupdate" if tool == "nsupdate" else "spdu.key")
+        assert dns.nsupdate(r.stdout, tool=tool, keyfile=other).returncode != 0
+        assert dns.serial() == 1
+        done = dns.nsupdate(r.stdout, tool=tool, keyfile=keyfile)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert pool(dns) == [SELF, GAMMA] and dns.serial() == 2
