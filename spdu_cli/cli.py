@@ -496,6 +496,8 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
     if as_json:
         for d in [*outcome.deliveries, *outcome.posts]:
             click.echo(render.json_line(d.to_json()))
+        for h in outcome.plan.held:
+            click.echo(render.json_line(notify.held_json(h)))
     elif dry_run:
         if outcome.deliveries or outcome.posts:
             click.echo(render.lines(render.notify_messages(outcome)))
@@ -503,6 +505,9 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
             click.echo(line)
     elif _tty():
         click.echo(render.lines(render.notify_lines(outcome)))
+    else:  # in a pipe too: a change held back is never silent
+        for line in render.notify_held(outcome):
+            click.echo(line)
     if outcome.errors:
         sys.exit(int(outcome.errors[0].exit_status))
 
