@@ -29,7 +29,7 @@ def test_relay_down_exits_69_then_the_next_run_delivers(run, site, smtp_relay):
     site.load(smtpPassword="''")
     r = run("notify")
     assert r.exit_code == 0 and r.stderr == ""
-    assert [m.message["Subject"] for m in relay.received] == ["WARNING: beta is DOWN"]
+    assert [m.message["Subject"] for m in relay.received] == ["WARNING: Server beta is DOWN."]
     assert run("notify").exit_code == 0 and len(relay.received) == 1
 
 
@@ -41,7 +41,7 @@ def test_dry_run_prints_the_mail_and_marks_nothing(run, site, smtp_relay):
     r = run("notify", "--dry-run")
     assert r.exit_code == 0, r.stderr
     assert "Subject: WARNING: 2 changes: beta is DOWN, gamma is up\n" in r.stdout
-    assert 'From: "spdu on alpha" <robot@domain.tld>\n' in r.stdout
+    assert 'From: "Robot SPDU on alpha" <robot@domain.tld>\n' in r.stdout
     assert "To: ops@domain.tld, noc@domain.tld\n" in r.stdout
     assert "Last failure: HTTP 503" in r.stdout
     assert "pw-not-shown" not in r.stdout + r.stderr
@@ -61,7 +61,7 @@ def test_json_one_object_per_mail(run, site, smtp_relay):
     r = run("notify", "--json")
     assert r.exit_code == 0
     (obj,) = map(json.loads, r.stdout.splitlines())
-    assert obj["subject"] == "WARNING: beta is DOWN" and obj["sent"] is True
+    assert obj["subject"] == "WARNING: Server beta is DOWN." and obj["sent"] is True
     assert obj["transitions"] == [{"target": "beta", "id": 1}]
     assert list(obj["refused"]) == ["noc@domain.tld"] and obj["error"] is None
     assert "refused recipient noc@domain.tld" in r.stderr
