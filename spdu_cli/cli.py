@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import click
@@ -231,9 +231,12 @@ def probe_cmd(obj: Context, targets, as_json, lock_timeout):
 @click.option("--dry-run", "-n", is_flag=True,
               help="Print the nsupdate script that would be sent; send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per pool per line.")
+@click.option("--probe", "probe_first", is_flag=True,
+              help="First probe the targets never probed or last probed more than"
+                   " staleAfter ago.")
 @LOCK_TIMEOUT
 @click.pass_obj
-def reconcile_cmd(obj: Context, dry_run, as_json, lock_timeout):
+def reconcile_cmd(obj: Context, dry_run, as_json, probe_first, lock_timeout):
     """Make each pool's A/AAAA RRset on its DNS server match the spool.
 
     Reads the RRsets from nameServer itself, adds the addresses of targets
@@ -242,12 +245,19 @@ def reconcile_cmd(obj: Context, dry_run, as_json, lock_timeout):
     alone, and never empties a pool. Sends one UPDATE per zone, conditional
     on what was read; sends nothing when DNS already agrees.
 
+    By hand, a while after the last probe: --probe probes the stale ones
+    first.
+
     \b
     Example:
         spdu reconcile --dry-run | nsupdate -k /usr/local/etc/spdu.tsig.key
     """
     from spdu_cli import reconcile
 
+    if probe_first:
+        import spdu_cli.probe.step as probe
+
+        probe.run_stale(obj.site(), lock_timeout=lock_timeout)
     plans = reconcile.run(obj.site(), dry_run=dry_run, lock_timeout=lock_timeout)
     if not dry_run:
         _write_metrics(obj.site())
@@ -400,9 +410,12 @@ def _duration(ctx, param, value):
 @click.option("--reason", default="", metavar="TEXT", help="Why, for the mail and status.")
 @click.option("--clear", is_flag=True, help="End the maintenance now.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: the target afterwards.")
+@click.option("--probe", "probe_after", is_flag=True,
+              help="With --clear: probe TARGET now if its last probe is stale, so the next"
+                   " reconcile can put it back.")
 @LOCK_TIMEOUT
 @click.pass_obj
-def maint_cmd(obj: Context, target, seconds, reason, clear, lock_timeout, as_json):
+def maint_cmd(obj: Context, target, seconds, reason, clear, probe_after, lock_timeout, as_json):
     """Take TARGET out of the pool on purpose, for a while (or --clear it).
 
     Reconcile removes its addresses while probes go on (the pool is never
@@ -416,9 +429,16 @@ def maint_cmd(obj: Context, target, seconds, reason, clear, lock_timeout, as_jso
     from spdu_cli import maint
 
     site = obj.site()
+    if probe_after and not clear:
+        raise click.UsageError("--probe goes with --clear (spdu maint beta --clear --probe)")
     if clear:
         out = maint.clear(site, target, lock_timeout=lock_timeout)
         said = "is back from maintenance" if out.change else "was not in maintenance"
+        if probe_after:
+            import spdu_cli.probe.step as probe
+
+            out = replace(out, state=next((r.health.state.value for r in probe.run_stale(
+                site, [target], lock_timeout=lock_timeout)), out.state))
         line = f"{out.target} {said}: {out.state}"
     else:
         out = maint.start(site, target, seconds, reason, lock_timeout=lock_timeout)

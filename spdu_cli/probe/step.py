@@ -6,10 +6,11 @@ journal and log a transition, and write the entry back.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from spdu_cli import health, maint
-from spdu_cli.entry import ResultRecord, iso, result_reason
+from spdu_cli.entry import ResultRecord, iso, result_reason, staleness
 from spdu_cli.errors import SpduError
 from spdu_cli.health import Health
 from spdu_cli.probe.engine import probe
@@ -177,3 +178,30 @@ def _record(entry, cfg, r: ProbeResult) -> dict | None:
     if t:
         log.debug("%s: %s -> %s: %s", cfg.target, t.old, t.new, t.reason)
     return entry.add_transition(t) if t else ended
+
+
+def stale(site, names=(), now: float | None = None) -> list[str]:
+    """The named targets (default: all) that reconcile would leave as they are
+    for want of a fresh probe: never probed, state unknown, or last probed more
+    than staleAfter ago (or in the future)."""
+    now = time.time() if now is None else now
+    store = Spool(site.spool_dir)
+    out = []
+    for c in (site.target(n) for n in site.select(names)):
+        try:
+            entry = store.read(c.target)
+        except SpduError:
+            continue  # unreadable: probing would not rewrite it either
+        if (entry.health.state is health.State.UNKNOWN
+                or staleness(entry.checked, now, c.stale_after) is not None):
+            out.append(c.target)
+    return out
+
+
+def run_stale(site, names=(), lock_timeout: float = 5.0) -> list[TargetReport]:
+    """Probe first what reconcile could not judge (`--probe`); the others are left."""
+    targets = stale(site, names)
+    if targets:
+        log.info("probing first (stale or never probed): %s", " ".join(targets))
+    return run(site, targets, lock_timeout=lock_timeout) if targets else []
+
