@@ -42,6 +42,21 @@ def _error(message: str) -> None:
     click.echo(f"spdu: error: {message}", err=True)
 
 
+CLOSED_PIPE = 141  # 128 + SIGPIPE: what a shell shows for grep whose reader went away
+
+
+def _closed_pipe() -> None:
+    """Standard output's reader went away (`spdu history beta | head -1`): end
+    quietly, as grep does, with no message and no traceback; what is still
+    buffered goes nowhere (not into a failing flush at exit)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's buffer)
+        pass
+    sys.exit(CLOSED_PIPE)
+
+
 class SpduGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
@@ -50,6 +65,9 @@ class SpduGroup(click.Group):
             return super().main(args, prog_name, complete_var, False, **extra)
         try:
             status = super().main(args, prog_name, complete_var, False, **extra)
+            sys.stdout.flush()  # here, not at exit: a closed pipe is then seen below
+        except BrokenPipeError:
+            _closed_pipe()
         except click.UsageError as e:
             where = f"; see {e.ctx.command_path} --help" if e.ctx is not None else ""
             _error(f"{e.format_message().rstrip('.')}{where}")
@@ -62,6 +80,12 @@ class SpduGroup(click.Group):
             sys.exit(1)
         sys.exit(status if isinstance(status, int) else 0)
 
+    def make_context(self, *args, **kwargs):
+        try:  # `spdu --help | head -1`: the help is written here
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:
+            _closed_pipe()
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -70,6 +94,8 @@ class SpduGroup(click.Group):
                 raise
             _error(str(e))
             ctx.exit(int(e.exit_status))
+        except BrokenPipeError:  # before click's own handler, which exits 1
+            _closed_pipe()
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:
