@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from spdu_cli import __version__, config, logsetup, render
+from spdu_cli import __version__, config, logsetup, render, shell
 from spdu_cli.errors import ExitStatus, SpduError
 
 log = logging.getLogger(__name__)
@@ -42,21 +42,6 @@ def _error(message: str) -> None:
     click.echo(f"spdu: error: {message}", err=True)
 
 
-CLOSED_PIPE = 141  # 128 + SIGPIPE: what a shell shows for grep whose reader went away
-
-
-def _closed_pipe() -> None:
-    """Standard output's reader went away (`spdu history beta | head -1`): end
-    quietly, as grep does, with no message and no traceback; what is still
-    buffered goes nowhere (not into a failing flush at exit)."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):  # not a real file (a test's buffer)
-        pass
-    sys.exit(CLOSED_PIPE)
-
-
 class SpduGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
@@ -67,9 +52,11 @@ class SpduGroup(click.Group):
             status = super().main(args, prog_name, complete_var, False, **extra)
             sys.stdout.flush()  # here, not at exit: a closed pipe is then seen below
         except BrokenPipeError:
-            _closed_pipe()
+            shell.closed_pipe()
         except click.UsageError as e:
-            where = f"; see {e.ctx.command_path} --help" if e.ctx is not None else ""
+            where = shell.global_first(getattr(e, "option_name", None), "spdu",
+                                       sys.argv[1:] if args is None else list(args))
+            where = where or (f"; see {e.ctx.command_path} --help" if e.ctx is not None else "")
             _error(f"{e.format_message().rstrip('.')}{where}")
             sys.exit(int(ExitStatus.USAGE))
         except click.ClickException as e:
@@ -84,7 +71,7 @@ class SpduGroup(click.Group):
         try:  # `spdu --help | head -1`: the help is written here
             return super().make_context(*args, **kwargs)
         except BrokenPipeError:
-            _closed_pipe()
+            shell.closed_pipe()
 
     def invoke(self, ctx: click.Context):
         try:
@@ -95,7 +82,7 @@ class SpduGroup(click.Group):
             _error(str(e))
             ctx.exit(int(e.exit_status))
         except BrokenPipeError:  # before click's own handler, which exits 1
-            _closed_pipe()
+            shell.closed_pipe()
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:
@@ -270,9 +257,6 @@ def reconcile_cmd(obj: Context, dry_run, as_json, probe_first, lock_timeout):
     every address spdu does not manage, leaves unknown or stale targets
     alone, and never empties a pool. Sends one UPDATE per zone, conditional
     on what was read; sends nothing when DNS already agrees.
-
-    By hand, a while after the last probe: --probe probes the stale ones
-    first.
 
     \b
     Example:
@@ -643,8 +627,12 @@ def cron_args(args: list[str]) -> list[str]:
 
 def cron_main() -> None:
     """`spdu --syslog [GLOBAL OPTIONS] cron --follow [CRON OPTIONS]`: spdu-cron
-    when no loop was running to take its minute (cronstart.main)."""
-    cli.main(cron_args(sys.argv[1:]), prog_name="spdu-cron")
+    when no loop was running to take its minute (cronstart.main). Its help is
+    that of the cron command, under spdu-cron's own name."""
+    args = cron_args(sys.argv[1:])
+    if "--help" in args[args.index("cron"):]:
+        cron_cmd.main(["--help"], prog_name="spdu-cron")
+    cli.main(args, prog_name="spdu-cron")
 
 
 def main() -> None:

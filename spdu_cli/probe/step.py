@@ -176,7 +176,8 @@ def _record(entry, cfg, r: ProbeResult) -> dict | None:
         log.info("%s: %s -> %s during maintenance: %s", cfg.target, t.old, t.new, t.reason)
         t = None
     if t:
-        log.debug("%s: %s -> %s: %s", cfg.target, t.old, t.new, t.reason)
+        log.info("%s: %s -> %s: %s", cfg.target, t.old.value, t.new.value, t.reason,
+                 extra={"transition": True})  # syslog has the journal's own line
     return entry.add_transition(t) if t else ended
 
 

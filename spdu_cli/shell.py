@@ -1,0 +1,51 @@
+"""How spdu meets the shell that runs it: spdu's own options written after the
+command (said back in the right order), and a standard output whose reader
+went away (ended quietly, as grep does). Pure: no click.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+CLOSED_PIPE = 141  # 128 + SIGPIPE: what a shell shows for grep whose reader went away
+
+GLOBAL_FLAGS = ("-v", "-vv", "-vvv", "--verbose", "-q", "--quiet", "--debug", "--syslog")
+GLOBAL_VALUED = ("-c", "--config")
+
+
+def closed_pipe() -> None:
+    """Standard output's reader went away (`spdu history beta | head -1`): end
+    quietly, with no message and no traceback; what is still buffered goes
+    nowhere (not into a failing flush at exit)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's buffer)
+        pass
+    sys.exit(CLOSED_PIPE)
+
+
+def global_first(option: str | None, prog: str, args: list[str]) -> str | None:
+    """For `spdu probe -c F beta` (`option`, one of spdu's own, unknown to the
+    command it follows): the end of the error, with the same arguments, spdu's
+    options moved first; None for any other option."""
+    if option not in GLOBAL_FLAGS + GLOBAL_VALUED:
+        return None
+    moved, rest, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest += args[i:]
+            break
+        if a in GLOBAL_FLAGS or a.startswith("--config="):
+            moved.append(a)
+        elif a in GLOBAL_VALUED and i + 1 < len(args):
+            moved += args[i:i + 2]
+            i += 1
+        else:
+            rest.append(a)
+        i += 1
+    return (f"; {option} is one of spdu's own options: they go before the command,"
+            f" as in: {shlex.join([prog, *moved, *rest])}")
