@@ -591,45 +591,13 @@ def cron_cmd(obj: Context, seconds, lock_timeout, follow, as_json):
         sys.exit(int(tally.last_error))
 
 
-def cron_args(args: list[str]) -> list[str]:
-    """spdu-cron's arguments as spdu's: `--syslog [GLOBAL OPTIONS] cron --follow
-    [CRON OPTIONS]`. The cron options (--for, --lock-timeout, --no-follow) may
-    come anywhere, after `--` or not, and a `cron` word is allowed, as its help
-    shows it."""
-    own, extra = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (
-        list(args), [])
-    if own[:1] == ["cron"]:
-        own = own[1:]
-    takes_value = {o for p in cron_cmd.params for o in p.opts if not p.is_flag}
-    flags = {o for p in cron_cmd.params if p.is_flag for o in [*p.opts, *p.secondary_opts]}
-    glob, i = [], 0
-    while i < len(own):
-        a = own[i]
-        name = a.split("=", 1)[0]
-        if name in takes_value:
-            n = 1 if "=" in a else 2
-            extra, i = [*own[i:i + n], *extra], i + n
-            continue
-        if name in ("-c", "--config") and "=" not in a:  # its value is no option
-            glob, i = [*glob, *own[i:i + 2]], i + 2
-            continue
-        if a in ("-h", "--help"):  # the help of what spdu-cron runs, not of the group
-            extra = [*extra, "--help"]
-        elif a in flags:
-            extra = [a, *extra]
-        elif a == "cron":
-            pass
-        else:
-            glob.append(a)
-        i += 1
-    return ["--syslog", *glob, "cron", "--follow", *extra]
-
-
 def cron_main() -> None:
     """`spdu --syslog [GLOBAL OPTIONS] cron --follow [CRON OPTIONS]`: spdu-cron
     when no loop was running to take its minute (cronstart.main). Its help is
     that of the cron command, under spdu-cron's own name."""
-    args = cron_args(sys.argv[1:])
+    args = shell.cron_args(
+        sys.argv[1:], {o for p in cron_cmd.params for o in p.opts if not p.is_flag},
+        {o for p in cron_cmd.params if p.is_flag for o in [*p.opts, *p.secondary_opts]})
     if "--help" in args[args.index("cron"):]:
         cron_cmd.main(["--help"], prog_name="spdu-cron")
     cli.main(args, prog_name="spdu-cron")

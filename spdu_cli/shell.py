@@ -1,6 +1,7 @@
 """How spdu meets the shell that runs it: spdu's own options written after the
-command (said back in the right order), and a standard output whose reader
-went away (ended quietly, as grep does). Pure: no click.
+command (said back in the right order), a standard output whose reader went
+away (ended quietly, as grep does), and spdu-cron's arguments as spdu's.
+Pure: no click.
 """
 
 from __future__ import annotations
@@ -49,3 +50,35 @@ def global_first(option: str | None, prog: str, args: list[str]) -> str | None:
         i += 1
     return (f"; {option} is one of spdu's own options: they go before the command,"
             f" as in: {shlex.join([prog, *moved, *rest])}")
+
+
+def cron_args(args: list[str], takes_value: set[str], flags: set[str]) -> list[str]:
+    """spdu-cron's arguments as spdu's: `--syslog [GLOBAL OPTIONS] cron --follow
+    [CRON OPTIONS]`. The cron options (--for, --lock-timeout, --no-follow) may
+    come anywhere, after `--` or not, and a `cron` word is allowed, as its help
+    shows it. `takes_value`, `flags`: the cron command's options."""
+    own, extra = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (
+        list(args), [])
+    if own[:1] == ["cron"]:
+        own = own[1:]
+    glob, i = [], 0
+    while i < len(own):
+        a = own[i]
+        name = a.split("=", 1)[0]
+        if name in takes_value:
+            n = 1 if "=" in a else 2
+            extra, i = [*own[i:i + n], *extra], i + n
+            continue
+        if name in ("-c", "--config") and "=" not in a:  # its value is no option
+            glob, i = [*glob, *own[i:i + 2]], i + 2
+            continue
+        if a in ("-h", "--help"):  # the help of what spdu-cron runs, not of the group
+            extra = [*extra, "--help"]
+        elif a in flags:
+            extra = [a, *extra]
+        elif a == "cron":
+            pass
+        else:
+            glob.append(a)
+        i += 1
+    return ["--syslog", *glob, "cron", "--follow", *extra]
