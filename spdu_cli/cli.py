@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -245,8 +245,7 @@ def probe_cmd(obj: Context, targets, as_json, lock_timeout):
               help="Print the nsupdate script that would be sent; send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per pool per line.")
 @click.option("--probe", "probe_first", is_flag=True,
-              help="First probe the targets never probed or last probed more than"
-                   " staleAfter ago.")
+              help="First probe the targets never probed or not within staleAfter.")
 @LOCK_TIMEOUT
 @click.pass_obj
 def reconcile_cmd(obj: Context, dry_run, as_json, probe_first, lock_timeout):
@@ -421,8 +420,7 @@ def _duration(ctx, param, value):
 @click.option("--clear", is_flag=True, help="End the maintenance now.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: the target afterwards.")
 @click.option("--probe", "probe_after", is_flag=True,
-              help="With --clear: probe TARGET now if its last probe is stale, so the next"
-                   " reconcile can put it back.")
+              help="With --clear: probe TARGET now if stale, so reconcile can put it back.")
 @LOCK_TIMEOUT
 @click.pass_obj
 def maint_cmd(obj: Context, target, seconds, reason, clear, probe_after, lock_timeout, as_json):
@@ -442,13 +440,10 @@ def maint_cmd(obj: Context, target, seconds, reason, clear, probe_after, lock_ti
     if probe_after and not clear:
         raise click.UsageError("--probe goes with --clear (spdu maint beta --clear --probe)")
     if clear:
-        out = maint.clear(site, target, lock_timeout=lock_timeout)
-        said = "is back from maintenance" if out.change else "was not in maintenance"
-        if probe_after:
-            import spdu_cli.probe.step as probe
+        import spdu_cli.probe.step as probe
 
-            out = replace(out, state=next((r.health.state.value for r in probe.run_stale(
-                site, [target], lock_timeout=lock_timeout)), out.state))
+        out = probe.clear_maint(site, target, probe_after, lock_timeout)
+        said = "is back from maintenance" if out.change else "was not in maintenance"
         line = f"{out.target} {said}: {out.state}"
     else:
         out = maint.start(site, target, seconds, reason, lock_timeout=lock_timeout)
@@ -536,8 +531,7 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
     elif _tty():
         click.echo(render.lines(render.notify_lines(outcome)))
     else:  # in a pipe too: a change held back is never silent
-        for line in render.notify_held(outcome):
-            click.echo(line)
+        click.echo("".join(f"{line}\n" for line in render.notify_held(outcome)), nl=False)
     if outcome.errors:
         sys.exit(int(outcome.errors[0].exit_status))
 
@@ -595,9 +589,7 @@ def cron_main() -> None:
     """`spdu --syslog [GLOBAL OPTIONS] cron --follow [CRON OPTIONS]`: spdu-cron
     when no loop was running to take its minute (cronstart.main). Its help is
     that of the cron command, under spdu-cron's own name."""
-    args = shell.cron_args(
-        sys.argv[1:], {o for p in cron_cmd.params for o in p.opts if not p.is_flag},
-        {o for p in cron_cmd.params if p.is_flag for o in [*p.opts, *p.secondary_opts]})
+    args = shell.cron_args(sys.argv[1:], cron_cmd.params)
     if "--help" in args[args.index("cron"):]:
         cron_cmd.main(["--help"], prog_name="spdu-cron")
     cli.main(args, prog_name="spdu-cron")

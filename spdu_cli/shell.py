@@ -52,15 +52,17 @@ def global_first(option: str | None, prog: str, args: list[str]) -> str | None:
             f" as in: {shlex.join([prog, *moved, *rest])}")
 
 
-def cron_args(args: list[str], takes_value: set[str], flags: set[str]) -> list[str]:
+def cron_args(args: list[str], params: list) -> list[str]:
     """spdu-cron's arguments as spdu's: `--syslog [GLOBAL OPTIONS] cron --follow
     [CRON OPTIONS]`. The cron options (--for, --lock-timeout, --no-follow) may
     come anywhere, after `--` or not, and a `cron` word is allowed, as its help
-    shows it. `takes_value`, `flags`: the cron command's options."""
+    shows it. `params`: the cron command's options (click's Option objects)."""
     own, extra = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (
         list(args), [])
     if own[:1] == ["cron"]:
         own = own[1:]
+    takes_value = {o for p in params for o in p.opts if not p.is_flag}
+    flags = {o for p in params if p.is_flag for o in [*p.opts, *p.secondary_opts]}
     glob, i = [], 0
     while i < len(own):
         a = own[i]

@@ -5,6 +5,7 @@ journal and log a transition, and write the entry back.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -205,4 +206,14 @@ def run_stale(site, names=(), lock_timeout: float = 5.0) -> list[TargetReport]:
     if targets:
         log.info("probing first (stale or never probed): %s", " ".join(targets))
     return run(site, targets, lock_timeout=lock_timeout) if targets else []
+
+
+def clear_maint(site, target: str, probe_after: bool = False,
+                lock_timeout: float = 5.0) -> maint.Outcome:
+    """`spdu maint --clear [--probe]`: end the maintenance; with `probe_after`,
+    probe the target at once when its last probe is stale, so the next
+    reconcile can put it back; the outcome's state is the one afterwards."""
+    out = maint.clear(site, target, lock_timeout=lock_timeout)
+    reports = run_stale(site, [target], lock_timeout=lock_timeout) if probe_after else []
+    return dataclasses.replace(out, state=reports[0].health.state.value) if reports else out
 
