@@ -533,3 +533,20 @@ def test_implicit_tls_against_a_plain_relay_says_what_to_set(site, smtp_relay):
     error = str(out.errors[0])
     assert "TLS failed" in error and "for STARTTLS set smtpSSL=no" in error
     assert site.pending("beta") == [1]
+
+
+def test_discovery_and_maintenance_do_not_count_as_flaps():
+    """Issue 24: a first probe and a maintenance are not flapping."""
+    first = change(1, NOW - 100, "unknown", "up")
+    outage = [change(2, NOW - 80, "up", "down"), change(3, NOW - 60, "down", "up")]
+    (mail,) = outbox.plan([view(first, *outage, flap_count=2)], NOW).mails
+    assert [n.flapping for n in mail.notices] == [0, 0, 0]  # 2 flaps, not more than 2
+    maint = [change(2, NOW - 90, "up", "maint", until=NOW - 85),
+             change(3, NOW - 85, "maint", "up")]
+    more = [change(4, NOW - 80, "up", "down"), change(5, NOW - 60, "down", "up")]
+    (mail,) = outbox.plan([view(first, *maint, *more, flap_count=2)], NOW).mails
+    assert [n.flapping for n in mail.notices] == [0] * 5
+    flaps = [change(i, NOW - 80 + i, *(("up", "down") if i % 2 else ("down", "up")))
+             for i in range(2, 5)]  # three real flaps: more than 2
+    (mail,) = outbox.plan([view(first, *flaps, flap_count=2)], NOW).mails
+    assert mail.notices[0].flapping
