@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from spdu_cli import __version__, config, logsetup, render
+from spdu_cli import __version__, config, logsetup, render, shell
 from spdu_cli.errors import ExitStatus, SpduError
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,13 @@ class SpduGroup(click.Group):
             return super().main(args, prog_name, complete_var, False, **extra)
         try:
             status = super().main(args, prog_name, complete_var, False, **extra)
+            sys.stdout.flush()  # here, not at exit: a closed pipe is then seen below
+        except BrokenPipeError:
+            shell.closed_pipe()
         except click.UsageError as e:
-            where = f"; see {e.ctx.command_path} --help" if e.ctx is not None else ""
+            where = shell.global_first(getattr(e, "option_name", None), "spdu",
+                                       sys.argv[1:] if args is None else list(args))
+            where = where or (f"; see {e.ctx.command_path} --help" if e.ctx is not None else "")
             _error(f"{e.format_message().rstrip('.')}{where}")
             sys.exit(int(ExitStatus.USAGE))
         except click.ClickException as e:
@@ -62,6 +67,12 @@ class SpduGroup(click.Group):
             sys.exit(1)
         sys.exit(status if isinstance(status, int) else 0)
 
+    def make_context(self, *args, **kwargs):
+        try:  # `spdu --help | head -1`: the help is written here
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:
+            shell.closed_pipe()
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -70,6 +81,8 @@ class SpduGroup(click.Group):
                 raise
             _error(str(e))
             ctx.exit(int(e.exit_status))
+        except BrokenPipeError:  # before click's own handler, which exits 1
+            shell.closed_pipe()
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:
@@ -231,9 +244,11 @@ def probe_cmd(obj: Context, targets, as_json, lock_timeout):
 @click.option("--dry-run", "-n", is_flag=True,
               help="Print the nsupdate script that would be sent; send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per pool per line.")
+@click.option("--probe", "probe_first", is_flag=True,
+              help="First probe the targets never probed or not within staleAfter.")
 @LOCK_TIMEOUT
 @click.pass_obj
-def reconcile_cmd(obj: Context, dry_run, as_json, lock_timeout):
+def reconcile_cmd(obj: Context, dry_run, as_json, probe_first, lock_timeout):
     """Make each pool's A/AAAA RRset on its DNS server match the spool.
 
     Reads the RRsets from nameServer itself, adds the addresses of targets
@@ -248,6 +263,10 @@ def reconcile_cmd(obj: Context, dry_run, as_json, lock_timeout):
     """
     from spdu_cli import reconcile
 
+    if probe_first:
+        import spdu_cli.probe.step as probe
+
+        probe.run_stale(obj.site(), lock_timeout=lock_timeout)
     plans = reconcile.run(obj.site(), dry_run=dry_run, lock_timeout=lock_timeout)
     if not dry_run:
         _write_metrics(obj.site())
@@ -400,9 +419,11 @@ def _duration(ctx, param, value):
 @click.option("--reason", default="", metavar="TEXT", help="Why, for the mail and status.")
 @click.option("--clear", is_flag=True, help="End the maintenance now.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: the target afterwards.")
+@click.option("--probe", "probe_after", is_flag=True,
+              help="With --clear: probe TARGET now if stale, so reconcile can put it back.")
 @LOCK_TIMEOUT
 @click.pass_obj
-def maint_cmd(obj: Context, target, seconds, reason, clear, lock_timeout, as_json):
+def maint_cmd(obj: Context, target, seconds, reason, clear, probe_after, lock_timeout, as_json):
     """Take TARGET out of the pool on purpose, for a while (or --clear it).
 
     Reconcile removes its addresses while probes go on (the pool is never
@@ -416,8 +437,12 @@ def maint_cmd(obj: Context, target, seconds, reason, clear, lock_timeout, as_jso
     from spdu_cli import maint
 
     site = obj.site()
+    if probe_after and not clear:
+        raise click.UsageError("--probe goes with --clear (spdu maint beta --clear --probe)")
     if clear:
-        out = maint.clear(site, target, lock_timeout=lock_timeout)
+        import spdu_cli.probe.step as probe
+
+        out = probe.clear_maint(site, target, probe_after, lock_timeout)
         said = "is back from maintenance" if out.change else "was not in maintenance"
         line = f"{out.target} {said}: {out.state}"
     else:
@@ -496,6 +521,8 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
     if as_json:
         for d in [*outcome.deliveries, *outcome.posts]:
             click.echo(render.json_line(d.to_json()))
+        for h in outcome.plan.held:
+            click.echo(render.json_line(notify.held_json(h)))
     elif dry_run:
         if outcome.deliveries or outcome.posts:
             click.echo(render.lines(render.notify_messages(outcome)))
@@ -503,6 +530,8 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
             click.echo(line)
     elif _tty():
         click.echo(render.lines(render.notify_lines(outcome)))
+    else:  # in a pipe too: a change held back is never silent
+        click.echo("".join(f"{line}\n" for line in render.notify_held(outcome)), nl=False)
     if outcome.errors:
         sys.exit(int(outcome.errors[0].exit_status))
 
@@ -556,44 +585,14 @@ def cron_cmd(obj: Context, seconds, lock_timeout, follow, as_json):
         sys.exit(int(tally.last_error))
 
 
-def cron_args(args: list[str]) -> list[str]:
-    """spdu-cron's arguments as spdu's: `--syslog [GLOBAL OPTIONS] cron --follow
-    [CRON OPTIONS]`. The cron options (--for, --lock-timeout, --no-follow) may
-    come anywhere, after `--` or not, and a `cron` word is allowed, as its help
-    shows it."""
-    own, extra = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (
-        list(args), [])
-    if own[:1] == ["cron"]:
-        own = own[1:]
-    takes_value = {o for p in cron_cmd.params for o in p.opts if not p.is_flag}
-    flags = {o for p in cron_cmd.params if p.is_flag for o in [*p.opts, *p.secondary_opts]}
-    glob, i = [], 0
-    while i < len(own):
-        a = own[i]
-        name = a.split("=", 1)[0]
-        if name in takes_value:
-            n = 1 if "=" in a else 2
-            extra, i = [*own[i:i + n], *extra], i + n
-            continue
-        if name in ("-c", "--config") and "=" not in a:  # its value is no option
-            glob, i = [*glob, *own[i:i + 2]], i + 2
-            continue
-        if a in ("-h", "--help"):  # the help of what spdu-cron runs, not of the group
-            extra = [*extra, "--help"]
-        elif a in flags:
-            extra = [a, *extra]
-        elif a == "cron":
-            pass
-        else:
-            glob.append(a)
-        i += 1
-    return ["--syslog", *glob, "cron", "--follow", *extra]
-
-
 def cron_main() -> None:
     """`spdu --syslog [GLOBAL OPTIONS] cron --follow [CRON OPTIONS]`: spdu-cron
-    when no loop was running to take its minute (cronstart.main)."""
-    cli.main(cron_args(sys.argv[1:]), prog_name="spdu-cron")
+    when no loop was running to take its minute (cronstart.main). Its help is
+    that of the cron command, under spdu-cron's own name."""
+    args = shell.cron_args(sys.argv[1:], cron_cmd.params)
+    if "--help" in args[args.index("cron"):]:
+        cron_cmd.main(["--help"], prog_name="spdu-cron")
+    cli.main(args, prog_name="spdu-cron")
 
 
 def main() -> None:

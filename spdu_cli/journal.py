@@ -75,6 +75,12 @@ class StateChange:
     def key(self) -> tuple[int, str]:
         return (self.id, self.stamp)
 
+    @property
+    def is_flap(self) -> bool:
+        """Whether it counts towards flapCount: not discovery (a change from
+        unknown) and not maintenance (a change to or from maint)."""
+        return self.old != "unknown" and "maint" not in (self.old, self.new)
+
     @classmethod
     def from_journal(cls, e: dict[str, Any]) -> StateChange:
         dns = tuple(
@@ -171,6 +177,14 @@ class JournalView:
     def last_flap_summary(self) -> float | None:
         return max((c.notified_at for c in self.journal if c.flap and c.notified_at), default=None)
 
+    def held_until(self, now: float) -> float | None:
+        """When the next flap summary is due, if a change pending at `now` is held
+        for it (a summary went out less than flapWindow ago); else None."""
+        last = self.last_flap_summary() if self.flap_count else None
+        if last is not None and now < last + self.flap_window:
+            return last + self.flap_window
+        return None
+
 
 # -- words shared by the log line, mails and webhooks --------------------------------
 
@@ -231,6 +245,10 @@ def log_line(view: JournalView, change: StateChange) -> str:
         line += f" (was {state_word(change.old)} for {duration(change.at - prev.at)})"
     elif change.old == "unknown":
         line += " (first probe)"
+    due = max((d for ch in view.channels() if (d := view.on(ch).held_until(change.at))),
+              default=None) if not change.notified else None
+    if due is not None:
+        line += f"; flapping: its mail is held for the summary due at {clock(due)}"
     return line
 
 

@@ -73,6 +73,8 @@ def syslog_handler(socket_path: str = "") -> logging.Handler | None:
         return None
     handler.ident = f"spdu[{os.getpid()}]: "
     handler.setFormatter(SyslogFormatter())
+    # A state change already has its line there (journal.log_line), as it is journaled.
+    handler.addFilter(lambda record: not getattr(record, "transition", False))
     return handler
 
 

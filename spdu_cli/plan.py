@@ -101,12 +101,14 @@ def decide(
                 absent.setdefault(a, t.target)
             continue
         if t.state is State.UNKNOWN:
-            left.append((t.target, "state unknown; its records are left as they are"))
+            left.append((t.target, ("state unknown; its records are left as they are"
+                                    " (`spdu reconcile --probe` probes it first)")))
             continue
         stale = staleness(t.checked, now, t.stale_after)
         if stale:
             left.append((t.target, (f"last probed {stale} (staleAfter={t.stale_after:g});"
-                                    " its records are left as they are")))
+                                    " its records are left as they are (`spdu reconcile"
+                                    " --probe` probes it first)")))
             continue
         probed = {canon(a) for a in t.addresses}
         if t.configured and {canon(a) for a in t.configured} != probed:

@@ -12,6 +12,7 @@ from typing import Any
 
 from spdu_cli import health
 from spdu_cli.config import TargetConfig
+from spdu_cli.journal import state_word
 from spdu_cli.settings import KEYS, check_value
 
 MASK = "********"
@@ -261,14 +262,20 @@ def notify_lines(outcome) -> Iterator[str]:
             yield f"not posted ({targets}): {x.error}"
         else:
             yield f"posted {len(x.post.changes)} change(s) ({targets}) to {x.post.config.where}"
-    for h in outcome.plan.held:
-        where = "" if h.channel == "mail" else " (webhook)"
-        yield (f"{h.view.target}: flapping, {len(h.changes)} change(s) held for the next"
-               f" summary{where}")
+    yield from notify_held(outcome)
     silent = [v.target for v, _ in outcome.plan.silent]
     for target in dict.fromkeys(silent):
         yield (f"{target}: {silent.count(target)} change(s) marked without mail or webhook"
                " (mailTo and webhookURL are empty)")
+
+
+def notify_held(outcome) -> Iterator[str]:
+    """What a flapping target's summary holds back, and when it is due."""
+    for h in outcome.plan.held:
+        where = "" if h.channel == "mail" else " (webhook)"
+        yield (f"held: {h.view.target} is {state_word(h.changes[-1].new)}, flapping;"
+               f" {len(h.changes)} change(s) held{where} for the summary due at"
+               f" {stamp(h.until)}")
 
 
 def notify_unmailed(outcome) -> Iterator[str]:

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import click
 import pytest
@@ -142,3 +143,39 @@ def test_console_script_runs(confdir, tmp_path):
     p = subprocess.run([sys.executable, "-m", "spdu_cli", "--version"], capture_output=True,
                        text=True)
     assert p.returncode == 0 and __version__ in p.stdout
+
+
+def _closed_early(argv: list[str]) -> tuple[int, str]:
+    """Run spdu with its standard output a pipe whose reader is gone at once."""
+    r, w = os.pipe()
+    p = subprocess.Popen(argv, stdout=w, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                         text=True)
+    os.close(w)
+    os.close(r)
+    _, err = p.communicate(timeout=30)
+    return p.returncode, err
+
+
+def test_a_closed_pipe_ends_any_command_quietly(tmp_path, confdir):
+    """Issue 24: `spdu history beta | head -c1` exited 70, "internal error:
+    BrokenPipeError" (3 of 6 runs). Now: no message, exit 141, every time."""
+    from tests.test_notify import Site
+
+    site = Site(confdir, tmp_path)
+    site.load()
+    for i in range(40):  # more than a pipe's buffer of history, too
+        site.change("beta", *(("up", "down") if i % 2 else ("down", "up")),
+                    at=time.time() - 4000 + i * 60, reason="x" * 200)
+    spdu = [os.path.join(os.path.dirname(sys.executable), "spdu"), "-c", str(confdir.main)]
+    commands = [["history", "beta"], ["history", "--json", "beta"], ["status"],
+                ["status", "--json"], ["config", "show", "beta"], ["notify", "--dry-run"],
+                ["--help"], ["history", "--help"]]
+    for args in commands:
+        for _ in range(3):
+            code, err = _closed_early(spdu + args)
+            assert (code, err) == (141, ""), args
+    for _ in range(6):  # as the issue ran it: head reads one byte and goes
+        p = subprocess.run(["bash", "-c", '"$@" | head -c1 >/dev/null; echo ${PIPESTATUS[0]}',
+                            "bash", *spdu, "history", "beta"],
+                           capture_output=True, text=True)
+        assert p.stderr == "" and p.stdout in ("0\n", "141\n"), (p.stdout, p.stderr)

@@ -179,3 +179,40 @@ def test_resolved_addresses_are_taken_as_targetip_would_take_them(found, usable)
     from spdu_cli.probe.names import usable as usable_of
 
     assert usable_of("blocked.example", found) == usable
+
+
+def test_verbose_shows_each_state_change(run, site):
+    """Issue 24: only -vv showed them."""
+    r = run("-v", "probe")
+    assert r.exit_code == 0
+    assert "spdu: info: beta: unknown -> up: HTTP 200" in r.stderr
+    assert "spdu: info: gamma: unknown -> up: HTTP 200" in r.stderr
+    assert run("-v", "probe").stderr == ""  # no change, nothing said
+    assert "unknown -> up" not in run("probe").stderr
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["probe", "-c", "F", "beta"], ("-c is one of spdu's own options: they go before the"
+                                    " command, as in: spdu -c F probe beta")),
+    (["probe", "beta", "-v", "--config=F"], "as in: spdu -v --config=F probe beta"),
+    (["status", "--debug", "-q"], "as in: spdu --debug -q status"),
+    (["config", "show", "--syslog", "beta"], "as in: spdu --syslog config show beta"),
+])
+def test_global_options_after_the_command_say_they_go_first(run, args, said):
+    r = run(*args, config=False)
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and said in r.stderr and "--help" not in r.stderr
+
+
+def test_spdu_cron_help_is_its_own(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spdu_cron = Path(sys.executable).parent / "spdu-cron"
+    for args in (["--help"], ["-h"], ["cron", "--help"], ["-c", str(tmp_path / "x"), "--help"]):
+        p = subprocess.run([str(spdu_cron), *args], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, timeout=30)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.startswith("Usage: spdu-cron [OPTIONS]\n"), (args, p.stdout[:80])
+        assert "spdu-cron cron" not in p.stdout and "--for SECONDS" in p.stdout

@@ -245,6 +245,7 @@ def test_spdu_cron_entry_point_logs_to_syslog(site, tmp_path):
     assert all(line.startswith("<") for line in lines)
     # <daemon.info>=30: one line per transition (unknown -> up) and the DNS changes
     assert sum("beta is up" in line for line in lines) == 1, text
+    assert not any("unknown -> up" in line for line in lines), text  # -v's line: not twice
     assert sum("add api.pool.domain.tld 127.0.0.12" in line for line in lines) == 1, text
     assert len(lines) <= 6, text  # nothing per unchanged tick
 

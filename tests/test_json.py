@@ -131,6 +131,8 @@ def test_every_commands_json_has_exactly_the_documented_fields(site, tmp_path):
     record("cron", "cron", "--for", "1", "--json")
 
     docs = documented()
+    # a flapping target held: tests/test_cli_notify.py checks its fields against the page
+    del docs["notify, held"]
     assert set(docs) == set(seen), "JSON OUTPUT's subsections and the commands differ"
     for title, objs in seen.items():
         names = docs[title]

@@ -50,12 +50,40 @@ def test_duration():
         "0 s", "45 s", "1 min", "1 h 2 min", "1 d 1 h"]
 
 
+# The original's words (reference/original-spdu.md: subject `WARNING: Server <tag>
+# is DOWN.` or `NOTICE: Server <tag> is up.`, From `"Robot SPDU on <myTag>"`):
+# migrated mail filters match on them, so one change alone keeps them exactly.
+ORIGINAL = [
+    ("up", "down", "WARNING: Server beta is DOWN."),
+    ("unknown", "down", "WARNING: Server beta is DOWN."),
+    ("down", "up", "NOTICE: Server beta is up."),
+    ("unknown", "up", "NOTICE: Server beta is up."),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "want"), ORIGINAL)
+def test_one_change_alone_has_the_original_subject_and_from(old, new, want):
+    (mail,) = outbox.plan([view(change(1, NOW - 30, old, new, "HTTP 503"))], NOW).mails
+    msg = smtp.compose(mail, NOW)
+    assert msg["Subject"] == want
+    assert msg["From"].addresses[0].display_name == "Robot SPDU on alpha"
+    assert msg["From"].addresses[0].addr_spec == "robot@domain.tld"
+
+
+def test_digests_and_maintenance_keep_their_own_subjects():
+    v = view(change(1, NOW - 30, "up", "down"), change(2, NOW - 20, "down", "up"))
+    (mail,) = outbox.plan([v], NOW).mails
+    assert notice.subject(mail) == "NOTICE: 2 changes: beta is up"
+    (mail,) = outbox.plan([view(change(1, NOW - 30, "up", "maint", until=NOW + 60))], NOW).mails
+    assert notice.subject(mail).startswith("NOTICE: beta is in maintenance until ")
+
+
 def test_one_pending_transition_is_one_mail_and_notified_ones_are_skipped():
     v = view(change(1, NOW - 900, "unknown", "up", notified=True),
              change(2, NOW - 300, "up", "down", "connection refused"))
     p = outbox.plan([v], NOW)
     assert len(p.mails) == 1 and [c.id for _, c in p.mails[0].changes] == [2]
-    assert notice.subject(p.mails[0]) == "WARNING: beta is DOWN"
+    assert notice.subject(p.mails[0]) == "WARNING: Server beta is DOWN."
     assert outbox.plan([view(change(1, NOW, "unknown", "up", notified=True))], NOW).mails == []
 
 
@@ -75,7 +103,7 @@ def test_several_pending_go_out_as_one_digest_per_mail_configuration():
     text = notice.body(digest)
     assert text.startswith("3 changes seen from alpha since the last mail:\n  - beta is DOWN\n")
     assert text.count("-" * 72) == 3
-    assert notice.subject(p.mails[1]) == "WARNING: delta is DOWN"
+    assert notice.subject(p.mails[1]) == "WARNING: Server delta is DOWN."
 
 
 def test_without_mail_to_transitions_are_marked_silently():
@@ -144,9 +172,9 @@ def test_down_mail_headers_and_text():
              change(2, NOW, "up", "down", "connection refused", dns=[REMOVED]))
     mail = outbox.plan([v], NOW).mails[0]
     msg = smtp.compose(mail, NOW + 5)
-    assert msg["Subject"] == "WARNING: beta is DOWN"
-    assert 'From: "spdu on alpha" <robot@domain.tld>\n' in msg.as_string()
-    assert msg["From"].addresses[0].display_name == "spdu on alpha"
+    assert msg["Subject"] == "WARNING: Server beta is DOWN."
+    assert 'From: "Robot SPDU on alpha" <robot@domain.tld>\n' in msg.as_string()
+    assert msg["From"].addresses[0].display_name == "Robot SPDU on alpha"
     assert msg["To"] == "ops@domain.tld"
     assert msg["Date"].datetime.timestamp() == NOW + 5
     assert msg["Message-ID"].startswith("<spdu.") and msg["Message-ID"].endswith("@domain.tld>")
@@ -163,7 +191,7 @@ def test_up_mail_names_the_last_failure_and_unchanged_dns():
     v = view(change(4, NOW - 125, "up", "down", "HTTP 503", notified=True),
              change(5, NOW, "down", "up", "HTTP 200 in 2.5 ms"))
     msg = smtp.compose(outbox.plan([v], NOW).mails[0], NOW)
-    assert msg["Subject"] == "NOTICE: beta is up"
+    assert msg["Subject"] == "NOTICE: Server beta is up."
     text = msg.get_content()
     assert "It answers http://api.domain.tld:80/status since" in text
     assert "HTTP 200 in 2.5 ms" in text and "It had been DOWN for 2 min 5 s" in text
@@ -240,9 +268,9 @@ def test_plain_one_mail_per_transition_then_none(site, smtp_relay):
     assert got.mail_from == "robot@domain.tld" and got.tls is False
     assert got.rcpt_tos == ["ops@domain.tld", "noc@domain.tld"]
     msg = got.message
-    assert msg["Subject"] == "WARNING: beta is DOWN"
-    assert 'From: "spdu on alpha" <robot@domain.tld>\n' in msg.as_string()
-    assert msg["From"].addresses[0].display_name == "spdu on alpha"
+    assert msg["Subject"] == "WARNING: Server beta is DOWN."
+    assert 'From: "Robot SPDU on alpha" <robot@domain.tld>\n' in msg.as_string()
+    assert msg["From"].addresses[0].display_name == "Robot SPDU on alpha"
     assert msg["To"] == "ops@domain.tld, noc@domain.tld"
     assert msg["Date"] and msg["Message-ID"] and msg["Auto-Submitted"] == "auto-generated"
     text = msg.get_content()
@@ -381,7 +409,7 @@ def test_a_transition_added_while_mailing_is_kept(site, smtp_relay):
     assert site.pending("beta") == [2]
     relay.on_data = None
     notify.run(site.load())
-    assert relay.received[1].message["Subject"] == "NOTICE: beta is up"
+    assert relay.received[1].message["Subject"] == "NOTICE: Server beta is up."
 
 
 def test_a_spool_reset_while_mailing_does_not_mark_the_new_journal(site, smtp_relay):
@@ -401,7 +429,7 @@ def test_a_spool_reset_while_mailing_does_not_mark_the_new_journal(site, smtp_re
     assert "sent" not in site.journal("beta")[0]  # not even for mail alone
     relay.on_data = None
     notify.run(site.load(smtpPort=relay.port))
-    assert relay.received[-1].message["Subject"] == "NOTICE: beta is up"
+    assert relay.received[-1].message["Subject"] == "NOTICE: Server beta is up."
     assert site.pending("beta") == []
 
 
@@ -430,7 +458,7 @@ def test_after_a_spool_reset_new_mails_get_new_message_ids(site, smtp_relay):
     assert site.change("beta", "up", "down", at=time.time(), reason="connection refused") == 1
     notify.run(site.load())
     first, second = relay.received
-    assert first.message["Subject"] == second.message["Subject"] == "WARNING: beta is DOWN"
+    assert first.message["Subject"] == second.message["Subject"] == "WARNING: Server beta is DOWN."
     assert first.message["Message-ID"] != second.message["Message-ID"]
 
 
@@ -482,7 +510,7 @@ def test_dry_run_sends_logs_and_marks_nothing(site, smtp_relay, syslog_socket):
     relay = smtp_relay()
     site.change("beta", "up", "down")
     out = notify.run(site.load(smtpPort=relay.port, syslogSocket=path), dry_run=True)
-    assert out.deliveries[0].message["Subject"] == "WARNING: beta is DOWN"
+    assert out.deliveries[0].message["Subject"] == "WARNING: Server beta is DOWN."
     assert relay.received == [] and lines() == [] and site.pending("beta") == [1]
 
 
@@ -505,3 +533,20 @@ def test_implicit_tls_against_a_plain_relay_says_what_to_set(site, smtp_relay):
     error = str(out.errors[0])
     assert "TLS failed" in error and "for STARTTLS set smtpSSL=no" in error
     assert site.pending("beta") == [1]
+
+
+def test_discovery_and_maintenance_do_not_count_as_flaps():
+    """Issue 24: a first probe and a maintenance are not flapping."""
+    first = change(1, NOW - 100, "unknown", "up")
+    outage = [change(2, NOW - 80, "up", "down"), change(3, NOW - 60, "down", "up")]
+    (mail,) = outbox.plan([view(first, *outage, flap_count=2)], NOW).mails
+    assert [n.flapping for n in mail.notices] == [0, 0, 0]  # 2 flaps, not more than 2
+    maint = [change(2, NOW - 90, "up", "maint", until=NOW - 85),
+             change(3, NOW - 85, "maint", "up")]
+    more = [change(4, NOW - 80, "up", "down"), change(5, NOW - 60, "down", "up")]
+    (mail,) = outbox.plan([view(first, *maint, *more, flap_count=2)], NOW).mails
+    assert [n.flapping for n in mail.notices] == [0] * 5
+    flaps = [change(i, NOW - 80 + i, *(("up", "down") if i % 2 else ("down", "up")))
+             for i in range(2, 5)]  # three real flaps: more than 2
+    (mail,) = outbox.plan([view(first, *flaps, flap_count=2)], NOW).mails
+    assert mail.notices[0].flapping

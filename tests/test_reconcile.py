@@ -751,3 +751,38 @@ def test_a_server_of_the_parent_zone_only_is_78(run, confdir, tmp_path, spool):
         assert r.exit_code == 78, r.stderr
         assert "answered NOTAUTH to the update of zone pool.domain.tld" in r.stderr
         assert parent.serial() == 1
+
+
+def test_by_hand_a_stale_target_says_what_to_run_and_probe_puts_it_back(
+        run, confdir, knot, spool, http_server):
+    """Issue 24: `spdu reconcile` 16 s after `spdu probe` left beta out and only
+    said it was stale; now it names `--probe`, which probes it first."""
+    srv = http_server("127.0.0.15")
+    write_conf(confdir, knot, spool, extra=f"staleAfter=10\nprobePort={srv.port}\n",
+               targets={"beta": srv.host})
+    set_state(spool, "beta", "up", [srv.host], checked=time.time() - 16)
+    r = run("reconcile", "--dry-run")
+    assert ("; beta: last probed 16 s ago (staleAfter=10); its records are left as they are"
+            " (`spdu reconcile --probe` probes it first)") in r.stdout
+    assert srv.host not in pool(knot)
+    r = run("reconcile", "--probe")
+    assert r.exit_code == 0, r.stderr
+    assert srv.host in pool(knot)
+    checked = spool.read("beta").checked
+    assert time.time() - checked < 5
+    r = run("reconcile", "--probe")  # fresh now: not probed again
+    assert r.exit_code == 0 and spool.read("beta").checked == checked
+
+
+def test_maint_clear_probe_lets_the_next_reconcile_put_it_back(
+        run, confdir, knot, spool, http_server):
+    srv = http_server("127.0.0.16")
+    write_conf(confdir, knot, spool, extra=f"staleAfter=10\nprobePort={srv.port}\n",
+               targets={"beta": srv.host})
+    set_state(spool, "beta", "up", [srv.host], checked=time.time() - 60)
+    assert run("maint", "beta", "--for", "1h").exit_code == 0
+    assert run("maint", "beta", "--probe").exit_code == 2  # --probe goes with --clear
+    r = run("maint", "beta", "--clear", "--probe")
+    assert r.exit_code == 0, r.stderr
+    assert time.time() - spool.read("beta").checked < 5
+    assert run("reconcile").exit_code == 0 and srv.host in pool(knot)

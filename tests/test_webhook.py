@@ -43,7 +43,8 @@ def test_json_document_names_each_transition_and_what_dns_did():
     doc = json.loads(req.body)
     assert req.headers["Content-Type"] == "application/json; charset=utf-8"
     assert doc["spdu"] == 1 and doc["site"] == "alpha" and doc["level"] == "warning"
-    assert doc["summary"] == "WARNING: beta is DOWN" and doc["id"] == req.headers["Idempotency-Key"]
+    assert doc["summary"] == "WARNING: Server beta is DOWN."
+    assert doc["id"] == req.headers["Idempotency-Key"]
     (t,) = doc["transitions"]
     assert (t["target"], t["id"], t["from"], t["to"], t["reason"]) == (
         "beta", 2, "up", "down", "connection refused")
@@ -57,11 +58,12 @@ def test_json_document_names_each_transition_and_what_dns_did():
 def test_slack_text_escapes_its_markup_and_ntfy_has_a_title_and_priority():
     x = post(change(1, NOW, "up", "down", "HTTP 503 <b>&"), fmt="slack")
     text = json.loads(webhook.request(x, NOW).body)["text"]
-    assert text.startswith("*WARNING: beta is DOWN*\n")
+    assert text.startswith("*WARNING: Server beta is DOWN.*\n")
     assert "HTTP 503 &lt;b&gt;&amp;" in text and "<b>" not in text
     x = post(change(1, NOW, "down", "up", "HTTP 200 in 2 ms"), fmt="ntfy")
     req = webhook.request(x, NOW)
-    assert req.headers["Title"] == "NOTICE: beta is up" and req.headers["Priority"] == "default"
+    assert req.headers["Title"] == "NOTICE: Server beta is up."
+    assert req.headers["Priority"] == "default"
     assert req.headers["Content-Type"] == "text/plain; charset=utf-8"
     assert "beta (beta.domain.tld, 5.6.7.8) is up" in req.body.decode()
     # A title that is not ASCII is RFC 2047-encoded; a control character never
@@ -166,7 +168,7 @@ def test_each_format_is_delivered_once_and_marked(site, webhook_receiver, tmp_pa
     assert got.headers["Authorization"] == f"Bearer {TOKEN}"
     text = {"json": lambda: got.json()["summary"], "slack": lambda: got.json()["text"],
             "ntfy": lambda: got.headers["Title"]}[fmt]()
-    assert "WARNING: beta is DOWN" in text
+    assert "WARNING: Server beta is DOWN." in text
     (e,) = journal(site)
     channel = site.load().target("beta").webhooks[0].channel
     assert e["notified"] is True and list(e["sent"]) == [channel]
@@ -288,7 +290,8 @@ def test_dry_run_shows_each_channel_and_sends_nothing(site, webhook_receiver, ru
     res = run("notify", "--dry-run")
     assert res.exit_code == 0, res.stderr
     assert f"POST webhookURL #1 http://127.0.0.1:{r.port}/... (slack)" in res.stdout
-    assert "POST webhookURL #2" in res.stdout and "Title: WARNING: beta is DOWN" in res.stdout
+    assert "POST webhookURL #2" in res.stdout
+    assert "Title: WARNING: Server beta is DOWN." in res.stdout
     assert "s3cretpath" not in res.stdout + res.stderr
     assert r.tried == 0 and site.pending("beta") == [1]
     res = run("notify", "--json")

@@ -32,13 +32,18 @@ def message_id(mail: Mail) -> str:
     return f"<spdu.{digest}@{domain}>"
 
 
+def from_name(cfg: MailConfig) -> str:
+    """The original's From words: `Robot SPDU on alpha`."""
+    return f"Robot SPDU on {cfg.tag}"
+
+
 def compose(mail: Mail, now: float) -> EmailMessage:
     from email.message import EmailMessage
     from email.utils import format_datetime
 
     cfg = mail.config
     msg = EmailMessage()
-    msg["From"] = f'"spdu on {cfg.tag}" <{cfg.sender}>'  # the original's form, quoted
+    msg["From"] = f'"{from_name(cfg)}" <{cfg.sender}>'  # the original's words, quoted
     msg["To"] = ", ".join(cfg.to)
     # The subject may carry words from the spool (a maintenance reason): one line,
     # always, so nothing read there can add a header (Bcc:...) or break the mail.

@@ -83,19 +83,21 @@ def notices_for(view: JournalView, now: float,
                 pending: tuple[StateChange, ...] | None = None) -> list[Notice] | Held:
     """A target's pending transitions as notices, or held back while it flaps.
 
-    Flapping: more than flapCount transitions within flapWindow (ending at the
-    latest pending one). Its pending transitions then go out as one summary,
-    and the next summary comes no sooner than flapWindow later; what happens
-    meanwhile stays pending (and in syslog) until then.
+    Flapping: more than flapCount flaps within flapWindow (ending at the
+    latest pending transition); discovery (from unknown) and maintenance (to or
+    from maint) are not flaps. Its pending transitions then go out as one
+    summary, and the next summary comes no sooner than flapWindow later; what
+    happens meanwhile stays pending (and in syslog) until then.
     """
     pending = tuple(view.pending()) if pending is None else pending
     if not view.flap_count:
         return [Notice(view, (c,)) for c in pending]
+    due = view.held_until(now)
+    if due is not None:
+        return Held(view, pending, due)
     last = view.last_flap_summary()
-    if last is not None and now < last + view.flap_window:
-        return Held(view, pending, last + view.flap_window)
     end = pending[-1].at
-    recent = [c for c in view.journal if end - view.flap_window < c.at <= end]
+    recent = [c for c in view.journal if end - view.flap_window < c.at <= end and c.is_flap]
     held_since_last = last is not None and pending[0].at < last + view.flap_window
     if len(recent) > view.flap_count or held_since_last:
         return [Notice(view, pending, max(len(recent), len(pending)), now + view.flap_window)]

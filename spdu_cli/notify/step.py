@@ -12,11 +12,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from email.message import EmailMessage
 
+from spdu_cli.entry import iso
 from spdu_cli.errors import SpduError
-from spdu_cli.journal import MAIL, JournalView, clock, log_transitions, open_syslog
+from spdu_cli.journal import (
+    MAIL,
+    JournalView,
+    clock,
+    log_transitions,
+    open_syslog,
+    state_word,
+)
 from spdu_cli.notify.mail import compose, relay_where, send
 from spdu_cli.notify.marks import Marks, sent_mark, write_marks, write_notes
-from spdu_cli.notify.outbox import Mail, Plan, Post, plan
+from spdu_cli.notify.outbox import Held, Mail, Plan, Post, plan
 from spdu_cli.notify.text import CONTROL, subject
 from spdu_cli.spool import Spool
 
@@ -76,6 +84,25 @@ class PostDelivery:
         }
 
 
+def held_words(h: Held) -> str:
+    """One line for a flapping target's changes held back: what, and until when."""
+    where = "" if h.channel == MAIL else " (webhook)"
+    return (f"{h.view.target} is {state_word(h.changes[-1].new)} and flapping:"
+            f" {len(h.changes)} change(s) held{where} for the summary due at {clock(h.until)}")
+
+
+def held_json(h: Held) -> dict[str, Any]:
+    """--json: one object per flapping target held back, per channel."""
+    return {
+        "channel": MAIL if h.channel == MAIL else "webhook",
+        "held": h.view.target,
+        "state": h.changes[-1].new,
+        "summary_due": iso(h.until),
+        "transitions": [{"target": h.view.target, "id": c.id} for c in h.changes],
+        "sent": False,
+    }
+
+
 @dataclass
 class Outcome:
     plan: Plan
@@ -126,9 +153,7 @@ def run(
         outcome.posts = [PostDelivery(x, webhook.Sending(x.config, webhook.request(x, now)))
                          for x in p.posts]
     for h in p.held:
-        log.info("%s: flapping; %d change(s) held for the summary due at %s%s",
-                 h.view.target, len(h.changes), clock(h.until),
-                 "" if h.channel == MAIL else " (webhook)")
+        log.info("%s", held_words(h))
     if dry_run:
         for v, c in p.silent:
             log.info("%s: would mark transition %d notified without mail (mailTo is empty)",

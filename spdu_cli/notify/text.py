@@ -99,9 +99,23 @@ def notice_text(n: Notice, tag: str) -> list[str]:
     return lines + _dns_lines(n.changes)
 
 
+def original_subject(n: Notice) -> str | None:
+    """The original's exact words for one change to up or down (mail filters
+    match on them); None for what it never sent (maintenance, flapping)."""
+    c = n.changes[-1]
+    if n.flapping or len(n.changes) != 1 or "maint" in (c.old, c.new):
+        return None
+    if c.new == "down":
+        return f"WARNING: Server {n.view.target} is DOWN."
+    if c.new == "up":
+        return f"NOTICE: Server {n.view.target} is up."
+    return None
+
+
 def subject(mail: Mail) -> str:
-    """The original's style: `WARNING: beta is DOWN`, `NOTICE: beta is up`; a
-    digest lists each target once with its latest state."""
+    """One change alone: the original's subject (`WARNING: Server beta is DOWN.`,
+    `NOTICE: Server beta is up.`); maintenance and flap summaries in its style;
+    a digest lists each target once with its latest state."""
     latest: dict[str, Notice] = {}
     for n in mail.notices:
         latest.pop(n.view.target, None)
@@ -110,7 +124,7 @@ def subject(mail: Mail) -> str:
     warn = flapping or any(n.final == "down" for n in latest.values())
     level = "WARNING" if warn else "NOTICE"
     if len(mail.notices) == 1:
-        return f"{level}: {mail.notices[0].headline()}"
+        return original_subject(mail.notices[0]) or f"{level}: {mail.notices[0].headline()}"
     words = [
         f"{t} is flapping" if t in flapping else f"{t} is {state_word(n.final)}"
         for t, n in latest.items()

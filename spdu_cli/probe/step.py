@@ -5,11 +5,13 @@ journal and log a transition, and write the entry back.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 
 from spdu_cli import health, maint
-from spdu_cli.entry import ResultRecord, iso, result_reason
+from spdu_cli.entry import ResultRecord, iso, result_reason, staleness
 from spdu_cli.errors import SpduError
 from spdu_cli.health import Health
 from spdu_cli.probe.engine import probe
@@ -175,5 +177,43 @@ def _record(entry, cfg, r: ProbeResult) -> dict | None:
         log.info("%s: %s -> %s during maintenance: %s", cfg.target, t.old, t.new, t.reason)
         t = None
     if t:
-        log.debug("%s: %s -> %s: %s", cfg.target, t.old, t.new, t.reason)
+        log.info("%s: %s -> %s: %s", cfg.target, t.old.value, t.new.value, t.reason,
+                 extra={"transition": True})  # syslog has the journal's own line
     return entry.add_transition(t) if t else ended
+
+
+def stale(site, names=(), now: float | None = None) -> list[str]:
+    """The named targets (default: all) that reconcile would leave as they are
+    for want of a fresh probe: never probed, state unknown, or last probed more
+    than staleAfter ago (or in the future)."""
+    now = time.time() if now is None else now
+    store = Spool(site.spool_dir)
+    out = []
+    for c in (site.target(n) for n in site.select(names)):
+        try:
+            entry = store.read(c.target)
+        except SpduError:
+            continue  # unreadable: probing would not rewrite it either
+        if (entry.health.state is health.State.UNKNOWN
+                or staleness(entry.checked, now, c.stale_after) is not None):
+            out.append(c.target)
+    return out
+
+
+def run_stale(site, names=(), lock_timeout: float = 5.0) -> list[TargetReport]:
+    """Probe first what reconcile could not judge (`--probe`); the others are left."""
+    targets = stale(site, names)
+    if targets:
+        log.info("probing first (stale or never probed): %s", " ".join(targets))
+    return run(site, targets, lock_timeout=lock_timeout) if targets else []
+
+
+def clear_maint(site, target: str, probe_after: bool = False,
+                lock_timeout: float = 5.0) -> maint.Outcome:
+    """`spdu maint --clear [--probe]`: end the maintenance; with `probe_after`,
+    probe the target at once when its last probe is stale, so the next
+    reconcile can put it back; the outcome's state is the one afterwards."""
+    out = maint.clear(site, target, lock_timeout=lock_timeout)
+    reports = run_stale(site, [target], lock_timeout=lock_timeout) if probe_after else []
+    return dataclasses.replace(out, state=reports[0].health.state.value) if reports else out
+

@@ -195,7 +195,7 @@ def _state(word: str) -> str:
 def parse_mail(raw: bytes, path: str = "") -> Mail:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     name = msg["From"].addresses[0].display_name if msg["From"] else ""
-    observer = name.removeprefix("spdu on ")
+    observer = name.removeprefix("Robot SPDU on ")
     text = msg.get_content().replace("\r\n", "\n")
     out = Mail(observer, str(msg["Subject"]), str(msg["Message-ID"]), path=path)
     for section in text.split("-- \n")[0].split(_SEP):
