@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from email.message import EmailMessage
 
+from spdu_cli.entry import iso
 from spdu_cli.errors import SpduError
 from spdu_cli.journal import MAIL, JournalView, clock, log_transitions, open_syslog
 from spdu_cli.notify.mail import compose, relay_where, send
@@ -103,9 +104,10 @@ def run(
     transitions a concurrent probe added are kept; it is `notified` once every
     channel took it. The lock is not held while talking SMTP or HTTP. Before
     that, each transition notes the Message-ID of the mail about to carry it
-    (`mail_id`): if spdu dies between the relay's acceptance and the marking,
-    the next run sends those transitions again in a mail of their own, with the
-    same Message-ID (a webhook: the same Idempotency-Key); it is never lost.
+    (`mail_id`; per webhook, the POST's Idempotency-Key, `post_id`): if spdu dies
+    between the relay's (receiver's) acceptance and the marking, the next run
+    sends those transitions again alone, with the same Message-ID (key) and
+    content; it is never lost.
     When that note cannot be written (a full disk), nothing is sent (exit 75):
     else every run would send the same mail again. A relay or receiver that is
     down, times out or refuses leaves the transitions pending for that channel
@@ -123,8 +125,10 @@ def run(
     if p.posts:
         import spdu_cli.notify.webhook as webhook
 
-        outcome.posts = [PostDelivery(x, webhook.Sending(x.config, webhook.request(x, now)))
-                         for x in p.posts]
+        # A repeat is rendered as it was first (its sent_at), under the same key.
+        outcome.posts = [PostDelivery(x, webhook.Sending(
+            x.config, webhook.request(x, now if x.first_at is None else x.first_at)))
+            for x in p.posts]
     for h in p.held:
         log.info("%s: flapping; %d change(s) held for the summary due at %s%s",
                  h.view.target, len(h.changes), clock(h.until),
@@ -142,6 +146,14 @@ def run(
             for c in n.changes:
                 if c.mail_id != mid:
                     notes.setdefault(n.view.target, {})[c.key] = {"mail_id": mid}
+    for x in outcome.posts:  # as for mail: the key noted first, per channel
+        key, channel = x.sending.request.headers["Idempotency-Key"], x.post.config.channel
+        for n in x.post.notices:
+            for c in n.changes:
+                if c.repeat is None or c.repeat[0] != key:
+                    notes.setdefault(n.view.target, {}).setdefault(c.key, {}).setdefault(
+                        "post_id", {})[channel] = {"id": key, "at": iso(now),
+                                                   "flap": n.flapping}
     if notes:
         try:
             write_notes(store, notes, lock_timeout)
@@ -183,7 +195,12 @@ def run(
         for x in outcome.posts:
             if x.sending.wait():
                 sent_mark(marks, x.post.notices, x.post.config.channel, now)
-            else:
-                log.error("%s", x.error)
+                continue
+            log.error("%s", x.error)
+            if not getattr(x.error, "maybe_sent", True):  # surely not taken: may join
+                for n in x.post.notices:                   # the next digest, under a new key
+                    for c in n.changes:
+                        marks.setdefault(n.view.target, {}).setdefault(c.key, {})[
+                            "post_id"] = {x.post.config.channel: None}
     write_marks(store, views, marks, now, lock_timeout)
     return outcome

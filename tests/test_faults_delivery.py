@@ -1,0 +1,83 @@
+"""The fault matrix of issue 27, delivery: a real `spdu notify` killed with
+SIGKILL between a webhook receiver's 200 and the marking; a real relay
+(aiosmtpd) answering 452 for one recipient of two.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+
+from tests import test_faults as faults
+from tests.test_faults import BIN
+
+world, knot, site = faults.world, faults.knot, faults.site  # the fixtures of the first matrix
+
+KILLS = 20
+
+
+def _flip(site: faults.Site) -> None:
+    srv = site.servers["beta"]
+    srv.behaviour = "503" if srv.behaviour == "ok" else "ok"
+    assert site.run("probe", "beta").returncode in (0, 1)  # 1: it is down
+
+
+def test_a_webhook_repeat_after_kill_9_has_the_same_key_and_content(site, webhook_receiver):
+    rx = webhook_receiver()
+    site.write(f"webhookURL={rx.url}\nwebhookFormat=json\nflapCount=0\n")
+    os.chmod(site.conf, 0o600)
+    assert site.run("probe", "beta").returncode in (0, 1)  # 1: it is down
+    state = {}
+
+    def hold_spool_lock(got):  # the 200 goes out while notify cannot mark...
+        fd = os.open(site.spool / ".lock", os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        state["fd"] = fd
+
+    def kill(got):  # ...and then it dies
+        state["proc"].kill()
+        state["proc"].wait()
+        os.close(state.pop("fd"))
+        state["killed"] = got
+
+    fresh_keys = 0  # repeats under a key the receiver has never seen (goal 0)
+    for _ in range(KILLS):
+        _flip(site)
+        rx.before_answer, rx.after_answer = hold_spool_lock, kill
+        state["proc"] = subprocess.Popen(
+            [str(BIN / "spdu"), "-c", str(site.conf), "notify"], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert state["proc"].wait(30) == -signal.SIGKILL
+        killed = state.pop("killed")
+        rx.before_answer = rx.after_answer = None
+        _flip(site)  # a newer transition, pending with the one posted
+        seen = {r.headers["Idempotency-Key"] for r in rx.received}
+        before = len(rx.received)
+        r = site.run("notify")
+        assert r.returncode == 0, r.stderr
+        ids = {t["id"] for t in killed.json()["transitions"]}
+        [repeat] = [x for x in rx.received[before:]
+                    if ids & {t["id"] for t in x.json()["transitions"]}]
+        fresh_keys += repeat.headers["Idempotency-Key"] not in seen
+        assert repeat.body == killed.body  # the same content, sent_at included
+        assert len(rx.received) - before == 2  # the repeat alone, the news in its own POST
+    assert fresh_keys == 0
+    assert all(e["notified"] for e in site.entry("beta")["journal"])
+
+
+def test_a_post_the_receiver_refused_joins_the_next_digest(site, webhook_receiver):
+    rx = webhook_receiver()
+    site.write(f"webhookURL={rx.url}\nwebhookFormat=json\nflapCount=0\n")
+    os.chmod(site.conf, 0o600)
+    rx.answer = "503"
+    _flip(site)
+    assert site.run("notify").returncode == 69
+    [first] = site.entry("beta")["journal"]
+    assert list(first["post_id"].values()) == [None]  # surely not taken: no key kept
+    rx.answer = "200"
+    _flip(site)
+    assert site.run("notify").returncode == 0
+    [digest] = rx.received
+    assert len(digest.json()["transitions"]) == 2
