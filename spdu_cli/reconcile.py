@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from spdu_cli.config import TargetConfig
 from spdu_cli.entry import SpoolEntry, iso, staleness
-from spdu_cli.errors import SpduError, TemporaryFailure
+from spdu_cli.errors import ServiceUnavailable, SpduError, TemporaryFailure
 from spdu_cli.nameserver import PrerequisiteFailed, keyring, read_current, send
 from spdu_cli.plan import (
     Change,
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # re-read and retry when a prerequisite fails (a concurrent writer)
 SERIALS_KEPT = 16  # per pool, the serials of the last UPDATEs (for status --dns)
+DNS_KEPT = 16  # per transition, the latest DNS changes noted for it (journal `dns`)
 
 
 # -- the `spdu reconcile` step -----------------------------------------------------------
@@ -112,6 +113,8 @@ def reconcile_zone(group: list[Pool], entries: dict[str, SpoolEntry],
             log.warning("%s on %s changed while spdu was updating it (%s); reading it again",
                         names, group[0].key.where, e)
             continue
+        for pool, plan in items:
+            verify(pool, plan)
         # The serial the UPDATE made: status --dns tells from it since when a
         # secondary that has not caught up has lagged.
         from spdu_cli.secondaries import serial_of
@@ -129,6 +132,47 @@ def reconcile_zone(group: list[Pool], entries: dict[str, SpoolEntry],
     raise TemporaryFailure(
         f"{names} on {group[0].key.where} kept changing under spdu ({MAX_ATTEMPTS} tries)",
         "another writer is updating the same RRset; try again",
+    )
+
+
+class NotApplied(ServiceUnavailable):
+    """The server answered NOERROR to an UPDATE, and the RRset read after it
+    shows the change was not made."""
+
+
+REMIND = 600.0  # s: a server that keeps not applying is said so again this often
+_said: dict[str, float] = {}  # in this process (the cron loop): message -> when it was logged
+
+
+def _level(e: SpduError) -> int:
+    """ERROR; for NotApplied, which the cron loop meets on every tick, once per
+    process and message, and again every REMIND seconds (else DEBUG)."""
+    if not isinstance(e, NotApplied):
+        return logging.ERROR
+    now, last = time.monotonic(), _said.get(str(e))
+    if last is not None and now - last < REMIND:
+        return logging.DEBUG
+    _said[str(e)] = now
+    return logging.ERROR
+
+
+def verify(pool: Pool, plan: Plan) -> None:
+    """Read the RRsets again after a NOERROR: a server (or something in front of
+    it) that says NOERROR and applies nothing must not pass for a change made."""
+    after = read_current(pool)
+    missing = [c for c in plan.changes
+               if (c.address in after.get(c.rdtype, [])) != (c.action == "add")]
+    if not missing:
+        return
+    c = missing[0]
+    did = (f"{c.address} is not in {pool.key.name} {c.rdtype}" if c.action == "add"
+           else f"{c.address} is still in {pool.key.name} {c.rdtype}")
+    more = f" (and {len(missing) - 1} more change(s))" if len(missing) > 1 else ""
+    raise NotApplied(
+        f"DNS server {pool.key.where} answered NOERROR to the update of {pool.key.name}"
+        f" but did not apply it: read again, {did}{more}",
+        "is nameServer the zone's primary, and not a secondary or a proxy that drops"
+        " updates? see the server's log",
     )
 
 
@@ -156,6 +200,7 @@ def record(store: Spool, plan: Plan, now: float) -> None:
             }
             for c in changes
         )
+        del latest["dns"][:-DNS_KEPT]  # bounded, whatever happens to DNS
         store.write(entry)
 
 
@@ -178,7 +223,7 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0) -> list[Plan]:
         try:
             got = reconcile_zone(group, entries, dry_run)
         except SpduError as e:
-            log.error("%s", e)
+            log.log(_level(e), "%s", e)
             got = [Plan(pool.key, None, {}, Decision((), (), None), error=e) for pool in group]
         for pool, plan in zip(group, got):
             plans.append(plan)
