@@ -74,6 +74,7 @@ class StateChange:
     # Per webhook channel, the POST about to carry it: (channel, Idempotency-Key,
     # when it was first tried, its flap count); see notify's run.
     posted: tuple[tuple[str, str, float | None, int], ...] = ()
+    mailed_to: tuple[str, ...] = ()  # recipients that took the mail `mail_id` (a 4xx for others)
     # As one channel sees it (`on`): (id, first tried, flap count) of the mail or
     # POST that was about to carry it, to be sent again alone under that id.
     repeat: tuple[str, float | None, int] | None = None
@@ -109,6 +110,9 @@ class StateChange:
             mail_id=(e["mail_id"] if isinstance(e.get("mail_id"), str)
                      and MESSAGE_ID.fullmatch(e["mail_id"]) else None),  # goes into a header
             posted=_posted(e.get("post_id")),
+            mailed_to=tuple(a for a in (e.get("mailed_to") if isinstance(e.get("mailed_to"),
+                                                                        list) else ())
+                            if isinstance(a, str)),
         )
 
     def on(self, channel: str) -> StateChange:

@@ -81,3 +81,29 @@ def test_a_post_the_receiver_refused_joins_the_next_digest(site, webhook_receive
     assert site.run("notify").returncode == 0
     [digest] = rx.received
     assert len(digest.json()["transitions"]) == 2
+
+
+def test_a_452_for_one_recipient_keeps_the_mail_pending_for_it_alone(site, smtp_relay):
+    relay = smtp_relay(defer={"noc@domain.tld"}, refuse={"gone@domain.tld"})
+    site.write("mailTo='ops@domain.tld noc@domain.tld gone@domain.tld'\nsmtpRelay=127.0.0.1\n"
+               f"smtpPort={relay.port}\nsmtpSSL=no\nsmtpStartTLS=no\nflapCount=0\n")
+    _flip(site)
+    r = site.run("notify")
+    assert r.returncode == 69, r.stderr
+    line = faults.one_line_error(r.stderr)
+    assert "452 4.2.2 mailbox full" in line and "for recipient noc@domain.tld" in line
+    assert "refused recipient gone@domain.tld" in r.stderr  # a 5xx: logged, given up
+    [first] = relay.received
+    assert first.rcpt_tos == ["ops@domain.tld"]
+    [down] = site.entry("beta")["journal"]
+    assert down["notified"] is False and "mail" not in (down.get("sent") or {})
+    relay.defer.clear()
+    _flip(site)  # news: the next run mails it to everyone, the repeat to noc alone
+    r = site.run("notify")
+    assert r.returncode == 0, r.stderr
+    again = {tuple(m.rcpt_tos): m.message for m in relay.received[1:]}
+    assert again.keys() == {("noc@domain.tld",), ("ops@domain.tld", "noc@domain.tld")}
+    repeat = again["noc@domain.tld",]
+    assert repeat["Message-ID"] == first.message["Message-ID"]
+    assert repeat["To"] == first.message["To"] and repeat["Subject"] == first.message["Subject"]
+    assert all(e["notified"] for e in site.entry("beta")["journal"])

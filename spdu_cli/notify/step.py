@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from email.message import EmailMessage
 
 from spdu_cli.entry import iso
-from spdu_cli.errors import SpduError
+from spdu_cli.errors import ServiceUnavailable, SpduError
 from spdu_cli.journal import MAIL, JournalView, clock, log_transitions, open_syslog
 from spdu_cli.notify.mail import compose, relay_where, send
 from spdu_cli.notify.marks import Marks, sent_mark, write_marks, write_notes
@@ -30,6 +30,7 @@ class Delivery:
 
     mail: Mail
     message: EmailMessage
+    to: list[str] = field(default_factory=list)  # the envelope: mailTo less who has it
     sent: bool = False
     refused: dict[str, str] = field(default_factory=dict)
     error: SpduError | None = None
@@ -39,13 +40,22 @@ class Delivery:
             "channel": MAIL,
             "subject": str(self.message["Subject"]),
             "message_id": str(self.message["Message-ID"]),
-            "to": list(self.mail.config.to),
+            "to": list(self.to),
             "relay": relay_where(self.mail.config),
             "transitions": [{"target": t, "id": c.id} for t, c in self.mail.changes],
             "sent": self.sent,
             "refused": self.refused,
             "error": str(self.error) if self.error else None,
         }
+
+
+def _unmailed(mail: Mail) -> list[str]:
+    """mailTo, less the recipients that already took this very mail (a repeat
+    after a temporary failure for the others)."""
+    done = None
+    for _, c in mail.changes:
+        done = set(c.mailed_to) if done is None else done & set(c.mailed_to)
+    return [r for r in mail.config.to if not (mail.message_id and done and r in done)]
 
 
 @dataclass
@@ -121,7 +131,7 @@ def run(
     store = Spool(site.spool_dir)
     views = [JournalView.from_spool(c, store.read(c.target)) for c in cfgs]
     p = plan(views, now)
-    outcome = Outcome(p, [Delivery(m, compose(m, now)) for m in p.mails], dry_run)
+    outcome = Outcome(p, [Delivery(m, compose(m, now), _unmailed(m)) for m in p.mails], dry_run)
     if p.posts:
         import spdu_cli.notify.webhook as webhook
 
@@ -174,20 +184,38 @@ def run(
             marks.setdefault(target, {}).setdefault(key, {})["logged"] = True
     for d in outcome.deliveries:
         try:
-            d.refused = send(d.mail.config, d.message)
+            d.refused = send(d.mail.config, d.message, d.to) if d.to else {}
         except SpduError as e:
             log.error("%s", e)
             d.error = e
-            if not getattr(e, "maybe_sent", False):  # not sent: its transitions may join
-                for n in d.mail.notices:               # the next digest, under a new id
-                    for c in n.changes:
+            if not getattr(e, "maybe_sent", False) and len(d.to) == len(d.mail.config.to):
+                for n in d.mail.notices:  # surely sent to no one: its transitions may
+                    for c in n.changes:   # join the next digest, under a new id
                         marks.setdefault(n.view.target, {}).setdefault(c.key, {})[
                             "mail_id"] = None
             continue
         d.sent = True
+        where = relay_where(d.mail.config)
+        later = {r: reply for r, reply in d.refused.items() if reply.startswith("4")}
         for rcpt, reply in d.refused.items():
-            log.warning("SMTP relay %s refused recipient %s (%s); the others got the mail",
-                        relay_where(d.mail.config), rcpt, reply)
+            if rcpt not in later:
+                log.warning("SMTP relay %s refused recipient %s (%s); the others got the mail",
+                            where, rcpt, reply)
+        if later:  # a temporary failure: the same mail to those alone, next run
+            d.error = ServiceUnavailable(
+                f"SMTP relay {where} answered {'; '.join(f'{r}: {x}' for r, x in later.items())}"
+                f" for {'recipient' if len(later) == 1 else 'recipients'}"
+                f" {', '.join(later)}; the others got the mail",
+                "the mail stays pending for "
+                f"{'that recipient' if len(later) == 1 else 'those'} and goes out again with"
+                " the next run, with the same Message-ID")
+            log.error("%s", d.error)
+            took = sorted(set(d.mail.config.to) - set(later))
+            for n in d.mail.notices:
+                for c in n.changes:
+                    marks.setdefault(n.view.target, {}).setdefault(c.key, {})[
+                        "mailed_to"] = took
+            continue
         sent_mark(marks, d.mail.notices, MAIL, now, message_id=str(d.message["Message-ID"]))
     if outcome.posts:
         write_marks(store, views, marks, now, lock_timeout)  # mail's, not waiting on HTTP
