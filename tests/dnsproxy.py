@@ -5,6 +5,7 @@ a real server (knotd) and lying on demand (`lie`):
   "noupdate"  an UPDATE is answered NOERROR and never forwarded
   "tc"        every answer (UDP and TCP) has TC=1 set
   "foreign"   an answer's records are another name's (other.NAME)
+  "question"  an answer's question is another name (other.NAME)
 
 Unsigned messages only (the lies would break a TSIG signature anyway).
 """
@@ -103,11 +104,14 @@ class DnsProxy:
             wire = self._forward(data, tcp)
         except OSError:
             return None
-        if lie not in ("tc", "foreign") or dns.opcode.is_update(query.flags):
+        if lie not in ("tc", "foreign", "question") or dns.opcode.is_update(query.flags):
             return wire
         answer = dns.message.from_wire(wire)
         if lie == "tc":
             answer.flags |= dns.flags.TC
+        elif lie == "question":
+            answer.question = [dns.rrset.RRset(dns.name.from_text("other", q.name), q.rdclass,
+                                               q.rdtype) for q in answer.question]
         else:
             renamed = []
             for rrset in answer.answer:

@@ -79,3 +79,20 @@ def test_a_lying_server_is_said_again_every_10_minutes():
     reconcile._said[str(e)] -= reconcile.REMIND
     assert reconcile._level(e) == logging.ERROR
     assert reconcile._level(reconcile.ServiceUnavailable("down")) == logging.ERROR
+
+
+@pytest.mark.parametrize(("lie", "why"), [
+    ("tc", "truncated (TC) over TCP"),
+    ("foreign", ("its answer section holds other.api.pool.domain.tld A, not only"
+                 " api.pool.domain.tld A")),
+    ("question", "it does not answer the question asked"),
+])
+def test_a_malformed_answer_is_named_not_blamed_on_another_writer(site, proxy, lie, why):
+    probed(site)
+    proxy.lie = lie
+    r = site.run("reconcile")
+    assert r.returncode == 69, r.stderr
+    line = one_line_error(r.stderr)
+    assert f"DNS server 127.0.0.1 port {proxy.port} sent a malformed answer" in line
+    assert why in line and "another writer" not in r.stderr
+    assert proxy.updates == 0 and site.pool() == [SELF]
