@@ -80,12 +80,13 @@ def standing(site, entries: dict[str, SpoolEntry], now: float) -> tuple:
     return tuple(out)
 
 
-def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int) -> Plan:
+def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int,
+          prune: bool = False) -> Plan:
     """Read the pool's RRsets and decide."""
     current = read_current(pool)
     decision = decide(
         current["A"] + current["AAAA"], _views(pool, entries), pool.self_ips,
-        pool.self_ttl, time.time(),
+        pool.self_ttl, time.time(), prune=prune,
     )
     for note in decision.notes:
         log.debug("%s: %s", pool.key.name, note)
@@ -97,12 +98,12 @@ def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int) -> Plan:
 
 
 def reconcile_zone(group: list[Pool], entries: dict[str, SpoolEntry],
-                   dry_run: bool) -> list[Plan]:
+                   dry_run: bool, prune: bool = False) -> list[Plan]:
     """Read and decide each pool of one zone, then (unless dry-run) send all
     their changes as one UPDATE, re-reading when a concurrent writer changed
     the RRsets in between."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        plans = [_plan(pool, entries, attempt) for pool in group]
+        plans = [_plan(pool, entries, attempt, prune) for pool in group]
         items = [(pool, plan) for pool, plan in zip(group, plans) if plan.changes]
         if dry_run or not items:
             return plans
@@ -125,8 +126,9 @@ def reconcile_zone(group: list[Pool], entries: dict[str, SpoolEntry],
             plan.sent = True
             plan.serial_after = serial
             for c in plan.changes:
-                log.info("%s: %s %s %s on %s", c.target or "selfIP", c.action, pool.key.name,
-                         c.address, pool.key.where)
+                who = c.target or ("no target (--prune)" if c.pruned else "selfIP")
+                log.info("%s: %s %s %s on %s", who, c.action, pool.key.name, c.address,
+                         pool.key.where)
         return plans
     names = ", ".join(p.key.name for p in group)
     raise TemporaryFailure(
@@ -147,13 +149,35 @@ _said: dict[str, float] = {}  # in this process (the cron loop): message -> when
 def _level(e: SpduError) -> int:
     """ERROR; for NotApplied, which the cron loop meets on every tick, once per
     process and message, and again every REMIND seconds (else DEBUG)."""
-    if not isinstance(e, NotApplied):
-        return logging.ERROR
-    now, last = time.monotonic(), _said.get(str(e))
+    return _once(str(e), logging.ERROR) if isinstance(e, NotApplied) else logging.ERROR
+
+
+def _once(message: str, level: int) -> int:
+    """`level` the first time this process logs `message` and every REMIND
+    seconds after; DEBUG in between."""
+    now, last = time.monotonic(), _said.get(message)
     if last is not None and now - last < REMIND:
         return logging.DEBUG
-    _said[str(e)] = now
-    return logging.ERROR
+    _said[message] = now
+    return level
+
+
+def unmanaged_warnings(plans: list[Plan]) -> list[str]:
+    """One line per pool holding addresses that are neither selfIP nor any
+    target's (a target removed from targets=, or one added by hand): spdu
+    leaves them there; `spdu reconcile --prune` removes them."""
+    out = []
+    for p in plans:
+        extra = p.decision.unmanaged
+        if p.error is None and extra:
+            them = " ".join(extra)
+            out.append(
+                f"{p.pool.name} on {p.pool.where} holds {them}, which "
+                f"{'is' if len(extra) == 1 else 'are'} neither selfIP nor the address of a"
+                f" target in targets=: spdu leaves {'it' if len(extra) == 1 else 'them'}"
+                " there, whatever happens to it; `spdu reconcile --prune` removes"
+                f" {'it' if len(extra) == 1 else 'them'}")
+    return out
 
 
 def verify(pool: Pool, plan: Plan) -> None:
@@ -204,9 +228,11 @@ def record(store: Spool, plan: Plan, now: float) -> None:
         store.write(entry)
 
 
-def run(site, dry_run: bool = False, lock_timeout: float = 5.0) -> list[Plan]:
+def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
+        prune: bool = False) -> list[Plan]:
     """Reconcile every pool of the configured targets. A failing pool does not
-    stop the others: its Plan carries the error."""
+    stop the others: its Plan carries the error. Addresses of no target are
+    named in a warning (see unmanaged_warnings), and removed only with `prune`."""
     cfgs = [site.target(n) for n in site.select(())]
     store = Spool(site.spool_dir)
     store.check_dir(writing=not dry_run)  # the rule of every command, before anything is sent
@@ -221,12 +247,15 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0) -> list[Plan]:
     done: dict[str, set[str]] = {}  # target -> the addresses its pool holds now
     for group in zones(pools(cfgs)):
         try:
-            got = reconcile_zone(group, entries, dry_run)
+            got = reconcile_zone(group, entries, dry_run, prune)
         except SpduError as e:
             log.log(_level(e), "%s", e)
             got = [Plan(pool.key, None, {}, Decision((), (), None), error=e) for pool in group]
         for pool, plan in zip(group, got):
             plans.append(plan)
+            if not prune:
+                for line in unmanaged_warnings([plan]):
+                    log.log(_once(line, logging.WARNING), "%s", line)
             after = plan.after()
             if after is not None:
                 done.update({c.target: after for c in pool.targets})

@@ -5,6 +5,7 @@ or answers with another name's records; and addresses spdu no longer manages.
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -96,3 +97,38 @@ def test_a_malformed_answer_is_named_not_blamed_on_another_writer(site, proxy, l
     assert f"DNS server 127.0.0.1 port {proxy.port} sent a malformed answer" in line
     assert why in line and "another writer" not in r.stderr
     assert proxy.updates == 0 and site.pool() == [SELF]
+
+
+def test_a_removed_targets_address_is_named_and_removed_only_on_request(site):
+    probed(site)
+    assert site.run("reconcile").returncode == 0
+    assert site.pool() == sorted([SELF, BETA, GAMMA])
+    del site.servers["gamma"]  # gamma leaves targets=, and then its peer dies
+    site.write()
+    warning = (f"api.pool.domain.tld on 127.0.0.1 port {site.knot.port} holds {GAMMA}, which is"
+               " neither selfIP nor the address of a target in targets=: spdu leaves it there")
+    for args in (("reconcile",), ("status", "--dns")):
+        r = site.run(*args)
+        assert r.returncode == 0, r.stderr
+        assert f"spdu: warning: {warning}" in r.stderr, r.stderr
+        assert "`spdu reconcile --prune` removes it" in r.stderr
+    assert site.pool() == sorted([SELF, BETA, GAMMA])
+    status = json.loads(site.run("status", "--dns", "--json").stdout.splitlines()[0])
+    assert status["dns"]["unmanaged"] == [GAMMA]
+    r = site.run("reconcile", "--prune", "--json")
+    assert r.returncode == 0, r.stderr
+    [plan] = [json.loads(x) for x in r.stdout.splitlines()]
+    assert plan["changes"] == [{"action": "delete", "type": "A", "address": GAMMA, "ttl": None,
+                                "target": None, "pruned": True}]
+    assert site.pool() == sorted([SELF, BETA]) and "warning" not in r.stderr
+
+
+def test_prune_dry_run_shows_the_delete_and_sends_nothing(site):
+    probed(site)
+    assert site.run("reconcile").returncode == 0
+    del site.servers["gamma"]
+    site.write()
+    r = site.run("reconcile", "--prune", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert f"update delete api.pool.domain.tld. IN A {GAMMA}" in r.stdout, r.stdout
+    assert site.pool() == sorted([SELF, BETA, GAMMA])
