@@ -24,11 +24,9 @@ def _flip(site: faults.Site) -> None:
     assert site.run("probe", "beta").returncode in (0, 1)  # 1: it is down
 
 
-def test_a_webhook_repeat_after_kill_9_has_the_same_key_and_content(site, webhook_receiver):
-    rx = webhook_receiver()
-    site.write(f"webhookURL={rx.url}\nwebhookFormat=json\nflapCount=0\n")
-    os.chmod(site.conf, 0o600)
-    assert site.run("probe", "beta").returncode in (0, 1)  # 1: it is down
+def _killed_after_the_200(site: faults.Site, rx) -> object:
+    """Run `spdu notify` and kill -9 it once the receiver's 200 is on the wire,
+    the spool lock held meanwhile so that it cannot mark; the POST it made."""
     state = {}
 
     def hold_spool_lock(got):  # the 200 goes out while notify cannot mark...
@@ -42,16 +40,26 @@ def test_a_webhook_repeat_after_kill_9_has_the_same_key_and_content(site, webhoo
         os.close(state.pop("fd"))
         state["killed"] = got
 
-    fresh_keys = 0  # repeats under a key the receiver has never seen (goal 0)
-    for _ in range(KILLS):
-        _flip(site)
-        rx.before_answer, rx.after_answer = hold_spool_lock, kill
+    rx.before_answer, rx.after_answer = hold_spool_lock, kill
+    try:
         state["proc"] = subprocess.Popen(
             [str(BIN / "spdu"), "-c", str(site.conf), "notify"], stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert state["proc"].wait(30) == -signal.SIGKILL
-        killed = state.pop("killed")
+    finally:
         rx.before_answer = rx.after_answer = None
+    return state["killed"]
+
+
+def test_a_webhook_repeat_after_kill_9_has_the_same_key_and_content(site, webhook_receiver):
+    rx = webhook_receiver()
+    site.write(f"webhookURL={rx.url}\nwebhookFormat=json\nflapCount=0\n")
+    os.chmod(site.conf, 0o600)
+    assert site.run("probe", "beta").returncode in (0, 1)  # 1: it is down
+    fresh_keys = 0  # repeats under a key the receiver has never seen (goal 0)
+    for _ in range(KILLS):
+        _flip(site)
+        killed = _killed_after_the_200(site, rx)
         _flip(site)  # a newer transition, pending with the one posted
         seen = {r.headers["Idempotency-Key"] for r in rx.received}
         before = len(rx.received)
@@ -65,6 +73,23 @@ def test_a_webhook_repeat_after_kill_9_has_the_same_key_and_content(site, webhoo
         assert len(rx.received) - before == 2  # the repeat alone, the news in its own POST
     assert fresh_keys == 0
     assert all(e["notified"] for e in site.entry("beta")["journal"])
+
+
+def test_a_flap_summary_posted_again_is_the_same_summary(site, webhook_receiver):
+    rx = webhook_receiver()
+    site.write(f"webhookURL={rx.url}\nwebhookFormat=json\nflapCount=1\nflapWindow=600\n")
+    os.chmod(site.conf, 0o600)
+    for _ in range(3):
+        _flip(site)
+    _killed_after_the_200(site, rx)
+    [summary] = rx.received
+    assert len(summary.json()["flapping"]) == 1 and len(summary.json()["transitions"]) == 3
+    _flip(site)  # news
+    assert site.run("notify").returncode == 0
+    again = {r.headers["Idempotency-Key"]: r for r in rx.received[1:]}
+    assert len(again) == 2  # the summary again, alone; the news in a POST of its own
+    repeat = again[summary.headers["Idempotency-Key"]]
+    assert repeat.body == summary.body  # the same summary, the same 3 changes, sent_at
 
 
 def test_a_post_the_receiver_refused_joins_the_next_digest(site, webhook_receiver):
