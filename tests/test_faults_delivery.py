@@ -6,6 +6,7 @@ SIGKILL between a webhook receiver's 200 and the marking; a real relay
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -122,6 +123,9 @@ def test_a_452_for_one_recipient_keeps_the_mail_pending_for_it_alone(site, smtp_
     assert first.rcpt_tos == ["ops@domain.tld"]
     [down] = site.entry("beta")["journal"]
     assert down["notified"] is False and "mail" not in (down.get("sent") or {})
+    [planned] = [json.loads(x) for x in site.run("notify", "-n", "--json").stdout.splitlines()]
+    assert planned["to"] == ["noc@domain.tld"]  # the same mail, to noc alone
+    assert planned["message_id"] == first.message["Message-ID"]
     relay.defer.clear()
     _flip(site)  # news: the next run mails it to everyone, the repeat to noc alone
     r = site.run("notify")

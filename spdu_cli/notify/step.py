@@ -30,7 +30,7 @@ class Delivery:
 
     mail: Mail
     message: EmailMessage
-    to: list[str] = field(default_factory=list)  # the envelope: mailTo less who has it
+    to: list[str]  # the envelope: mailTo, less who took this very mail before
     sent: bool = False
     refused: dict[str, str] = field(default_factory=dict)
     error: SpduError | None = None
