@@ -170,13 +170,13 @@ def unmanaged_warnings(plans: list[Plan]) -> list[str]:
     for p in plans:
         extra = p.decision.unmanaged
         if p.error is None and extra:
-            them = " ".join(extra)
+            one = len(extra) == 1
+            it, its = ("it", "its") if one else ("them", "their")
             out.append(
-                f"{p.pool.name} on {p.pool.where} holds {them}, which "
-                f"{'is' if len(extra) == 1 else 'are'} neither selfIP nor the address of a"
-                f" target in targets=: spdu leaves {'it' if len(extra) == 1 else 'them'}"
-                " there, whatever happens to it; `spdu reconcile --prune` removes"
-                f" {'it' if len(extra) == 1 else 'them'}")
+                f"{p.pool.name} on {p.pool.where} holds {' '.join(extra)}, which"
+                f" {'is' if one else 'are'} neither selfIP nor the address of a target in"
+                f" targets=: spdu leaves {it} there, even when {its} site is down;"
+                f" `spdu reconcile --prune` removes {it}")
     return out
 
 
