@@ -246,16 +246,20 @@ def probe_cmd(obj: Context, targets, as_json, lock_timeout):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per pool per line.")
 @click.option("--probe", "probe_first", is_flag=True,
               help="First probe the targets never probed or not within staleAfter.")
+@click.option("--prune", is_flag=True,
+              help="Also remove the pool's addresses that are neither selfIP nor any "
+                   "target's (a target removed from targets=).")
 @LOCK_TIMEOUT
 @click.pass_obj
-def reconcile_cmd(obj: Context, dry_run, as_json, probe_first, lock_timeout):
+def reconcile_cmd(obj: Context, dry_run, as_json, probe_first, lock_timeout, prune):
     """Make each pool's A/AAAA RRset on its DNS server match the spool.
 
     Reads the RRsets from nameServer itself, adds the addresses of targets
     that are up, removes those of targets that are down, keeps selfIP and
     every address spdu does not manage, leaves unknown or stale targets
     alone, and never empties a pool. Sends one UPDATE per zone, conditional
-    on what was read; sends nothing when DNS already agrees.
+    on what was read; sends nothing when DNS already agrees. Addresses of no
+    target are named in a warning, and removed only with --prune.
 
     \b
     Example:
@@ -267,7 +271,7 @@ def reconcile_cmd(obj: Context, dry_run, as_json, probe_first, lock_timeout):
         import spdu_cli.probe.step as probe
 
         probe.run_stale(obj.site(), lock_timeout=lock_timeout)
-    plans = reconcile.run(obj.site(), dry_run=dry_run, lock_timeout=lock_timeout)
+    plans = reconcile.run(obj.site(), dry_run=dry_run, lock_timeout=lock_timeout, prune=prune)
     if not dry_run:
         _write_metrics(obj.site())
     if as_json:

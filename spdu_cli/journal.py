@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 MAIL = "mail"  # the mail channel's name in the spool (a webhook's: WebhookConfig.channel)
 MESSAGE_ID = re.compile(r"<spdu\.[0-9a-f]{20}@[A-Za-z0-9.-]{1,253}>")  # what message_id makes
+POST_ID = re.compile(r"spdu\.[0-9a-f]{20}")  # what webhook.delivery_id makes
 
 
 def _epoch(value: Any) -> float | None:
@@ -70,6 +71,13 @@ class StateChange:
     until: float | None = None  # a change to maint: when the maintenance ends
     sent: tuple[tuple[str, float | None, bool], ...] = ()  # (channel, at, flap summary)
     mail_id: str | None = None  # the Message-ID of a mail about to carry it (see run)
+    # Per webhook channel, the POST about to carry it: (channel, Idempotency-Key,
+    # when it was first tried, its flap count); see notify's run.
+    posted: tuple[tuple[str, str, float | None, int], ...] = ()
+    mailed_to: tuple[str, ...] = ()  # recipients that took the mail `mail_id` (a 4xx for others)
+    # As one channel sees it (`on`): (id, first tried, flap count) of the mail or
+    # POST that was about to carry it, to be sent again alone under that id.
+    repeat: tuple[str, float | None, int] | None = None
 
     @property
     def key(self) -> tuple[int, str]:
@@ -107,6 +115,10 @@ class StateChange:
             sent=_sent(e.get("sent")),
             mail_id=(e["mail_id"] if isinstance(e.get("mail_id"), str)
                      and MESSAGE_ID.fullmatch(e["mail_id"]) else None),  # goes into a header
+            posted=_posted(e.get("post_id")),
+            mailed_to=tuple(a for a in (e.get("mailed_to") if isinstance(e.get("mailed_to"),
+                                                                        list) else ())
+                            if isinstance(a, str)),
         )
 
     def on(self, channel: str) -> StateChange:
@@ -117,7 +129,23 @@ class StateChange:
             return dataclasses.replace(self, notified=True, notified_at=rec[1], flap=rec[2])
         if self.notified and self.sent:
             return dataclasses.replace(self, flap=False)  # settled without this channel
-        return self
+        if channel == MAIL:
+            return dataclasses.replace(self, repeat=(self.mail_id, None, 0)
+                                       if self.mail_id else None)
+        note = next((r[1:] for r in self.posted if r[0] == channel), None)
+        return dataclasses.replace(self, repeat=note)
+
+
+def _posted(value: Any) -> tuple[tuple[str, str, float | None, int], ...]:
+    if not isinstance(value, dict):
+        return ()
+    out = []
+    for ch, r in value.items():
+        if isinstance(r, dict) and isinstance(r.get("id"), str) and POST_ID.fullmatch(r["id"]):
+            flap = r.get("flap")
+            flap = flap if isinstance(flap, int) and not isinstance(flap, bool) else 0
+            out.append((str(ch), r["id"], _epoch(r.get("at")), max(0, flap)))
+    return tuple(out)
 
 
 def _sent(value: Any) -> tuple[tuple[str, float | None, bool], ...]:

@@ -50,16 +50,19 @@ def _udp(pool: Pool, message):
     server = (str(ipaddress.ip_address(pool.key.server)), pool.key.port)
     family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
     deadline = time.monotonic() + pool.timeout
+    wrong = None  # an answer with our id that is not one to our question
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.sendto(message.to_wire(), server)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0:
-                raise dns.exception.Timeout(timeout=pool.timeout)
-            sock.settimeout(left)
             try:
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
                 wire, source = sock.recvfrom(65535)
             except TimeoutError:
+                if wrong is not None:
+                    raise dns.exception.FormError(wrong) from None
                 raise dns.exception.Timeout(timeout=pool.timeout) from None
             if (str(ipaddress.ip_address(source[0])), source[1]) != server:
                 continue  # not from the server: not an answer
@@ -68,6 +71,8 @@ def _udp(pool: Pool, message):
             if message.is_response(answer):
                 return answer
             # another query's answer (a late one): wait on for ours
+            if answer.id == message.id:
+                wrong = "it does not answer the question asked"
 
 
 def _exchange(pool: Pool, message, what: str, tcp: bool = True):
@@ -86,7 +91,11 @@ def _exchange(pool: Pool, message, what: str, tcp: bool = True):
             # truncated: ask again over TCP
         import dns.query
 
-        return dns.query.tcp(message, pool.key.server, timeout=pool.timeout, port=pool.key.port)
+        answer = dns.query.tcp(message, pool.key.server, timeout=pool.timeout,
+                               port=pool.key.port)
+        if answer.flags & dns.flags.TC:
+            raise malformed(pool, what, "truncated (TC) over TCP, where nothing may be cut")
+        return answer
     except dns.exception.Timeout:
         raise ServiceUnavailable(
             f"DNS server {server} did not answer {what} within {pool.timeout:g} s",
@@ -124,13 +133,40 @@ def _exchange(pool: Pool, message, what: str, tcp: bool = True):
     except dns.exception.FormError as e:
         if "requires a TSIG" in str(e):
             raise _unsigned_answer(pool, what) from None
-        raise ServiceUnavailable(
-            f"DNS server {server} sent a malformed answer to {what}: {e}") from None
+        if type(e).__name__ == "BadResponse":  # dns.query's is_response: id, opcode, question
+            raise malformed(pool, what, "it does not answer the question asked") from None
+        raise malformed(pool, what, str(e)) from None
     except OSError as e:
         raise ServiceUnavailable(
             f"cannot reach DNS server {server} for {what}: {e.strerror or e}") from None
     except dns.exception.DNSException as e:
         raise ServiceUnavailable(f"DNS server {server} failed {what}: {e}") from None
+
+
+class MalformedAnswer(ServiceUnavailable):
+    """An answer that cannot be taken for what was asked (69): never read as
+    the RRset, so it is not blamed on a concurrent writer."""
+
+
+def malformed(pool: Pool, what: str, why: str) -> MalformedAnswer:
+    return MalformedAnswer(f"DNS server {pool.key.where} sent a malformed answer to {what}: {why}",
+                           "is something between spdu and the server (a proxy, a middlebox)"
+                           " changing the answers? (nameServer, namePort)")
+
+
+def _strict(pool: Pool, query, answer, what: str) -> None:
+    """Only the name and type asked may be in the answer section (no CNAME, no
+    other name's records): anything else is not this RRset."""
+    q = query.question[0]
+    if not query.is_response(answer):  # the question echoed (and id, opcode)
+        raise malformed(pool, what, "it does not answer the question asked")
+    for rrset in answer.answer:
+        if (rrset.name, rrset.rdclass, rrset.rdtype) != (q.name, q.rdclass, q.rdtype):
+            import dns.rdatatype
+
+            raise malformed(pool, what, f"its answer section holds {rrset.name.to_text(True)}"
+                            f" {dns.rdatatype.to_text(rrset.rdtype)}, not only"
+                            f" {q.name.to_text(True)} {dns.rdatatype.to_text(q.rdtype)}")
 
 
 def _unsigned_answer(pool: Pool, what: str) -> ConfigError:
@@ -198,6 +234,7 @@ def read_current(pool: Pool) -> dict[str, list[str]]:
             if answer.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and (
                     answer.flags & dns.flags.AA):
                 raise
+        _strict(pool, q, answer, what)
         rcode = answer.rcode()
         if rcode == dns.rcode.REFUSED or (
             rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and not answer.flags & dns.flags.AA

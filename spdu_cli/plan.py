@@ -50,7 +50,8 @@ class Change:
     action: str  # "add" or "delete"
     address: str
     ttl: int
-    target: str | None  # None: this site's own address (selfIP)
+    target: str | None  # None: this site's own address (selfIP), or one pruned
+    pruned: bool = False  # an address of no target, removed on request (--prune)
 
     @property
     def rdtype(self) -> str:
@@ -62,6 +63,7 @@ class Decision:
     changes: tuple[Change, ...]
     left_as_is: tuple[tuple[str, str], ...]  # (target, why): DNS is not judged for it
     blocked: str | None  # set when the change is withheld (it would empty the pool)
+    unmanaged: tuple[str, ...] = ()  # in the pool, but neither selfIP nor any target's
 
     @property
     def left(self) -> dict[str, str]:
@@ -78,6 +80,7 @@ def decide(
     self_ips: Iterable[str],
     self_ttl: int,
     now: float,
+    prune: bool = False,
 ) -> Decision:
     """The minimal change that makes the pool agree with the targets' states.
 
@@ -86,10 +89,13 @@ def decide(
     its state; a maintenance past its end is over even before it is cleared);
     unknown or stale targets (a probe time in the future is stale too) are
     left as they are; selfIP is always present;
-    an address spdu does not manage is never touched; and a change that would
+    an address spdu does not manage is never touched (it is named in
+    `unmanaged`, and removed only with `prune`); and a change that would
     leave the pool without any address is withheld.
     """
     current = {canon(a) for a in current}
+    targets = list(targets)
+    unmanaged = unmanaged_of(current, targets, self_ips)
     present: dict[str, tuple[int, str | None]] = {}
     absent: dict[str, str] = {}
     left = []
@@ -130,6 +136,8 @@ def decide(
         for a, who in sorted(absent.items())
         if a in current and a not in present  # up (or selfIP) wins over down
     ]
+    if prune:
+        changes += [Change("delete", a, 0, None, pruned=True) for a in unmanaged]
     after = (current - {c.address for c in changes if c.action == "delete"}) | {
         c.address for c in changes if c.action == "add"
     }
@@ -140,8 +148,24 @@ def decide(
             tuple(left),
             f"removing {gone} would leave the pool with no address at all; nothing is sent"
             " (set selfIP so that this site always stays in its own pool)",
+            unmanaged,
         )
-    return Decision(tuple(changes), tuple(left), None)
+    return Decision(tuple(changes), tuple(left), None, unmanaged)
+
+
+def unmanaged_of(current: set[str], targets: list[TargetView],
+                 self_ips: Iterable[str]) -> tuple[str, ...]:
+    """The pool's addresses that are neither selfIP nor any target's (probed,
+    targetIP or retired): a target removed from targets=, or added by hand.
+    Nothing while a target's addresses are not known yet (never probed, no
+    targetIP): its address cannot be told from another."""
+    owned = {canon(a) for a in self_ips}
+    for t in targets:
+        if not (t.addresses or t.configured):
+            return ()
+        owned |= {canon(a) for a in t.addresses + t.configured + t.retired}
+    ip = ipaddress.ip_address
+    return tuple(sorted(current - owned, key=lambda a: (ip(a).version, ip(a))))
 
 
 # -- pools and plans -----------------------------------------------------------------
@@ -282,9 +306,11 @@ class Plan:
             "in_sync": self.in_sync,
             "changes": [
                 {"action": c.action, "type": c.rdtype, "address": c.address,
-                 "ttl": c.ttl if c.action == "add" else None, "target": c.target}
+                 "ttl": c.ttl if c.action == "add" else None, "target": c.target,
+                 "pruned": c.pruned}
                 for c in self.changes
             ],
+            "unmanaged": list(self.decision.unmanaged),
             "notes": list(self.decision.notes),
             "left_alone": self.decision.left,
             "blocked": self.decision.blocked,

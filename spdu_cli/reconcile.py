@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from spdu_cli.config import TargetConfig
 from spdu_cli.entry import SpoolEntry, iso, staleness
-from spdu_cli.errors import SpduError, TemporaryFailure
+from spdu_cli.errors import ServiceUnavailable, SpduError, TemporaryFailure
 from spdu_cli.nameserver import PrerequisiteFailed, keyring, read_current, send
 from spdu_cli.plan import (
     Change,
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # re-read and retry when a prerequisite fails (a concurrent writer)
 SERIALS_KEPT = 16  # per pool, the serials of the last UPDATEs (for status --dns)
+DNS_KEPT = 16  # per transition, the latest DNS changes noted for it (journal `dns`)
 
 
 # -- the `spdu reconcile` step -----------------------------------------------------------
@@ -79,12 +80,13 @@ def standing(site, entries: dict[str, SpoolEntry], now: float) -> tuple:
     return tuple(out)
 
 
-def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int) -> Plan:
+def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int,
+          prune: bool = False) -> Plan:
     """Read the pool's RRsets and decide."""
     current = read_current(pool)
     decision = decide(
         current["A"] + current["AAAA"], _views(pool, entries), pool.self_ips,
-        pool.self_ttl, time.time(),
+        pool.self_ttl, time.time(), prune=prune,
     )
     for note in decision.notes:
         log.debug("%s: %s", pool.key.name, note)
@@ -96,12 +98,12 @@ def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int) -> Plan:
 
 
 def reconcile_zone(group: list[Pool], entries: dict[str, SpoolEntry],
-                   dry_run: bool) -> list[Plan]:
+                   dry_run: bool, prune: bool = False) -> list[Plan]:
     """Read and decide each pool of one zone, then (unless dry-run) send all
     their changes as one UPDATE, re-reading when a concurrent writer changed
     the RRsets in between."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        plans = [_plan(pool, entries, attempt) for pool in group]
+        plans = [_plan(pool, entries, attempt, prune) for pool in group]
         items = [(pool, plan) for pool, plan in zip(group, plans) if plan.changes]
         if dry_run or not items:
             return plans
@@ -112,6 +114,8 @@ def reconcile_zone(group: list[Pool], entries: dict[str, SpoolEntry],
             log.warning("%s on %s changed while spdu was updating it (%s); reading it again",
                         names, group[0].key.where, e)
             continue
+        for pool, plan in items:
+            verify(pool, plan)
         # The serial the UPDATE made: status --dns tells from it since when a
         # secondary that has not caught up has lagged.
         from spdu_cli.secondaries import serial_of
@@ -122,13 +126,77 @@ def reconcile_zone(group: list[Pool], entries: dict[str, SpoolEntry],
             plan.sent = True
             plan.serial_after = serial
             for c in plan.changes:
-                log.info("%s: %s %s %s on %s", c.target or "selfIP", c.action, pool.key.name,
-                         c.address, pool.key.where)
+                who = c.target or ("no target (--prune)" if c.pruned else "selfIP")
+                log.info("%s: %s %s %s on %s", who, c.action, pool.key.name, c.address,
+                         pool.key.where)
         return plans
     names = ", ".join(p.key.name for p in group)
     raise TemporaryFailure(
         f"{names} on {group[0].key.where} kept changing under spdu ({MAX_ATTEMPTS} tries)",
         "another writer is updating the same RRset; try again",
+    )
+
+
+class NotApplied(ServiceUnavailable):
+    """The server answered NOERROR to an UPDATE, and the RRset read after it
+    shows the change was not made."""
+
+
+REMIND = 600.0  # s: a server that keeps not applying is said so again this often
+_said: dict[str, float] = {}  # in this process (the cron loop): message -> when it was logged
+
+
+def _level(e: SpduError) -> int:
+    """ERROR; for NotApplied, which the cron loop meets on every tick, once per
+    process and message, and again every REMIND seconds (else DEBUG)."""
+    return _once(str(e), logging.ERROR) if isinstance(e, NotApplied) else logging.ERROR
+
+
+def _once(message: str, level: int) -> int:
+    """`level` the first time this process logs `message` and every REMIND
+    seconds after; DEBUG in between."""
+    now, last = time.monotonic(), _said.get(message)
+    if last is not None and now - last < REMIND:
+        return logging.DEBUG
+    _said[message] = now
+    return level
+
+
+def unmanaged_warnings(plans: list[Plan]) -> list[str]:
+    """One line per pool holding addresses that are neither selfIP nor any
+    target's (a target removed from targets=, or one added by hand): spdu
+    leaves them there; `spdu reconcile --prune` removes them."""
+    out = []
+    for p in plans:
+        extra = p.decision.unmanaged
+        if p.error is None and extra:
+            one = len(extra) == 1
+            it, its = ("it", "its") if one else ("them", "their")
+            out.append(
+                f"{p.pool.name} on {p.pool.where} holds {' '.join(extra)}, which"
+                f" {'is' if one else 'are'} neither selfIP nor the address of a target in"
+                f" targets=: spdu leaves {it} there, even when {its} site is down;"
+                f" `spdu reconcile --prune` removes {it}")
+    return out
+
+
+def verify(pool: Pool, plan: Plan) -> None:
+    """Read the RRsets again after a NOERROR: a server (or something in front of
+    it) that says NOERROR and applies nothing must not pass for a change made."""
+    after = read_current(pool)
+    missing = [c for c in plan.changes
+               if (c.address in after.get(c.rdtype, [])) != (c.action == "add")]
+    if not missing:
+        return
+    c = missing[0]
+    did = (f"{c.address} is not in {pool.key.name} {c.rdtype}" if c.action == "add"
+           else f"{c.address} is still in {pool.key.name} {c.rdtype}")
+    more = f" (and {len(missing) - 1} more change(s))" if len(missing) > 1 else ""
+    raise NotApplied(
+        f"DNS server {pool.key.where} answered NOERROR to the update of {pool.key.name}"
+        f" but did not apply it: read again, {did}{more}",
+        "is nameServer the zone's primary, and not a secondary or a proxy that drops"
+        " updates? see the server's log",
     )
 
 
@@ -156,12 +224,15 @@ def record(store: Spool, plan: Plan, now: float) -> None:
             }
             for c in changes
         )
+        del latest["dns"][:-DNS_KEPT]  # bounded, whatever happens to DNS
         store.write(entry)
 
 
-def run(site, dry_run: bool = False, lock_timeout: float = 5.0) -> list[Plan]:
+def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
+        prune: bool = False) -> list[Plan]:
     """Reconcile every pool of the configured targets. A failing pool does not
-    stop the others: its Plan carries the error."""
+    stop the others: its Plan carries the error. Addresses of no target are
+    named in a warning (see unmanaged_warnings), and removed only with `prune`."""
     cfgs = [site.target(n) for n in site.select(())]
     store = Spool(site.spool_dir)
     store.check_dir(writing=not dry_run)  # the rule of every command, before anything is sent
@@ -176,12 +247,15 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0) -> list[Plan]:
     done: dict[str, set[str]] = {}  # target -> the addresses its pool holds now
     for group in zones(pools(cfgs)):
         try:
-            got = reconcile_zone(group, entries, dry_run)
+            got = reconcile_zone(group, entries, dry_run, prune)
         except SpduError as e:
-            log.error("%s", e)
+            log.log(_level(e), "%s", e)
             got = [Plan(pool.key, None, {}, Decision((), (), None), error=e) for pool in group]
         for pool, plan in zip(group, got):
             plans.append(plan)
+            if not prune:
+                for line in unmanaged_warnings([plan]):
+                    log.log(_once(line, logging.WARNING), "%s", line)
             after = plan.after()
             if after is not None:
                 done.update({c.target: after for c in pool.targets})

@@ -203,7 +203,7 @@ def reconcile_lines(plans) -> Iterator[str]:
             done = "" if p.sent else " (not sent)"
             parts = [
                 f"{'added' if c.action == 'add' else 'removed'} {c.address}"
-                f" ({c.target or 'selfIP'})"
+                f" ({c.target or ('of no target' if c.pruned else 'selfIP')})"
                 for c in p.changes
             ]
             yield f"{head} {', '.join(parts)}{done}"

@@ -33,6 +33,7 @@ class PoolStatus:
     servers: tuple = ()  # secondaries.ServerStatus of each authoritative server
     servers_error: str | None = None  # their list could not be had
     now: float = 0.0
+    unmanaged: tuple[str, ...] = ()  # neither selfIP nor any target's (reconcile --prune)
 
     @classmethod
     def from_plan(cls, plan) -> PoolStatus:
@@ -41,6 +42,7 @@ class PoolStatus:
             tuple((c.action, c.address, c.target) for c in plan.changes),
             plan.decision.blocked, str(plan.error) if plan.error else None,
             int(plan.error.exit_status) if plan.error else 0, plan.decision.left,
+            unmanaged=plan.decision.unmanaged,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -53,6 +55,7 @@ class PoolStatus:
             "blocked": self.blocked,
             "error": self.error,
             "left_alone": self.left,
+            "unmanaged": list(self.unmanaged),
             "serial": self.serial,
             "servers": [v.to_json(self.now) for v in self.servers],
             "servers_error": self.servers_error,

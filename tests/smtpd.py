@@ -31,6 +31,8 @@ class _Handler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address in self.relay.refuse:
             return "550 5.1.1 no such mailbox here"
+        if address in self.relay.defer:
+            return "452 4.2.2 mailbox full, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -66,6 +68,7 @@ class SmtpRelay:
     password: str | None = None
     host: str = "127.0.0.1"
     refuse: set[str] = field(default_factory=set)
+    defer: set[str] = field(default_factory=set)  # answered 452 at RCPT
     received: list[Received] = field(default_factory=list)
     on_data: object = None  # called (in the relay's thread) before a mail is accepted
 

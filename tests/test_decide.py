@@ -123,3 +123,23 @@ def test_properties(current, targets, self_ips):
     fresh_known = [t for t in targets if t.state is not State.UNKNOWN and t.checked == NOW - 1]
     managed = {a for t in fresh_known for a in t.addresses} | self_ips
     assert (deleted | added) <= managed  # unmanaged records untouched
+
+
+def test_addresses_of_no_target_are_named_and_removed_only_with_prune():
+    pool = ["192.0.2.1", "192.0.2.3", "192.0.2.9", "2001:db8::9"]
+    targets = [view("gamma", "up", ["192.0.2.3"])]
+    d = decide(pool, targets, ["192.0.2.1"], 5, NOW)
+    assert d.changes == () and d.unmanaged == ("192.0.2.9", "2001:db8::9")
+    d = decide(pool, targets, ["192.0.2.1"], 5, NOW, prune=True)
+    assert [(c.action, c.address, c.target, c.pruned) for c in d.changes] == [
+        ("delete", "192.0.2.9", None, True), ("delete", "2001:db8::9", None, True)]
+
+
+def test_no_address_is_named_while_a_targets_address_is_not_known():
+    d = decide(["192.0.2.9"], [view("beta", "unknown", [])], [], 5, NOW, prune=True)
+    assert d.unmanaged == () and d.changes == ()
+
+
+def test_prune_never_empties_the_pool():
+    d = decide(["192.0.2.9"], [view("gamma", "down", ["192.0.2.3"])], [], 5, NOW, prune=True)
+    assert d.changes == () and "no address at all" in d.blocked and d.unmanaged == ("192.0.2.9",)

@@ -1,6 +1,7 @@
 """A real webhook receiver for the tests: Python's HTTP server on a loopback
 address, plain or HTTPS (trustme), recording every POST; its answer can be
-switched at run time: a status, a redirect, or a hang."""
+switched at run time: a status, a redirect, or a hang; and hooks run before
+the answer (to hold it) and once it is sent (to kill the sender)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class WebhookReceiver:
         self.answer = "200"  # a status, "redirect" or "hang" (reads the POST, never answers)
         self.received: list[Received] = []
         self.tried = 0  # POSTs that arrived, answered or not
+        self.before_answer = None  # called with the Received before the answer is sent
+        self.after_answer = None  # called with it once the answer is on the wire
         self._stop = threading.Event()
         outer = self
 
@@ -42,14 +45,20 @@ class WebhookReceiver:
                 if outer.answer == "redirect":
                     self.send_response(302)
                     self.send_header("Location", f"http://{host}:1/elsewhere")
-                else:
+                got = Received(self.path, dict(self.headers), body)
+                if outer.answer != "redirect":
                     status = int(outer.answer)
                     if 200 <= status < 300:
-                        outer.received.append(Received(self.path, dict(self.headers), body))
+                        outer.received.append(got)
+                    if outer.before_answer is not None:
+                        outer.before_answer(got)
                     self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.send_header("Connection", "close")
                 self.end_headers()
+                self.wfile.flush()
+                if outer.after_answer is not None:
+                    outer.after_answer(got)
 
             def log_message(self, *args):
                 pass

@@ -166,10 +166,11 @@ def _connect(cfg: MailConfig, during: list[str]) -> tuple[smtplib.SMTP, bool]:
         raise
 
 
-def send(cfg: MailConfig, msg: EmailMessage) -> dict[str, str]:
-    """Hand `msg` to the relay. Returns the recipients it refused (address ->
-    reply) when it took the mail for the others; raises when it took it for
-    no one. The password is sent only over TLS unless smtpStartTLS=no."""
+def send(cfg: MailConfig, msg: EmailMessage, to: list[str] | None = None) -> dict[str, str]:
+    """Hand `msg` to the relay, for `to` (default: mailTo; the To header stays
+    as composed). Returns the recipients it refused (address -> reply) when it
+    took the mail for the others; raises when it took it for no one. The
+    password is sent only over TLS unless smtpStartTLS=no."""
     import smtplib
 
     during = ["connecting"]
@@ -187,7 +188,7 @@ def send(cfg: MailConfig, msg: EmailMessage) -> dict[str, str]:
             during[0] = "in AUTH"
             conn.login(cfg.user, cfg.password)
         during[0] = "while sending the mail"
-        refused = conn.send_message(msg, cfg.sender, list(cfg.to))
+        refused = conn.send_message(msg, cfg.sender, list(cfg.to if to is None else to))
     except SpduError:
         if conn is not None:
             conn.close()

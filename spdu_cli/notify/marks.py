@@ -20,14 +20,15 @@ Marks = dict[str, dict[tuple[int, str], dict[str, Any]]]  # target -> transition
 
 
 def _mark(entry: SpoolEntry, updates: dict[tuple[int, str], dict[str, Any]]) -> int:
-    """Set the fields of each transition named; `sent` (per channel) is merged."""
+    """Set the fields of each transition named; `sent` and `post_id` (per channel)
+    are merged."""
     done = 0
     for e in entry.journal:
         fields = updates.get((e.get("id"), str(e.get("at"))))
         if fields:
             for name, value in fields.items():
-                if name == "sent":
-                    e["sent"] = {**(e["sent"] if isinstance(e.get("sent"), dict) else {}), **value}
+                if name in ("sent", "post_id"):  # per channel: merged
+                    e[name] = {**(e[name] if isinstance(e.get(name), dict) else {}), **value}
                 else:
                     e[name] = value
             done += 1

@@ -48,6 +48,7 @@ class Mail:
     config: MailConfig
     notices: tuple[Notice, ...]
     message_id: str | None = None  # set: a mail sent before (maybe) whose marking was lost
+    first_at: float | None = None  # then: when it was first tried (a POST's sent_at)
 
     @property
     def changes(self) -> list[tuple[str, StateChange]]:
@@ -108,23 +109,28 @@ def _gather(pairs: Iterable[tuple[Any, JournalView]], now: float, channel: str =
             ) -> tuple[dict[tuple[Any, str | None], tuple[Notice, ...]], list[Held]]:
     """(channel configuration, the target as that channel sees it) pairs -> the
     notices for each (configuration, Message-ID) in time order, and the flapping
-    targets held. For mail, transitions that a mail was about to carry when spdu
-    last stopped (`mail_id`) go out again in a mail of their own, under the same
-    Message-ID, so the receiver can drop the repeat; newer ones go in another."""
+    targets held. Transitions that a mail (a POST) was about to carry when spdu
+    last stopped (`mail_id`, `post_id`) go out again in a mail of their own, under
+    the same Message-ID (Idempotency-Key), so the receiver can drop the repeat;
+    newer ones go in another."""
     groups: dict[tuple[Any, str | None], list[Notice]] = {}
     held = []
     for cfg, v in pairs:
         pending = v.pending()
         if not pending:
             continue
-        fresh = pending
-        if channel == MAIL:
-            for c in pending:
-                if c.mail_id:
-                    groups.setdefault((cfg, c.mail_id), []).append(Notice(v, (c,)))
-            fresh = tuple(c for c in pending if not c.mail_id)
-            if not fresh:
-                continue
+        again: dict[str, list[StateChange]] = {}
+        for c in pending:
+            if c.repeat:
+                again.setdefault(c.repeat[0], []).append(c)
+        for key, cs in again.items():  # as it was: one summary again, or one notice each
+            _, at, flap = cs[0].repeat
+            groups.setdefault((cfg, key), []).extend(
+                [Notice(v, tuple(cs), flap, (at or now) + v.flap_window)] if flap
+                else [Notice(v, (c,)) for c in cs])
+        fresh = tuple(c for c in pending if not c.repeat)
+        if not fresh:
+            continue
         notices = notices_for(v, now, fresh)
         if isinstance(notices, Held):
             held.append(dataclasses.replace(notices, channel=channel))
@@ -132,6 +138,10 @@ def _gather(pairs: Iterable[tuple[Any, JournalView]], now: float, channel: str =
             groups.setdefault((cfg, None), []).extend(notices)
     order = lambda n: (n.changes[0].at, n.view.target, n.changes[0].id)  # noqa: E731
     return {key: tuple(sorted(ns, key=order)) for key, ns in groups.items()}, held
+
+
+def _first_at(notices: tuple[Notice, ...]) -> float | None:
+    return next((c.repeat[1] for n in notices for c in n.changes if c.repeat), None)
 
 
 def plan(views: Iterable[JournalView], now: float) -> Plan:
@@ -147,6 +157,7 @@ def plan(views: Iterable[JournalView], now: float) -> Plan:
     for channel in dict.fromkeys(w.channel for v in views for w in v.webhooks):
         posted = [(w, v.on(channel)) for v in views for w in v.webhooks if w.channel == channel]
         groups, held = _gather(posted, now, channel)
-        out.posts += [Post(cfg, notices) for (cfg, _), notices in groups.items()]
+        out.posts += [Post(cfg, notices, key, _first_at(notices) if key else None)
+                      for (cfg, key), notices in groups.items()]
         out.held += held
     return out

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from email.message import EmailMessage
 
 from spdu_cli.entry import iso
-from spdu_cli.errors import SpduError
+from spdu_cli.errors import ServiceUnavailable, SpduError
 from spdu_cli.journal import (
     MAIL,
     JournalView,
@@ -37,6 +37,7 @@ class Delivery:
 
     mail: Mail
     message: EmailMessage
+    to: list[str]  # the envelope: mailTo, less who took this very mail before
     sent: bool = False
     refused: dict[str, str] = field(default_factory=dict)
     error: SpduError | None = None
@@ -46,13 +47,22 @@ class Delivery:
             "channel": MAIL,
             "subject": str(self.message["Subject"]),
             "message_id": str(self.message["Message-ID"]),
-            "to": list(self.mail.config.to),
+            "to": list(self.to),
             "relay": relay_where(self.mail.config),
             "transitions": [{"target": t, "id": c.id} for t, c in self.mail.changes],
             "sent": self.sent,
             "refused": self.refused,
             "error": str(self.error) if self.error else None,
         }
+
+
+def _unmailed(mail: Mail) -> list[str]:
+    """mailTo, less the recipients that already took this very mail (a repeat
+    after a temporary failure for the others)."""
+    done = None
+    for _, c in mail.changes:
+        done = set(c.mailed_to) if done is None else done & set(c.mailed_to)
+    return [r for r in mail.config.to if not (mail.message_id and done and r in done)]
 
 
 @dataclass
@@ -130,9 +140,10 @@ def run(
     transitions a concurrent probe added are kept; it is `notified` once every
     channel took it. The lock is not held while talking SMTP or HTTP. Before
     that, each transition notes the Message-ID of the mail about to carry it
-    (`mail_id`): if spdu dies between the relay's acceptance and the marking,
-    the next run sends those transitions again in a mail of their own, with the
-    same Message-ID (a webhook: the same Idempotency-Key); it is never lost.
+    (`mail_id`; per webhook, the POST's Idempotency-Key, `post_id`): if spdu dies
+    between the relay's (receiver's) acceptance and the marking, the next run
+    sends those transitions again alone, with the same Message-ID (key) and
+    content; it is never lost.
     When that note cannot be written (a full disk), nothing is sent (exit 75):
     else every run would send the same mail again. A relay or receiver that is
     down, times out or refuses leaves the transitions pending for that channel
@@ -146,12 +157,14 @@ def run(
     store = Spool(site.spool_dir)
     views = [JournalView.from_spool(c, store.read(c.target)) for c in cfgs]
     p = plan(views, now)
-    outcome = Outcome(p, [Delivery(m, compose(m, now)) for m in p.mails], dry_run)
+    outcome = Outcome(p, [Delivery(m, compose(m, now), _unmailed(m)) for m in p.mails], dry_run)
     if p.posts:
         import spdu_cli.notify.webhook as webhook
 
-        outcome.posts = [PostDelivery(x, webhook.Sending(x.config, webhook.request(x, now)))
-                         for x in p.posts]
+        # A repeat is rendered as it was first (its sent_at), under the same key.
+        outcome.posts = [PostDelivery(x, webhook.Sending(
+            x.config, webhook.request(x, now if x.first_at is None else x.first_at)))
+            for x in p.posts]
     for h in p.held:
         log.info("%s", held_words(h))
     if dry_run:
@@ -167,6 +180,14 @@ def run(
             for c in n.changes:
                 if c.mail_id != mid:
                     notes.setdefault(n.view.target, {})[c.key] = {"mail_id": mid}
+    for x in outcome.posts:  # as for mail: the key noted first, per channel
+        key, channel = x.sending.request.headers["Idempotency-Key"], x.post.config.channel
+        for n in x.post.notices:
+            for c in n.changes:
+                if c.repeat is None or c.repeat[0] != key:
+                    notes.setdefault(n.view.target, {}).setdefault(c.key, {}).setdefault(
+                        "post_id", {})[channel] = {"id": key, "at": iso(now),
+                                                   "flap": n.flapping}
     if notes:
         try:
             write_notes(store, notes, lock_timeout)
@@ -187,20 +208,38 @@ def run(
             marks.setdefault(target, {}).setdefault(key, {})["logged"] = True
     for d in outcome.deliveries:
         try:
-            d.refused = send(d.mail.config, d.message)
+            d.refused = send(d.mail.config, d.message, d.to) if d.to else {}
         except SpduError as e:
             log.error("%s", e)
             d.error = e
-            if not getattr(e, "maybe_sent", False):  # not sent: its transitions may join
-                for n in d.mail.notices:               # the next digest, under a new id
-                    for c in n.changes:
+            if not getattr(e, "maybe_sent", False) and len(d.to) == len(d.mail.config.to):
+                for n in d.mail.notices:  # surely sent to no one: its transitions may
+                    for c in n.changes:   # join the next digest, under a new id
                         marks.setdefault(n.view.target, {}).setdefault(c.key, {})[
                             "mail_id"] = None
             continue
         d.sent = True
+        where = relay_where(d.mail.config)
+        later = {r: reply for r, reply in d.refused.items() if reply.startswith("4")}
         for rcpt, reply in d.refused.items():
-            log.warning("SMTP relay %s refused recipient %s (%s); the others got the mail",
-                        relay_where(d.mail.config), rcpt, reply)
+            if rcpt not in later:
+                log.warning("SMTP relay %s refused recipient %s (%s); the others got the mail",
+                            where, rcpt, reply)
+        if later:  # a temporary failure: the same mail to those alone, next run
+            d.error = ServiceUnavailable(
+                f"SMTP relay {where} answered {'; '.join(f'{r}: {x}' for r, x in later.items())}"
+                f" for {'recipient' if len(later) == 1 else 'recipients'}"
+                f" {', '.join(later)}; the others got the mail",
+                "the mail stays pending for "
+                f"{'that recipient' if len(later) == 1 else 'those'} and goes out again with"
+                " the next run, with the same Message-ID")
+            log.error("%s", d.error)
+            took = sorted(set(d.mail.config.to) - set(later))
+            for n in d.mail.notices:
+                for c in n.changes:
+                    marks.setdefault(n.view.target, {}).setdefault(c.key, {})[
+                        "mailed_to"] = took
+            continue
         sent_mark(marks, d.mail.notices, MAIL, now, message_id=str(d.message["Message-ID"]))
     if outcome.posts:
         write_marks(store, views, marks, now, lock_timeout)  # mail's, not waiting on HTTP
@@ -208,7 +247,12 @@ def run(
         for x in outcome.posts:
             if x.sending.wait():
                 sent_mark(marks, x.post.notices, x.post.config.channel, now)
-            else:
-                log.error("%s", x.error)
+                continue
+            log.error("%s", x.error)
+            if not getattr(x.error, "maybe_sent", True):  # surely not taken: may join
+                for n in x.post.notices:                   # the next digest, under a new key
+                    for c in n.changes:
+                        marks.setdefault(n.view.target, {}).setdefault(c.key, {})[
+                            "post_id"] = {x.post.config.channel: None}
     write_marks(store, views, marks, now, lock_timeout)
     return outcome

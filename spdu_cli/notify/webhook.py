@@ -51,6 +51,8 @@ class Request:
 
 def delivery_id(post: Post) -> str:
     """The same for every retry of the same POST, so a receiver can drop a repeat."""
+    if post.message_id:  # a POST sent before (maybe), whose marking was lost
+        return post.message_id
     keys = "\n".join(f"{t}:{c.id}:{c.stamp}" for t, c in post.changes)
     return "spdu." + hashlib.sha256(
         f"{post.config.tag}\n{post.config.channel}\n{keys}".encode()).hexdigest()[:20]
@@ -240,7 +242,8 @@ def refusal(cfg: WebhookConfig, status: int, reason: str) -> SpduError | None:
 
 def send(cfg: WebhookConfig, req: Request) -> int:
     """POST `req`; returns the status when the receiver accepted it (2xx), raises
-    otherwise. Redirects are not followed and the answer's body is not read."""
+    otherwise (the error's `maybe_sent`: whether the receiver may have taken it
+    all the same). Redirects are not followed and the answer's body is not read."""
     import requests
     from requests.utils import get_environ_proxies
 
@@ -253,10 +256,15 @@ def send(cfg: WebhookConfig, req: Request) -> int:
                        allow_redirects=False, verify=verify, stream=True,
                        proxies=get_environ_proxies(req.url))
         except (requests.exceptions.RequestException, OSError) as e:
-            raise failure(cfg, e) from None
+            err = failure(cfg, e)
+            # Never connected: surely not received. Else it may have been.
+            err.maybe_sent = not isinstance(
+                _cause(e), ConnectionRefusedError | socket.gaierror)
+            raise err from None
         r.close()
     err = refusal(cfg, r.status_code, r.reason)
     if err is not None:
+        err.maybe_sent = False  # it answered: it did not take it
         raise err
     return r.status_code
 
