@@ -388,6 +388,20 @@ MUTANTS = [
       " sent (re-sent under a new Message-ID)",
       'err.maybe_sent = during[0] == "while sending the mail"', "err.maybe_sent = False",
       NOTIFY, issue=28),
+    m("notify/webhook.py", "the webhook session trusts the environment (~/.netrc replaces the"
+      " bearer token)",
+      "        s.trust_env = False  # no ~/.netrc", "        s.trust_env = True  # no ~/.netrc",
+      WEBHOOK, issue=28),
+    m("cycle.py", "SIGTERM does not wake a loop waiting on kept connections (it ends at its"
+      " next tick)",
+      '                os.write(self.wake[1], b"\\0")', "                pass", KEPT, issue=28),
+    m("cycle.py", "the loop's exit status is the least serious failure (78 reported as 69)",
+      "        return max((s for s in self.latest.values() if s), default=None)",
+      "        return min((s for s in self.latest.values() if s), default=None)", CYCLE,
+      issue=28),
+    m("cycle.py", "a mail run's status is its last error, not its most serious",
+      'self.tally.failed("notify", max(e.exit_status for e in outcome.errors))',
+      'self.tally.failed("notify", outcome.errors[-1].exit_status)', CYCLE),
 ]
 
 

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from spdu_cli import cycle
-from spdu_cli.errors import ServiceUnavailable, TemporaryFailure
+from spdu_cli.errors import ConfigError, ServiceUnavailable, TemporaryFailure
 from spdu_cli.health import Health, State, Transition
 from spdu_cli.spool import Spool
 
@@ -300,6 +300,20 @@ def test_a_pool_that_failed_is_an_error_at_the_end(script):
     _loop, tally = run_loop(script, 7)
     assert script.calls["reconcile"] == [T0, T0 + 2, T0 + 4, T0 + 6]  # tried every interval
     assert tally.last_error == 69
+
+
+def test_the_exit_status_is_the_most_serious_failure_still_standing(script):
+    """A pool that did not answer (69) and a webhook that refuses the request (78)
+    beside a relay that is down (69): a configuration error, 78, whatever the order."""
+    script.transitions = {T0: "beta"}
+    script.plans = lambda now: [SimpleNamespace(
+        error=ServiceUnavailable("DNS server 127.0.0.1 port 53 did not answer"), in_sync=False)]
+    script.mail = lambda now: SimpleNamespace(
+        errors=[ConfigError("webhookURL #1 answered 404"), ServiceUnavailable("relay down")],
+        plan=SimpleNamespace(held=[]))
+    _loop, tally = run_loop(script, 7)
+    assert tally.latest["reconcile"] == 69 and tally.latest["notify"] == 78
+    assert tally.last_error == 78
 
 
 def test_a_mail_run_that_failed_once_and_went_out_later_is_no_error(script):

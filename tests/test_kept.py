@@ -284,6 +284,25 @@ def test_a_peer_whose_server_dies_is_out_of_dns_long_before_its_next_probe(lab, 
     assert not thread.is_alive() and time.monotonic() - t0 < 1.0
 
 
+def test_a_stop_request_ends_a_loop_that_waits_on_kept_connections_at_once(lab, confdir):
+    """interval 30, the peer alive: the loop waits on its kept connection, and
+    SIGTERM's request_stop wakes it there, not at the next tick."""
+    make, peer = lab
+    p = peer()
+    load = make(p, extra="interval=30\n")
+    loop = cycle.Loop(cycle.SiteCache(load, str(confdir.main)), 60)
+    thread = run_loop(loop)
+    try:
+        wait_for(lambda: bool(loop.kept), 10, "the kept connection")
+        time.sleep(0.3)  # into the wait
+        assert loop.kept
+    finally:
+        t0 = time.monotonic()
+        loop.request_stop()
+        thread.join(5)
+    assert not thread.is_alive() and time.monotonic() - t0 < 1.0
+
+
 def test_a_peer_that_closes_idle_connections_costs_one_early_probe(lab, caplog):
     """A keep-alive timeout shorter than the interval: the close is heard, the early
     probe finds the peer up, and its connections are not watched again this run."""

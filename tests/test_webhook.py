@@ -173,6 +173,23 @@ def test_each_format_is_delivered_once_and_marked(site, webhook_receiver, tmp_pa
     assert notify.run(site.load()).posts == [] and len(r.received) == 1  # no duplicate
 
 
+def test_the_token_is_sent_even_with_a_netrc_for_the_receiver(site, webhook_receiver, tmp_path,
+                                                               monkeypatch):
+    """~/.netrc (here $NETRC) is not read: its password would replace the bearer token."""
+    r = webhook_receiver()
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password netrc-pw\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    token.chmod(0o600)
+    site.change("beta", "up", "down")
+    assert notify.run(site.load(webhookURL=r.url, webhookTokenFile=token)).errors == []
+    (got,) = r.received
+    assert got.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
 def test_https_with_a_ca_file_and_an_untrusted_certificate(site, webhook_receiver, smtp_ca,
                                                           tmp_path):
     r = webhook_receiver(https=True)
