@@ -402,6 +402,19 @@ MUTANTS = [
     m("cycle.py", "a mail run's status is its last error, not its most serious",
       'self.tally.failed("notify", max(e.exit_status for e in outcome.errors))',
       'self.tally.failed("notify", outcome.errors[-1].exit_status)', CYCLE),
+    m("cycle.py", "\"DNS already agrees\" compares the addresses only, not the configuration"
+      " (a changed selfIP waits for the drift check)",
+      "standing[0] is agreed[0] and standing[1] == agreed[1]", "standing[1] == agreed[1]",
+      CYCLE, issue=28),
+    m("cycle.py", "the wall-clock alignment's offset has the wrong sign (sites probe a peer"
+      " at different moments)",
+      "        offset = self.wall() - self.clock()\n",
+      "        offset = self.clock() - self.wall()\n",
+      CYCLE, issue=28),
+    m("handover.py", "a copy that could not leave its note exits at its first poll (the loop"
+      " ends with its minute: the next has no loop)",
+      "        if noted and not os.path.lexists(note):", "        if not os.path.lexists(note):",
+      FOLLOW, issue=28),
 ]
 
 
