@@ -415,6 +415,19 @@ MUTANTS = [
       " ends with its minute: the next has no loop)",
       "        if noted and not os.path.lexists(note):", "        if not os.path.lexists(note):",
       FOLLOW, issue=28),
+    m("probe/rounds.py", "a refused address does not decide the round (it waits probeTimeout for"
+      " a hung one beside it)",
+      "        if r.ok and not all(j in tg.results for j in jobs):",
+      "        if not all(j in tg.results for j in jobs):",
+      ["tests/test_confirm.py", "tests/test_probe.py", "tests/test_kept.py"], issue=28),
+    m("probe/kept.py", "no cap on what a kept connection may bring (a peer that streams wakes"
+      " the loop for every segment)",
+      "        return False if self.read[sock.fileno()] <= KEPT_DISCARD else None",
+      "        return False", KEPT, issue=28),
+    m("probe/kept.py", "a kept connection that brings a byte is let go (its peer's death is"
+      " not heard)",
+      "            if verdict is not False:  # closed, or let go",
+      "            if verdict is not None:  # closed, or let go", KEPT),
 ]
 
 

@@ -227,6 +227,29 @@ def test_a_tcp_probe_keeps_nothing(lab):
     assert rep.result.ok and kept == {}
 
 
+def test_a_few_bytes_after_the_answer_are_discarded_and_the_connection_still_watched(lab):
+    """An unread rest of a body, a stray byte: drained, and the connection is still
+    watched, so the peer's death is heard all the same."""
+    make, peer = lab
+    p = peer(after=[b"x" * 1000, 0.1, b"y", "until-closed"])
+    kept, _ = kept_after_probe(make(p)())
+    watch = Kept()
+    try:
+        watch.keep("t0", kept["t0"])
+        deadline = time.monotonic() + 0.6
+        while time.monotonic() < deadline:
+            assert watch.wait(0.1) == []
+        assert watch  # still watched
+        p.stop()
+        deadline = time.monotonic() + 2
+        closed: list[str] = []
+        while not closed and time.monotonic() < deadline:
+            closed = watch.wait(0.2)
+        assert closed == ["t0"]
+    finally:
+        watch.close()
+
+
 def test_a_kept_connection_that_keeps_sending_is_let_go_not_heard_as_a_failure(lab):
     make, peer = lab
     junk = b"x" * 16384
