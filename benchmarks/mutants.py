@@ -428,6 +428,17 @@ MUTANTS = [
       " not heard)",
       "            if verdict is not False:  # closed, or let go",
       "            if verdict is not None:  # closed, or let go", KEPT),
+    m("entry.py", "a probe exactly staleAfter old counts as stale", "    if age > limit:\n",
+      "    if age >= limit:\n", DECIDE + ["tests/test_spool.py"], issue=28),
+    m("entry.py", "the journal keeps one transition fewer than MAX_JOURNAL",
+      "        while len(self.journal) > MAX_JOURNAL:",
+      "        while len(self.journal) >= MAX_JOURNAL:",
+      SPOOL, issue=28),
+    m("spool.py", "the parse cache hands out its own entry (a caller's unwritten changes"
+      " reach later reads)",
+      "            return seen[1].copy(seen[2])", "            return seen[1]", SPOOL, issue=28),
+    m("spool.py", "the first read of a file hands out the entry the cache keeps",
+      "        return entry.copy(journal)\n", "        return entry\n", SPOOL),
 ]
 
 
