@@ -55,6 +55,7 @@ NOTIFY = ["tests/test_notify.py", "tests/test_maint.py"]
 KEPT = ["tests/test_kept.py"]
 FOLLOW = ["tests/test_follow.py"]
 WEBHOOK = ["tests/test_webhook.py", "tests/test_notify.py"]
+SECONDARIES = ["tests/test_secondaries.py", "tests/test_status.py"]
 CYCLE = ["tests/test_cycle_loop.py",
          "tests/test_cycle.py::test_suspect_targets_are_probed_again_sooner",
          "tests/test_confirm.py::test_the_cron_schedule_probes_a_down_target_every_down_interval"]
@@ -439,6 +440,16 @@ MUTANTS = [
       "            return seen[1].copy(seen[2])", "            return seen[1]", SPOOL, issue=28),
     m("spool.py", "the first read of a file hands out the entry the cache keeps",
       "        return entry.copy(journal)\n", "        return entry\n", SPOOL),
+    m("secondaries.py", "status --dns takes a non-authoritative (cached) SOA answer as the"
+      " secondary's zone",
+      "if soa.rcode() != dns.rcode.NOERROR or not soa.flags & dns.flags.AA:",
+      "if soa.rcode() != dns.rcode.NOERROR:", SECONDARIES, issue=28),
+    m("secondaries.py", "a secondaryServers entry without @PORT gets no port",
+      "found = [(None, addr, p or DNS_PORT) for addr, p in configured]",
+      "found = [(None, addr, p) for addr, p in configured]", SECONDARIES, issue=28),
+    m("secondaries.py", "a secondaryServers entry without @PORT is asked on namePort, not 53",
+      "found = [(None, addr, p or DNS_PORT) for addr, p in configured]",
+      "found = [(None, addr, p or port) for addr, p in configured]", SECONDARIES),
 ]
 
 
