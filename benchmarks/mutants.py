@@ -1,11 +1,13 @@
 """Mutation testing of the decision core: would the tests notice this bug?
 
 Each mutant below is one deliberate, plausible bug in health.py, plan.py
-(decide), nameserver.py and reconcile.py (the read, the UPDATE), spool.py,
-notify/ and journal.py (selection and marking), cycle.py and handover.py (the
-loop's schedule, the hand-over) or probe/http.py (the kept connection), applied to a
-copy of the tree in a temporary directory; the fast tests that cover that code run against the copy
-(PYTHONPATH points at it, bytecode off) under a per-mutant timeout. A mutant
+(decide), nameserver.py and reconcile.py (the read, the UPDATE), spool.py and
+entry.py, notify/ and journal.py (selection, marking, the webhook's POST),
+cycle.py and handover.py (the loop's schedule, the hand-over), probe/ (the
+rounds, the kept connection) or secondaries.py (status --dns), applied to a
+copy of the tree in a temporary directory; the fast tests that cover that
+code run against the copy (PYTHONPATH points at it, bytecode off) under a
+per-mutant timeout. A mutant
 is killed when they fail (or time out), survives when they pass. The working
 tree is never touched.
 
