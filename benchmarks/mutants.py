@@ -1,11 +1,13 @@
 """Mutation testing of the decision core: would the tests notice this bug?
 
 Each mutant below is one deliberate, plausible bug in health.py, plan.py
-(decide), nameserver.py and reconcile.py (the read, the UPDATE), spool.py,
-notify/ and journal.py (selection and marking), cycle.py and handover.py (the
-loop's schedule, the hand-over) or probe/http.py (the kept connection), applied to a
-copy of the tree in a temporary directory; the fast tests that cover that code run against the copy
-(PYTHONPATH points at it, bytecode off) under a per-mutant timeout. A mutant
+(decide), nameserver.py and reconcile.py (the read, the UPDATE), spool.py and
+entry.py, notify/ and journal.py (selection, marking, the webhook's POST),
+cycle.py and handover.py (the loop's schedule, the hand-over), probe/ (the
+rounds, the kept connection) or secondaries.py (status --dns), applied to a
+copy of the tree in a temporary directory; the fast tests that cover that
+code run against the copy (PYTHONPATH points at it, bytecode off) under a
+per-mutant timeout. A mutant
 is killed when they fail (or time out), survives when they pass. The working
 tree is never touched.
 
@@ -19,9 +21,10 @@ A snippet that no longer matches the source (the code moved) is reported as
 stale, so the list is kept in step with the code.
 
 Run: .venv/bin/python benchmarks/mutants.py [--jobs 1] [--timeout 180]
-         [--only TEXT] [--list]
+         [--only TEXT] [--issue N] [--list]
 Exit 0 when the kill rate is at least --min-rate (95 %) and every mutant
-named in issue #17 is killed; 1 otherwise; 2 when the list or the baseline is broken.
+named in an issue (its `issue` field: #17, #28) is killed; 1 otherwise; 2 when
+the list or the baseline is broken.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ SPOOL = ["tests/test_spool.py", "tests/test_maint.py", "tests/test_hardening.py"
 NOTIFY = ["tests/test_notify.py", "tests/test_maint.py"]
 KEPT = ["tests/test_kept.py"]
 FOLLOW = ["tests/test_follow.py"]
+WEBHOOK = ["tests/test_webhook.py", "tests/test_notify.py"]
+SECONDARIES = ["tests/test_secondaries.py", "tests/test_status.py"]
 CYCLE = ["tests/test_cycle_loop.py",
          "tests/test_cycle.py::test_suspect_targets_are_probed_again_sooner",
          "tests/test_confirm.py::test_the_cron_schedule_probes_a_down_target_every_down_interval"]
@@ -65,7 +70,7 @@ class Mutant:
     old: str  # must occur exactly once in the module
     new: str
     tests: tuple[str, ...]
-    issue: bool = False  # named in issue #17: must be killed
+    issue: int = 0  # the issue that names it (then it must be killed); 0: none
     equivalent: str = ""  # why no behaviour changes (then it is expected to survive)
 
 
@@ -111,16 +116,16 @@ MUTANTS = [
     m("health.py", "overlapping probes are not bounded by MAX_OVERLAP",
       "return max(1, min(MAX_OVERLAP, fall - h.bad))", "return max(1, fall - h.bad)", HEALTH),
     m("health.py", "a readdressed target with an unchanged state gets its `since` reset",
-      "return replace(h, since=before.since), None", "return h, None", HEALTH, issue=True),
+      "return replace(h, since=before.since), None", "return h, None", HEALTH, issue=17),
     m("health.py", "a readdressed target's transition says it came from unknown",
       "return h, replace(t, old=before.state) if t else None", "return h, t", HEALTH),
 
     # -- plan.py: decide ---------------------------------------------------------------------
     m("plan.py", "an added target's record gets selfIP's TTL, not its own nameTTL",
       "present.setdefault(a, (t.ttl, t.target))", "present.setdefault(a, (self_ttl, t.target))",
-      DECIDE, issue=True),
+      DECIDE, issue=17),
     m("plan.py", "the end of a maintenance window is off by one comparison (decide)",
-      "now < t.maint_until", "now <= t.maint_until", DECIDE, issue=True),
+      "now < t.maint_until", "now <= t.maint_until", DECIDE, issue=17),
     m("plan.py", "retired addresses are never removed",
       "for a in t.retired:", "for a in ():", DECIDE),
     m("plan.py", "maintenance removes only probed addresses, not configured ones",
@@ -152,7 +157,7 @@ MUTANTS = [
     # -- nameserver.py, reconcile.py: reading the zone, building and sending the UPDATE -------
     m("nameserver.py", "an answer without the AA bit is taken as the zone's data",
       "rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and not answer.flags & dns.flags.AA",
-      "False", RECONCILE, issue=True),
+      "False", RECONCILE, issue=17),
     m("nameserver.py", "REFUSED to the query is 69, not a configuration error (78)",
       "if rcode == dns.rcode.REFUSED or (", "if (", RECONCILE),
     m("nameserver.py", "the query asks for recursion",
@@ -163,7 +168,7 @@ MUTANTS = [
       "answer = _exchange(pool, q, what, tcp=False)", "answer = _exchange(pool, q, what)",
       RECONCILE),
     m("reconcile.py", "one retry fewer against a concurrent writer",
-      "MAX_ATTEMPTS = 3", "MAX_ATTEMPTS = 2", RECONCILE, issue=True),
+      "MAX_ATTEMPTS = 3", "MAX_ATTEMPTS = 2", RECONCILE, issue=17),
     m("reconcile.py", "one retry more against a concurrent writer",
       "MAX_ATTEMPTS = 3", "MAX_ATTEMPTS = 4", RECONCILE),
     m("reconcile.py", "the last try is never made",
@@ -194,20 +199,20 @@ MUTANTS = [
 
     # -- spool.py, entry.py -----------------------------------------------------------------
     m("spool.py", "no fsync before the rename of a spool file",
-      "            os.fsync(fd)\n", "            pass\n", SPOOL, issue=True),
+      "            os.fsync(fd)\n", "            pass\n", SPOOL, issue=17),
     m("spool.py", "no fsync of the directory after the rename",
       "        os.fsync(dfd)\n", "        pass\n", SPOOL),
     m("spool.py", "the file mode is mkstemp's 0600, not 0640",
       "            os.fchmod(fd, mode)\n", "", SPOOL),
     m("entry.py", "an address that comes back to a target stays in `retired`",
       "keep = [a for a in self.retired if a not in addresses and a not in gone]",
-      "keep = [a for a in self.retired if a not in gone]", SPOOL, issue=True),
+      "keep = [a for a in self.retired if a not in gone]", SPOOL, issue=17),
     m("entry.py", "a second move forgets the first one's old addresses",
       "self.retired = (keep + gone)[-MAX_RETIRED:]", "self.retired = gone", SPOOL),
     m("entry.py", "the first probe of a target counts as a change of address",
       "if not old or set(old) == set(addresses):", "if set(old) == set(addresses):", SPOOL),
     m("entry.py", "the end of a maintenance window is off by one comparison (expiry)",
-      "return now < self.until", "return now <= self.until", SPOOL, issue=True),
+      "return now < self.until", "return now <= self.until", SPOOL, issue=17),
     m("entry.py", "a new transition is born notified",
       '            "notified": False,\n', '            "notified": True,\n', SPOOL + NOTIFY),
     m("entry.py", "the journal bound drops pending transitions first",
@@ -230,7 +235,7 @@ MUTANTS = [
     # -- notify/, journal.py: which transitions go in which mail, and marking ----------------
     m("notify/outbox.py", "after a flap summary, the held changes go out one mail each",
       "held_since_last = last is not None and pending[0].at < last + view.flap_window",
-      "held_since_last = False", NOTIFY, issue=True),
+      "held_since_last = False", NOTIFY, issue=17),
     m("notify/outbox.py", "flapping already at flapCount changes",
       "if len(recent) > view.flap_count or held_since_last:",
       "if len(recent) >= view.flap_count or held_since_last:", NOTIFY),
@@ -248,7 +253,7 @@ MUTANTS = [
     m("notify/outbox.py", "a digest is not in the order things happened",
       "tuple(sorted(ns, key=order))", "tuple(ns)", NOTIFY),
     m("notify/mail.py", "the Message-ID ignores its timestamp (reused after a spool reset)",
-      'f"{t}:{c.id}:{c.stamp}"', 'f"{t}:{c.id}"', NOTIFY, issue=True),
+      'f"{t}:{c.id}:{c.stamp}"', 'f"{t}:{c.id}"', NOTIFY, issue=17),
     m("notify/step.py", "a mail the relay did not take is marked notified",
       '"mail_id"] = None\n            continue\n', '"mail_id"] = None\n', NOTIFY),
     m("notify/marks.py", "without mailTo, transitions are never marked",
@@ -271,19 +276,19 @@ MUTANTS = [
     # -- cycle.py: the loop's schedule ------------------------------------------------------
     m("cycle.py", "DNS updated only at the next tick after a transition",
       "if (changed or now >= self.next_reconcile", "if (now >= self.next_reconcile", CYCLE,
-      issue=True),
+      issue=17),
     m("cycle.py", "a failed probe run is retried at once, every tick (a busy loop)",
       "            for t in due:\n                self.schedule.due_at[t] = now + site.interval\n",
-      "", CYCLE, issue=True),
+      "", CYCLE, issue=17),
     m("cycle.py", "reconcile on every tick with no sleep",
       "self.next_reconcile = now + site.interval", "self.next_reconcile = now", CYCLE,
-      issue=True),
+      issue=17),
     m("cycle.py", "a failed mail run is reported as success and not retried",
-      "        if outcome.errors:\n", "        if False:\n", CYCLE, issue=True),
+      "        if outcome.errors:\n", "        if False:\n", CYCLE, issue=17),
     m("cycle.py", "a second mail run starts while one is still going (duplicate mails)",
-      "if self.mailer is not None and self.mailer.is_alive():", "if False:", CYCLE, issue=True),
+      "if self.mailer is not None and self.mailer.is_alive():", "if False:", CYCLE, issue=17),
     m("cycle.py", "a held flap summary is never sent by the loop",
-      "        if outcome.plan.held:", "        if False:", CYCLE, issue=True),
+      "        if outcome.plan.held:", "        if False:", CYCLE, issue=17),
     m("cycle.py", "a mail run that raised is not retried",
       "            log.error(\"notify: %s\", e)\n"
       "            self.tally.failed(\"notify\", e.exit_status)\n"
@@ -368,6 +373,85 @@ MUTANTS = [
       "        if try_lock(fd):\n            return False\n", "", FOLLOW),
     m("cycle.py", "a mail run at every start, with nothing pending",
       "        if not _pending(site):\n            self.next_notify = None\n", "", CYCLE),
+
+    # -- issue #28: the seventeen the suite let through, in the issue's order -----------------
+    m("notify/webhook.py", "a POST abandoned at its deadline counts as accepted (never delivered)",
+      "                self._abandoned = True\n                self.error = ServiceUnavailable(",
+      "                self._abandoned = True\n                _ = ServiceUnavailable(",
+      WEBHOOK, issue=28),
+    m("journal.py", "with mail configured, a change is notified once mailed (a webhook down"
+      " then never gets it)",
+      "return ({MAIL} if self.mail else set()) | {w.channel for w in self.webhooks}",
+      "return {MAIL} if self.mail else {w.channel for w in self.webhooks}", WEBHOOK, issue=28),
+    m("notify/outbox.py", "a transition a mail may already have carried (mail_id) joins a new"
+      " digest as well (sent twice, under two Message-IDs)",
+      "fresh = tuple(c for c in pending if not c.mail_id)", "fresh = pending", NOTIFY,
+      issue=28),
+    m("notify/mail.py", "a mail that failed after DATA (maybe delivered) counts as surely not"
+      " sent (re-sent under a new Message-ID)",
+      'err.maybe_sent = during[0] == "while sending the mail"', "err.maybe_sent = False",
+      NOTIFY, issue=28),
+    m("notify/webhook.py", "the webhook session trusts the environment (~/.netrc replaces the"
+      " bearer token)",
+      "        s.trust_env = False  # no ~/.netrc", "        s.trust_env = True  # no ~/.netrc",
+      WEBHOOK, issue=28),
+    m("cycle.py", "SIGTERM does not wake a loop waiting on kept connections (it ends at its"
+      " next tick)",
+      '                os.write(self.wake[1], b"\\0")', "                pass", KEPT, issue=28),
+    m("cycle.py", "the loop's exit status is the least serious failure (78 reported as 69)",
+      "        return max((s for s in self.latest.values() if s), default=None)",
+      "        return min((s for s in self.latest.values() if s), default=None)", CYCLE,
+      issue=28),
+    m("cycle.py", "a mail run's status is its last error, not its most serious",
+      'self.tally.failed("notify", max(e.exit_status for e in outcome.errors))',
+      'self.tally.failed("notify", outcome.errors[-1].exit_status)', CYCLE),
+    m("cycle.py", "\"DNS already agrees\" compares the addresses only, not the configuration"
+      " (a changed selfIP waits for the drift check)",
+      "standing[0] is agreed[0] and standing[1] == agreed[1]", "standing[1] == agreed[1]",
+      CYCLE, issue=28),
+    m("cycle.py", "the wall-clock alignment's offset has the wrong sign (sites probe a peer"
+      " at different moments)",
+      "        offset = self.wall() - self.clock()\n",
+      "        offset = self.clock() - self.wall()\n",
+      CYCLE, issue=28),
+    m("handover.py", "a copy that could not leave its note exits at its first poll (the loop"
+      " ends with its minute: the next has no loop)",
+      "        if noted and not os.path.lexists(note):", "        if not os.path.lexists(note):",
+      FOLLOW, issue=28),
+    m("probe/rounds.py", "a refused address does not decide the round (it waits probeTimeout for"
+      " a hung one beside it)",
+      "        if r.ok and not all(j in tg.results for j in jobs):",
+      "        if not all(j in tg.results for j in jobs):",
+      ["tests/test_confirm.py", "tests/test_probe.py", "tests/test_kept.py"], issue=28),
+    m("probe/kept.py", "no cap on what a kept connection may bring (a peer that streams wakes"
+      " the loop for every segment)",
+      "        return False if self.read[sock.fileno()] <= KEPT_DISCARD else None",
+      "        return False", KEPT, issue=28),
+    m("probe/kept.py", "a kept connection that brings a byte is let go (its peer's death is"
+      " not heard)",
+      "            if verdict is not False:  # closed, or let go",
+      "            if verdict is not None:  # closed, or let go", KEPT),
+    m("entry.py", "a probe exactly staleAfter old counts as stale", "    if age > limit:\n",
+      "    if age >= limit:\n", DECIDE + ["tests/test_spool.py"], issue=28),
+    m("entry.py", "the journal keeps one transition fewer than MAX_JOURNAL",
+      "        while len(self.journal) > MAX_JOURNAL:",
+      "        while len(self.journal) >= MAX_JOURNAL:",
+      SPOOL, issue=28),
+    m("spool.py", "the parse cache hands out its own entry (a caller's unwritten changes"
+      " reach later reads)",
+      "            return seen[1].copy(seen[2])", "            return seen[1]", SPOOL, issue=28),
+    m("spool.py", "the first read of a file hands out the entry the cache keeps",
+      "        return entry.copy(journal)\n", "        return entry\n", SPOOL),
+    m("secondaries.py", "status --dns takes a non-authoritative (cached) SOA answer as the"
+      " secondary's zone",
+      "if soa.rcode() != dns.rcode.NOERROR or not soa.flags & dns.flags.AA:",
+      "if soa.rcode() != dns.rcode.NOERROR:", SECONDARIES, issue=28),
+    m("secondaries.py", "a secondaryServers entry without @PORT gets no port",
+      "found = [(None, addr, p or DNS_PORT) for addr, p in configured]",
+      "found = [(None, addr, p) for addr, p in configured]", SECONDARIES, issue=28),
+    m("secondaries.py", "a secondaryServers entry without @PORT is asked on namePort, not 53",
+      "found = [(None, addr, p or DNS_PORT) for addr, p in configured]",
+      "found = [(None, addr, p or port) for addr, p in configured]", SECONDARIES),
 ]
 
 
@@ -464,8 +548,10 @@ def summary(results: list[Outcome], min_rate: float) -> int:
     print(f"mutants: {len(results)}; killed {len(killed)} of the {len(counted)} that change"
           f" behaviour: kill rate {rate:.1f} % (minimum {min_rate:g} %);"
           f" {len(equivalent)} equivalent; {len(broken)} stale or broken")
-    print(f"named in issue #17: {sum(r.verdict in ('killed', 'timeout') for r in named)} of"
-          f" {len(named)} killed")
+    for n in sorted({r.mutant.issue for r in named}):
+        of = [r for r in named if r.mutant.issue == n]
+        print(f"named in issue #{n}: {sum(r.verdict in ('killed', 'timeout') for r in of)} of"
+              f" {len(of)} killed")
     section("SURVIVORS (a test is missing):", survivors,
             lambda mu: f"    - {mu.old!r}\n    + {mu.new!r}")
     section("EQUIVALENT (no behaviour changes; expected to survive):", equivalent,
@@ -492,13 +578,21 @@ def main() -> int:
                     help="seconds per mutant before it counts as killed by timeout")
     ap.add_argument("--only", default="",
                     help="run only the mutants whose module or bug contains this text")
+    ap.add_argument("--issue", type=int, default=0,
+                    help="run only the mutants named in this issue")
     ap.add_argument("--min-rate", type=float, default=95.0, help="kill rate to pass, in %%")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     args = ap.parse_args()
-    chosen = [mu for mu in MUTANTS if args.only in mu.module or args.only in mu.bug]
+    chosen = [mu for mu in MUTANTS if (args.only in mu.module or args.only in mu.bug)
+              and (not args.issue or mu.issue == args.issue)]
+    if not chosen:  # else pytest, given no test, would run the whole suite
+        print(f"mutants: none matches --only {args.only!r}"
+              f"{f' --issue {args.issue}' if args.issue else ''}", file=sys.stderr)
+        return 2
     if args.list:
         for mu in chosen:
-            flags = " [issue #17]" if mu.issue else " [equivalent]" if mu.equivalent else ""
+            flags = (f" [issue #{mu.issue}]" if mu.issue
+                     else " [equivalent]" if mu.equivalent else "")
             print(f"{mu.module}: {mu.bug}{flags}")
         return 0
     print(f"mutation testing of the decision core: {len(chosen)} mutants; {machine()}")

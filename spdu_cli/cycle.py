@@ -328,7 +328,7 @@ class Loop:
             self.next_notify = self.clock() + NOTIFY_RETRY
             return
         if outcome.errors:
-            self.tally.failed("notify", outcome.errors[-1].exit_status)
+            self.tally.failed("notify", max(e.exit_status for e in outcome.errors))
             self.next_notify = self.clock() + NOTIFY_RETRY
             return
         self.tally.ok("notify")

@@ -17,6 +17,7 @@ from typing import Any
 from spdu_cli.errors import ServiceUnavailable
 
 SERIAL_HALF = 2**31
+DNS_PORT = 53  # of a secondaryServers entry without @PORT (the NS set's: namePort)
 
 
 def serial_lt(a: int, b: int) -> bool:
@@ -199,7 +200,7 @@ def check(pool_name: str, zone: str, server: str, port: int, timeout: float,
     """The primary's serial, and each authoritative server compared with it."""
     primary_serial = serial_of(server, port, zone, timeout, tsig)
     if configured:
-        found = [(None, addr, p or port) for addr, p in configured]
+        found = [(None, addr, p or DNS_PORT) for addr, p in configured]
     else:
         found = [(ns, addr, port) for ns, addr in ns_servers(server, port, zone, timeout)]
     out = []

@@ -264,3 +264,22 @@ def test_one_of_two_addresses_fails(lab, confdir, mode):
         assert took < (1.0 + 0.25 + 0.3 if mode == "hang" else 0.5), took
     finally:
         b.stop()
+
+
+def test_a_refused_address_decides_at_once_beside_one_that_hangs(lab, confdir):
+    """The refusal is known at once: the round, and the confirming one, need not wait
+    probeTimeout for the other address's silence."""
+    load, [a] = lab()
+    b = Peer(f"127.0.2.{next(_hosts)}", port=a.port)
+    try:
+        confdir.write(f"targetIP='{a.host} {b.host}'\nprobePort={a.port}\n", target="t0")
+        site = load()
+        up_first(site, [a, b])
+        a.mode = "hang"
+        b.stop()
+        [rep], took = confirmed(site)
+        assert rep.health.state is State.DOWN and rep.probes == 2
+        assert rep.result.address == b.host and "connection refused" in rep.result.error
+        assert took < 0.5, took
+    finally:
+        b.stop()

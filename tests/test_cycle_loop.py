@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from spdu_cli import cycle
-from spdu_cli.errors import ServiceUnavailable, TemporaryFailure
+from spdu_cli.errors import ConfigError, ServiceUnavailable, TemporaryFailure
 from spdu_cli.health import Health, State, Transition
 from spdu_cli.spool import Spool
 
@@ -180,6 +180,39 @@ def test_what_the_spool_asks_of_dns_anew_is_reconciled_in_the_next_tick(script):
     assert script.calls["reconcile"] == [T0, T0 + 4]  # then quiet again until the drift check
 
 
+def test_a_changed_configuration_is_reconciled_in_the_next_tick(script):
+    """selfIP, nameServer or poolName edited (a new configuration read): the spool
+    asks the same of DNS, but under other settings: DNS is read at once, not at
+    the next drift check."""
+    clock = Clock()
+    script.clock = clock
+    edited = Site(**vars(script.site))
+
+    class Edited(Cache):
+        def get(self):
+            return edited if clock() >= T0 + 4 else self.site
+
+    loop = cycle.Loop(Edited(script.site), 12, clock=clock, wall=clock)
+    loop.stop = Sleeps(loop)
+    loop.run()
+    assert script.calls["reconcile"] == [T0, T0 + 4]  # then quiet again until the drift check
+
+
+def test_the_probes_fall_on_whole_intervals_of_the_wall_clock(script):
+    """The loop's clock is not the wall clock: its probes after the first (at the
+    start) fall where the wall clock is a whole multiple of the interval, as on
+    every other site."""
+    clock = Clock()
+    script.clock = clock
+    offset = 1_700_000_000.3 - T0  # wall minus the loop's clock
+    loop = cycle.Loop(Cache(script.site), 12, clock=clock, wall=lambda: clock() + offset)
+    loop.stop = Sleeps(loop)
+    loop.run()
+    phases = [(t + offset) % INTERVAL for t in script.calls["probe"][1:]]
+    assert len(phases) >= 4
+    assert all(min(p, INTERVAL - p) < 1e-6 for p in phases), phases
+
+
 def test_dns_that_disagreed_is_read_again_an_interval_later(script):
     """Changes were sent (or withheld): the next reconcile checks them an
     interval later, not a drift check later."""
@@ -300,6 +333,20 @@ def test_a_pool_that_failed_is_an_error_at_the_end(script):
     _loop, tally = run_loop(script, 7)
     assert script.calls["reconcile"] == [T0, T0 + 2, T0 + 4, T0 + 6]  # tried every interval
     assert tally.last_error == 69
+
+
+def test_the_exit_status_is_the_most_serious_failure_still_standing(script):
+    """A pool that did not answer (69) and a webhook that refuses the request (78)
+    beside a relay that is down (69): a configuration error, 78, whatever the order."""
+    script.transitions = {T0: "beta"}
+    script.plans = lambda now: [SimpleNamespace(
+        error=ServiceUnavailable("DNS server 127.0.0.1 port 53 did not answer"), in_sync=False)]
+    script.mail = lambda now: SimpleNamespace(
+        errors=[ConfigError("webhookURL #1 answered 404"), ServiceUnavailable("relay down")],
+        plan=SimpleNamespace(held=[]))
+    _loop, tally = run_loop(script, 7)
+    assert tally.latest["reconcile"] == 69 and tally.latest["notify"] == 78
+    assert tally.last_error == 78
 
 
 def test_a_mail_run_that_failed_once_and_went_out_later_is_no_error(script):

@@ -42,6 +42,15 @@ def test_unknown_and_stale_targets_are_left_alone():
     assert "state unknown" in d.notes[0] and "60 s ago" in d.notes[1] and "never" in d.notes[2]
 
 
+def test_a_probe_exactly_stale_after_old_is_still_judged():
+    """staleAfter: older than it is stale; exactly that old is not yet."""
+    at_limit = [view("beta", "down", ["192.0.2.2"], checked=NOW - 10.0)]
+    d = decide(["192.0.2.1", "192.0.2.2"], at_limit, ["192.0.2.1"], 5, NOW)
+    assert changes(d) == [("delete", "192.0.2.2", "beta")]
+    past = [view("beta", "down", ["192.0.2.2"], checked=NOW - 10.001)]
+    assert decide(["192.0.2.1", "192.0.2.2"], past, ["192.0.2.1"], 5, NOW).changes == ()
+
+
 def test_self_ip_is_never_removed_and_always_added():
     d = decide(["192.0.2.2"], [view("beta", "down", ["192.0.2.1"])], ["192.0.2.1"], 7, NOW)
     assert [(c.action, c.address, c.target, c.ttl) for c in d.changes] == [

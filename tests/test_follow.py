@@ -191,6 +191,20 @@ def test_a_copy_that_cannot_leave_its_note_waits_for_the_loop_to_end(tmp_path, m
         os.close(fd)
 
 
+def test_a_copy_whose_note_could_not_be_written_at_all_waits_for_the_loop_to_end(
+        tmp_path, monkeypatch):
+    """No note at all (a full disk: `ask` fails before the file exists): its absence
+    is no answer from the loop, which ends with its minute; the copy takes over."""
+    monkeypatch.setattr(handover, "GRACE", 0.5)
+    monkeypatch.setattr(handover, "ask", lambda directory: False)
+    d = tmp_path / "spool"
+    fd = held_lock(d, time.time() + 1.0)
+    threading.Timer(1.5, os.close, [fd]).start()
+    running, took = copy_waits(d)
+    assert not running and 1.4 < took < 2.2
+    assert not (d / handover.NOTE).exists()
+
+
 def test_a_copy_says_when_the_loop_looks_stuck(tmp_path, capsys):
     d = tmp_path / "spool"
     fd = held_lock(d, time.time() - handover.STUCK - 10)

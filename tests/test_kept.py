@@ -227,6 +227,29 @@ def test_a_tcp_probe_keeps_nothing(lab):
     assert rep.result.ok and kept == {}
 
 
+def test_a_few_bytes_after_the_answer_are_discarded_and_the_connection_still_watched(lab):
+    """An unread rest of a body, a stray byte: drained, and the connection is still
+    watched, so the peer's death is heard all the same."""
+    make, peer = lab
+    p = peer(after=[b"x" * 1000, 0.1, b"y", "until-closed"])
+    kept, _ = kept_after_probe(make(p)())
+    watch = Kept()
+    try:
+        watch.keep("t0", kept["t0"])
+        deadline = time.monotonic() + 0.6
+        while time.monotonic() < deadline:
+            assert watch.wait(0.1) == []
+        assert watch  # still watched
+        p.stop()
+        deadline = time.monotonic() + 2
+        closed: list[str] = []
+        while not closed and time.monotonic() < deadline:
+            closed = watch.wait(0.2)
+        assert closed == ["t0"]
+    finally:
+        watch.close()
+
+
 def test_a_kept_connection_that_keeps_sending_is_let_go_not_heard_as_a_failure(lab):
     make, peer = lab
     junk = b"x" * 16384
@@ -280,6 +303,25 @@ def test_a_peer_whose_server_dies_is_out_of_dns_long_before_its_next_probe(lab, 
     finally:
         t0 = time.monotonic()
         loop.request_stop()  # wakes the loop out of its wait on the kept connections
+        thread.join(5)
+    assert not thread.is_alive() and time.monotonic() - t0 < 1.0
+
+
+def test_a_stop_request_ends_a_loop_that_waits_on_kept_connections_at_once(lab, confdir):
+    """interval 30, the peer alive: the loop waits on its kept connection, and
+    SIGTERM's request_stop wakes it there, not at the next tick."""
+    make, peer = lab
+    p = peer()
+    load = make(p, extra="interval=30\n")
+    loop = cycle.Loop(cycle.SiteCache(load, str(confdir.main)), 60)
+    thread = run_loop(loop)
+    try:
+        wait_for(lambda: bool(loop.kept), 10, "the kept connection")
+        time.sleep(0.3)  # into the wait
+        assert loop.kept
+    finally:
+        t0 = time.monotonic()
+        loop.request_stop()
         thread.join(5)
     assert not thread.is_alive() and time.monotonic() - t0 < 1.0
 

@@ -412,6 +412,27 @@ def test_a_transition_added_while_mailing_is_kept(site, smtp_relay):
     assert relay.received[1].message["Subject"] == "NOTICE: Server beta is up."
 
 
+def test_a_mail_that_may_have_gone_out_is_resent_alone_under_its_message_id(site, smtp_relay):
+    """The relay took the DATA but its answer came too late (maybe delivered): the
+    next run sends that transition again under the same Message-ID, so receivers
+    can drop the repeat, and a newer transition goes in a mail of its own."""
+    relay = smtp_relay()
+    site.change("beta", "up", "down", at=time.time() - 60)
+    relay.on_data = lambda: time.sleep(1.0)  # the answer after smtpTimeout
+    out = notify.run(site.load(smtpPort=relay.port, smtpTimeout="0.3"))
+    assert out.errors and out.errors[0].exit_status == 69 and site.pending("beta") == [1]
+    first = out.deliveries[0].message["Message-ID"]
+    relay.on_data = None
+    site.change("beta", "down", "up")
+    out = notify.run(site.load(smtpTimeout="3"))
+    assert out.errors == []
+    carried = sorted((str(d.message["Message-ID"]) == first, [c.id for _, c in d.mail.changes])
+                     for d in out.deliveries)
+    assert carried == [(False, [2]), (True, [1])]
+    assert [r.message["Message-ID"] for r in relay.received].count(first) == 2
+    assert site.pending("beta") == []
+
+
 def test_a_spool_reset_while_mailing_does_not_mark_the_new_journal(site, smtp_relay):
     """Marking matches id and time: a journal that restarted at id 1 meanwhile
     (spool file lost) keeps its own transition 1 pending."""

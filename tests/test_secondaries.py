@@ -6,6 +6,8 @@ BIND and a Knot secondary; every secondary converges, and `spdu status
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 
 import pytest
@@ -130,6 +132,73 @@ def test_the_ns_set_is_the_default_list(run, confdir, tmp_path, spool_dir):
     finally:
         primary.stop()
         secondary.stop()
+
+
+class Relay:
+    """A DNS server on `address`:`port` (UDP) that passes each query on to an
+    upstream server and its answer back: authoritative or not, as a caching
+    resolver in front of the primary answers (AA cleared)."""
+
+    def __init__(self, address: str, port: int, upstream, authoritative: bool):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((address, port))
+        self.sock.settimeout(0.2)
+        self.upstream, self.authoritative = upstream, authoritative
+        self.asked = 0
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import dns.flags
+        import dns.message
+        import dns.query
+
+        while not self._stop.is_set():
+            try:
+                wire, client = self.sock.recvfrom(65535)
+            except (TimeoutError, OSError):
+                continue
+            self.asked += 1
+            q = dns.message.from_wire(wire)
+            r = dns.query.udp(q, self.upstream.address, port=self.upstream.port, timeout=2)
+            if not self.authoritative:
+                r.flags &= ~dns.flags.AA
+            self.sock.sendto(r.to_wire(), client)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+def test_a_server_that_answers_without_authority_is_not_taken_for_a_secondary(
+        run, confdir, spool_dir, knot):
+    """A resolver that caches the primary's zone answers the same serial and pool,
+    but it is no copy of the zone: status says so instead of "in step"."""
+    relay = Relay("127.0.0.1", free_port(), knot, authoritative=False)
+    try:
+        write_conf(confdir, knot, spool_dir,
+                   extra=f"secondaryServers='127.0.0.1@{relay.sock.getsockname()[1]}'\n")
+        set_state(spool_dir, "beta", "up", [BETA])
+        (s,) = status(run)["servers"]
+        assert relay.asked >= 1 and not s["in_step"]
+        assert s["error"] == "not authoritative for pool.domain.tld (NOERROR without AA)"
+    finally:
+        relay.stop()
+
+
+def test_a_secondary_without_a_port_is_asked_on_port_53(run, confdir, spool_dir, knot):
+    """secondaryServers ADDRESS: port 53, whatever namePort the primary is on."""
+    relay = Relay("127.0.5.53", 53, knot, authoritative=True)
+    try:
+        write_conf(confdir, knot, spool_dir, extra="secondaryServers='127.0.5.53'\n")
+        set_state(spool_dir, "beta", "up", [BETA])
+        (s,) = status(run)["servers"]
+        assert s["server"] == "127.0.5.53:53" and s["error"] is None
+        assert s["in_step"] and s["serial"] == 1
+    finally:
+        relay.stop()
 
 
 def test_serial_arithmetic_and_the_lag_from_spdus_updates():

@@ -109,6 +109,21 @@ def test_journal_is_bounded_dropping_notified_first(store):
     assert ids == sorted(ids) and ids[-1] == 150
 
 
+def test_the_journal_keeps_max_journal_transitions_no_fewer(store):
+    """Every transition mailed at once: the latest MAX_JOURNAL of them are kept, as
+    written and read back."""
+    e = SpoolEntry("beta")
+    for i in range(spool_entry.MAX_JOURNAL + 30):
+        e.add_transition(Transition(State.UP, State.DOWN, float(i), "x"))["notified"] = True
+    e.add_transition(Transition(State.DOWN, State.UP, 1000.0, "back"))  # pending
+    with store.locked():
+        store.write(e)
+    back = store.read("beta")
+    ids = [j["id"] for j in back.journal]
+    assert len(ids) == spool_entry.MAX_JOURNAL
+    assert ids == list(range(32, spool_entry.MAX_JOURNAL + 32))
+
+
 def test_results_are_bounded():
     e = SpoolEntry("beta")
     for i in range(25):
@@ -365,6 +380,24 @@ def test_an_entry_read_twice_is_two_entries_no_caller_can_spoil_for_another(stor
     assert b.retired == [] and b.counters["probes"] == 0
     with pytest.raises(AttributeError):  # a result is a value: it cannot be changed in place
         b.results[0].ok = False
+
+
+def test_every_read_is_what_is_on_disk_whatever_earlier_readers_changed(store):
+    """The file is parsed once and every read after is served from that: each
+    caller still gets an entry of its own, never one an earlier caller changed."""
+    with store.locked():
+        store.write(entry())
+    for _ in range(3):
+        e = store.read("beta")
+        assert e.health == Health(State.UP, 1000.0, 3, 0) and e.checked == 1001.5
+        assert e.addresses == ["5.6.7.8", "2001:db8::8"] and len(e.results) == 1
+        assert [j["notified"] for j in e.journal] == [False] and e.counters["probes"] == 0
+        e.health = Health(State.DOWN, 2000.0, 0, 3)  # changed, never written
+        e.checked = 2000.0
+        e.addresses.append("192.0.2.9")
+        e.results.append(ResultRecord(2000.0, False, "5.6.7.8", None, None, "refused"))
+        e.journal[0]["notified"] = True
+        e.counters["probes"] += 1
 
 
 def test_a_file_another_process_rewrote_is_read_anew(store):

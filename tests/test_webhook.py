@@ -175,6 +175,23 @@ def test_each_format_is_delivered_once_and_marked(site, webhook_receiver, tmp_pa
     assert notify.run(site.load()).posts == [] and len(r.received) == 1  # no duplicate
 
 
+def test_the_token_is_sent_even_with_a_netrc_for_the_receiver(site, webhook_receiver, tmp_path,
+                                                               monkeypatch):
+    """~/.netrc (here $NETRC) is not read: its password would replace the bearer token."""
+    r = webhook_receiver()
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password netrc-pw\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    token.chmod(0o600)
+    site.change("beta", "up", "down")
+    assert notify.run(site.load(webhookURL=r.url, webhookTokenFile=token)).errors == []
+    (got,) = r.received
+    assert got.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
 def test_https_with_a_ca_file_and_an_untrusted_certificate(site, webhook_receiver, smtp_ca,
                                                           tmp_path):
     r = webhook_receiver(https=True)
@@ -217,6 +234,21 @@ def test_a_hanging_receiver_costs_its_timeout_and_keeps_it(site, webhook_receive
     assert site.pending("beta") == [1]
 
 
+def test_a_receiver_that_trickles_past_its_timeout_is_not_counted_as_accepted(
+        site, webhook_receiver):
+    """Each byte comes within webhookTimeout, so no socket timeout fires; the POST's
+    own deadline does, and a POST abandoned there is not delivered."""
+    r = webhook_receiver()
+    r.answer = "trickle"
+    site.change("beta", "up", "down")
+    t0 = time.monotonic()
+    out = notify.run(site.load(webhookURL=r.url, webhookTimeout="0.5"))
+    assert time.monotonic() - t0 < 2.0
+    (err,) = out.errors
+    assert err.exit_status == 69 and "did not answer within 0.5 s" in str(err)
+    assert [x.sent for x in out.posts] == [False] and site.pending("beta") == [1]
+
+
 def test_a_4xx_is_a_refusal_kept_pending_with_a_78(site, webhook_receiver, caplog):
     """The choice: a 4xx (but 408 and 429) says the URL, token or format is wrong.
     Nothing is dropped: the change waits for the fix, and the error says what to fix."""
@@ -256,6 +288,22 @@ def test_channels_are_marked_independently(site, webhook_receiver, smtp_relay):
     assert out.errors == [] and out.posts == [] and len(relay.received) == 1
     assert len(r.received) == 1 and site.pending("beta") == []
     assert set(journal(site)[0]["sent"]) == {"mail", cfg.target("beta").webhooks[0].channel}
+
+
+def test_a_mailed_change_still_goes_to_a_webhook_that_was_down(site, webhook_receiver,
+                                                                  smtp_relay):
+    """The mail goes out; the receiver is down: the change stays pending for it alone."""
+    relay = smtp_relay()
+    port = free_port()
+    site.change("beta", "up", "down")
+    out = notify.run(site.load(webhookURL=f"http://127.0.0.1:{port}/hook",
+                               mailTo="ops@domain.tld", smtpPort=relay.port))
+    assert len(relay.received) == 1 and "refused the connection" in str(out.errors[0])
+    assert site.pending("beta") == [1]
+    r = webhook_receiver()
+    out = notify.run(site.load(webhookURL=r.url))
+    assert out.errors == [] and [x.sent for x in out.posts] == [True]
+    assert len(r.received) == 1 and len(relay.received) == 1 and site.pending("beta") == []
 
 
 def test_a_webhook_removed_from_the_configuration_settles_its_backlog(site, webhook_receiver):

@@ -24,7 +24,9 @@ class Received:
 
 class WebhookReceiver:
     def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None):
-        self.answer = "200"  # a status, "redirect" or "hang" (reads the POST, never answers)
+        # a status, "redirect", "hang" (reads the POST, never answers) or "trickle"
+        # (answers one byte at a time, each well within any timeout, for 30 s)
+        self.answer = "200"
         self.received: list[Received] = []
         self.tried = 0  # POSTs that arrived, answered or not
         self.before_answer = None  # called with the Received before the answer is sent
@@ -41,6 +43,12 @@ class WebhookReceiver:
                 outer.tried += 1
                 if outer.answer == "hang":
                     outer._stop.wait(30)
+                    return
+                if outer.answer == "trickle":
+                    for byte in b"HTTP/1.1 200 OK\r\n" + b"X" * 300:
+                        if outer._stop.wait(0.1):
+                            return
+                        self.wfile.write(bytes([byte]))
                     return
                 if outer.answer == "redirect":
                     self.send_response(302)

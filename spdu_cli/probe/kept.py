@@ -66,7 +66,7 @@ class Kept:
             if target is None or target not in self.held:
                 continue
             verdict = self._look(key.fileobj)
-            if verdict is not None:
+            if verdict is not False:  # closed, or let go
                 self.drop(target)
                 if verdict:
                     closed.append(target)
