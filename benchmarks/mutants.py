@@ -78,6 +78,15 @@ def m(module, bug, old, new, tests, **kw) -> Mutant:
     return Mutant(module, bug, old, new, tuple(tests), **kw)
 
 
+KEYS_USERS = ["tests/test_keygen_users.py", "tests/test_keygen.py"]
+CHECK = ["tests/test_config_check.py"]
+DELIVERY = ["tests/test_faults_delivery.py", "tests/test_notify.py", "tests/test_webhook.py"]
+DNSFAULTS = ["tests/test_faults_dns.py", "tests/test_reconcile.py", "tests/test_decide.py"]
+DAY1 = ["tests/test_notify.py", "tests/test_maint.py", "tests/test_cli_notify.py"]
+PROBE = ["tests/test_hostile.py", "tests/test_probe.py", "tests/test_cli_probe.py",
+         "tests/test_config.py"]
+
+
 MUTANTS = [
     # -- health.py: hysteresis ------------------------------------------------------------
     m("health.py", "an inconclusive probe counts as a failure",
@@ -239,11 +248,11 @@ MUTANTS = [
     m("notify/outbox.py", "flapping already at flapCount changes",
       "if len(recent) > view.flap_count or held_since_last:",
       "if len(recent) >= view.flap_count or held_since_last:", NOTIFY),
-    m("notify/outbox.py", "a summary is held a moment past its window",
-      "if last is not None and now < last + view.flap_window:",
-      "if last is not None and now <= last + view.flap_window:", NOTIFY),
+    m("journal.py", "a summary is held a moment past its window",
+      "if last is not None and now < last + self.flap_window:",
+      "if last is not None and now <= last + self.flap_window:", NOTIFY),
     m("notify/outbox.py", "changes after a summary are not held",
-      "        return Held(view, pending, last + view.flap_window)\n",
+      "        return Held(view, pending, due)\n",
       "        pass\n", NOTIFY),
     m("notify/outbox.py", "only pending changes count towards flapping",
       "recent = [c for c in view.journal if", "recent = [c for c in pending if", NOTIFY),
@@ -385,7 +394,7 @@ MUTANTS = [
       "return {MAIL} if self.mail else {w.channel for w in self.webhooks}", WEBHOOK, issue=28),
     m("notify/outbox.py", "a transition a mail may already have carried (mail_id) joins a new"
       " digest as well (sent twice, under two Message-IDs)",
-      "fresh = tuple(c for c in pending if not c.mail_id)", "fresh = pending", NOTIFY,
+      "fresh = tuple(c for c in pending if not c.repeat)", "fresh = pending", NOTIFY,
       issue=28),
     m("notify/mail.py", "a mail that failed after DATA (maybe delivered) counts as surely not"
       " sent (re-sent under a new Message-ID)",
@@ -452,6 +461,48 @@ MUTANTS = [
     m("secondaries.py", "a secondaryServers entry without @PORT is asked on namePort, not 53",
       "found = [(None, addr, p or DNS_PORT) for addr, p in configured]",
       "found = [(None, addr, p or port) for addr, p in configured]", SECONDARIES),
+
+    # -- what issues 23, 24 and 27 changed: the bugs their authors feared most --------------
+    m("keygen.py", "a key file goes to a group that holds other users too",
+      "return not members and not any", "return not members or not any", KEYS_USERS),
+    m("checkconf.py", "one of the group's permission bits is taken for all it needs",
+      "(mode >> 3) & bits == bits", "(mode >> 3) & bits", CHECK),
+    m("checkconf.py", "a key the server refuses (NOTAUTH) passes --online",
+      "dns.rcode.YXDOMAIN, dns.rcode.NOERROR", "dns.rcode.YXDOMAIN, dns.rcode.NOERROR,"
+      " dns.rcode.NOTAUTH", CHECK),
+    m("checkconf.py", "an SOA minimum equal to nameTTL is a finding",
+      "if minimum > ttl", "if minimum >= ttl", CHECK),
+    m("safefile.py", "a configuration directory the group can write is accepted",
+      "if stat.S_ISDIR(st.st_mode) and mode & 0o022:",
+      "if stat.S_ISDIR(st.st_mode) and mode & 0o002:",
+      ["tests/test_config_check.py", "tests/test_config.py"]),
+    m("journal.py", "discovery counts as a flap",
+      'return self.old != "unknown" and "maint" not in (self.old, self.new)',
+      'return "maint" not in (self.old, self.new)', DAY1),
+    m("notify/outbox.py", "maintenance counts towards flapCount",
+      "<= end and c.is_flap]", "<= end]", DAY1),
+    m("probe/step.py", "reconcile --probe probes only the targets that are both unknown and stale",
+      "or staleness(entry.checked, now, c.stale_after) is not None",
+      "and staleness(entry.checked, now, c.stale_after) is not None",
+      ["tests/test_maint.py", "tests/test_reconcile.py"]),
+    m("notify/step.py", "a 5xx recipient is kept pending forever, a 4xx one given up",
+      'reply.startswith("4")', 'reply.startswith("5")', DELIVERY),
+    m("notify/step.py", "a mail refused outright on a repeat joins a digest to everyone",
+      'if not getattr(e, "maybe_sent", False) and len(d.to) == len(d.mail.config.to):',
+      'if not getattr(e, "maybe_sent", False):', DELIVERY),
+    m("reconcile.py", "a delete the server did not apply goes unnoticed",
+      'if (c.address in after.get(c.rdtype, [])) != (c.action == "add")',
+      'if c.action == "add" and c.address not in after.get(c.rdtype, [])', DNSFAULTS),
+    m("reconcile.py", "a transition's dns list keeps the oldest entries, not the latest",
+      'del latest["dns"][:-DNS_KEPT]', 'del latest["dns"][DNS_KEPT:]', DNSFAULTS),
+    m("nameserver.py", "another type's records under the pool name are taken as the RRset",
+      "(rrset.name, rrset.rdclass, rrset.rdtype) != (q.name, q.rdclass, q.rdtype)",
+      "rrset.name != q.name", DNSFAULTS),
+    m("probe/http.py", "every read of a body counts towards the chunk cap",
+      "self.chunks += chunk_start", "self.chunks += 1", PROBE),
+    m("validate.py", "an IPv4-mapped address is published as AAAA",
+      "if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:",
+      "if False:", PROBE),
 ]
 
 
