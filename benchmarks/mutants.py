@@ -467,9 +467,6 @@ MUTANTS = [
       "return not members and not any", "return not members or not any", KEYS_USERS),
     m("checkconf.py", "one of the group's permission bits is taken for all it needs",
       "(mode >> 3) & bits == bits", "(mode >> 3) & bits", CHECK),
-    m("checkconf.py", "a key the server refuses (NOTAUTH) passes --online",
-      "dns.rcode.YXDOMAIN, dns.rcode.NOERROR", "dns.rcode.YXDOMAIN, dns.rcode.NOERROR,"
-      " dns.rcode.NOTAUTH", CHECK),
     m("checkconf.py", "an SOA minimum equal to nameTTL is a finding",
       "if minimum > ttl", "if minimum >= ttl", CHECK),
     m("safefile.py", "a configuration directory the group can write is accepted",

@@ -67,6 +67,24 @@ def test_a_spool_the_user_cannot_write(run, confdir, shared):
     assert r.exit_code == 2 and "--as no-such-user: no such user" in r.stderr
 
 
+def test_a_spool_whose_group_may_only_read_it_is_not_writable_for_that_group(run, confdir,
+                                                                             shared):
+    """root:knot 0750 lets knot in and read, not write: every bit the write
+    needs must be there, not one of them."""
+    import grp
+
+    spool = shared / "spool"
+    spool.mkdir()
+    os.chown(spool, 0, grp.getgrnam("knot").gr_gid)
+    spool.chmod(0o750)
+    conf(confdir, spool)
+    r = run("config", "check", "--as", "knot")
+    assert r.exit_code == 78
+    assert "knot cannot write it" in r.stderr
+    spool.chmod(0o770)
+    assert run("config", "check", "--as", "knot").exit_code == 0
+
+
 def test_a_key_file_the_user_cannot_read(run, confdir, shared):
     spool = shared / "spool"
     spool.mkdir()
@@ -174,6 +192,14 @@ def test_online_ttls_longer_than_name_ttl(run, confdir, knot, tmp_path):
     assert any("api.pool.domain.tld A on nameServer=127.0.0.1" in ln and "TTL 60" in ln
                and "give the RRset TTL 4" in ln for ln in lines), lines
     assert len(lines) == 2
+
+
+def test_online_an_soa_minimum_equal_to_name_ttl_is_fine(run, confdir, knot, tmp_path):
+    conf(confdir, tmp_path / "s", knot, ttl=5)  # the zone's SOA minimum is 5 too
+    r = run("config", "check", "--online")
+    lines = errors(r)
+    assert not any("SOA minimum" in ln for ln in lines), lines
+    assert len(lines) == 1 and "TTL 60" in lines[0]  # the RRset's TTL is still longer
 
 
 # -- the key file that is missing, the directories others can write ----------------
