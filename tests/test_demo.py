@@ -46,9 +46,9 @@ def test_the_demo_runs_end_to_end():
 
     # The mails the SMTP sink received: the DOWN warning and the up notice.
     subjects = re.findall(r"^  \| Subject: (.*)$", out, re.MULTILINE)
-    assert any(re.fullmatch(r"WARNING: (\d+ changes: .*)?gamma is DOWN.*", s)
+    assert any(re.fullmatch(r"WARNING: (Server |\d+ changes: .*)?gamma is DOWN.*", s)
                for s in subjects), subjects
-    assert any(re.fullmatch(r"NOTICE: (\d+ changes: .*)?gamma is up.*", s)
+    assert any(re.fullmatch(r"NOTICE: (Server |\d+ changes: .*)?gamma is up.*", s)
                for s in subjects), subjects
     assert "cron loop stops (SIGTERM: it ends after the current tick), exit 0" in out
     assert "\n== done in " in out
