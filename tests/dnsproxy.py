@@ -6,6 +6,7 @@ a real server (knotd) and lying on demand (`lie`):
   "tc"        every answer (UDP and TCP) has TC=1 set
   "foreign"   an answer's records are another name's (other.NAME)
   "question"  an answer's question is another name (other.NAME)
+  "othertype" an answer's records are another type's under the same name (AAAA for A)
 
 Unsigned messages only (the lies would break a TSIG signature anyway).
 """
@@ -22,6 +23,7 @@ import dns.message
 import dns.name
 import dns.opcode
 import dns.rcode
+import dns.rdatatype
 import dns.rrset
 
 
@@ -104,11 +106,16 @@ class DnsProxy:
             wire = self._forward(data, tcp)
         except OSError:
             return None
-        if lie not in ("tc", "foreign", "question") or dns.opcode.is_update(query.flags):
+        if (lie not in ("tc", "foreign", "question", "othertype")
+                or dns.opcode.is_update(query.flags)):
             return wire
         answer = dns.message.from_wire(wire)
         if lie == "tc":
             answer.flags |= dns.flags.TC
+        elif lie == "othertype":
+            answer.answer = [dns.rrset.from_text(rrset.name, rrset.ttl, "IN", "AAAA",
+                                                 "2001:db8::99")
+                             for rrset in answer.answer if rrset.rdtype == dns.rdatatype.A]
         elif lie == "question":
             answer.question = [dns.rrset.RRset(dns.name.from_text("other", q.name), q.rdclass,
                                                q.rdtype) for q in answer.question]

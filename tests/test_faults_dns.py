@@ -45,6 +45,22 @@ def test_a_server_that_says_noerror_and_applies_nothing_is_69(site, proxy):
     assert site.pool() == sorted([SELF, BETA, GAMMA])
 
 
+def test_a_delete_the_server_did_not_apply_is_69_too(site, proxy):
+    probed(site)
+    assert site.run("reconcile").returncode == 0
+    assert site.pool() == sorted([SELF, BETA, GAMMA])
+    site.servers["beta"].behaviour = "503"
+    for _ in range(3):  # probeFall
+        site.run("probe")
+    assert site.entry("beta")["state"] == "down"
+    proxy.lie = "noupdate"
+    r = site.run("reconcile")
+    assert r.returncode == 69, r.stderr
+    line = one_line_error(r.stderr)
+    assert "did not apply it" in line and f"{BETA} is still in api.pool.domain.tld A" in line
+    assert BETA in site.pool()
+
+
 def test_the_cron_loop_says_a_lying_server_once(site, proxy):
     proxy.lie = "noupdate"
     p = subprocess.run([str(BIN / "spdu-cron"), "-c", str(site.conf), "--for", "3"],
@@ -87,6 +103,8 @@ def test_a_lying_server_is_said_again_every_10_minutes():
     ("foreign", ("its answer section holds other.api.pool.domain.tld A, not only"
                  " api.pool.domain.tld A")),
     ("question", "it does not answer the question asked"),
+    ("othertype", ("its answer section holds api.pool.domain.tld AAAA, not only"
+                   " api.pool.domain.tld A")),
 ])
 def test_a_malformed_answer_is_named_not_blamed_on_another_writer(site, proxy, lie, why):
     probed(site)
