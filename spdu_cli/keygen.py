@@ -219,11 +219,14 @@ class Generated:
             "    update-owner-match: equal",
             f"    update-owner-name: [{names}]",
             "    update-type: [A, AAAA]",
-            "# and add the ACL to the pool zone's own acl list:",
+            "# Put the lines above before knot.conf's zone: section (an acl must come",
+            "# before the zone that names it). Then make the key the pool zone's only",
+            "# update ACL: an address-only one left beside it (spdu-local: anyone on",
+            "# 127.0.0.1) would still let an unsigned update in.",
         ]
         for zone in zones:
             lines += ["#   zone:", f"#     - domain: {zone}",
-                      f"#       acl: [..., {self.key.name}]"]
+                      f"#       acl: [{self.key.name}]"]
         return "\n".join(lines) + "\n"
 
     def pdns_snippet(self, database: str = PDNS_DATABASE) -> str:

@@ -232,3 +232,16 @@ def test_dry_run_piped_into_the_client_with_the_key_file_keygen_wrote(keygen, ru
         done = dns.nsupdate(r.stdout, tool=tool, keyfile=keyfile)
         assert done.returncode == 0, done.stdout + done.stderr
         assert pool(dns) == [SELF, GAMMA] and dns.serial() == 2
+
+
+def test_the_knot_snippet_makes_the_key_the_zones_only_update_acl(run, confdir, tmp_path):
+    """An address-only ACL kept beside the key would still let an unsigned
+    update from 127.0.0.1 in: the snippet says to replace it, and where the acl
+    goes (before zone:, which names it)."""
+    confdir.write("domain=domain.tld\nmyTag=alpha\ntargets=beta\n")
+    r = run("keygen", "--server", "knot", "--key-file", str(tmp_path / "k" / "spdu.key"),
+            "--server-dir", str(tmp_path / "srv"))
+    assert r.exit_code == 0, r.stderr
+    assert "#       acl: [spdu-alpha]" in r.stdout and "..." not in r.stdout
+    assert "before knot.conf's zone: section" in r.stdout
+    assert "unsigned update" in r.stdout
