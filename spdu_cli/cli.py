@@ -199,6 +199,9 @@ def reconcile_cmd(obj: Context, dry_run, as_json, probe_first, lock_timeout, pru
     plans = reconcile.run(obj.site(), dry_run=dry_run, lock_timeout=lock_timeout, prune=prune)
     if not dry_run:
         _write_metrics(obj.site())
+    for p in plans:  # by hand, in a pipe too: a target left alone is never silent
+        for target, why in p.decision.left.items():
+            log.warning("%s: %s", target, why)
     if as_json:
         for p in plans:
             click.echo(render.json_line(p.to_json()))

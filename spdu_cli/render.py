@@ -198,7 +198,7 @@ def reconcile_lines(plans) -> Iterator[str]:
         elif p.decision.blocked:
             yield f"{head} withheld: {p.decision.blocked}"
         elif p.in_sync:
-            yield f"{head} in sync{_left(p)}"
+            yield f"{head} {_in_sync(p)}{_left(p)}"
         else:
             done = "" if p.sent else " (not sent)"
             parts = [
@@ -221,7 +221,7 @@ def reconcile_script(plans) -> Iterator[str]:
         elif p.decision.blocked:
             yield f"; {p.pool.name} on {p.pool.where}: withheld: {p.decision.blocked}"
         elif p.in_sync:
-            yield f"; {p.pool.name} on {p.pool.where}: in sync, nothing to send{_left(p)}"
+            yield f"; {p.pool.name} on {p.pool.where}: {_in_sync(p)}"  # the notes follow
         else:
             key = (p.pool.zone, p.pool.server, p.pool.port, p.signed_with)
             blocks.setdefault(key, []).append(p)
@@ -231,13 +231,22 @@ def reconcile_script(plans) -> Iterator[str]:
         yield zone_script(group).rstrip("\n")
 
 
+def _in_sync(plan) -> str:
+    """"in sync" only when every target could be judged: else what it is."""
+    n = len(plan.decision.left)
+    if not n:
+        return "in sync, nothing to send"
+    return (f"nothing to send for the targets it can judge; {n} target{'s' * (n > 1)}"
+            " left as they are, DNS not checked for them")
+
+
 def _left(plan) -> str:
-    """In sync is said only of what could be judged: name the targets left alone."""
+    """Name the targets left alone."""
     left = plan.decision.left
     if not left:
         return ""
     alone = "; ".join(f"{t}: {w}" for t, w in left.items())
-    return f" for the targets it can judge; left as is: {alone}"
+    return f": {alone}"
 
 
 # -- notify --------------------------------------------------------------------------

@@ -702,8 +702,14 @@ def test_in_sync_names_the_targets_it_could_not_judge(run, confdir, knot, spool)
     set_state(spool, "gamma", "unknown", [GAMMA])
     knot.nsupdate(f"update delete {API} A {BETA}")  # DNS disagrees, but beta is stale
     r = run("reconcile", "--dry-run")
-    assert "in sync, nothing to send for the targets it can judge" in r.stdout
+    assert ("nothing to send for the targets it can judge; 2 targets left as they are, DNS"
+            " not checked for them") in r.stdout and "in sync" not in r.stdout
+    assert r.stdout.count("last probed 60 s ago") == 1  # said once, not twice
     assert "; beta: last probed 60 s ago" in r.stdout and "; gamma: state unknown" in r.stdout
+    r = run("reconcile")  # by hand, in a pipe: stdout is empty, but stderr says it
+    assert r.exit_code == 0 and r.stdout == ""
+    assert "spdu: warning: beta: last probed 60 s ago" in r.stderr
+    assert "spdu reconcile --probe" in r.stderr
     assert json.loads(run("reconcile", "--json").stdout)["left_alone"]["beta"].startswith(
         "last probed 60 s ago")
     r = run("status", "--dns")
