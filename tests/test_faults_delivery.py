@@ -136,3 +136,28 @@ def test_a_452_for_one_recipient_keeps_the_mail_pending_for_it_alone(site, smtp_
     assert repeat["Message-ID"] == first.message["Message-ID"]
     assert repeat["To"] == first.message["To"] and repeat["Subject"] == first.message["Subject"]
     assert all(e["notified"] for e in site.entry("beta")["journal"])
+
+
+def test_a_repeat_the_relay_could_not_take_at_all_stays_the_same_mail(site, smtp_relay):
+    """A mail still owed to one recipient (a 452 before) meets a relay that is
+    down: it stays that mail, for that recipient, under its Message-ID; it
+    does not join a new digest to everyone (who had it already)."""
+    from tests.conftest import free_port
+
+    relay = smtp_relay(defer={"noc@domain.tld"})
+    mail = ("mailTo='ops@domain.tld noc@domain.tld'\nsmtpRelay=127.0.0.1\nsmtpSSL=no\n"
+            "smtpStartTLS=no\nflapCount=0\nsmtpTimeout=2\n")
+    site.write(mail + f"smtpPort={relay.port}\n")
+    _flip(site)
+    assert site.run("notify").returncode == 69
+    [first] = relay.received
+    assert first.rcpt_tos == ["ops@domain.tld"]
+    site.write(mail + f"smtpPort={free_port()}\n")  # nothing listens: refused outright
+    r = site.run("notify")
+    assert r.returncode == 69 and "refused the connection" in r.stderr, r.stderr
+    relay.defer.clear()
+    site.write(mail + f"smtpPort={relay.port}\n")
+    assert site.run("notify").returncode == 0
+    [repeat] = relay.received[1:]
+    assert repeat.rcpt_tos == ["noc@domain.tld"]
+    assert repeat.message["Message-ID"] == first.message["Message-ID"]

@@ -94,6 +94,16 @@ def test_each_file_is_for_its_user_and_stderr_says_so(shared):
     assert owner(keys / "spdu.key") == "root:root 0600"
 
 
+def test_a_user_whose_group_others_share_gets_the_file_alone(shared):
+    """Debian's nobody has nogroup for its primary group, which sync and _apt
+    share (through their passwd entries, not the group's member list): root:
+    nogroup 0640 would let them read the secret, so the file is nobody's, 0600."""
+    assert [p.pw_name for p in pwd.getpwall()
+            if p.pw_gid == pwd.getpwnam("nobody").pw_gid and p.pw_name != "nobody"]
+    keygen(shared, "--server", "knot", "--spdu-user", "nobody")
+    assert owner(shared / "keys" / "spdu.key") == "nobody:nogroup 0600"
+
+
 def test_a_user_that_does_not_exist_is_a_usage_error(shared):
     conf = ConfDir(shared / "etc")
     conf.write("domain=domain.tld\ntargets=beta\n")
