@@ -89,6 +89,12 @@ def _refused(e: OSError) -> bool:
 _parsed: dict[str, tuple[bytes, SpoolEntry, bytes]] = {}
 PARSED_KEPT = 4096
 
+class WriteTime:
+    """Seconds this process has spent writing files (fsyncs included), for the
+    cron loop's report of why it falls behind (spdu_cli.lag)."""
+
+    seconds = 0.0
+
 
 @functools.lru_cache(maxsize=4096)  # a Path is made anew for each file, each tick otherwise
 def _target_file(directory: Path, target: str) -> Path:
@@ -317,10 +323,20 @@ def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "fil
     directory fsync (`sync`; else the caller syncs the directory once for many
     files). A reader sees the old file or the new one, never a part."""
     target = os.fspath(path)
+    began = time.monotonic()
+    try:
+        _replace(target, data, mode, what, kept)
+    finally:
+        WriteTime.seconds += time.monotonic() - began
+    if sync:
+        sync_dir(os.path.dirname(target) or ".")
+
+
+def _replace(target: str, data: bytes, mode: int, what: str, kept: str) -> None:
     try:
         fd, tmp = _create_temp(target)
     except OSError as e:
-        raise os_failure(e, f"write {what}", path) from None
+        raise os_failure(e, f"write {what}", target) from None
     try:
         try:
             os.fchmod(fd, mode)
@@ -336,15 +352,14 @@ def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "fil
             os.unlink(tmp)
         except OSError:
             pass
-        err = os_failure(e, f"write {what}", path)
+        err = os_failure(e, f"write {what}", target)
         err.message += f"; the previous {kept} is kept"
         raise err from None
-    if sync:
-        sync_dir(os.path.dirname(target) or ".")
 
 
 def sync_dir(directory: str | Path) -> None:
     """fsync a directory: the renames done in it survive a crash."""
+    began = time.monotonic()
     try:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -353,3 +368,5 @@ def sync_dir(directory: str | Path) -> None:
             os.close(dfd)
     except OSError as e:
         raise os_failure(e, "sync the directory", directory) from None
+    finally:
+        WriteTime.seconds += time.monotonic() - began
