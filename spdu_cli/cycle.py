@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import spdu_cli.lag as lag
+import spdu_cli.spool as spool
 from spdu_cli import handover, health
 from spdu_cli.errors import ExitStatus, ProbeInterrupted, SpduError, TemporaryFailure, os_failure
 from spdu_cli.spool import Spool, open_file
@@ -415,6 +416,11 @@ class Loop:
         try:
             return self._run()
         finally:
+            try:  # the routine results kept in memory (Spool.defer)
+                spool.flush(self.lock_timeout)
+            except SpduError as e:  # not recorded: as a probe run's failed write, 75
+                log.error("%s", e)
+                self.tally.failed("probe", e.exit_status)
             if self.kept is not None:
                 self.kept.close()
                 self.kept = None
