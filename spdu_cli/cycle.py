@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import spdu_cli.lag as lag
+import spdu_cli.spool as spool
 from spdu_cli import handover, health
 from spdu_cli.errors import ExitStatus, ProbeInterrupted, SpduError, TemporaryFailure, os_failure
 from spdu_cli.spool import Spool, open_file
@@ -201,6 +203,7 @@ class Loop:
         self.next_notify: float | None = 0.0  # None: nothing pending
         self.next_pending_check = 0.0
         self.mailer: threading.Thread | None = None
+        self.lag = lag.Watch(clock(), min(lag.PERIOD, seconds))
 
     # -- steps, each of which may fail without stopping the others --------------------
 
@@ -218,6 +221,9 @@ class Loop:
         for t in due:  # this probe's connection, if good, replaces the last one
             self.kept.drop(t)
         kept: dict = {}
+        began, cpu = self.clock(), time.thread_time()
+        self.lag.started(max((began - self.schedule.due_at[t] for t in due
+                              if t in self.schedule.due_at), default=0.0), site.interval)
         try:
             reports = probe.run(site, due, lock_timeout=self.lock_timeout, stop=self.stop,
                                 confirm=True, kept=kept)
@@ -230,6 +236,7 @@ class Loop:
                 self.schedule.due_at[t] = now + site.interval
             return False
         finally:
+            self.lag.ran(self.clock() - began, time.thread_time() - cpu)
             for t, socks in kept.items():
                 self.kept.keep(t, socks)
         unwritten = [rep for rep in reports if rep.spool_error]
@@ -383,7 +390,7 @@ class Loop:
         if site.metrics_file:
             from spdu_cli import metrics
 
-            metrics.write_after_run(site)
+            metrics.write_after_run(site, self.lag.current)
 
     def _may_go_on(self, site, age: float, code) -> bool:
         """Whether a --follow loop may cover one more minute, or ends at the end
@@ -409,6 +416,11 @@ class Loop:
         try:
             return self._run()
         finally:
+            try:  # the routine results kept in memory (Spool.defer)
+                spool.flush(self.lock_timeout)
+            except SpduError as e:  # not recorded: as a probe run's failed write, 75
+                log.error("%s", e)
+                self.tally.failed("probe", e.exit_status)
             if self.kept is not None:
                 self.kept.close()
                 self.kept = None
@@ -457,6 +469,7 @@ class Loop:
                     break
             if now >= due:
                 self.tick(now)
+                self.lag.report(self.clock())
                 due = min(self.schedule.next(site.targets, now + site.interval),
                           self.next_reconcile,
                           self.next_notify if self.next_notify is not None else math.inf)
@@ -464,6 +477,7 @@ class Loop:
             if self.sleep(max(0.0, min(due, limit) - self.clock())):
                 due = self.clock()
             site = self.cache.site or site
+        self.lag.report(self.clock(), final=True)
         if self.mailer is not None:
             # On SIGTERM, a second at most; else until the end of the minute. A mail run
             # still waiting on the relay then is abandoned: its transitions stay pending

@@ -27,6 +27,8 @@ def _labels(labels: dict[str, str]) -> str:
     def esc(v: str) -> str:
         return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
+    if not labels:
+        return ""
     return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in labels.items()) + "}"
 
 
@@ -48,8 +50,9 @@ class Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def exposition(site, now: float | None = None) -> str:
-    """Every metric, from the spool of the configured targets."""
+def exposition(site, now: float | None = None, lag: float | None = None) -> str:
+    """Every metric, from the spool of the configured targets; `lag`: the cron
+    loop's (spdu_cli.lag), which only it knows."""
     now = time.time() if now is None else now
     store = Spool(site.spool_dir)
     entries = [store.read(t) for t in site.targets]
@@ -94,23 +97,27 @@ def exposition(site, now: float | None = None) -> str:
     out.family("spdu_reconcile_last_success_timestamp_seconds", "gauge",
                "When reconcile last read the pool and made it agree (or found it did).",
                [(pool_label(p), epoch(p.get("last_success"))) for p in recs])
+    if lag is not None:
+        out.family("spdu_probe_lag_seconds", "gauge",
+                   "How late the cron loop's latest probe run started against the schedule"
+                   " of its most overdue target (0: on time).", [({}, lag)])
     return out.text()
 
 
-def write_after_run(site) -> None:
+def write_after_run(site, lag: float | None = None) -> None:
     """write(), after a command or a tick: a failure is a warning, it does not
     change the run's exit status."""
     try:
-        write(site)
+        write(site, lag=lag)
     except SpduError as e:
         log.warning("metrics: %s", e)
 
 
-def write(site, now: float | None = None) -> str | None:
+def write(site, now: float | None = None, lag: float | None = None) -> str | None:
     """Write the metrics to `metricsFile` (nothing when it is empty); the path
     written, or None. A failed write raises TemporaryFailure and keeps the old file."""
     path = site.metrics_file
     if not path:
         return None
-    atomic_write(Path(path), exposition(site, now).encode(), FILE_MODE, "metrics file")
+    atomic_write(Path(path), exposition(site, now, lag).encode(), FILE_MODE, "metrics file")
     return path

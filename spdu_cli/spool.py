@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from spdu_cli.entry import VERSION, SpoolEntry, count, epoch
-from spdu_cli.errors import ConfigError, TemporaryFailure, os_failure
+from spdu_cli.errors import ConfigError, SpduError, TemporaryFailure, os_failure
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,24 @@ def _refused(e: OSError) -> bool:
 # by another process can look unchanged to stat. Entries are handed out as copies.
 _parsed: dict[str, tuple[bytes, SpoolEntry, bytes]] = {}
 PARSED_KEPT = 4096
+# Per process: routine probe results kept instead of written (Spool.defer), by
+# path: the bytes of the file they follow on, the entry, its journal. Never evicted.
+_unwritten: dict[str, tuple[bytes, SpoolEntry, bytes]] = {}
+
+
+def _remember(key: str, data: bytes, entry: SpoolEntry, journal: bytes) -> None:
+    if len(_parsed) >= PARSED_KEPT and key not in _parsed:
+        try:  # the oldest: a bound that a site's targets do not reach
+            del _parsed[next(iter(_parsed))]
+        except (RuntimeError, KeyError, StopIteration):
+            pass  # the mail thread evicted or added one meanwhile
+    _parsed[key] = (data, entry, journal)
+
+class WriteTime:
+    """Seconds this process has spent writing files (fsyncs included), for the
+    cron loop's report of why it falls behind (spdu_cli.lag)."""
+
+    seconds = 0.0
 
 
 @functools.lru_cache(maxsize=4096)  # a Path is made anew for each file, each tick otherwise
@@ -216,9 +234,10 @@ class Spool:
             log.warning("spool file %s is %s, never read; state unknown", path, why)
             return SpoolEntry(target)
         key = str(path)
-        seen = _parsed.get(key)
+        seen = _unwritten.get(key) or _parsed.get(key)
         if seen is not None and seen[0] == data:  # the very bytes parsed before
             return seen[1].copy(seen[2])
+        _unwritten.pop(key, None)  # another process rewrote the file: it wins
         try:
             if len(data) > MAX_FILE:
                 raise ValueError("file too large")
@@ -232,12 +251,7 @@ class Spool:
                 e,
             )
             return SpoolEntry(target)
-        if len(_parsed) >= PARSED_KEPT and key not in _parsed:
-            try:  # the oldest: a bound that a site's targets do not reach
-                del _parsed[next(iter(_parsed))]
-            except (RuntimeError, KeyError, StopIteration):
-                pass  # the mail thread evicted or added one meanwhile
-        _parsed[key] = (data, entry, journal)
+        _remember(key, data, entry, journal)
         return entry.copy(journal)
 
     def write(self, entry: SpoolEntry) -> None:
@@ -249,6 +263,25 @@ class Spool:
             self._keep_corrupt(path, entry.target)
         data = json.dumps(entry.to_json(), separators=(",", ":")).encode() + b"\n"  # C speed
         self._atomic_write(path, data)
+        _unwritten.pop(str(path), None)
+
+    def defer(self, entry: SpoolEntry, max_age: float) -> bool:
+        """Keep a routine probe result (one that changes nothing but the recent
+        results, counters and `checked`) in this process instead of writing it,
+        while the file's own `checked` is less than `max_age` older than the
+        entry's; True when kept (the caller then does not write). Call with the
+        lock held, after reading the entry: the file is then the one read. What
+        is kept is what read() returns here, and is written by the next write
+        or by flush() (spool.flush); a crash loses it, and another process that rewrites the
+        file meanwhile overrides it."""
+        key = str(self.path(entry.target))
+        seen = _parsed.get(key)
+        if (seen is None or entry.fresh or entry.checked is None or seen[1].checked is None
+                or entry.checked - seen[1].checked >= max_age):
+            return False
+        journal = marshal.dumps(entry.journal)
+        _unwritten[key] = (seen[0], entry.copy(journal), journal)
+        return True
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
         atomic_write(path, data, FILE_MODE, "spool file", "state", sync=not self._held)
@@ -295,6 +328,31 @@ class Spool:
         self._atomic_write(self.dir / RECONCILE_NAME, data)
 
 
+def flush(lock_timeout: float = 5.0) -> None:
+    """Write what Spool.defer kept, in every spool directory (the loop's end);
+    the first failure is raised once every file was tried."""
+    failed = None
+    for directory in sorted({os.path.dirname(k) for k in _unwritten}):
+        store = Spool(directory)
+        try:
+            with store.locked(lock_timeout):
+                for key in [k for k in _unwritten if os.path.dirname(k) == directory]:
+                    kept = _unwritten.pop(key, None)
+                    if kept is None:
+                        continue
+                    _unwritten[key] = kept  # read() gives it, unless the file changed
+                    entry = store.read(kept[1].target)
+                    if _unwritten.pop(key, None) is not None:
+                        try:
+                            store.write(entry)
+                        except SpduError as e:
+                            failed = failed or e
+        except SpduError as e:
+            failed = failed or e
+    if failed is not None:
+        raise failed
+
+
 def _create_temp(path: str) -> tuple[int, str]:
     """tempfile.mkstemp beside `path`, without importing tempfile (shutil,
     random...) into every probe run: a random name, created exclusively, mode
@@ -317,10 +375,20 @@ def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "fil
     directory fsync (`sync`; else the caller syncs the directory once for many
     files). A reader sees the old file or the new one, never a part."""
     target = os.fspath(path)
+    began = time.monotonic()
+    try:
+        _replace(target, data, mode, what, kept)
+    finally:
+        WriteTime.seconds += time.monotonic() - began
+    if sync:
+        sync_dir(os.path.dirname(target) or ".")
+
+
+def _replace(target: str, data: bytes, mode: int, what: str, kept: str) -> None:
     try:
         fd, tmp = _create_temp(target)
     except OSError as e:
-        raise os_failure(e, f"write {what}", path) from None
+        raise os_failure(e, f"write {what}", target) from None
     try:
         try:
             os.fchmod(fd, mode)
@@ -336,15 +404,14 @@ def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "fil
             os.unlink(tmp)
         except OSError:
             pass
-        err = os_failure(e, f"write {what}", path)
+        err = os_failure(e, f"write {what}", target)
         err.message += f"; the previous {kept} is kept"
         raise err from None
-    if sync:
-        sync_dir(os.path.dirname(target) or ".")
 
 
 def sync_dir(directory: str | Path) -> None:
     """fsync a directory: the renames done in it survive a crash."""
+    began = time.monotonic()
     try:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -353,3 +420,5 @@ def sync_dir(directory: str | Path) -> None:
             os.close(dfd)
     except OSError as e:
         raise os_failure(e, "sync the directory", directory) from None
+    finally:
+        WriteTime.seconds += time.monotonic() - began

@@ -88,7 +88,10 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None,
     `confirm` (the cron loop): a probe that disagrees with the target's state is
     followed by confirming ones within this run (fastInterval apart, sooner for
     a certain failure, overlapping one that hangs), so a change of state is
-    settled, and recorded, before the run returns. `kept` (with `confirm`):
+    settled, and recorded, before the run returns; and a result with the same
+    outcome as the last one, changing nothing else, is kept in this process
+    (Spool.defer) until staleAfter/2 after the file's last probe: the loop
+    writes what is kept when it ends (spool.flush). `kept` (with `confirm`):
     see probe_rounds."""
     cfgs = [site.target(n) for n in site.select(names)]
     for c in cfgs:
@@ -118,7 +121,7 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None,
                 log.error("%s", e)
                 reports.append(TargetReport(rs[-1], Health(), None, str(e)))
                 continue
-            journal = None
+            journal, before = None, _durable(entry)
             for r in rs:
                 journal = _record(entry, cfg, r) or journal
             if journal is not None:
@@ -128,6 +131,11 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None,
                     journal_log = JournalLog(site.syslog_socket)
                 journal_log(cfg, entry)
             error = None
+            # in the loop, a result like the last one is written every staleAfter/2 at least
+            if (confirm and journal is None and _durable(entry) == before
+                    and store.defer(entry, cfg.stale_after / 2)):
+                reports.append(TargetReport(rs[-1], entry.health, None, None, len(rs)))
+                continue
             try:
                 store.write(entry)
             except SpduError as e:  # one target's failed write must not stop the others
@@ -137,6 +145,16 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None,
     if journal_log is not None:
         journal_log.close()
     return reports
+
+
+def _durable(entry) -> tuple:
+    """What a probe result must not change without being written at once: the
+    state and since, the addresses, the journal, maintenance, and the outcome
+    of the last result (a first failure of an up target is written)."""
+    last = entry.results[-1].ok if entry.results else None
+    return (entry.health.state, entry.health.since, tuple(entry.addresses),
+            tuple(entry.retired), entry.url, entry.next_id, len(entry.journal), entry.maint,
+            last, last is not None and all(r.ok is last for r in entry.results[-2:]))
 
 
 def _entry_or_fresh(store: Spool, target: str):
