@@ -87,6 +87,9 @@ PROBE = ["tests/test_hostile.py", "tests/test_probe.py", "tests/test_cli_probe.p
          "tests/test_config.py"]
 
 
+LAG = ["tests/test_lag.py", "tests/test_spool.py"]
+
+
 MUTANTS = [
     # -- health.py: hysteresis ------------------------------------------------------------
     m("health.py", "an inconclusive probe counts as a failure",
@@ -500,6 +503,18 @@ MUTANTS = [
     m("validate.py", "an IPv4-mapped address is published as AAAA",
       "if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:",
       "if False:", PROBE),
+    m("spool.py", "a routine result kept in memory is never written before the loop ends",
+      "entry.checked - seen[1].checked >= max_age", "entry.checked - entry.checked >= max_age",
+      LAG),
+    m("spool.py", "a read in the loop does not see the results kept in memory",
+      "seen = _unwritten.get(key) or _parsed.get(key)", "seen = _parsed.get(key)", LAG),
+    m("probe/step.py", "a first failure is kept in memory like a routine result",
+      "            last, last is not None and all(r.ok is last for r in entry.results[-2:]))",
+      "            last is not None and all(r.ok is last for r in entry.results[-2:]))", LAG),
+    m("lag.py", "the lag warning comes every tick once the first minute is over",
+      "while self.due <= now:", "if self.due <= now:", LAG),
+    m("lag.py", "a probe run on time counts as late",
+      "if late > tolerance(interval):", "if late >= 0:", LAG),
 ]
 
 

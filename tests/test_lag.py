@@ -132,3 +132,15 @@ def test_one_warning_a_period_and_only_when_late():
     text = w.report(121.5)
     assert text and "up to 1.50 s late in the last 60 s (1 of 1 later than 0.50 s" in text
     assert w.report(200.0, final=True) is None  # nothing late since
+
+
+def test_after_a_long_tick_the_periods_keep_to_the_loops_minutes():
+    """A tick that ran three periods long gives one warning, not one a tick
+    until the periods catch up: the next period ends on the loop's minute."""
+    w = Watch(now=0.0, period=60.0)
+    w.started(1.5, 2.0)
+    w.ran(200.0, 1.0)
+    assert w.report(200.0)  # late, said once
+    w.started(1.5, 2.0)
+    assert w.report(201.0) is None and w.report(239.0) is None  # the minute ends at 240
+    assert w.report(240.0)
