@@ -97,8 +97,11 @@ class SiteCache:
         self.path = Path(path)
         self.stamp: tuple = self._stamp() if site is not None else ()
         self.site = None
+        # the errors of the newer configuration that was refused: the loop goes on
+        # with the one before (trouble.Trouble says so until it is fixed)
+        self.stale: list[SpduError] = []
         if site is not None:
-            site.check()
+            site.check(each=True)
             self.site = site
 
     def _stamp(self) -> tuple:
@@ -134,15 +137,22 @@ class SiteCache:
         if self.site is None or stamp != self.stamp:
             try:
                 site = self.load()
-                site.check()
+                site.check(each=True)
             except SpduError as e:
                 if self.site is None:
                     raise
-                log.error("%s; going on with the configuration read before", e)
-                self.stamp = stamp  # say it once, not every tick
+                self.stale = [e]
+                self.stamp = stamp  # read again when it changes, not every tick
                 return self.site
+            self.stale = []
             if self.site is not None:
                 log.warning("configuration changed: read again")
+                # a target file that was good and is refused now: its last good one
+                for name, e in list(site.broken.items()):
+                    if name in self.site.targets:
+                        site._targets[name] = self.site.target(name)
+                        del site.broken[name]
+                        self.stale.append(e)
             self.site, self.stamp = site, stamp
         return self.site
 
@@ -157,10 +167,12 @@ class Tally:
     notifies: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     latest: dict[str, int] = field(default_factory=dict)  # step -> status of its last run
+    why: dict[str, str] = field(default_factory=dict)  # step -> its last error
 
-    def failed(self, step: str, status: int = 70) -> None:
+    def failed(self, step: str, status: int = 70, why: object = "") -> None:
         self.failures[step] = self.failures.get(step, 0) + 1
         self.latest[step] = int(status)
+        self.why[step] = str(why) or f"exit status {int(status)}"
 
     def ok(self, step: str) -> None:
         self.latest[step] = 0
@@ -201,6 +213,7 @@ class Loop:
         self.next_notify: float | None = 0.0  # None: nothing pending
         self.next_pending_check = 0.0
         self.mailer: threading.Thread | None = None
+        self.trouble = None  # trouble.Trouble, with a lock (a loop cron started)
 
     # -- steps, each of which may fail without stopping the others --------------------
 
@@ -225,7 +238,7 @@ class Loop:
             return False  # SIGTERM: the loop ends; these targets are probed next time
         except SpduError as e:
             log.error("probe: %s", e)
-            self.tally.failed("probe", e.exit_status)
+            self.tally.failed("probe", e.exit_status, e)
             for t in due:
                 self.schedule.due_at[t] = now + site.interval
             return False
@@ -234,7 +247,7 @@ class Loop:
                 self.kept.keep(t, socks)
         unwritten = [rep for rep in reports if rep.spool_error]
         if unwritten:  # what was probed is not recorded: as `spdu probe` says, 75
-            self.tally.failed("probe", ExitStatus.TEMPFAIL)
+            self.tally.failed("probe", ExitStatus.TEMPFAIL, unwritten[0].spool_error)
         else:
             self.tally.ok("probe")
         offset = self.wall() - self.clock()
@@ -283,12 +296,12 @@ class Loop:
             plans = reconcile.run(site, lock_timeout=self.lock_timeout)
         except SpduError as e:
             log.error("reconcile: %s", e)
-            self.tally.failed("reconcile", e.exit_status)
+            self.tally.failed("reconcile", e.exit_status, e)
             return False
         self.tally.ok("reconcile")
         for p in plans:
             if p.error:
-                self.tally.failed("reconcile", p.error.exit_status)
+                self.tally.failed("reconcile", p.error.exit_status, p.error)
         return all(p.in_sync for p in plans)
 
     def standing(self, site, entries):
@@ -319,7 +332,7 @@ class Loop:
             outcome = notify.run(site, lock_timeout=self.lock_timeout)
         except SpduError as e:
             log.error("notify: %s", e)
-            self.tally.failed("notify", e.exit_status)
+            self.tally.failed("notify", e.exit_status, e)
             self.next_notify = self.clock() + NOTIFY_RETRY
             return
         except Exception:  # a bug in one step must not end the loop
@@ -328,7 +341,7 @@ class Loop:
             self.next_notify = self.clock() + NOTIFY_RETRY
             return
         if outcome.errors:
-            self.tally.failed("notify", outcome.errors[-1].exit_status)
+            self.tally.failed("notify", outcome.errors[-1].exit_status, outcome.errors[-1])
             self.next_notify = self.clock() + NOTIFY_RETRY
             return
         self.tally.ok("notify")
@@ -384,6 +397,8 @@ class Loop:
             from spdu_cli import metrics
 
             metrics.write_after_run(site)
+        if self.trouble is not None:
+            self.trouble.update(site, self.cache.stale, self.tally, now)
 
     def _may_go_on(self, site, age: float, code) -> bool:
         """Whether a --follow loop may cover one more minute, or ends at the end
@@ -391,6 +406,8 @@ class Loop:
         and loops): after MAX_RUN, when spdu was upgraded on disk, or when
         spoolDir moved away from the lock this run holds. (A copy's note that
         is already there is covered all the same: its copy is gone.)"""
+        if getattr(self.cache, "stale", None):  # a new process would refuse the configuration: none takes over
+            return True
         if age + self.seconds > MAX_RUN:
             log.info("this loop has run for %.0f s; a new process takes over", age)
             return False
@@ -560,6 +577,10 @@ def run(load: Callable[[], object], config_path: str, seconds: float = 60.0,
     fd = hold_lock(site.spool_dir, seconds)
     loop = Loop(cache, seconds, lock_timeout, follow=site.spool_dir if follow else None,
                 lock=fd)
+    from spdu_cli.trouble import Trouble
+
+    loop.trouble = Trouble(site.spool_dir, config_path)
+    loop.trouble.update(site, cache.stale, loop.tally, loop.clock())  # before the first tick
     previous = signal.getsignal(signal.SIGTERM)
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
@@ -570,6 +591,9 @@ def run(load: Callable[[], object], config_path: str, seconds: float = 60.0,
         if in_main:
             signal.signal(signal.SIGTERM, previous)
         os.close(fd)
+    refused = [*cache.site.broken.values(), *cache.stale]
+    if refused:  # the others went on; the exit status still says it (78)
+        tally.failed("config", refused[0].exit_status, refused[0])
     failed = ", ".join(f"{k} {v}x" for k, v in sorted(tally.failures.items()))
     log.info("cron loop done: %s, %s, %s, %s%s", _n(tally.ticks, "tick"),
              _n(tally.probes, "probe run"), _n(tally.reconciles, "reconcile"),

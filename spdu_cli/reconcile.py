@@ -162,13 +162,13 @@ def _once(message: str, level: int) -> int:
     return level
 
 
-def unmanaged_warnings(plans: list[Plan]) -> list[str]:
+def unmanaged_warnings(plans: list[Plan], left: set[str] = frozenset()) -> list[str]:
     """One line per pool holding addresses that are neither selfIP nor any
     target's (a target removed from targets=, or one added by hand): spdu
     leaves them there; `spdu reconcile --prune` removes them."""
     out = []
     for p in plans:
-        extra = p.decision.unmanaged
+        extra = [a for a in p.decision.unmanaged if canon(a) not in left]
         if p.error is None and extra:
             one = len(extra) == 1
             it, its = ("it", "its") if one else ("them", "their")
@@ -243,6 +243,12 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
         except TemporaryFailure as e:  # that target is unknown; the others go on
             log.error("%s; %s is left as it is", e, c.target)
             entries[c.target], unreadable = SpoolEntry(c.target), unreadable + [e]
+    left = set()  # the addresses of a target whose file is refused: left as they are
+    for name in getattr(site, "broken", {}):
+        try:
+            left.update(canon(a) for a in store.read(name).addresses)
+        except SpduError:
+            pass
     plans = []
     done: dict[str, set[str]] = {}  # target -> the addresses its pool holds now
     for group in zones(pools(cfgs)):
@@ -254,7 +260,7 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
         for pool, plan in zip(group, got):
             plans.append(plan)
             if not prune:
-                for line in unmanaged_warnings([plan]):
+                for line in unmanaged_warnings([plan], left):
                     log.log(_once(line, logging.WARNING), "%s", line)
             after = plan.after()
             if after is not None:
