@@ -95,6 +95,7 @@ class SiteCache:
         """`site`: the configuration the caller has just read, so it is not read twice."""
         self.load = load
         self.path = Path(path)
+        self.secrets: tuple[str, ...] = _secret_files(site) if site is not None else ()
         self.stamp: tuple = self._stamp() if site is not None else ()
         self.site = None
         # the errors of the newer configuration that was refused: the loop goes on
@@ -107,7 +108,8 @@ class SiteCache:
     def _stamp(self) -> tuple:
         # os.stat and os.scandir, not pathlib: this runs every tick
         out = []
-        for p in (str(self.path), os.path.join(os.path.dirname(self.path), "spdu")):
+        for p in (str(self.path), os.path.join(os.path.dirname(self.path), "spdu"),
+                  *self.secrets):  # a chmod that leaves a key readable by others
             try:
                 st = os.stat(p)
             except OSError:
@@ -154,6 +156,9 @@ class SiteCache:
                         del site.broken[name]
                         self.stale.append(e)
             self.site, self.stamp = site, stamp
+            secrets = _secret_files(site)
+            if secrets != self.secrets:
+                self.secrets, self.stamp = secrets, self._stamp()
         return self.site
 
 
@@ -406,8 +411,8 @@ class Loop:
         and loops): after MAX_RUN, when spdu was upgraded on disk, or when
         spoolDir moved away from the lock this run holds. (A copy's note that
         is already there is covered all the same: its copy is gone.)"""
-        if getattr(self.cache, "stale", None):  # a new process would refuse the configuration: none takes over
-            return True
+        if getattr(self.cache, "stale", None):
+            return True  # a new process would refuse the configuration: none takes over
         if age + self.seconds > MAX_RUN:
             log.info("this loop has run for %.0f s; a new process takes over", age)
             return False
@@ -491,6 +496,12 @@ class Loop:
                             " transitions stay pending for the next run")
                 self.tally.failed("notify", 69)
         return self.tally
+
+
+def _secret_files(site) -> tuple[str, ...]:
+    """The key and token files the main file names: watched like the configuration."""
+    return tuple(s.value for k, s in site.settings.items()
+                 if k in ("tsigKeyFile", "webhookTokenFile") and s.value)
 
 
 def _n(count: int, noun: str) -> str:

@@ -94,3 +94,89 @@ def test_a_bad_target_file_is_said_by_every_copy(site):
     finally:
         stop(loop)
     assert site.entry("gamma")["state"] == "up"
+
+
+# -- 5. a bad edit: the loop goes on with the last good configuration, and says so ------------
+
+
+def next_minute(site: faults.Site) -> subprocess.CompletedProcess:
+    """The copy cron starts just after the loop's minute ends."""
+    end = os.stat(site.spool / handover.LOOP_LOCK).st_mtime
+    wait_for(lambda: time.time() >= end + 0.1, 10)
+    return copy(site)
+
+
+def edit(site: faults.Site, how: str, token) -> None:
+    if how == "value":
+        with open(site.conf, "a") as f:
+            f.write("probeTimeout=abc\n")
+    elif how == "syntax":
+        with open(site.conf, "a") as f:
+            f.write("myTag='unterminated\n")
+    elif how == "main-mode":
+        os.chmod(site.conf, 0o666)
+    elif how == "target-mode":
+        os.chmod(site.root / "spdu" / "beta", 0o666)
+    elif how == "secret":
+        os.chmod(token, 0o644)
+
+
+WORDS = {"value": "probeTimeout", "syntax": "spdu.conf:", "main-mode": "spdu.conf",
+         "target-mode": "spdu/beta", "secret": "token"}
+
+
+@pytest.mark.parametrize("how", list(WORDS))
+def test_a_bad_edit_keeps_the_loop_on_its_last_good_configuration(site, webhook_receiver,
+                                                                   world, how):
+    rx = webhook_receiver()
+    token = world / "token"
+    token.write_text("s3cret\n")
+    os.chmod(token, 0o600)
+    site.write(f"webhookURL={rx.url}\nwebhookFormat=json\nwebhookTokenFile={token}\n")
+    os.chmod(site.conf, 0o600)  # it holds a secret
+    good = site.conf.read_text()
+    in_dns(site)
+    loop = start_loop(site)
+    try:
+        assert next_minute(site).stderr == ""
+        edit(site, how, token)
+        for _ in range(3):  # said by every copy, minute after minute
+            c = next_minute(site)
+            assert c.returncode == 75 and loop.poll() is None, c.stderr
+            assert WORDS[how] in c.stderr, c.stderr
+            assert "goes on with the last good configuration" in c.stderr, c.stderr
+        site.servers["gamma"].behaviour = "503"  # and it still acts, on the old one
+        wait_for(lambda: GAMMA not in site.pool(), 10)
+        notices = [r.json() for r in rx.received if not r.json()["transitions"]]
+        assert [n["summary"] for n in notices] == [
+            f"WARNING: spdu on {notices[0]['site']}: a configuration edit was refused"]
+        # fixed: said no more, and said so once
+        os.chmod(site.conf, 0o600)
+        os.chmod(site.root / "spdu" / "beta", 0o644)
+        os.chmod(token, 0o600)
+        site.conf.write_text(good)
+        next_minute(site)
+        c = next_minute(site)
+        assert c.returncode == 75 and c.stderr == "", c.stderr
+        wait_for(lambda: len([r for r in rx.received if not r.json()["transitions"]]) == 2, 10)
+        assert [r.json() for r in rx.received if not r.json()["transitions"]][1][
+            "summary"].startswith("NOTICE: ")
+    finally:
+        _rc, err = stop(loop)
+    assert "Traceback" not in err
+
+
+def test_on_a_refused_edit_the_loop_goes_on_past_its_hour_and_an_upgrade():
+    from spdu_cli import cycle
+    from spdu_cli.errors import ConfigError
+
+    class Cache:
+        site, stale = None, [ConfigError("spdu.conf:3: probeTimeout: not a decimal number")]
+
+    class Site:
+        spool_dir = "/elsewhere"
+
+    loop = cycle.Loop(Cache(), 60.0, follow="/var/spool/spdu")
+    assert loop._may_go_on(Site(), cycle.MAX_RUN + 1, ("not", "the", "code"))
+    Cache.stale = []
+    assert not loop._may_go_on(Site(), cycle.MAX_RUN + 1, cycle._code_stamp())
