@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spdu_cli import handover, health
-from spdu_cli.errors import ExitStatus, ProbeInterrupted, SpduError, TemporaryFailure, os_failure
-from spdu_cli.spool import Spool, open_file
+from spdu_cli.errors import ExitStatus, ProbeInterrupted, SpduError
+from spdu_cli.looplock import hold_lock, relock
+from spdu_cli.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ class Loop:
         self.seconds = seconds
         self.follow = follow
         self.lock = lock
+        self.lock_dir: str | None = None  # where `lock` must stay (relock), set by run()
         self.lock_timeout = lock_timeout
         self.clock = clock
         self.wall = wall  # what the probe schedule is aligned to (the wall clock)
@@ -455,6 +457,12 @@ class Loop:
         self._publish(end)
         due = start  # the first tick at once
         while not self.stop.is_set():
+            if self.lock is not None and self.lock_dir is not None:
+                fd = relock(self.lock_dir, self.lock, end + self.wall() - self.clock())
+                if fd is None:
+                    self.tally.failed("lock", ExitStatus.TEMPFAIL, "the loop lock moved")
+                    break
+                self.lock = fd
             now = self.clock()
             if now >= end - END_MARGIN:
                 # A copy cron started for the next minute found us running: cover its
@@ -536,39 +544,6 @@ def _pending(site, entries: dict | None = None) -> bool:
     return any(e.pending() for e in entries.values())
 
 
-class LoopRunning(TemporaryFailure):
-    """Another loop holds the loop lock: normal when a tick overran the minute."""
-
-
-def hold_lock(spool_dir: str, seconds: float = 60.0):
-    """The loop's own lock (not the spool lock): held for the whole run. A
-    second copy does not wait for the run to end: it leaves a note for the
-    running one (which then covers the next minute too) and exits 75."""
-    store = Spool(spool_dir)
-    store.ensure_dir()
-    path = store.dir / handover.LOOP_LOCK
-    try:
-        fd = open_file(path, os.O_RDWR | os.O_CREAT)
-    except OSError as e:
-        raise os_failure(e, "open the cron loop's lock", path) from None
-    # The running loop may end instead of taking the note (its hour is up, or it
-    # was not started with --follow and its minute ended just before it could see
-    # the note): the lock is then ours, so a minute is never left without a loop.
-    if not handover.try_lock(fd) and handover.wait_for_loop(fd, str(store.dir)):
-        os.close(fd)
-        raise LoopRunning(
-            f"another spdu cron loop holds {path}; this one exits (the running one"
-            " covers this minute)"
-        )
-    try:  # the pid is for people; the flock is what counts
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-    except OSError as e:
-        log.warning("%s", os_failure(e, "write the pid into", path))
-    handover.publish_end(fd, time.time() + seconds)  # the loop sets it exactly
-    return fd
-
-
 def _code_stamp() -> tuple | None:
     """spdu's installed code as it is on disk: an upgrade changes it."""
     try:
@@ -591,6 +566,7 @@ def run(load: Callable[[], object], config_path: str, seconds: float = 60.0,
     from spdu_cli.trouble import Trouble
 
     loop.trouble = Trouble(site.spool_dir, config_path)
+    loop.lock_dir = site.spool_dir
     loop.trouble.update(site, cache.stale, loop.tally, loop.clock())  # before the first tick
     previous = signal.getsignal(signal.SIGTERM)
     in_main = threading.current_thread() is threading.main_thread()
@@ -601,7 +577,7 @@ def run(load: Callable[[], object], config_path: str, seconds: float = 60.0,
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
-        os.close(fd)
+        os.close(loop.lock)
     refused = [*cache.site.broken.values(), *cache.stale]
     if refused:  # the others went on; the exit status still says it (78)
         tally.failed("config", refused[0].exit_status, refused[0])

@@ -180,3 +180,51 @@ def test_on_a_refused_edit_the_loop_goes_on_past_its_hour_and_an_upgrade():
     assert loop._may_go_on(Site(), cycle.MAX_RUN + 1, ("not", "the", "code"))
     Cache.stale = []
     assert not loop._may_go_on(Site(), cycle.MAX_RUN + 1, cycle._code_stamp())
+
+
+# -- 9. the loop's lock cannot be removed from under it ---------------------------------------
+
+
+@pytest.mark.parametrize("what", ["lock", "spool"])
+def test_removing_the_lock_or_the_spool_never_gives_two_loops(site, what):
+    import shutil
+
+    loop = start_loop(site, "30")
+    lock = site.spool / handover.LOOP_LOCK
+    try:
+        wait_for(lambda: lock.exists() and lock.read_text().strip() == str(loop.pid), 10)
+        for _ in range(3):
+            if what == "lock":
+                lock.unlink()
+            else:
+                shutil.rmtree(site.spool)
+            # the loop takes the new lock within a tick
+            wait_for(lambda: lock.exists() and lock.read_text().strip() == str(loop.pid), 3)
+            second = site.run("cron", "--for", "2")
+            assert second.returncode == 75, second.stderr  # no second loop
+            assert "another spdu cron loop holds" in second.stderr
+        assert loop.poll() is None
+        wait_for(lambda: (site.spool / "gamma.json").exists(), 5)  # it goes on probing
+    finally:
+        rc, err = stop(loop)
+    assert rc == 0, err
+    assert "was removed or replaced under this loop; it holds the new one" in err
+
+
+def test_a_loop_whose_lock_another_took_ends(site):
+    import fcntl
+
+    loop = start_loop(site, "30")
+    lock = site.spool / handover.LOOP_LOCK
+    wait_for(lambda: lock.exists() and lock.read_text().strip() == str(loop.pid), 10)
+    lock.unlink()
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o640)  # another loop, faster
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        rc = loop.wait(timeout=10)
+        err = loop.stderr.read()
+    finally:
+        os.close(fd)
+    assert rc == 75, err
+    assert "another loop holds it now; this one ends" in err
+
