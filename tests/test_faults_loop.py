@@ -228,3 +228,72 @@ def test_a_loop_whose_lock_another_took_ends(site):
     assert rc == 75, err
     assert "another loop holds it now; this one ends" in err
 
+
+# -- 6. a step that keeps failing is said, once, and once more when it is over ----------------
+
+
+def notices(rx) -> list[str]:
+    """The summaries of the POSTs about spdu itself (no transition in them)."""
+    return [r.json()["summary"] for r in rx.received if not r.json()["transitions"]]
+
+
+def mailed(relay) -> list[str]:
+    return [str(m.message["Subject"]) for m in relay.received
+            if "spdu on" in str(m.message["Subject"])]
+
+
+def test_dns_down_too_long_is_said_once_everywhere_and_once_when_back(site, webhook_receiver,
+                                                                     smtp_relay):
+    rx, relay = webhook_receiver(), smtp_relay()
+    site.write(f"webhookURL={rx.url}\nwebhookFormat=json\nmailTo=ops@domain.tld\n"
+               f"smtpRelay=127.0.0.1\nsmtpPort={relay.port}\nsmtpSSL=no\nalertAfter=2\nmyTag=alpha\n")
+    os.chmod(site.conf, 0o600)
+    in_dns(site)
+    loop = start_loop(site)
+    try:
+        assert next_minute(site).stderr == ""
+        site.knot.want_port = site.knot.port  # back on the same port
+        site.knot.stop()
+        site.servers["gamma"].behaviour = "503"  # reconcile has something to do, and cannot
+        wait_for(lambda: notices(rx), 15)
+        said = [next_minute(site).stderr for _ in range(2)]
+        assert "spdu-cron: reconcile has kept failing for" in said[0], said
+        assert "alertAfter=2" in said[0] and "127.0.0.1" in said[0]
+        assert said[1] == ""  # once
+        wait_for(lambda: mailed(relay), 15)
+        assert notices(rx) == ["WARNING: spdu on alpha: reconcile keeps failing"]
+        assert mailed(relay) == ["WARNING: spdu on alpha: reconcile keeps failing"]
+        site.knot.start()
+        wait_for(lambda: len(notices(rx)) == 2 and len(mailed(relay)) == 2, 20)
+        back = "NOTICE: spdu on alpha: reconcile keeps failing"
+        assert notices(rx)[1] == mailed(relay)[1] == back
+        said = [next_minute(site).stderr for _ in range(2)]
+        assert "spdu-cron: over: reconcile keeps failing no more" in said[0], said
+        assert said[1] == ""
+    finally:
+        _rc, err = stop(loop)
+    assert "Traceback" not in err
+    assert GAMMA not in site.pool()  # DNS caught up once it was back
+
+
+def test_mail_down_too_long_goes_out_by_webhook(site, webhook_receiver, smtp_relay):
+    from tests.conftest import free_port
+
+    rx, port = webhook_receiver(), free_port()
+    site.write(f"webhookURL={rx.url}\nwebhookFormat=json\nmailTo=ops@domain.tld\n"
+               f"smtpRelay=127.0.0.1\nsmtpPort={port}\nsmtpSSL=no\nalertAfter=2\nmyTag=alpha\n")
+    os.chmod(site.conf, 0o600)
+    in_dns(site)
+    loop = start_loop(site, "60")  # past the relay's return, without copies
+    try:
+        site.servers["gamma"].behaviour = "503"  # a mail to send, and no relay
+        wait_for(lambda: notices(rx), 20)
+        assert notices(rx) == ["WARNING: spdu on alpha: notify keeps failing"]
+        relay = smtp_relay(port=port)  # back: the mail, then the word that it is over
+        wait_for(lambda: len(notices(rx)) == 2, 30)
+        assert notices(rx)[1] == "NOTICE: spdu on alpha: notify keeps failing"
+        wait_for(lambda: mailed(relay), 10)
+        assert mailed(relay) == ["NOTICE: spdu on alpha: notify keeps failing"]
+    finally:
+        _rc, err = stop(loop)
+    assert "Traceback" not in err
