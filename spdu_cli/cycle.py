@@ -221,6 +221,7 @@ class Loop:
         self.next_pending_check = 0.0
         self.mailer: threading.Thread | None = None
         self.trouble = None  # trouble.Trouble, with a lock (a loop cron started)
+        self.hup = False  # SIGHUP came: the next tick reads the configuration again
 
     # -- steps, each of which may fail without stopping the others --------------------
 
@@ -360,6 +361,9 @@ class Loop:
     # -- the loop ------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
+        if self.hup:  # SIGHUP: read the configuration again, as when a file changed
+            self.hup, self.cache.stamp = False, ("SIGHUP",)
+            log.warning("SIGHUP: reading the configuration again")
         site = self.cache.get()
         self.tally.ticks += 1
         changed = False
@@ -443,6 +447,9 @@ class Loop:
     def _publish(self, end: float) -> None:
         if self.lock is not None:  # the wall clock of now: it may have been stepped
             handover.publish_end(self.lock, end + self.wall() - self.clock())
+        if self.trouble is not None:  # and the monotonic clock, which no step moves
+            self.trouble.end = end
+            self.trouble._write()
 
     def _run(self) -> Tally:
         start = self.clock()
@@ -568,15 +575,17 @@ def run(load: Callable[[], object], config_path: str, seconds: float = 60.0,
     loop.trouble = Trouble(site.spool_dir, config_path)
     loop.lock_dir = site.spool_dir
     loop.trouble.update(site, cache.stale, loop.tally, loop.clock())  # before the first tick
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         signal.signal(signal.SIGTERM, lambda *_: loop.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: setattr(loop, "hup", True))
     try:
         tally = loop.run()
     finally:
         if in_main:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGHUP, previous[1])
         os.close(loop.lock)
     refused = [*cache.site.broken.values(), *cache.stale]
     if refused:  # the others went on; the exit status still says it (78)

@@ -90,8 +90,9 @@ def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int,
     )
     for note in decision.notes:
         log.debug("%s: %s", pool.key.name, note)
-    if decision.blocked:
-        log.error("%s on %s: %s", pool.key.name, pool.key.where, decision.blocked)
+    if decision.blocked:  # the cron loop meets it every tick: once, then every few minutes
+        line = f"{pool.key.name} on {pool.key.where}: {decision.blocked}"
+        log.log(_once(line, logging.ERROR, BLOCKED_REMIND), "%s", line)
     signed = pool.tsig.describe() if pool.tsig else None
     return Plan(pool.key, signed, current, decision, attempts=attempt,
                 tsig=pool.tsig.to_json() if pool.tsig else None)
@@ -143,6 +144,7 @@ class NotApplied(ServiceUnavailable):
 
 
 REMIND = 600.0  # s: a server that keeps not applying is said so again this often
+BLOCKED_REMIND = 300.0  # s: the same for a change that would empty the pool
 _said: dict[str, float] = {}  # in this process (the cron loop): message -> when it was logged
 
 
@@ -152,11 +154,11 @@ def _level(e: SpduError) -> int:
     return _once(str(e), logging.ERROR) if isinstance(e, NotApplied) else logging.ERROR
 
 
-def _once(message: str, level: int) -> int:
-    """`level` the first time this process logs `message` and every REMIND
+def _once(message: str, level: int, every: float = REMIND) -> int:
+    """`level` the first time this process logs `message` and every `every`
     seconds after; DEBUG in between."""
     now, last = time.monotonic(), _said.get(message)
-    if last is not None and now - last < REMIND:
+    if last is not None and now - last < every:
         return logging.DEBUG
     _said[message] = now
     return level

@@ -331,11 +331,13 @@ def atomic_write(path: Path, data: bytes, mode: int, what: str, kept: str = "fil
         finally:
             os.close(fd)
         os.rename(tmp, target)  # replaces a planted symlink itself, never its target
-    except OSError as e:
+    except BaseException as e:  # SIGINT (KeyboardInterrupt) too: never a stray .tmp file
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if not isinstance(e, OSError):
+            raise
         err = os_failure(e, f"write {what}", path)
         err.message += f"; the previous {kept} is kept"
         raise err from None

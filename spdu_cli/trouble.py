@@ -42,6 +42,7 @@ class Trouble:
     once: list[tuple[int, str, float]] = field(default_factory=list)  # (n, text, at)
     last_said: float = -1e18
     written: str | None = None
+    end: float | None = None  # time.monotonic() when the loop's minute ends (cycle sets it)
     sender: threading.Thread | None = None
 
     def problems(self, site, stale, tally, now: float) -> dict[str, Problem]:
@@ -100,6 +101,8 @@ class Trouble:
 
     def _write(self) -> None:
         lines = [f"config\t{os.path.abspath(self.config_path)}"]
+        if self.end is not None:  # when the loop's minute ends, on the monotonic clock
+            lines.append(f"end\t{self.end:.3f}")
         lines += [f"every\t{_line(p.text)}" for p in self.current.values() if p.every]
         lines += [f"once\t{n}\t{_line(t)}" for n, t, _ in self.once]
         text = "\n".join(lines) + "\n"

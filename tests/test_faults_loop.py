@@ -297,3 +297,69 @@ def test_mail_down_too_long_goes_out_by_webhook(site, webhook_receiver, smtp_rel
     finally:
         _rc, err = stop(loop)
     assert "Traceback" not in err
+
+
+# -- 10. the smaller ones ---------------------------------------------------------------------
+
+
+def test_a_forward_clock_step_is_not_a_stuck_loop(site):
+    """After the wall clock stepped 2 h forward, the loop's lock says its minute
+    ended 2 h ago (as the copy's clock reads it), though the loop is well: the
+    copy hands over without crying "stuck". (libfaketime cannot step a copy's
+    wall clock alone here: with FAKETIME_DONT_FAKE_MONOTONIC, Python's
+    time.sleep fails with EINVAL; so the lock's time is stepped back instead,
+    which is what the copy sees.)"""
+    loop = start_loop(site, "30")
+    lock = site.spool / handover.LOOP_LOCK
+    try:
+        wait_for(lambda: "end\t" in (site.spool / handover.STATUS).read_text(), 10)
+        end = os.stat(lock).st_mtime
+        os.utime(lock, (end - 7200, end - 7200))
+        c = copy(site)
+        assert c.returncode == 75, c.stderr
+        assert "is it stuck?" not in c.stderr
+    finally:
+        stop(loop)
+
+
+def test_sighup_reads_the_configuration_again(site):
+    loop = start_loop(site, "30")
+    try:
+        wait_for(lambda: (site.spool / "gamma.json").exists(), 10)
+        loop.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        assert loop.poll() is None  # it goes on
+    finally:
+        rc, err = stop(loop)
+    assert rc == 0, err
+    assert "SIGHUP: reading the configuration again" in err
+
+
+def test_an_interrupted_write_leaves_no_temporary_file(site, monkeypatch):
+    """SIGINT while a spool file is written (KeyboardInterrupt at fsync)."""
+    from spdu_cli.entry import SpoolEntry
+    from spdu_cli.spool import Spool
+
+    store = Spool(str(site.spool))
+    store.ensure_dir()
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.write(SpoolEntry("beta"))
+    assert [p.name for p in site.spool.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_pool_that_would_be_emptied_is_said_once_not_every_tick(site):
+    site.write("selfIP=\n")
+    assert site.run("probe").returncode == 0
+    assert site.run("reconcile", "--prune").returncode == 0
+    assert site.pool() == sorted([BETA, GAMMA])
+    for srv in site.servers.values():
+        srv.behaviour = "503"
+    r = site.run("cron", "--for", "3")
+    assert site.pool() == sorted([BETA, GAMMA])  # never emptied
+    lines = [ln for ln in r.stderr.splitlines() if "would leave the pool with no address" in ln]
+    assert len(lines) == 1, r.stderr
