@@ -47,8 +47,11 @@ class DnsAction:
     server: str
 
     def words(self) -> str:
-        done = (f"added {self.address} to" if self.action == "add"
-                else f"removed {self.address} from")
+        done = {"add": f"added {self.address} to", "delete": f"removed {self.address} from",
+                # found so by a later reconcile: an UPDATE whose answer was lost
+                "present": f"found {self.address} already in",
+                "absent": f"found {self.address} already gone from"}.get(
+                    self.action, f"{self.action} {self.address} in")
         when = f" at {clock(self.at)}" if self.at else ""
         return f"{done} {self.rrset} on {self.server}{when}"
 

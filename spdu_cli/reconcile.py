@@ -252,6 +252,7 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
         except SpduError:
             pass
     plans = []
+    members: dict[int, list[str]] = {}  # id(plan) -> its pool's targets
     done: dict[str, set[str]] = {}  # target -> the addresses its pool holds now
     for group in zones(pools(cfgs)):
         try:
@@ -261,6 +262,7 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
             got = [Plan(pool.key, None, {}, Decision((), (), None), error=e) for pool in group]
         for pool, plan in zip(group, got):
             plans.append(plan)
+            members[id(plan)] = [c.target for c in pool.targets]
             if not prune:
                 for line in unmanaged_warnings([plan], left):
                     log.log(_once(line, logging.WARNING), "%s", line)
@@ -277,6 +279,8 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
             for p in plans:
                 if p.sent:
                     record(store, p, now)
+                elif p.error is None and p.after() is not None:
+                    record_found(store, p, members.get(id(p), []), now)
             forget_retired(store, {t: a for t, a in done.items() if entries[t].retired})
             note_runs(store, plans, now)
     except SpduError as e:
@@ -286,6 +290,30 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
     if unreadable:
         raise unreadable[0]
     return plans
+
+
+def record_found(store: Spool, plan: Plan, targets: list[str], now: float) -> None:
+    """A pool that needed no change: a target's latest transition with nothing
+    recorded whose addresses DNS already shows as it wants (its UPDATE went
+    through, but spdu died or lost the answer before recording it) records
+    that, so its mail does not say DNS has not been changed."""
+    after = plan.after()
+    for target in targets:
+        entry = store.read(target)
+        if entry.fresh or not entry.journal or not entry.addresses:
+            continue
+        latest = entry.journal[-1]
+        if latest.get("dns") or latest.get("notified"):
+            continue
+        want = {"up": "present", "down": "absent", "maint": "absent"}.get(latest.get("to"))
+        mine = [canon(a) for a in entry.addresses]
+        if want is None or (want == "present") != all(a in after for a in mine) or (
+                want == "absent" and any(a in after for a in mine)):
+            continue
+        latest["dns"] = [{"at": iso(now), "action": want, "address": a,
+                          "rrset": f"{plan.pool.name} {'AAAA' if ':' in a else 'A'}",
+                          "server": f"{plan.pool.server}:{plan.pool.port}"} for a in mine]
+        store.write(entry)
 
 
 def forget_retired(store: Spool, pool_now: dict[str, set[str]]) -> None:

@@ -363,3 +363,39 @@ def test_a_pool_that_would_be_emptied_is_said_once_not_every_tick(site):
     assert site.pool() == sorted([BETA, GAMMA])  # never emptied
     lines = [ln for ln in r.stderr.splitlines() if "would leave the pool with no address" in ln]
     assert len(lines) == 1, r.stderr
+
+
+def test_a_frozen_knot_zone_is_named_not_blamed_on_the_acl(site):
+    assert site.run("probe").returncode == 0
+    assert site.knot.knotc("zone-freeze", site.knot.zone).returncode == 0
+    r = site.run("reconcile")
+    assert r.returncode == 69, r.stderr
+    assert "not ready for updates" in r.stderr and "knotc zone-thaw" in r.stderr
+    assert "ACL" not in r.stderr
+    assert site.knot.knotc("zone-thaw", site.knot.zone).returncode == 0
+    assert site.run("reconcile").returncode == 0
+    assert site.pool() == sorted([SELF, BETA, GAMMA])
+
+
+def test_an_update_whose_answer_was_lost_is_found_done_not_said_undone(site):
+    """The UPDATE applied and its answer lost (as when spdu is killed between
+    the two): the next reconcile finds DNS as the transition wants and records
+    it, so the mail does not say that DNS has not been changed."""
+    from tests.dnsproxy import DnsProxy
+
+    proxy = DnsProxy(site.knot.port)
+    try:
+        site.write(f"namePort={proxy.port}\nmailTo=ops@domain.tld\nnameTimeout=0.5\n")
+        assert site.run("probe").returncode == 0
+        proxy.lie = "swallow"
+        assert site.run("reconcile").returncode == 69
+        assert site.pool() == sorted([SELF, BETA, GAMMA])  # applied all the same
+        proxy.lie = "forward"
+        assert site.run("reconcile").returncode == 0
+    finally:
+        proxy.stop()
+    dns = site.entry("beta")["journal"][-1]["dns"]
+    assert [(d["action"], d["address"]) for d in dns] == [("present", BETA)]
+    r = site.run("notify", "--dry-run")
+    assert "has not been changed yet" not in r.stdout + r.stderr
+    assert f"DNS: found {BETA} already in api.pool.domain.tld A" in r.stdout, r.stdout
