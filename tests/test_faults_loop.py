@@ -399,3 +399,24 @@ def test_an_update_whose_answer_was_lost_is_found_done_not_said_undone(site):
     r = site.run("notify", "--dry-run")
     assert "has not been changed yet" not in r.stdout + r.stderr
     assert f"DNS: found {BETA} already in api.pool.domain.tld A" in r.stdout, r.stdout
+
+
+def test_a_forward_clock_step_does_not_count_as_time_up(site):
+    """beta goes up, the wall clock steps 2 h forward (libfaketime, the
+    monotonic clock untouched), beta goes down seconds later: the mail and
+    `spdu history` say seconds, not 2 h."""
+    import json
+
+    assert os.path.exists(faults.FAKETIME), "Debian package faketime is missing"
+    site.write("mailTo=ops@domain.tld\n")
+    assert site.run("probe", "beta").returncode == 0
+    site.servers["beta"].behaviour = "503"
+    stepped = {"LD_PRELOAD": faults.FAKETIME, "FAKETIME": "+2h",
+               "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_DONT_RESET": "1"}
+    r = site.run("probe", "beta", env=stepped)
+    assert r.returncode == 1, r.stderr
+    out = site.run("notify", "--dry-run", env=stepped).stdout
+    assert "It had been up for " in out
+    assert " h" not in out.split("It had been up for ")[1].split("\n")[0], out
+    h = json.loads(site.run("history", "--json", "beta", env=stepped).stdout.splitlines()[0])
+    assert h["seconds"]["up"] < 60, h
