@@ -303,10 +303,10 @@ MUTANTS = [
       "        if outcome.plan.held:", "        if False:", CYCLE, issue=17),
     m("cycle.py", "a mail run that raised is not retried",
       "            log.error(\"notify: %s\", e)\n"
-      "            self.tally.failed(\"notify\", e.exit_status)\n"
+      "            self.tally.failed(\"notify\", e.exit_status, e)\n"
       "            self.next_notify = self.clock() + NOTIFY_RETRY\n",
       "            log.error(\"notify: %s\", e)\n"
-      "            self.tally.failed(\"notify\", e.exit_status)\n",
+      "            self.tally.failed(\"notify\", e.exit_status, e)\n",
       CYCLE),
     m("cycle.py", "a transition of one target is hidden by the next target's report",
       "changed |= rep.transition is not None", "changed = rep.transition is not None", CYCLE),
@@ -380,7 +380,7 @@ MUTANTS = [
     m("handover.py", "a copy that could not leave its note exits (the loop ends: a lost minute)",
       "    if not noted:\n        wait = max(wait, end + GRACE + 1.0 - now)\n", "", FOLLOW),
     m("handover.py", "a stuck loop is not reported",
-      "    if now > end + STUCK:", "    if False:", FOLLOW),
+      "    if now > end + STUCK and not _moving(directory):", "    if False:", FOLLOW),
     m("handover.py", "a copy whose loop ended does not loop itself",
       "        if try_lock(fd):\n            return False\n", "", FOLLOW),
     m("cycle.py", "a mail run at every start, with nothing pending",
@@ -415,8 +415,8 @@ MUTANTS = [
       "        return min((s for s in self.latest.values() if s), default=None)", CYCLE,
       issue=28),
     m("cycle.py", "a mail run's status is its last error, not its most serious",
-      'self.tally.failed("notify", max(e.exit_status for e in outcome.errors))',
-      'self.tally.failed("notify", outcome.errors[-1].exit_status)', CYCLE),
+      "worst = max(outcome.errors, key=lambda e: e.exit_status)",
+      "worst = outcome.errors[-1]", CYCLE),
     m("cycle.py", "\"DNS already agrees\" compares the addresses only, not the configuration"
       " (a changed selfIP waits for the drift check)",
       "standing[0] is agreed[0] and standing[1] == agreed[1]", "standing[1] == agreed[1]",

@@ -500,13 +500,14 @@ def cron_cmd(obj: Context, seconds, lock_timeout, follow, as_json):
         # crontab: * * * * * knot /usr/local/bin/spdu-cron
     """
     from spdu_cli import cycle
+    from spdu_cli.looplock import LoopRunning
 
     site = obj.site()  # errors at start exit here (78); and syslog goes to syslogSocket
     path = config.config_path(obj.config_path)
     try:
         tally = cycle.run(lambda: config.load(path), path, seconds, lock_timeout, site,
                           follow=follow)
-    except cycle.LoopRunning as e:
+    except LoopRunning as e:
         if not obj.logging[2]:
             raise
         log.info("%s", e)  # under cron: the usual hand-over, not a mail every minute

@@ -239,6 +239,8 @@ class Site:
     _targets: dict = field(default_factory=dict, repr=False, compare=False)
     _values: dict = field(default_factory=dict, repr=False, compare=False)
     unknown: list[UnknownKey] | None = None  # a list: collect unknown keys, do not warn
+    # target -> the ConfigError of its own file: left out of `targets` (check(each=True))
+    broken: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def target_dir(self) -> Path:
@@ -259,7 +261,8 @@ class Site:
 
     @property
     def targets(self) -> tuple[str, ...]:
-        return self._site_value("targets")
+        names = self._site_value("targets")
+        return tuple(n for n in names if n not in self.broken) if self.broken else names
 
     @property
     def spool_dir(self) -> str:
@@ -280,6 +283,10 @@ class Site:
     @property
     def syslog_socket(self) -> str:
         return self._site_value("syslogSocket")
+
+    @property
+    def alert_after(self) -> float:
+        return self._site_value("alertAfter")
 
     @property
     def metrics_file(self) -> str:
@@ -339,13 +346,27 @@ class Site:
         return build_target(name, settings, tuple(files), self.path, self.system,
                             self.read_key_file, checked=set(self.settings) - set(own))
 
-    def check(self) -> list[TargetConfig]:
-        """Validate the main file and every configured target."""
+    def check(self, each: bool = False) -> list[TargetConfig]:
+        """Validate the main file and every configured target. `each` (the cron
+        loop): a target whose configuration is refused goes into `broken`, and
+        the others go on; unless every target is refused (the main file's fault)."""
         for key, s in self.settings.items():
             if key in KEYS:
                 check_value(key, s)
         self.spool_dir, self.interval, self.fast_interval, self.down_interval  # noqa: B018 - validates the site-wide defaults
-        return [self.target(name) for name in self.targets]
+        if not each:
+            return [self.target(name) for name in self.targets]
+        out, first = [], None
+        for name in self.targets:
+            try:
+                out.append(self.target(name))
+            except ConfigError as e:
+                self.broken[name] = e
+                first = first or e
+        if first is not None and not out:
+            self.broken.clear()
+            raise first
+        return out
 
 
 def _resolve(values: Values, key: str, origin: str) -> Any:

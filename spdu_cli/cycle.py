@@ -17,18 +17,18 @@ import logging
 import math
 import os
 import signal
-import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import spdu_cli.lag as lag
 import spdu_cli.spool as spool
 from spdu_cli import handover, health
-from spdu_cli.errors import ExitStatus, ProbeInterrupted, SpduError, TemporaryFailure, os_failure
-from spdu_cli.spool import Spool, open_file
+from spdu_cli.errors import ExitStatus, ProbeInterrupted, SpduError
+from spdu_cli.looplock import hold_lock, relock
+from spdu_cli.sitecache import SiteCache
+from spdu_cli.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -90,65 +90,6 @@ class Schedule:
 # -- the loop ----------------------------------------------------------------------------
 
 
-class SiteCache:
-    """The configuration, read again only when one of its files changes."""
-
-    def __init__(self, load: Callable[[], object], path: str, site=None):
-        """`site`: the configuration the caller has just read, so it is not read twice."""
-        self.load = load
-        self.path = Path(path)
-        self.stamp: tuple = self._stamp() if site is not None else ()
-        self.site = None
-        if site is not None:
-            site.check()
-            self.site = site
-
-    def _stamp(self) -> tuple:
-        # os.stat and os.scandir, not pathlib: this runs every tick
-        out = []
-        for p in (str(self.path), os.path.join(os.path.dirname(self.path), "spdu")):
-            try:
-                st = os.stat(p)
-            except OSError:
-                out.append(None)
-                continue
-            out.append((st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode, st.st_uid))
-            if not stat.S_ISDIR(st.st_mode):
-                continue
-            try:
-                with os.scandir(p) as it:
-                    files = sorted(it, key=lambda f: f.name)
-            except OSError:
-                out.append(("", None))  # unreadable: its files are looked at once it is not
-                continue
-            for f in files:
-                try:
-                    st = f.stat()
-                except OSError:  # gone meanwhile: the next look sees it
-                    out.append((f.name, None))
-                    continue
-                out.append((f.name, st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode,
-                            st.st_uid))  # a chmod makes a file unsafe: read it again
-        return tuple(out)
-
-    def get(self):
-        stamp = self._stamp()
-        if self.site is None or stamp != self.stamp:
-            try:
-                site = self.load()
-                site.check()
-            except SpduError as e:
-                if self.site is None:
-                    raise
-                log.error("%s; going on with the configuration read before", e)
-                self.stamp = stamp  # say it once, not every tick
-                return self.site
-            if self.site is not None:
-                log.warning("configuration changed: read again")
-            self.site, self.stamp = site, stamp
-        return self.site
-
-
 @dataclass
 class Tally:
     """What one run of the loop did, for the log line at its end and the tests."""
@@ -159,10 +100,12 @@ class Tally:
     notifies: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     latest: dict[str, int] = field(default_factory=dict)  # step -> status of its last run
+    why: dict[str, str] = field(default_factory=dict)  # step -> its last error
 
-    def failed(self, step: str, status: int = 70) -> None:
+    def failed(self, step: str, status: int = 70, why: object = "") -> None:
         self.failures[step] = self.failures.get(step, 0) + 1
         self.latest[step] = int(status)
+        self.why[step] = str(why) or f"exit status {int(status)}"
 
     def ok(self, step: str) -> None:
         self.latest[step] = 0
@@ -187,6 +130,7 @@ class Loop:
         self.seconds = seconds
         self.follow = follow
         self.lock = lock
+        self.lock_dir: str | None = None  # where `lock` must stay (relock), set by run()
         self.lock_timeout = lock_timeout
         self.clock = clock
         self.wall = wall  # what the probe schedule is aligned to (the wall clock)
@@ -204,6 +148,8 @@ class Loop:
         self.next_pending_check = 0.0
         self.mailer: threading.Thread | None = None
         self.lag = lag.Watch(clock(), min(lag.PERIOD, seconds))
+        self.trouble = None  # trouble.Trouble, with a lock (a loop cron started)
+        self.hup = False  # SIGHUP came: the next tick reads the configuration again
 
     # -- steps, each of which may fail without stopping the others --------------------
 
@@ -231,7 +177,7 @@ class Loop:
             return False  # SIGTERM: the loop ends; these targets are probed next time
         except SpduError as e:
             log.error("probe: %s", e)
-            self.tally.failed("probe", e.exit_status)
+            self.tally.failed("probe", e.exit_status, e)
             for t in due:
                 self.schedule.due_at[t] = now + site.interval
             return False
@@ -241,7 +187,7 @@ class Loop:
                 self.kept.keep(t, socks)
         unwritten = [rep for rep in reports if rep.spool_error]
         if unwritten:  # what was probed is not recorded: as `spdu probe` says, 75
-            self.tally.failed("probe", ExitStatus.TEMPFAIL)
+            self.tally.failed("probe", ExitStatus.TEMPFAIL, unwritten[0].spool_error)
         else:
             self.tally.ok("probe")
         offset = self.wall() - self.clock()
@@ -290,12 +236,12 @@ class Loop:
             plans = reconcile.run(site, lock_timeout=self.lock_timeout)
         except SpduError as e:
             log.error("reconcile: %s", e)
-            self.tally.failed("reconcile", e.exit_status)
+            self.tally.failed("reconcile", e.exit_status, e)
             return False
         self.tally.ok("reconcile")
         for p in plans:
             if p.error:
-                self.tally.failed("reconcile", p.error.exit_status)
+                self.tally.failed("reconcile", p.error.exit_status, p.error)
         return all(p.in_sync for p in plans)
 
     def standing(self, site, entries):
@@ -326,7 +272,7 @@ class Loop:
             outcome = notify.run(site, lock_timeout=self.lock_timeout)
         except SpduError as e:
             log.error("notify: %s", e)
-            self.tally.failed("notify", e.exit_status)
+            self.tally.failed("notify", e.exit_status, e)
             self.next_notify = self.clock() + NOTIFY_RETRY
             return
         except Exception:  # a bug in one step must not end the loop
@@ -335,7 +281,8 @@ class Loop:
             self.next_notify = self.clock() + NOTIFY_RETRY
             return
         if outcome.errors:
-            self.tally.failed("notify", max(e.exit_status for e in outcome.errors))
+            worst = max(outcome.errors, key=lambda e: e.exit_status)
+            self.tally.failed("notify", worst.exit_status, worst)
             self.next_notify = self.clock() + NOTIFY_RETRY
             return
         self.tally.ok("notify")
@@ -347,6 +294,9 @@ class Loop:
     # -- the loop ------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
+        if self.hup:  # SIGHUP: read the configuration again, as when a file changed
+            self.hup, self.cache.stamp = False, ("SIGHUP",)
+            log.warning("SIGHUP: reading the configuration again")
         site = self.cache.get()
         self.tally.ticks += 1
         changed = False
@@ -391,6 +341,8 @@ class Loop:
             from spdu_cli import metrics
 
             metrics.write_after_run(site, self.lag.current)
+        if self.trouble is not None:
+            self.trouble.update(site, self.cache.stale, self.tally, now)
 
     def _may_go_on(self, site, age: float, code) -> bool:
         """Whether a --follow loop may cover one more minute, or ends at the end
@@ -398,6 +350,8 @@ class Loop:
         and loops): after MAX_RUN, when spdu was upgraded on disk, or when
         spoolDir moved away from the lock this run holds. (A copy's note that
         is already there is covered all the same: its copy is gone.)"""
+        if getattr(self.cache, "stale", None):
+            return True  # a new process would refuse the configuration: none takes over
         if age + self.seconds > MAX_RUN:
             log.info("this loop has run for %.0f s; a new process takes over", age)
             return False
@@ -431,6 +385,9 @@ class Loop:
     def _publish(self, end: float) -> None:
         if self.lock is not None:  # the wall clock of now: it may have been stepped
             handover.publish_end(self.lock, end + self.wall() - self.clock())
+        if self.trouble is not None:  # and the monotonic clock, which no step moves
+            self.trouble.end = end
+            self.trouble._write()
 
     def _run(self) -> Tally:
         start = self.clock()
@@ -445,6 +402,12 @@ class Loop:
         self._publish(end)
         due = start  # the first tick at once
         while not self.stop.is_set():
+            if self.lock is not None and self.lock_dir is not None:
+                fd = relock(self.lock_dir, self.lock, end + self.wall() - self.clock())
+                if fd is None:
+                    self.tally.failed("lock", ExitStatus.TEMPFAIL, "the loop lock moved")
+                    break
+                self.lock = fd
             now = self.clock()
             if now >= end - END_MARGIN:
                 # A copy cron started for the next minute found us running: cover its
@@ -522,39 +485,6 @@ def _pending(site, entries: dict | None = None) -> bool:
     return any(e.pending() for e in entries.values())
 
 
-class LoopRunning(TemporaryFailure):
-    """Another loop holds the loop lock: normal when a tick overran the minute."""
-
-
-def hold_lock(spool_dir: str, seconds: float = 60.0):
-    """The loop's own lock (not the spool lock): held for the whole run. A
-    second copy does not wait for the run to end: it leaves a note for the
-    running one (which then covers the next minute too) and exits 75."""
-    store = Spool(spool_dir)
-    store.ensure_dir()
-    path = store.dir / handover.LOOP_LOCK
-    try:
-        fd = open_file(path, os.O_RDWR | os.O_CREAT)
-    except OSError as e:
-        raise os_failure(e, "open the cron loop's lock", path) from None
-    # The running loop may end instead of taking the note (its hour is up, or it
-    # was not started with --follow and its minute ended just before it could see
-    # the note): the lock is then ours, so a minute is never left without a loop.
-    if not handover.try_lock(fd) and handover.wait_for_loop(fd, str(store.dir)):
-        os.close(fd)
-        raise LoopRunning(
-            f"another spdu cron loop holds {path}; this one exits (the running one"
-            " covers this minute)"
-        )
-    try:  # the pid is for people; the flock is what counts
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-    except OSError as e:
-        log.warning("%s", os_failure(e, "write the pid into", path))
-    handover.publish_end(fd, time.time() + seconds)  # the loop sets it exactly
-    return fd
-
-
 def _code_stamp() -> tuple | None:
     """spdu's installed code as it is on disk: an upgrade changes it."""
     try:
@@ -574,16 +504,26 @@ def run(load: Callable[[], object], config_path: str, seconds: float = 60.0,
     fd = hold_lock(site.spool_dir, seconds)
     loop = Loop(cache, seconds, lock_timeout, follow=site.spool_dir if follow else None,
                 lock=fd)
-    previous = signal.getsignal(signal.SIGTERM)
+    from spdu_cli.trouble import Trouble
+
+    loop.trouble = Trouble(site.spool_dir, config_path)
+    loop.lock_dir = site.spool_dir
+    loop.trouble.update(site, cache.stale, loop.tally, loop.clock())  # before the first tick
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         signal.signal(signal.SIGTERM, lambda *_: loop.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: setattr(loop, "hup", True))
     try:
         tally = loop.run()
     finally:
         if in_main:
-            signal.signal(signal.SIGTERM, previous)
-        os.close(fd)
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGHUP, previous[1])
+        os.close(loop.lock)
+    refused = [*cache.site.broken.values(), *cache.stale]
+    if refused:  # the others went on; the exit status still says it (78)
+        tally.failed("config", refused[0].exit_status, refused[0])
     failed = ", ".join(f"{k} {v}x" for k, v in sorted(tally.failures.items()))
     log.info("cron loop done: %s, %s, %s, %s%s", _n(tally.ticks, "tick"),
              _n(tally.probes, "probe run"), _n(tally.reconciles, "reconcile"),

@@ -44,6 +44,36 @@ def staleness(checked: float | None, now: float, limit: float) -> str | None:
     return None
 
 
+@functools.cache
+def _boot() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:  # Linux; elsewhere: the wall clock
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def steady(at: float) -> list | None:
+    """[boot id, monotonic seconds] of the wall clock's time `at` (as the clocks
+    stand now): a time no later step of the wall clock moves, comparable within
+    one boot."""
+    boot = _boot()
+    if boot is None:
+        return None
+    import time
+
+    return [boot, round(time.monotonic() - (time.time() - at), 3)]
+
+
+def elapsed(a: Any, b: Any, wall: float) -> float:
+    """Seconds from steady stamp `a` to `b` (journal "clock" values) when both
+    are of this boot; else `wall`, the difference of the wall clock's times."""
+    if (isinstance(a, list) and isinstance(b, list) and len(a) == len(b) == 2
+            and a[0] == b[0] and all(isinstance(x, int | float) for x in (a[1], b[1]))):
+        return max(0.0, float(b[1]) - float(a[1]))
+    return wall
+
+
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -224,6 +254,7 @@ class SpoolEntry:
             "to": new,
             "reason": reason,
             **extra,
+            **({"clock": c} if (c := steady(at)) else {}),  # durations across clock steps
             "notified": False,
             "dns": [],
         }

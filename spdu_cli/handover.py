@@ -21,6 +21,12 @@ GRACE = 5.0  # a --follow loop waits this long past the end of its minute for th
 POLL = 0.25  # how often the loop looks for the note meanwhile
 TAKEOVER = GRACE + 1.0  # how long a copy waits for the loop to take its note or end
 STUCK = 120.0  # a loop whose minute ended this long ago and still holds the lock is stuck
+# In spoolDir: what the running loop says of itself (a target or configuration it
+# refused, a step failing for too long), which each copy prints on its stderr, so
+# cron mails it. Lines: "config\tPATH", "every\tTEXT" (printed by every copy) and
+# "once\tN\tTEXT" (printed by the first copy only: SAID holds the last N printed).
+STATUS = ".cron.status"
+SAID = ".cron.said"
 
 
 def try_lock(fd: int) -> bool:
@@ -90,7 +96,7 @@ def wait_for_loop(fd: int, directory: str, wait: float | None = None) -> bool:
     except OSError:
         end = 0.0
     now = time.time()
-    if now > end + STUCK:
+    if now > end + STUCK and not _moving(directory):
         print(f"spdu-cron: the cron loop holding {os.path.join(directory, LOOP_LOCK)} should"
               f" have moved on {now - end:.0f} s ago: is it stuck? (its pid is in that file)",
               file=sys.stderr)  # cron mails it
@@ -131,3 +137,77 @@ def loop_running(directory: str) -> bool:
         return wait_for_loop(fd, directory)
     finally:
         os.close(fd)  # releases the lock if this copy took it
+
+
+def _read_small(path: str, limit: int = 65536) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit).decode("utf-8", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def status(directory: str) -> tuple[str | None, list[tuple[str, int, str]]]:
+    """The loop's status file: the configuration it runs on, and its lines as
+    (kind, number, text)."""
+    text = _read_small(os.path.join(directory, STATUS)) or ""
+    config, lines = None, []
+    for line in text.splitlines():
+        kind, _, rest = line.partition("\t")
+        if kind == "config":
+            config = rest
+        elif kind == "every":
+            lines.append((kind, 0, rest))
+        elif kind == "once":
+            n, _, said = rest.partition("\t")
+            if n.isdigit():
+                lines.append((kind, int(n), said))
+    return config, lines
+
+
+def _moving(directory: str) -> bool:
+    """The loop's status file gives when its minute ends on the monotonic clock
+    (which a step of the wall clock does not move), and that is not long ago:
+    the lock's time is stale only because the wall clock was stepped forward."""
+    text = _read_small(os.path.join(directory, STATUS)) or ""
+    for line in text.splitlines():
+        kind, _, value = line.partition("\t")
+        if kind == "end":
+            try:
+                return time.monotonic() <= float(value) + STUCK
+            except ValueError:
+                return False
+    return False
+
+
+def tell(directory: str) -> None:
+    """Print what the loop says of itself on stderr (a copy, after handing
+    over its minute): every line meant for every copy, and the one-off lines
+    no copy printed yet."""
+    _, lines = status(directory)
+    said_text = _read_small(os.path.join(directory, SAID)) or ""
+    said = int(said_text.strip()) if said_text.strip().isdigit() else 0
+    top = said
+    for kind, n, text in lines:
+        if kind == "every" or n > said:
+            print(f"spdu-cron: {text}", file=sys.stderr)  # cron mails it
+            top = max(top, n)
+    if top > said:
+        try:
+            fd = os.open(os.path.join(directory, SAID), os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                         | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o640)
+        except OSError:
+            return
+        try:
+            os.write(fd, f"{top}\n".encode())
+        except OSError:
+            pass
+        finally:
+            os.close(fd)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spdu_cli import maint
-from spdu_cli.entry import SpoolEntry, epoch, iso
+from spdu_cli.entry import SpoolEntry, elapsed, epoch, iso
 
 STATES = ("up", "down", "maint", "unknown")
 
@@ -80,7 +80,10 @@ def of_journal(target: str, journal: list[dict[str, Any]], now: float) -> Histor
     periods = []
     for i, (at, e) in enumerate(rows):
         end = rows[i + 1][0] if i + 1 < len(rows) else now
-        spent = max(0.0, end - at)
+        # on the monotonic clock within one boot: a step of the wall clock is not time spent
+        later = rows[i + 1][1].get("clock") if i + 1 < len(rows) else None
+        spent = elapsed(e.get("clock"), later, max(0.0, end - at)) if later else max(
+            0.0, end - at)
         new = str(e.get("to", "unknown"))
         seconds[new if new in seconds else "unknown"] += spent
         periods.append(Period(e["id"], at, str(e.get("from", "unknown")), new,

@@ -47,8 +47,11 @@ class DnsAction:
     server: str
 
     def words(self) -> str:
-        done = (f"added {self.address} to" if self.action == "add"
-                else f"removed {self.address} from")
+        done = {"add": f"added {self.address} to", "delete": f"removed {self.address} from",
+                # found so by a later reconcile: an UPDATE whose answer was lost
+                "present": f"found {self.address} already in",
+                "absent": f"found {self.address} already gone from"}.get(
+                    self.action, f"{self.action} {self.address} in")
         when = f" at {clock(self.at)}" if self.at else ""
         return f"{done} {self.rrset} on {self.server}{when}"
 
@@ -78,6 +81,7 @@ class StateChange:
     # As one channel sees it (`on`): (id, first tried, flap count) of the mail or
     # POST that was about to carry it, to be sent again alone under that id.
     repeat: tuple[str, float | None, int] | None = None
+    steady: Any = None  # the journal's "clock": [boot id, monotonic] (entry.elapsed)
 
     @property
     def key(self) -> tuple[int, str]:
@@ -106,6 +110,7 @@ class StateChange:
             old=str(e.get("from", "unknown")),
             new=str(e.get("to", "unknown")),
             reason=str(e.get("reason") or ""),
+            steady=e.get("clock"),
             dns=dns,
             notified=bool(e.get("notified")),
             notified_at=_epoch(e.get("notified_at")),
@@ -262,6 +267,14 @@ def open_syslog(setting: str) -> _Syslog | None:
     return handler
 
 
+def since(prev: StateChange, change: StateChange) -> float:
+    """How long `prev` lasted until `change`: on the monotonic clock when both
+    were made in this boot, so a step of the wall clock between them is not counted."""
+    from spdu_cli.entry import elapsed
+
+    return elapsed(prev.steady, change.steady, change.at - prev.at)
+
+
 def log_line(view: JournalView, change: StateChange) -> str:
     """The original's log line: which target, which URL, what happened."""
     line = (
@@ -270,7 +283,7 @@ def log_line(view: JournalView, change: StateChange) -> str:
     )
     prev = view.previous(change)
     if change.old != "unknown" and prev is not None:
-        line += f" (was {state_word(change.old)} for {duration(change.at - prev.at)})"
+        line += f" (was {state_word(change.old)} for {duration(since(prev, change))})"
     elif change.old == "unknown":
         line += " (first probe)"
     due = max((d for ch in view.channels() if (d := view.on(ch).held_until(change.at))),

@@ -77,7 +77,8 @@ class Outcome:
             "target": self.target,
             "maint": self.maint.to_json() if self.maint else None,
             "state": self.state,
-            "transition": self.change,
+            "transition": self.change and {k: v for k, v in self.change.items()
+                                           if k != "clock"},  # the spool's own
         }
 
 

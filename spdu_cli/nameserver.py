@@ -101,6 +101,12 @@ def _exchange(pool: Pool, message, what: str, tcp: bool = True):
             f"DNS server {server} did not answer {what} within {pool.timeout:g} s",
             "is it running and listening there? (nameServer, namePort, nameTimeout)",
         ) from None
+    except EOFError:  # over TCP: the connection closed before the answer came
+        raise ServiceUnavailable(
+            f"DNS server {server} closed the connection without answering {what}",
+            "see the server's log; an UPDATE may have been applied all the same: the next"
+            " run reads the pool again",
+        ) from None
     except ConnectionRefusedError:
         raise ServiceUnavailable(
             f"DNS server {server} refused the connection for {what}",
@@ -280,6 +286,7 @@ def send(items: list[tuple[Pool, Plan]]) -> None:
                 u.add(name, c.ttl, c.rdtype, c.address)
             else:
                 u.delete(name, c.rdtype, c.address)
+    u.use_edns(0)  # so that the server may say why it refuses (RFC 8914 extended errors)
     if pool.tsig:
         u.use_tsig(keyring(pool.tsig))
     names = ", ".join(p.key.name for p, _ in items)
@@ -291,6 +298,13 @@ def send(items: list[tuple[Pool, Plan]]) -> None:
     where = f"DNS server {pool.key.where}"
     if rcode in (dns.rcode.YXRRSET, dns.rcode.NXRRSET, dns.rcode.YXDOMAIN, dns.rcode.NXDOMAIN):
         raise PrerequisiteFailed(text)
+    if rcode == dns.rcode.REFUSED and any(e.code == 14 for e in answer.extended_errors()):
+        # EDE 14, Not Ready: Knot says so of a zone whose updates are frozen
+        raise ServiceUnavailable(
+            f"{where} REFUSED the update of {names}: zone {pool.key.zone} is not ready for"
+            " updates (extended error Not Ready: frozen?)",
+            f"Knot: `knotc zone-status {pool.key.zone}` shows it, `knotc zone-thaw"
+            f" {pool.key.zone}` lets updates in again; the change is sent once it can be")
     if rcode == dns.rcode.REFUSED:
         who = f"the key {pool.tsig.name}" if pool.tsig else "unsigned updates from this host"
         # BIND: update-policy/allow-update; PowerDNS: dnsupdate=no, the source

@@ -90,8 +90,9 @@ def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int,
     )
     for note in decision.notes:
         log.debug("%s: %s", pool.key.name, note)
-    if decision.blocked:
-        log.error("%s on %s: %s", pool.key.name, pool.key.where, decision.blocked)
+    if decision.blocked:  # the cron loop meets it every tick: once, then every few minutes
+        line = f"{pool.key.name} on {pool.key.where}: {decision.blocked}"
+        log.log(_once(line, logging.ERROR, BLOCKED_REMIND), "%s", line)
     signed = pool.tsig.describe() if pool.tsig else None
     return Plan(pool.key, signed, current, decision, attempts=attempt,
                 tsig=pool.tsig.to_json() if pool.tsig else None)
@@ -143,6 +144,7 @@ class NotApplied(ServiceUnavailable):
 
 
 REMIND = 600.0  # s: a server that keeps not applying is said so again this often
+BLOCKED_REMIND = 300.0  # s: the same for a change that would empty the pool
 _said: dict[str, float] = {}  # in this process (the cron loop): message -> when it was logged
 
 
@@ -152,23 +154,23 @@ def _level(e: SpduError) -> int:
     return _once(str(e), logging.ERROR) if isinstance(e, NotApplied) else logging.ERROR
 
 
-def _once(message: str, level: int) -> int:
-    """`level` the first time this process logs `message` and every REMIND
+def _once(message: str, level: int, every: float = REMIND) -> int:
+    """`level` the first time this process logs `message` and every `every`
     seconds after; DEBUG in between."""
     now, last = time.monotonic(), _said.get(message)
-    if last is not None and now - last < REMIND:
+    if last is not None and now - last < every:
         return logging.DEBUG
     _said[message] = now
     return level
 
 
-def unmanaged_warnings(plans: list[Plan]) -> list[str]:
+def unmanaged_warnings(plans: list[Plan], left: set[str] = frozenset()) -> list[str]:
     """One line per pool holding addresses that are neither selfIP nor any
     target's (a target removed from targets=, or one added by hand): spdu
     leaves them there; `spdu reconcile --prune` removes them."""
     out = []
     for p in plans:
-        extra = p.decision.unmanaged
+        extra = [a for a in p.decision.unmanaged if canon(a) not in left]
         if p.error is None and extra:
             one = len(extra) == 1
             it, its = ("it", "its") if one else ("them", "their")
@@ -243,7 +245,14 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
         except TemporaryFailure as e:  # that target is unknown; the others go on
             log.error("%s; %s is left as it is", e, c.target)
             entries[c.target], unreadable = SpoolEntry(c.target), unreadable + [e]
+    left = set()  # the addresses of a target whose file is refused: left as they are
+    for name in getattr(site, "broken", {}):
+        try:
+            left.update(canon(a) for a in store.read(name).addresses)
+        except SpduError:
+            pass
     plans = []
+    members: dict[int, list[str]] = {}  # id(plan) -> its pool's targets
     done: dict[str, set[str]] = {}  # target -> the addresses its pool holds now
     for group in zones(pools(cfgs)):
         try:
@@ -253,8 +262,9 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
             got = [Plan(pool.key, None, {}, Decision((), (), None), error=e) for pool in group]
         for pool, plan in zip(group, got):
             plans.append(plan)
+            members[id(plan)] = [c.target for c in pool.targets]
             if not prune:
-                for line in unmanaged_warnings([plan]):
+                for line in unmanaged_warnings([plan], left):
                     log.log(_once(line, logging.WARNING), "%s", line)
             after = plan.after()
             if after is not None:
@@ -269,6 +279,8 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
             for p in plans:
                 if p.sent:
                     record(store, p, now)
+                elif p.error is None and p.after() is not None:
+                    record_found(store, p, members.get(id(p), []), now)
             forget_retired(store, {t: a for t, a in done.items() if entries[t].retired})
             note_runs(store, plans, now)
     except SpduError as e:
@@ -278,6 +290,30 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
     if unreadable:
         raise unreadable[0]
     return plans
+
+
+def record_found(store: Spool, plan: Plan, targets: list[str], now: float) -> None:
+    """A pool that needed no change: a target's latest transition with nothing
+    recorded whose addresses DNS already shows as it wants (its UPDATE went
+    through, but spdu died or lost the answer before recording it) records
+    that, so its mail does not say DNS has not been changed."""
+    after = plan.after()
+    for target in targets:
+        entry = store.read(target)
+        if entry.fresh or not entry.journal or not entry.addresses:
+            continue
+        latest = entry.journal[-1]
+        if latest.get("dns") or latest.get("notified"):
+            continue
+        want = {"up": "present", "down": "absent", "maint": "absent"}.get(latest.get("to"))
+        mine = [canon(a) for a in entry.addresses]
+        if want is None or (want == "present") != all(a in after for a in mine) or (
+                want == "absent" and any(a in after for a in mine)):
+            continue
+        latest["dns"] = [{"at": iso(now), "action": want, "address": a,
+                          "rrset": f"{plan.pool.name} {'AAAA' if ':' in a else 'A'}",
+                          "server": f"{plan.pool.server}:{plan.pool.port}"} for a in mine]
+        store.write(entry)
 
 
 def forget_retired(store: Spool, pool_now: dict[str, set[str]]) -> None:

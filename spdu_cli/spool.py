@@ -399,11 +399,13 @@ def _replace(target: str, data: bytes, mode: int, what: str, kept: str) -> None:
         finally:
             os.close(fd)
         os.rename(tmp, target)  # replaces a planted symlink itself, never its target
-    except OSError as e:
+    except BaseException as e:  # SIGINT (KeyboardInterrupt) too: never a stray .tmp file
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if not isinstance(e, OSError):
+            raise
         err = os_failure(e, f"write {what}", target)
         err.message += f"; the previous {kept} is kept"
         raise err from None

@@ -98,6 +98,12 @@ class DnsProxy:
         lie = self.lie
         if dns.opcode.is_update(query.flags):
             self.updates += 1
+            if lie == "swallow":  # applied, and its answer lost (spdu killed meanwhile)
+                try:
+                    self._forward(data, tcp)
+                except OSError:
+                    pass
+                return None
             if lie == "noupdate":
                 r = dns.message.make_response(query)
                 r.set_rcode(dns.rcode.NOERROR)

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from spdu_cli import __version__
 from spdu_cli.entry import duration
-from spdu_cli.journal import JournalView, StateChange, address_list, clock, state_word
+from spdu_cli.journal import JournalView, StateChange, address_list, clock, since, state_word
 from spdu_cli.notify.outbox import Mail, Notice
 
 MAX_SUBJECT = 150
@@ -31,7 +31,7 @@ def _history_line(view: JournalView, change: StateChange) -> str:
     if prev is None:
         return f"It had been {state_word(change.old)} since before the journal begins."
     return (
-        f"It had been {state_word(change.old)} for {duration(change.at - prev.at)}"
+        f"It had been {state_word(change.old)} for {duration(since(prev, change))}"
         f" (since {clock(prev.at)})."
     )
 

@@ -152,6 +152,34 @@ def request(post: Post, now: float) -> Request:
     return Request(cfg.url, headers, data)
 
 
+def notice(cfg: WebhookConfig, summary: str, text: str, now: float) -> Request:
+    """A POST about spdu itself (the cron loop's trouble), in the receiver's
+    format; in the json format, a document with no transitions."""
+    summary = CONTROL.sub(" ", summary)
+    key = "spdu." + hashlib.sha256(f"{cfg.tag}\n{cfg.channel}\n{summary}\n{now}".encode()
+                                   ).hexdigest()[:20]
+    headers = {"User-Agent": f"spdu/{__version__}", "Idempotency-Key": key}
+    warn = summary.startswith("WARNING")
+    if cfg.format == "ntfy":
+        data = _capped(text, NTFY_MAX, lambda s: len(s.encode())).encode()
+        headers.update({"Content-Type": "text/plain; charset=utf-8", "Title": _encoded(summary),
+                        "Priority": "high" if warn else "default",
+                        "Tags": "warning" if warn else "white_check_mark"})
+    else:
+        if cfg.format == "slack":
+            doc: dict[str, Any] = {"text": f"*{summary}*\n{text}".replace("&", "&amp;").replace(
+                "<", "&lt;").replace(">", "&gt;")}
+        else:
+            doc = {"spdu": FORMAT_VERSION, "id": key, "site": cfg.tag, "sent_at": _iso(now),
+                   "level": summary.split(":", 1)[0].lower(), "summary": summary,
+                   "transitions": [], "flapping": [], "text": text}
+        data = json.dumps(doc, ensure_ascii=False, indent=1).encode()
+        headers["Content-Type"] = "application/json; charset=utf-8"
+    if cfg.token:
+        headers["Authorization"] = f"Bearer {cfg.token}"
+    return Request(cfg.url, headers, data)
+
+
 # -- HTTP -------------------------------------------------------------------------------
 
 

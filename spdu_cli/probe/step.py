@@ -47,7 +47,8 @@ class TargetReport:
             "addresses": list(r.addresses),
             "good": self.health.good,
             "bad": self.health.bad,
-            "transition": self.transition,
+            "transition": self.transition and {k: v for k, v in self.transition.items()
+                                               if k != "clock"},  # the spool's own
             "spool_error": self.spool_error,
         }
 

@@ -1,0 +1,196 @@
+"""spdu's own trouble in the cron loop: a target file it cannot use, an edit of
+the configuration it refused, a step that keeps failing for longer than
+alertAfter. Said where someone looks: syslog every minute, the status file
+that each copy cron starts prints on its stderr (so cron mails it), and a
+notice through every channel (mail, webhooks) once, and once more when it is over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from spdu_cli import handover
+from spdu_cli.errors import SpduError
+
+log = logging.getLogger(__name__)
+
+REPEAT = 60.0  # s: a standing problem is logged again this often (syslog)
+ONCE_KEPT = 600.0  # s: a one-off line stays in the status file this long for a copy to print
+STEPS = ("probe", "reconcile", "notify")
+
+
+@dataclass
+class Problem:
+    text: str
+    every: bool  # printed by every copy (True) or by the first one only
+    notice: str  # the notice's subject
+
+
+@dataclass
+class Trouble:
+    """What the loop says of itself, kept in step with the status file."""
+
+    spool_dir: str
+    config_path: str
+    clock: object = time.monotonic
+    current: dict[str, Problem] = field(default_factory=dict)
+    failing: dict[str, float] = field(default_factory=dict)  # step -> since (clock)
+    once: list[tuple[int, str, float]] = field(default_factory=list)  # (n, text, at)
+    last_said: float = -1e18
+    written: str | None = None
+    end: float | None = None  # time.monotonic() when the loop's minute ends (cycle sets it)
+    sender: threading.Thread | None = None
+
+    def problems(self, site, stale, tally, now: float) -> dict[str, Problem]:
+        out = {}
+        for name, e in site.broken.items():
+            out[f"target {name}"] = Problem(
+                f"{e}; {name} is not probed and its addresses are left as they are in DNS"
+                " until that is fixed", True, f"target {name} is not probed")
+        if stale:
+            words = "; ".join(str(e) for e in stale)
+            out["config"] = Problem(
+                f"{words}; the cron loop goes on with the last good configuration until"
+                " that is fixed", True, "a configuration edit was refused")
+        after = site.alert_after
+        for step in STEPS:
+            if tally.latest.get(step):
+                since = self.failing.setdefault(step, now)
+                if after and now - since >= after:
+                    why = tally.why.get(step, "")
+                    out[f"step {step}"] = Problem(
+                        f"{step} has kept failing for {now - since:.0f} s (alertAfter="
+                        f"{after:g}): {why}", False, f"{step} keeps failing")
+            else:
+                self.failing.pop(step, None)
+        return out
+
+    def update(self, site, stale, tally, now: float) -> None:
+        """Once a tick: say what is new, what is over, and every REPEAT s what stands."""
+        got = self.problems(site, stale, tally, now)
+        new = [k for k in got if k not in self.current]
+        over = [k for k in self.current if k not in got]
+        wall = time.time()
+        for k in new:
+            if not got[k].every:
+                self._once(got[k].text, wall)
+        for k in over:
+            text = f"over: {self.current[k].notice} no more"
+            log.warning("%s", text)
+            if not self.current[k].every:
+                self._once(text, wall)
+        if new or (got and now - self.last_said >= REPEAT):
+            self.last_said = now
+            for p in got.values():
+                log.error("%s", p.text)
+        notices = [("WARNING", got[k]) for k in new] + [("NOTICE", self.current[k])
+                                                        for k in over]
+        self.current = got
+        self.once = [o for o in self.once if wall - o[2] < ONCE_KEPT]
+        self._write()
+        if notices:
+            self._notify(site, notices)
+
+    def _once(self, text: str, wall: float) -> None:
+        n = max(time.time_ns() // 1000, (self.once[-1][0] + 1) if self.once else 0)
+        self.once.append((n, text, wall))
+
+    def _write(self) -> None:
+        lines = [f"config\t{os.path.abspath(self.config_path)}"]
+        if self.end is not None:  # when the loop's minute ends, on the monotonic clock
+            lines.append(f"end\t{self.end:.3f}")
+        lines += [f"every\t{_line(p.text)}" for p in self.current.values() if p.every]
+        lines += [f"once\t{n}\t{_line(t)}" for n, t, _ in self.once]
+        text = "\n".join(lines) + "\n"
+        if text == self.written:
+            return
+        from spdu_cli.spool import atomic_write
+
+        try:
+            atomic_write(os.path.join(self.spool_dir, handover.STATUS), text.encode(), 0o640,
+                         "the cron loop's status", sync=False)
+            self.written = text
+        except SpduError as e:
+            log.warning("%s", e)
+
+    def _notify(self, site, notices) -> None:
+        if self.sender is not None and self.sender.is_alive():
+            self.sender.join(1.0)  # the previous notice is still out: a moment, no more
+        self.sender = threading.Thread(target=send_notices, args=(site, notices),
+                                       name="spdu-trouble", daemon=True)
+        self.sender.start()
+
+
+def _line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def channels(site):
+    """The mail and webhook configurations of the site's usable targets, once each."""
+    mails, hooks = {}, {}
+    for name in site.targets:
+        try:
+            c = site.target(name)
+        except SpduError:
+            continue
+        if c.mail is not None and c.mail.to:
+            mails.setdefault((c.mail.relay, c.mail.port, c.mail.to), c.mail)
+        for w in c.webhooks:
+            hooks.setdefault(w.channel, w)
+    return list(mails.values()), list(hooks.values())
+
+
+def send_notices(site, notices) -> None:
+    """Each notice through every channel: one that fails does not stop the others."""
+    mails, hooks = channels(site)
+    for level, p in notices:
+        subject = f"{level}: spdu on {_tag(mails, hooks)}: {p.notice}"
+        text = (p.text if level == "WARNING" else f"Over: {p.notice} no more.\n"
+                f"It was: {p.text}") + "\n"
+        for cfg in mails:
+            try:
+                from spdu_cli.notify.mail import send
+
+                send(cfg, _mail(cfg, subject, text))
+            except SpduError as e:
+                log.error("the notice %r could not be mailed: %s", subject, e)
+        for cfg in hooks:
+            try:
+                import spdu_cli.notify.webhook as webhook
+
+                webhook.send(cfg, webhook.notice(cfg, subject, text, time.time()))
+            except SpduError as e:
+                log.error("the notice %r could not be posted: %s", subject, e)
+
+
+def _tag(mails, hooks) -> str:
+    for c in [*mails, *hooks]:
+        if c.tag:
+            return c.tag
+    import socket
+
+    return socket.gethostname()
+
+
+def _mail(cfg, subject: str, text: str):
+    from datetime import UTC, datetime
+    from email.message import EmailMessage
+    from email.utils import format_datetime, make_msgid
+
+    from spdu_cli.notify.mail import from_name
+    from spdu_cli.notify.text import CONTROL
+
+    msg = EmailMessage()
+    msg["From"] = f'"{from_name(cfg)}" <{cfg.sender}>'
+    msg["To"] = ", ".join(cfg.to)
+    msg["Subject"] = CONTROL.sub(" ", subject)
+    msg["Date"] = format_datetime(datetime.now(UTC))
+    msg["Message-ID"] = make_msgid("spdu", cfg.sender.rpartition("@")[2])
+    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_content(text)
+    return msg
+
