@@ -189,14 +189,16 @@ def test_sigterm_ends_the_loop_after_the_current_tick(site):
 
 
 def test_a_copy_from_the_next_minute_is_covered_by_the_running_loop(site):
-    a = start(site, seconds=2)
+    a = start(site, seconds=4)
     lock = site["spool"] / ".cron.lock"  # its mtime: when a's minute ends (wall clock)
     wait_for(lambda: lock.exists() and lock.read_text().strip(), 5)
-    # past half of a's time, counted from a's own start (a slow start under load
-    # must not make b the copy of a's first minute): b is "the next minute's" copy
-    time.sleep(max(0.0, os.stat(lock).st_mtime - 0.7 - time.time()))
+    # b's note must come past half of a's time (else it is the copy of a's own
+    # minute) and before a looks for the last time, 0.5 s before its end: b is
+    # started just past half, counted from a's own start, so a slow start under
+    # load still leaves it 1.5 s to leave its note
+    time.sleep(max(0.0, os.stat(lock).st_mtime - 2.0 - time.time()))
     b = start(site, seconds=2)
-    assert b.wait(timeout=5) == 75
+    assert b.wait(timeout=8) == 75
     t0 = time.monotonic()
     assert a.wait(timeout=10) == 0
     assert time.monotonic() - t0 > 1.0  # a ran on to cover b's time
