@@ -312,7 +312,8 @@ def test_a_forward_clock_step_is_not_a_stuck_loop(site):
     loop = start_loop(site, "30")
     lock = site.spool / handover.LOOP_LOCK
     try:
-        wait_for(lambda: "end\t" in (site.spool / handover.STATUS).read_text(), 10)
+        status = site.spool / handover.STATUS  # written by the loop's first tick
+        wait_for(lambda: status.exists() and "end\t" in status.read_text(), 10)
         end = os.stat(lock).st_mtime
         os.utime(lock, (end - 7200, end - 7200))
         c = copy(site)
