@@ -632,6 +632,17 @@ class PowerDNSServer(_DNSServer):
             raise ServerError(f"pdnsutil {' '.join(args[:2])}: {r.stdout}{r.stderr}")
         return r
 
+    def run_printed(self, commands: str, bindir: Path) -> subprocess.CompletedProcess:
+        """Shell `commands` (keygen's, as printed) run as they are, their
+        pdnsutil reaching this server's configuration (a wrapper in `bindir`)."""
+        bindir.mkdir()
+        (bindir / "pdnsutil").write_text(
+            f'#!/bin/sh\nexec {require_binary("pdnsutil")} --config-dir={self.dir} "$@"\n')
+        (bindir / "pdnsutil").chmod(0o755)
+        env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+        return subprocess.run(["sh", "-e"], input=commands, text=True, capture_output=True,
+                              env=env, timeout=30)
+
     def _write_config(self) -> None:
         self.conf = self.dir / "pdns.conf"
         self.conf.write_text(

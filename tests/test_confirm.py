@@ -244,16 +244,22 @@ def test_the_tick_that_sees_the_change_updates_dns(lab, knot, confdir):
     assert loop.tally.reconciles == 2
 
 
+def two_addresses_up(lab, confdir):
+    """One target t0 on two addresses (a, and b on a new host), both up."""
+    load, [a] = lab()
+    b = Peer(f"127.0.2.{next(_hosts)}", port=a.port)
+    confdir.write(f"targetIP='{a.host} {b.host}'\nprobePort={a.port}\n", target="t0")
+    site = load()
+    up_first(site, [a, b])
+    return site, a, b
+
+
 @pytest.mark.parametrize("mode", ["hang", "refused"])
 def test_one_of_two_addresses_fails(lab, confdir, mode):
     # every address must answer: a round fails on its first failed address (the
     # others' tries are dropped), and the next round confirms it
-    load, [a] = lab()
-    b = Peer(f"127.0.2.{next(_hosts)}", port=a.port)
+    site, _a, b = two_addresses_up(lab, confdir)
     try:
-        confdir.write(f"targetIP='{a.host} {b.host}'\nprobePort={a.port}\n", target="t0")
-        site = load()
-        up_first(site, [a, b])
         if mode == "hang":
             b.mode = "hang"
         else:
@@ -269,12 +275,8 @@ def test_one_of_two_addresses_fails(lab, confdir, mode):
 def test_a_refused_address_decides_at_once_beside_one_that_hangs(lab, confdir):
     """The refusal is known at once: the round, and the confirming one, need not wait
     probeTimeout for the other address's silence."""
-    load, [a] = lab()
-    b = Peer(f"127.0.2.{next(_hosts)}", port=a.port)
+    site, a, b = two_addresses_up(lab, confdir)
     try:
-        confdir.write(f"targetIP='{a.host} {b.host}'\nprobePort={a.port}\n", target="t0")
-        site = load()
-        up_first(site, [a, b])
         a.mode = "hang"
         b.stop()
         [rep], took = confirmed(site)

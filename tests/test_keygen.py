@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from tests.dnsservers import BindServer, KnotServer, PowerDNSServer, require_binary
+from tests.dnsservers import BindServer, KnotServer, PowerDNSServer
 from tests.test_reconcile import BETA, GAMMA, SELF, down_beta, pool
 
 API = "api.pool.domain.tld."
@@ -150,8 +150,6 @@ def test_the_tsig_key_file_hint_is_an_absolute_path(run, confdir, tmp_path, monk
 
 def test_pdns_commands_applied_as_printed_let_spdu_update_the_pool(keygen, run, confdir,
                                                                    tmp_path):
-    import os
-    import subprocess
 
     from spdu_cli.spool import Spool
 
@@ -173,14 +171,7 @@ def test_pdns_commands_applied_as_printed_let_spdu_update_the_pool(keygen, run, 
             "pdnsutil set-meta pool.domain.tld TSIG-ALLOW-DNSUPDATE spdu-alpha"]
         assert all(secret not in c for c in commands)  # never on a command line
         # run them as printed; pdnsutil reaches this server's configuration
-        bindir = tmp_path / "bin"
-        bindir.mkdir()
-        (bindir / "pdnsutil").write_text(
-            f'#!/bin/sh\nexec {require_binary("pdnsutil")} --config-dir={dns.dir} "$@"\n')
-        (bindir / "pdnsutil").chmod(0o755)
-        env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
-        done = subprocess.run(["sh", "-e"], input=r.stdout, text=True, capture_output=True,
-                              env=env, timeout=30)
+        done = dns.run_printed(r.stdout, tmp_path / "bin")
         assert done.returncode == 0, done.stdout + done.stderr
         assert secret not in done.stdout + done.stderr
 
