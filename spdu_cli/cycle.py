@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import spdu_cli.lag as lag
 import spdu_cli.spool as spool
 from spdu_cli import handover, health
-from spdu_cli.errors import ExitStatus, ProbeInterrupted, SpduError
+from spdu_cli.errors import ExitStatus, SpduError
 from spdu_cli.looplock import hold_lock, relock
 from spdu_cli.sitecache import SiteCache
 from spdu_cli.spool import Spool
@@ -35,9 +35,11 @@ log = logging.getLogger(__name__)
 END_MARGIN = handover.MARGIN  # no tick starts this close to the end of the minute
 MAX_RUN = 3600.0  # seconds: a following loop then leaves the next minute to a new process
 CODE_CHECK = 60.0  # a run longer than this looks every as often for an upgrade of spdu
-STOP_WAIT = 1.0  # on SIGTERM, how long a mail run in progress may finish
+DNS_WAIT = 30.0  # at the end of a run, how long the DNS step asked for may take to finish
 NOTIFY_RETRY = 10.0  # seconds before mail that failed is tried again
 DRIFT_CHECK = 10.0  # DNS agreed and the spool asks nothing new: read it again after this
+MAIL_WAIT = 5.0  # seconds a change's mail waits for the DNS step to say what it did
+STOP_BUDGET = 0.8  # on SIGTERM, seconds in all for the DNS step and a mail run to finish
 
 
 # -- the schedule (pure) -----------------------------------------------------------------
@@ -117,6 +119,13 @@ class Tally:
         return max((s for s in self.latest.values() if s), default=None)
 
 
+def make_pacer(loop: Loop):
+    """The probes' event loop for one run of the loop (tests put a scripted one here)."""
+    from spdu_cli.probe.pacer import Pacer
+
+    return Pacer(loop.wake, loop.lock_timeout)
+
+
 class Loop:
     def __init__(self, cache: SiteCache, seconds: float, lock_timeout: float = 5.0,
                  clock: Callable[[], float] = time.monotonic,
@@ -135,8 +144,9 @@ class Loop:
         self.clock = clock
         self.wall = wall  # what the probe schedule is aligned to (the wall clock)
         self.stop = threading.Event()
+        self.stopped_at: float | None = None  # when SIGTERM came (monotonic)
         self.wake: tuple[int, int] | None = None  # a pipe that request_stop writes to
-        self.kept = None  # probe.kept.Kept: the connections of good probes, watched
+        self.pacer = None  # probe.pacer.Pacer: every target's probes, each on its own
         self.early: set[str] = set()  # targets probed early: their kept connection closed
         self.schedule = Schedule()
         self.tally = Tally()
@@ -146,54 +156,79 @@ class Loop:
         self.next_drift_check = math.inf  # set while DNS agrees
         self.next_notify: float | None = 0.0  # None: nothing pending
         self.next_pending_check = 0.0
+        self.mail_wanted: float | None = None  # a change to mail once DNS has it (since when)
+        # the tick whose runs are still going: its DNS and mail wait for them (up to
+        # half an interval), so a quiet tick reads the spool once, after its probes
+        self.tick_open: float | None = None
+        self.tick_runs: set[str] = set()
+        self.started: dict[str, float] = {}  # target -> when its run started (the loop's clock)
         self.mailer: threading.Thread | None = None
+        from spdu_cli.background import Worker
+
+        self.dns = Worker(lambda site, _standing: self.reconcile(site), "spdu-reconcile",
+                          lambda: self.wake)
         self.lag = lag.Watch(clock(), min(lag.PERIOD, seconds))
         self.trouble = None  # trouble.Trouble, with a lock (a loop cron started)
         self.hup = False  # SIGHUP came: the next tick reads the configuration again
 
+    @property
+    def kept(self):
+        """The connections of good probes, watched (probe.kept.Kept), once probing."""
+        return self.pacer.kept if self.pacer is not None else None
+
     # -- steps, each of which may fail without stopping the others --------------------
 
-    def probe(self, site, now: float) -> bool:
-        import spdu_cli.probe.step as probe
-        from spdu_cli.probe.kept import Kept
+    def _open(self):
+        if self.wake is None:
+            self.wake = os.pipe()
+            for end in self.wake:
+                os.set_blocking(end, False)
+        if self.pacer is None:
+            self.pacer = make_pacer(self)
+        return self.pacer
 
-        due = self.schedule.due(site.targets, now)
+    def probe(self, site, now: float) -> None:
+        """Start the runs of the targets that are due (each ends by itself: absorb)."""
+        pacer = self._open()
+        due = [t for t in self.schedule.due(site.targets, now) if not pacer.busy(t)]
         if not due:
-            return False
+            return
         self.tally.probes += 1
-        changed = False
-        if self.kept is None:
-            self.kept = Kept(self.wake[0] if self.wake else None)
-        for t in due:  # this probe's connection, if good, replaces the last one
-            self.kept.drop(t)
-        kept: dict = {}
-        began, cpu = self.clock(), time.thread_time()
-        self.lag.started(max((began - self.schedule.due_at[t] for t in due
+        self.lag.started(max((now - self.schedule.due_at[t] for t in due
                               if t in self.schedule.due_at), default=0.0), site.interval)
         try:
-            reports = probe.run(site, due, lock_timeout=self.lock_timeout, stop=self.stop,
-                                confirm=True, kept=kept)
-        except ProbeInterrupted:
-            return False  # SIGTERM: the loop ends; these targets are probed next time
+            pacer.start(site, due)
         except SpduError as e:
             log.error("probe: %s", e)
             self.tally.failed("probe", e.exit_status, e)
             for t in due:
                 self.schedule.due_at[t] = now + site.interval
-            return False
-        finally:
-            self.lag.ran(self.clock() - began, time.thread_time() - cpu)
-            for t, socks in kept.items():
-                self.kept.keep(t, socks)
+            return
+        for t in due:  # due again once its run has ended
+            if pacer.busy(t):
+                self.schedule.due_at[t] = math.inf
+                self.tick_runs.add(t)
+                self.started[t] = now
+
+    def absorb(self, site, batch, now: float) -> bool:
+        """What the probes brought (pacer.Batch): the next probe of each target
+        whose run ended, the early probe of one whose kept connection closed.
+        True when a state changed."""
+        changed = False
+        reports = batch.reports
         unwritten = [rep for rep in reports if rep.spool_error]
         if unwritten:  # what was probed is not recorded: as `spdu probe` says, 75
             self.tally.failed("probe", ExitStatus.TEMPFAIL, unwritten[0].spool_error)
-        else:
+        elif reports:
             self.tally.ok("probe")
         offset = self.wall() - self.clock()
         for rep in reports:
             target = rep.result.target
-            self.schedule.probed(target, rep.health, now, site.interval,
+            self.tick_runs.discard(target)
+            # counted from when the run started, as the schedule had it: a run that
+            # took longer than its interval makes the next one late (lag says so)
+            self.schedule.probed(target, rep.health, self.started.pop(target, now),
+                                 site.interval,
                                  site.fast_interval, site.down_interval, offset)
             changed |= rep.transition is not None
             if target in self.early:
@@ -201,25 +236,19 @@ class Loop:
                 if rep.result.ok and rep.transition is None:
                     log.info("%s: its peer closes idle connections sooner than the next probe;"
                              " they are not watched until the next run", target)
-                    self.kept.spurious(target)
-        return changed
-
-    def sleep(self, seconds: float) -> bool:
-        """Until the next tick is due, or a kept connection closes (its target is
-        then due at once: True), or stop."""
-        if not self.kept:
-            self.stop.wait(seconds)
-            return False
-        tripped = self.kept.wait(seconds)
-        for target in tripped:
+                    self.pacer.spurious(target)
+        for target in batch.tripped:
             log.info("%s: the connection of its last good probe was closed; probing it now",
                      target)
-            self.schedule.trip(target, self.clock())
+            self.schedule.trip(target, now)
             self.early.add(target)
-        return bool(tripped)
+        return changed
 
     def request_stop(self) -> None:
-        """SIGTERM: end after the current tick, waking the loop if it waits."""
+        """SIGTERM: end at once (within a second, whatever is in flight), waking
+        the loop if it waits."""
+        if self.stopped_at is None:
+            self.stopped_at = time.monotonic()
         self.stop.set()
         if self.wake is not None:
             try:
@@ -237,6 +266,10 @@ class Loop:
         except SpduError as e:
             log.error("reconcile: %s", e)
             self.tally.failed("reconcile", e.exit_status, e)
+            return False
+        except Exception:
+            log.exception("reconcile failed")
+            self.tally.failed("reconcile")
             return False
         self.tally.ok("reconcile")
         for p in plans:
@@ -294,19 +327,62 @@ class Loop:
     # -- the loop ------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
+        """One tick driven by hand (tests, benchmarks): start what is due, then
+        wait until every probe it started and the DNS step it asked for are
+        done, as the loop would hear of them."""
+        site = self._tick(now)
+        self.settle(site, now)
+
+    def settle(self, site, now: float, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pacer is not None and self.pacer.running:
+                batch = self.pacer.wait(deadline)
+                if self.absorb(site, batch, now):
+                    self.housekeeping(site, now, changed=True)
+                self._close_tick(site, now)
+                continue
+            self._close_tick(site, now, force=True)
+            if self.dns.busy:
+                self.dns.join(max(0.0, deadline - time.monotonic()))
+            if not self.dns.results:
+                return
+            self.dns_done(site, now)
+
+    def _tick(self, now: float):
         if self.hup:  # SIGHUP: read the configuration again, as when a file changed
             self.hup, self.cache.stamp = False, ("SIGHUP",)
             log.warning("SIGHUP: reading the configuration again")
         site = self.cache.get()
         self.tally.ticks += 1
-        changed = False
         try:
-            changed = self.probe(site, now)
+            self.probe(site, now)
         except Exception:
             log.exception("probe failed")
             self.tally.failed("probe")
+        if self.pacer is not None and not self.pacer.running:
+            batch = self.pacer.wait(now)  # what is already there (nothing left to wait for)
+            if self.absorb(site, batch, now):
+                self.housekeeping(site, now, changed=True)
+        self.tick_open = now
+        self._close_tick(site, now)
+        return site
+
+    def _close_tick(self, site, now: float, force: bool = False) -> None:
+        """The tick's own DNS check and mail, once its runs have ended."""
+        if self.tick_open is None:
+            return
+        if self.tick_runs and not force and now < self.tick_open + site.interval / 2:
+            return
+        self.tick_open = None
+        self.tick_runs.clear()
+        self.housekeeping(site, now)
+
+    def housekeeping(self, site, now: float, changed: bool = False) -> None:
+        """After a tick, or a change of state the probes brought: DNS, mail,
+        the metrics and the trouble notices, each when due."""
         if self.stop.is_set():
-            return  # SIGTERM during the probes: end now, not after a DNS round trip
+            return  # SIGTERM: end now
         try:
             entries = _entries(site)
             standing = self.standing(site, entries)
@@ -316,31 +392,46 @@ class Loop:
         # DNS is read at once when a state changed, or when anything else reconcile
         # acts on did (`spdu maint` by hand, an edited file, a maintenance that ended,
         # a probe gone stale); every interval while it disagrees or cannot be read;
-        # and every DRIFT_CHECK seconds while it agrees.
+        # and every DRIFT_CHECK seconds while it agrees. In a thread of its own: a
+        # server that hangs holds up no probe.
         if (changed or now >= self.next_reconcile or now >= self.next_drift_check
                 or not _same(standing, self.agreed)):
             self.next_reconcile = now + site.interval
             self.agreed, self.next_drift_check = None, math.inf
-            try:
-                if self.reconcile(site) and standing is not None:
-                    self.agreed = standing
-                    # no wake of its own: the first tick from then on (a probe is due
-                    # every interval at most) reads DNS
-                    self.next_reconcile = math.inf
-                    self.next_drift_check = now + max(site.interval, DRIFT_CHECK)
-            except Exception:
-                log.exception("reconcile failed")
-                self.tally.failed("reconcile")
+            self.dns.request(site, standing)
         if self.next_notify is None and now >= self.next_pending_check:
             # a transition made outside the loop (`spdu maint` by hand) is mailed too
             self.next_pending_check = now + site.interval
             changed |= _pending(site, entries)
-        if changed or (self.next_notify is not None and now >= self.next_notify):
-            self.notify(site)
+        if changed and self.mail_wanted is None:
+            self.mail_wanted = now
+        self.mail(site, now)
         if site.metrics_file:
             from spdu_cli import metrics
 
             metrics.write_after_run(site, self.lag.current)
+        if self.trouble is not None:
+            self.trouble.update(site, self.cache.stale, self.tally, now)
+
+    def mail(self, site, now: float) -> None:
+        """A change is mailed once DNS has it (the mail says what DNS did), or
+        MAIL_WAIT after it when the DNS step takes longer."""
+        if self.mail_wanted is not None and (not self.dns.busy
+                                             or now >= self.mail_wanted + MAIL_WAIT):
+            self.mail_wanted = None
+            self.notify(site)
+        elif self.next_notify is not None and now >= self.next_notify:
+            self.notify(site)
+
+    def dns_done(self, site, now: float) -> None:
+        """The DNS step's runs that ended: while DNS agrees, it is read again only
+        at the drift check (the first tick from then on: no wake of its own)."""
+        for in_sync, (_site, standing) in self.dns.take():
+            if in_sync and standing is not None and not self.dns.busy:
+                self.agreed = standing
+                self.next_reconcile = math.inf
+                self.next_drift_check = now + max(site.interval, DRIFT_CHECK)
+        self.mail(site, now)
         if self.trouble is not None:
             self.trouble.update(site, self.cache.stale, self.tally, now)
 
@@ -364,23 +455,28 @@ class Loop:
         return True
 
     def run(self) -> Tally:
-        self.wake = os.pipe()
-        for end in self.wake:
-            os.set_blocking(end, False)
+        self._open()
         try:
             return self._run()
         finally:
+            if self.pacer is not None:
+                self.pacer.close()
+                self.pacer = None
             try:  # the routine results kept in memory (Spool.defer)
                 spool.flush(self.lock_timeout)
             except SpduError as e:  # not recorded: as a probe run's failed write, 75
                 log.error("%s", e)
                 self.tally.failed("probe", e.exit_status)
-            if self.kept is not None:
-                self.kept.close()
-                self.kept = None
             wake, self.wake = self.wake, None
             for end in wake:
                 os.close(end)
+
+    def _due(self, site, now: float) -> float:
+        """When the loop must next do something of its own (a tick)."""
+        return min(self.schedule.next(site.targets, now),  # a new target: at once
+                   self.next_reconcile if self.tick_open is None else math.inf,
+                   self.next_notify if self.next_notify is not None else math.inf,
+                   self.mail_wanted + MAIL_WAIT if self.mail_wanted is not None else math.inf)
 
     def _publish(self, end: float) -> None:
         if self.lock is not None:  # the wall clock of now: it may have been stepped
@@ -400,7 +496,7 @@ class Loop:
         if not _pending(site):
             self.next_notify = None
         self._publish(end)
-        due = start  # the first tick at once
+        first = True  # the first tick at once
         while not self.stop.is_set():
             if self.lock is not None and self.lock_dir is not None:
                 fd = relock(self.lock_dir, self.lock, end + self.wall() - self.clock())
@@ -430,22 +526,43 @@ class Loop:
                 if _code_stamp() != code:
                     log.info("spdu was changed on disk (an upgrade?); this run ends")
                     break
-            if now >= due:
-                self.tick(now)
+            if first or now >= self._due(site, now):
+                first = False
+                busy, cpu = self.clock(), time.thread_time()
+                site = self._tick(now)
+                self.lag.ran(self.clock() - busy, time.thread_time() - cpu)
                 self.lag.report(self.clock())
-                due = min(self.schedule.next(site.targets, now + site.interval),
-                          self.next_reconcile,
-                          self.next_notify if self.next_notify is not None else math.inf)
+            due = self._due(site, now)
             limit = end - END_MARGIN if now < end - END_MARGIN else now + handover.POLL
-            if self.sleep(max(0.0, min(due, limit) - self.clock())):
-                due = self.clock()
+            if self.tick_open is not None:  # its DNS check waits no longer than this
+                limit = min(limit, self.tick_open + site.interval / 2)
+            batch = self.pacer.wait(min(due, limit))
+            if self.stop.is_set():
+                break
+            now = self.clock()
+            if self.absorb(site, batch, now):
+                self.housekeeping(site, now, changed=True)  # to DNS at once
+            self._close_tick(site, now)
+            if self.dns.results:
+                self.dns_done(site, now)
             site = self.cache.site or site
         self.lag.report(self.clock(), final=True)
+        if self.stop.is_set():  # SIGTERM: a second in all, whatever is in flight
+            budget = self.stopped_at + STOP_BUDGET if self.stopped_at else self.clock()
+            if not self.dns.join(max(0.0, budget - time.monotonic())):
+                log.warning("the DNS step was still waiting on its server; it is done again"
+                            " by the next run")
+        else:  # the minute ended: let the DNS step asked for finish (its own timeouts)
+            self.dns.join(DNS_WAIT)
         if self.mailer is not None:
-            # On SIGTERM, a second at most; else until the end of the minute. A mail run
+            # On SIGTERM, within the second; else until the end of the minute. A mail run
             # still waiting on the relay then is abandoned: its transitions stay pending
             # (they are marked only once the relay accepted) and the next run sends them.
-            self.mailer.join(STOP_WAIT if self.stop.is_set() else max(0.0, end - self.clock()))
+            if self.stop.is_set():
+                budget = (self.stopped_at or time.monotonic()) + STOP_BUDGET
+                self.mailer.join(max(0.05, budget - time.monotonic()))
+            else:
+                self.mailer.join(max(0.0, end - self.clock()))
             if self.mailer.is_alive():
                 log.warning("a mail run is still waiting on the SMTP relay or a webhook; its"
                             " transitions stay pending for the next run")

@@ -151,16 +151,19 @@ _said: dict[str, float] = {}  # in this process (the cron loop): message -> when
 def _level(e: SpduError) -> int:
     """ERROR; for NotApplied, which the cron loop meets on every tick, once per
     process and message, and again every REMIND seconds (else DEBUG)."""
-    return _once(str(e), logging.ERROR) if isinstance(e, NotApplied) else logging.ERROR
+    if isinstance(e, NotApplied):  # one server and pool: whichever change it dropped
+        return _once(str(e), logging.ERROR, key=str(e).partition(" but did not apply")[0])
+    return logging.ERROR
 
 
-def _once(message: str, level: int, every: float = REMIND) -> int:
-    """`level` the first time this process logs `message` and every `every`
-    seconds after; DEBUG in between."""
-    now, last = time.monotonic(), _said.get(message)
+def _once(message: str, level: int, every: float = REMIND, key: str | None = None) -> int:
+    """`level` the first time this process logs `message` (or one of the same
+    `key`) and every `every` seconds after; DEBUG in between."""
+    key = message if key is None else key
+    now, last = time.monotonic(), _said.get(key)
     if last is not None and now - last < every:
         return logging.DEBUG
-    _said[message] = now
+    _said[key] = now
     return level
 
 

@@ -62,6 +62,43 @@ class Sleeps:
         return False
 
 
+class ScriptedPacer:
+    """Stands in for the probes' event loop (probe.pacer.Pacer): each run ends
+    at once, through the scripted probe step; waiting moves the fake clock on
+    (loop.stop, Sleeps), once the DNS step asked for has run."""
+
+    def __init__(self, script, loop):
+        self.script, self.loop = script, loop
+        self.reports: list = []
+        self.running = 0
+        self.kept = None
+
+    def busy(self, target: str) -> bool:
+        return False
+
+    def start(self, site, names) -> None:
+        self.reports += self.script.probe_run(site, names)
+
+    def spurious(self, target: str) -> None:
+        pass
+
+    def wait(self, until: float):
+        from spdu_cli.probe.pacer import Batch
+
+        if self.reports:
+            out, self.reports = Batch(reports=self.reports), []
+            return out
+        if self.loop.dns.busy or self.loop.dns.results:
+            assert self.loop.dns.join(5)
+            return Batch(woke=True)
+        if until > self.loop.clock():
+            self.loop.stop.wait(until - self.loop.clock())
+        return Batch()
+
+    def close(self) -> None:
+        pass
+
+
 class Clock:
     def __init__(self):
         self.now = T0
@@ -140,6 +177,7 @@ def script(tmp_path, monkeypatch):
                 spool_dir=str(tmp_path / "spool"), metrics_file=None)
     s = Script(site)
     monkeypatch.setattr(probe_step, "run", s.probe_run)
+    monkeypatch.setattr(cycle, "make_pacer", lambda loop: ScriptedPacer(s, loop))
     monkeypatch.setattr(reconcile, "run", s.reconcile_run)
     monkeypatch.setattr(notify, "run", s.notify_run)
     monkeypatch.setattr(reconcile, "standing", lambda site, entries, now: s.standing(s.clock()))

@@ -361,7 +361,9 @@ def test_a_pool_that_would_be_emptied_is_said_once_not_every_tick(site):
     for srv in site.servers.values():
         srv.behaviour = "503"
     r = site.run("cron", "--for", "3")
-    assert site.pool() == sorted([BETA, GAMMA])  # never emptied
+    # never emptied: each target goes on its own, so the first to be confirmed down
+    # leaves, and the last one's change is withheld
+    assert len(site.pool()) == 1 and set(site.pool()) <= {BETA, GAMMA}, site.pool()
     lines = [ln for ln in r.stderr.splitlines() if "would leave the pool with no address" in ln]
     assert len(lines) == 1, r.stderr
 

@@ -35,14 +35,18 @@ def _fd_budget() -> int:
 class Engine:
     """The event loop: jobs of (spec, address), each tried up to spec.retries
     times, all at once in one thread. Jobs may be added while it runs (the
-    confirming probes of `probe_rounds`); `on_done(i, result)` hears of each."""
+    confirming probes of `probe_rounds`); `on_done(i, result)` hears of each.
+    Other sockets may share its selector (the kept connections, the loop's
+    wake pipe): their key's data is not a job number, and `other(key)` hears
+    when one is readable."""
 
-    def __init__(self, stop=None, on_done=None, keep: bool = False):
+    def __init__(self, stop=None, on_done=None, keep: bool = False, other=None):
         self.keep = keep  # HTTP tries ask to keep the connection; good ones are kept
         self.kept: dict[int, Try] = {}  # job -> its good try, connection still open
-        self.jobs: list[tuple[ProbeSpec, str]] = []
-        self.tries: list[int] = []
-        self.results: dict[int, AddressResult] = {}
+        self.jobs: dict[int, tuple[ProbeSpec, str]] = {}  # until done (a long loop's run)
+        self.tries: dict[int, int] = {}
+        self.count = 0
+        self.results: dict[int, AddressResult] = {}  # without on_done: kept for the caller
         self.waiting: list[int] = []  # stack of job indexes to start
         self.active: dict[int, Try] = {}
         self.sel = selectors.DefaultSelector()
@@ -50,21 +54,36 @@ class Engine:
         self.budget = _fd_budget()
         self.stop = stop
         self.on_done = on_done
+        self.other = other
 
     def add(self, spec: ProbeSpec, address: str) -> int:
-        self.jobs.append((spec, address))
-        self.tries.append(0)
-        self.waiting.append(len(self.jobs) - 1)
-        return len(self.jobs) - 1
+        i = self.count
+        self.count += 1
+        self.jobs[i] = (spec, address)
+        self.tries[i] = 0
+        self.waiting.append(i)
+        return i
 
-    def cancel(self, i: int) -> None:
-        """Drop job i unfinished (its answer is no longer needed)."""
+    def _close(self, i: int) -> None:
         t = self.active.pop(i, None)
         if t is not None:
             self.sel.unregister(t.sock)
             t.close()
+
+    def take_kept(self, i: int) -> Try:
+        """Job i's good try, its connection still open (see `keep`): the caller's now."""
+        self.jobs.pop(i, None)
+        self.tries.pop(i, None)
+        return self.kept.pop(i)
+
+    def cancel(self, i: int) -> None:
+        """Drop job i unfinished (its answer is no longer needed)."""
+        self._close(i)
         if i in self.waiting:
             self.waiting.remove(i)
+        if i not in self.kept:
+            self.jobs.pop(i, None)
+            self.tries.pop(i, None)
 
     @property
     def busy(self) -> bool:
@@ -76,9 +95,12 @@ class Engine:
         if ok or self.tries[i] >= spec.retries:
             answered = t is not None and (ok or status is not None)  # e.g. HTTP 503 in 12 ms
             latency = round((time.monotonic() - t.started) * 1000, 1) if answered else None
-            self.results[i] = r = AddressResult(address, ok, status, latency, error,
-                                                self.tries[i])
-            if self.on_done is not None:
+            r = AddressResult(address, ok, status, latency, error, self.tries[i])
+            if self.on_done is None:
+                self.results[i] = r
+            else:
+                if i not in self.kept:  # a kept try's job goes with it
+                    del self.jobs[i], self.tries[i]
                 self.on_done(i, r)
         else:
             self.waiting.append(i)  # try again at once
@@ -120,6 +142,10 @@ class Engine:
             timeout = min(timeout, STOP_POLL)
         for key, _ in self.sel.select(timeout):
             i = key.data
+            if not isinstance(i, int):
+                if self.other is not None:
+                    self.other(key)
+                continue
             t = self.active.get(i)
             if t is None:  # cancelled by an earlier answer of this round
                 continue
@@ -132,12 +158,12 @@ class Engine:
                 self.sel.unregister(t.sock)
                 self.kept[i] = t
             else:
-                self.cancel(i)
+                self._close(i)
             self.finish(i, *decided, t)
         now = time.monotonic()
         for i, t in list(self.active.items()):
             if now >= t.deadline and i in self.active:  # (an earlier one may cancel it)
-                self.cancel(i)
+                self._close(i)
                 self.finish(i, *t.timed_out(), t)
 
     def close(self) -> None:

@@ -14,6 +14,17 @@ from spdu_cli.probe.spec import READ_SIZE
 KEPT_DISCARD = 64 * 1024  # bytes a kept connection may bring (an unread body) before it is let go
 
 
+class Held(tuple):
+    """A kept connection's key data in a selector: its target."""
+
+    def __new__(cls, target: str):
+        return super().__new__(cls, (target,))
+
+    @property
+    def target(self) -> str:
+        return self[0]
+
+
 class Kept:
     """The connections of each target's last good probe, kept open between
     probes (the cron loop). A peer whose server process dies, or is stopped,
@@ -24,8 +35,11 @@ class Kept:
     up (`spurious`), and its connections are not kept again for the rest of
     the loop's run."""
 
-    def __init__(self, wake_fd: int | None = None):
-        self.sel = selectors.DefaultSelector()
+    def __init__(self, wake_fd: int | None = None, sel: selectors.BaseSelector | None = None):
+        """`sel`: a selector to share (the probes' own, in the cron loop): the
+        owner then calls `readable` for the keys whose data is a Held."""
+        self.shared = sel is not None
+        self.sel = sel if sel is not None else selectors.DefaultSelector()
         self.held: dict[str, list[socket.socket]] = {}
         self.read: dict[int, int] = {}  # fileno -> bytes discarded (the rest of a body)
         self.off: set[str] = set()
@@ -42,7 +56,7 @@ class Kept:
                 sock.close()
             return
         for sock in socks:
-            self.sel.register(sock, selectors.EVENT_READ, target)
+            self.sel.register(sock, selectors.EVENT_READ, Held(target))
             self.read[sock.fileno()] = 0
         self.held[target] = socks
 
@@ -60,17 +74,21 @@ class Kept:
     def wait(self, timeout: float) -> list[str]:
         """Wait up to `timeout` seconds, less when a kept connection is closed
         (or the wake descriptor is written): the targets whose were closed."""
-        closed: list[str] = []
-        for key, _ in self.sel.select(max(0.0, timeout)):
-            target = key.data
-            if target is None or target not in self.held:
-                continue
-            verdict = self._look(key.fileobj)
-            if verdict is not False:  # closed, or let go
-                self.drop(target)
-                if verdict:
-                    closed.append(target)
-        return closed
+        closed = [self.readable(key) for key, _ in self.sel.select(max(0.0, timeout))]
+        return [t for t in closed if t is not None]
+
+    def readable(self, key) -> str | None:
+        """One of its connections is readable: the target whose connection the
+        peer closed, if it did (its connections are then let go)."""
+        if not isinstance(key.data, Held) or key.data.target not in self.held:
+            return None
+        target = key.data.target
+        verdict = self._look(key.fileobj)
+        if verdict is not False:  # closed, or let go
+            self.drop(target)
+            if verdict:
+                return target
+        return None
 
     def _look(self, sock) -> bool | None:
         """True: the peer closed; None: let go (it sends too much); False: still open."""
@@ -90,4 +108,5 @@ class Kept:
     def close(self) -> None:
         for target in list(self.held):
             self.drop(target)
-        self.sel.close()
+        if not self.shared:
+            self.sel.close()

@@ -48,21 +48,52 @@ class _Target:
         self.good: list[int] = []  # the jobs of its last round, when that round was good
 
 
-def probe_rounds(specs: list[ProbeSpec], rules: dict[str, Rounds], stop=None,
-                 kept: dict | None = None) -> dict[str, list[ProbeResult]]:
-    """Probe every target, and probe again the ones whose `rules` want it
-    (confirmation), overlapping a probe that hangs: target -> its results, in
-    the order they ended. Returns when every target is settled.
-    `kept` (a dict): HTTP probes ask for a persistent connection, and each
-    target whose last round was good and whose every address's peer agreed to
-    keep the connection open gets them there (target -> sockets), for `Kept`."""
-    addresses = addresses_of(specs)
-    targets: dict[str, _Target] = {}
-    out: dict[str, list[ProbeResult]] = {}
-    owner: dict[int, _Target] = {}
+@dataclass
+class Settled:
+    """One target's probes of one run, in the order they ended; `kept`: the
+    connections of its last round, when it was good and every address's peer
+    agreed to keep them open (with `keep`)."""
 
-    def ended(i: int, r: AddressResult) -> None:
-        tg = owner.pop(i, None)
+    target: str
+    results: list[ProbeResult]
+    kept: list | None = None
+
+
+class Confirmer:
+    """Each target's probes and their confirmation (`Rounds`) on one Engine,
+    every target on its own: `begin` starts a target's run, `poll` starts
+    the probes that are due and says when it must be called again, and
+    `done` (the Engine's on_done) ends runs; `on_settled(Settled)` hears of
+    each target whose run is over, as soon as it is, whatever the others do."""
+
+    def __init__(self, engine: Engine, on_settled: Callable[[Settled], None],
+                 keep: bool = False):
+        self.engine = engine
+        self.on_settled = on_settled
+        self.keep = keep
+        self.targets: dict[str, _Target] = {}
+        self.owner: dict[int, _Target] = {}
+        engine.on_done = self.done
+
+    def __contains__(self, target: str) -> bool:
+        return target in self.targets
+
+    def begin(self, spec: ProbeSpec, addrs: tuple[str, ...] | str, rules: Rounds) -> None:
+        """Start the target's run (its probes begin at the next poll); `addrs` an
+        error text: the run is over at once, with that failure."""
+        if isinstance(addrs, str):
+            self.on_settled(Settled(spec.target, [verdict(spec.target, time.time(), addrs, [])]))
+            return
+        self.targets[spec.target] = _Target(spec, addrs, rules)
+
+    def abandon(self, target: str) -> None:
+        """Drop the target's run unfinished (its configuration went away)."""
+        tg = self.targets.pop(target, None)
+        if tg is not None:
+            self._cancel(tg)
+
+    def done(self, i: int, r: AddressResult) -> None:
+        tg = self.owner.pop(i, None)
         if tg is None:  # its round was decided, or its target settled, meanwhile
             return
         tg.results[i] = r
@@ -76,8 +107,8 @@ def probe_rounds(specs: list[ProbeSpec], rules: dict[str, Rounds], stop=None,
         del tg.inflight[k]
         for j in jobs:  # a failed address decides the round: the others need not answer
             if j not in tg.results:
-                owner.pop(j, None)
-                engine.cancel(j)
+                self.owner.pop(j, None)
+                self.engine.cancel(j)
         result = verdict(tg.spec.target, wall, tg.addrs, [tg.results.pop(j) for j in jobs
                                                           if j in tg.results])
         tg.out.append(result)
@@ -86,68 +117,94 @@ def probe_rounds(specs: list[ProbeSpec], rules: dict[str, Rounds], stop=None,
             return
         delay = tg.rules.after(result)
         if delay is None or tg.started >= tg.rules.limit:
-            settle(tg)
+            self._settle(tg)
         else:  # started when there is room beside the probes still in flight
             tg.next_at = time.monotonic() + delay
 
-    def settle(tg: _Target) -> None:
-        tg.settled, tg.next_at = True, None
+    def _cancel(self, tg: _Target) -> None:
         for _, _, jobs in tg.inflight:
             for j in jobs:
-                owner.pop(j, None)
-                engine.cancel(j)
+                self.owner.pop(j, None)
+                self.engine.cancel(j)
         tg.inflight.clear()
 
-    def start(tg: _Target, now: float) -> None:
-        jobs = [engine.add(tg.spec, a) for a in tg.addrs]
+    def _settle(self, tg: _Target) -> None:
+        tg.settled, tg.next_at = True, None
+        self._cancel(tg)
+        self.targets.pop(tg.spec.target, None)
+        kept = None
+        if self.keep:
+            tries = [self.engine.take_kept(j) for j in tg.good if j in self.engine.kept]
+            if tries and len(tries) == len(tg.addrs):
+                kept = [t.sock for t in tries]
+            else:
+                for t in tries:
+                    t.close()
+        for j in [j for j in self.engine.kept if self.engine.jobs[j][0] is tg.spec]:
+            self.engine.take_kept(j).close()  # an earlier round's: not the one kept
+        self.on_settled(Settled(tg.spec.target, tg.out, kept))
+
+    def _start(self, tg: _Target, now: float) -> None:
+        jobs = [self.engine.add(tg.spec, a) for a in tg.addrs]
         for j in jobs:
-            owner[j] = tg
+            self.owner[j] = tg
         tg.inflight.append((now, time.time(), jobs))
         tg.started += 1
         tg.next_at = None
 
-    engine = Engine(stop, on_done=ended, keep=kept is not None)
+    def poll(self, now: float) -> float | None:
+        """Start every probe that is due; the next moment one will be (or None)."""
+        wake: float | None = None
+        for tg in list(self.targets.values()):
+            room = len(tg.inflight) < max(1, tg.rules.overlap())
+            if tg.next_at is not None and now >= tg.next_at and room:
+                self._start(tg, now)
+            elif tg.inflight and room and tg.started < tg.rules.limit:
+                overdue = tg.rules.overdue()
+                if overdue is not None:
+                    due = tg.inflight[-1][0] + overdue
+                    if now >= due:
+                        self._start(tg, now)
+                    else:
+                        wake = due if wake is None else min(wake, due)
+            if tg.next_at is not None:
+                wake = tg.next_at if wake is None else min(wake, tg.next_at)
+            if not tg.inflight and tg.next_at is None:
+                self._settle(tg)
+        return wake
+
+
+def probe_rounds(specs: list[ProbeSpec], rules: dict[str, Rounds], stop=None,
+                 kept: dict | None = None) -> dict[str, list[ProbeResult]]:
+    """Probe every target, and probe again the ones whose `rules` want it
+    (confirmation), overlapping a probe that hangs: target -> its results, in
+    the order they ended. Returns when every target is settled.
+    `kept` (a dict): HTTP probes ask for a persistent connection, and each
+    target whose last round was good and whose every address's peer agreed to
+    keep the connection open gets them there (target -> sockets), for `Kept`."""
+    addresses = addresses_of(specs)
+    out: dict[str, list[ProbeResult]] = {}
+
+    def settled(s: Settled) -> None:
+        out[s.target] = s.results
+        if s.kept is not None and kept is not None:
+            kept[s.target] = s.kept
+
+    engine = Engine(stop, keep=kept is not None)
+    confirmer = Confirmer(engine, settled, keep=kept is not None)
     try:
         for s in specs:
-            addrs = addresses[s.target]
-            if isinstance(addrs, str):
-                out[s.target] = [verdict(s.target, time.time(), addrs, [])]
-                continue
-            targets[s.target] = _Target(s, addrs, rules[s.target])
+            confirmer.begin(s, addresses[s.target], rules[s.target])
         while True:
-            now = time.monotonic()
-            wake: list[float] = []
-            for tg in targets.values():
-                if tg.settled:
-                    continue
-                room = len(tg.inflight) < max(1, tg.rules.overlap())
-                if tg.next_at is not None and now >= tg.next_at and room:
-                    start(tg, now)
-                elif tg.inflight and room and tg.started < tg.rules.limit:
-                    overdue = tg.rules.overdue()
-                    if overdue is not None:
-                        due = tg.inflight[-1][0] + overdue
-                        if now >= due:
-                            start(tg, now)
-                        else:
-                            wake.append(due)
-                if tg.next_at is not None:
-                    wake.append(tg.next_at)
-                if not tg.inflight and tg.next_at is None:
-                    tg.settled = True
-            if not engine.busy and not wake:
+            wake = confirmer.poll(time.monotonic())
+            if not engine.busy and wake is None:
                 break
-            engine.step(min(wake) if wake else None)
-        if kept is not None:
-            for name, tg in targets.items():
-                tries = [engine.kept.pop(j) for j in tg.good if j in engine.kept]
-                if tries and len(tries) == len(tg.addrs):
-                    kept[name] = [t.sock for t in tries]
-                else:
-                    for t in tries:
-                        t.close()
+            engine.step(wake)
     finally:
         engine.close()
-    for name, tg in targets.items():
-        out[name] = tg.out
-    return out
+        if kept is not None and len(out) < len(specs):  # interrupted: nothing is kept
+            for socks in kept.values():
+                for sock in socks:
+                    sock.close()
+            kept.clear()
+    return {s.target: out.get(s.target, []) for s in specs}

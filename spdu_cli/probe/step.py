@@ -95,6 +95,18 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None,
     writes what is kept when it ends (spool.flush). `kept` (with `confirm`):
     see probe_rounds."""
     cfgs = [site.target(n) for n in site.select(names)]
+    warn_unverified(cfgs)
+    specs = [ProbeSpec.from_config(c) for c in cfgs]
+    if confirm:
+        rules = {c.target: r for c, r in zip(cfgs, confirm_rules(site, cfgs))}
+        rounds = probe_rounds(specs, rules, stop=stop, kept=kept)
+        results = [rounds[c.target] for c in cfgs]
+    else:
+        results = [[r] for r in probe(specs, stop=stop)]
+    return record(site, list(zip(cfgs, results)), lock_timeout, defer=confirm)
+
+
+def warn_unverified(cfgs) -> None:
     for c in cfgs:
         if c.probe_ssl and not c.probe_verify:
             log.warning(
@@ -103,19 +115,24 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None,
                 c.target,
                 c.api_name,
             )
-    specs = [ProbeSpec.from_config(c) for c in cfgs]
+
+
+def confirm_rules(site, cfgs) -> list[Rounds]:
+    """The cron loop's confirmation of each target, from its spool entry as it is."""
     store = Spool(site.spool_dir)
-    if confirm:
-        fast = site.fast_interval
-        rules = {c.target: _rules(c, _entry_or_fresh(store, c.target), fast) for c in cfgs}
-        rounds = probe_rounds(specs, rules, stop=stop, kept=kept)
-        results = [rounds[c.target] for c in cfgs]
-    else:
-        results = [[r] for r in probe(specs, stop=stop)]
+    return [_rules(c, _entry_or_fresh(store, c.target), site.fast_interval) for c in cfgs]
+
+
+def record(site, probed: list[tuple], lock_timeout: float = 5.0,
+           defer: bool = False) -> list[TargetReport]:
+    """Apply each (target's configuration, its results) to its spool entry,
+    under one hold of the spool lock; journal and log each transition. `defer`
+    (the cron loop): a routine result is kept in memory (Spool.defer)."""
+    store = Spool(site.spool_dir)
     reports = []
     journal_log = None
     with store.locked(lock_timeout):
-        for cfg, rs in zip(cfgs, results):
+        for cfg, rs in probed:
             try:
                 entry = store.read(cfg.target)
             except SpduError as e:  # unreadable: rewriting it would lose what it holds
@@ -133,7 +150,7 @@ def run(site, names=(), lock_timeout: float = 5.0, stop=None,
                 journal_log(cfg, entry)
             error = None
             # in the loop, a result like the last one is written every staleAfter/2 at least
-            if (confirm and journal is None and _durable(entry) == before
+            if (defer and journal is None and _durable(entry) == before
                     and store.defer(entry, cfg.stale_after / 2)):
                 reports.append(TargetReport(rs[-1], entry.health, None, None, len(rs)))
                 continue
