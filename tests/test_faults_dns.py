@@ -93,7 +93,10 @@ def test_a_lying_server_is_said_again_every_10_minutes():
     e = reconcile.NotApplied("DNS server x answered NOERROR ... but did not apply it")
     assert reconcile.REMIND == 600
     assert [reconcile._level(e), reconcile._level(e)] == [logging.ERROR, logging.DEBUG]
-    reconcile._said[str(e)] -= reconcile.REMIND
+    other = reconcile.NotApplied("DNS server x answered NOERROR ... but did not apply it:"
+                                 " another change")  # the same server and pool: said once
+    assert reconcile._level(other) == logging.DEBUG
+    reconcile._said["DNS server x answered NOERROR ..."] -= reconcile.REMIND
     assert reconcile._level(e) == logging.ERROR
     assert reconcile._level(reconcile.ServiceUnavailable("down")) == logging.ERROR
 
