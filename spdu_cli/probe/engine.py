@@ -46,6 +46,7 @@ class Engine:
         self.jobs: dict[int, tuple[ProbeSpec, str]] = {}  # until done (a long loop's run)
         self.tries: dict[int, int] = {}
         self.count = 0
+        self.ended = 0  # tries that ended, ever
         self.results: dict[int, AddressResult] = {}  # without on_done: kept for the caller
         self.waiting: list[int] = []  # stack of job indexes to start
         self.active: dict[int, Try] = {}
@@ -92,6 +93,7 @@ class Engine:
     def finish(self, i: int, ok: bool, status: int | None, error: str | None,
                t: Try | None) -> None:
         spec, address = self.jobs[i]
+        self.ended += 1
         if ok or self.tries[i] >= spec.retries:
             answered = t is not None and (ok or status is not None)  # e.g. HTTP 503 in 12 ms
             latency = round((time.monotonic() - t.started) * 1000, 1) if answered else None
@@ -127,8 +129,13 @@ class Engine:
 
     def step(self, wake_at: float | None = None) -> None:
         """Start what waits, then wait for sockets until the first deadline (or
-        `wake_at`, monotonic), and move every try that can move."""
+        `wake_at`, monotonic), and move every try that can move. A try that
+        failed at once as it started (an unreachable network) returns at once:
+        its answer may have made the caller's next moment sooner than `wake_at`."""
+        ended = self.ended
         self._start()
+        if self.ended != ended:
+            return
         now = time.monotonic()
         until = [t.deadline for t in self.active.values()]
         if wake_at is not None:
