@@ -137,11 +137,11 @@ def failover(interval: float, fast_interval: float, timeout: float, retries: int
     reset connection), and a probe that goes unanswered gets an
     overlapping one at most `fast_interval` later (up to MAX_OVERLAP in
     flight), each with its own deadline of timeout x retries. Reconcile runs
-    as soon as the run that changed a state ends, taking milliseconds on a
-    local server. Worst cases: the site dies just after a good probe, so the
+    as soon as the target's run that changed its state ends, in a thread of
+    its own. Worst cases: the site dies just after a good probe, so the
     first failing probe starts `interval` later; it recovers just after a
-    failed probe, so the next one starts `down_interval` later. Other targets
-    are assumed to answer (a hanging target's probe runs alongside theirs).
+    failed probe, so the next one starts `down_interval` later. Whatever the
+    other targets do: each target's probes go on by themselves (probe.pacer).
     A site whose server process dies while its host stays up closes the
     connection kept from the last good probe (probe.kept.Kept): the loop probes it
     at once, so only the confirming probes remain (`out_closed`).
