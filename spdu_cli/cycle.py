@@ -162,6 +162,7 @@ class Loop:
         self.tick_open: float | None = None
         self.tick_runs: set[str] = set()
         self.started: dict[str, float] = {}  # target -> when its run started (the loop's clock)
+        self._site = None  # the configuration of the last tick
         self.mailer: threading.Thread | None = None
         from spdu_cli.background import Worker
 
@@ -230,6 +231,10 @@ class Loop:
             self.schedule.probed(target, rep.health, self.started.pop(target, now),
                                  site.interval,
                                  site.fast_interval, site.down_interval, offset)
+            if self.schedule.due_at[target] < now and _own_delay(rep):
+                # its run outlasted its slot by its own doing (a peer that hangs, the
+                # confirmations of a change): late, but not the loop's lag
+                self.schedule.due_at[target] = now
             changed |= rep.transition is not None
             if target in self.early:
                 self.early.discard(target)
@@ -354,6 +359,11 @@ class Loop:
             self.hup, self.cache.stamp = False, ("SIGHUP",)
             log.warning("SIGHUP: reading the configuration again")
         site = self.cache.get()
+        if site is not self._site and self.pacer is not None and self._site is not None:
+            gone = set(self._site.targets) - set(site.targets)  # taken out of targets=
+            if gone:
+                self.pacer.forget(gone)
+        self._site = site
         self.tally.ticks += 1
         try:
             self.probe(site, now)
@@ -539,6 +549,8 @@ class Loop:
             batch = self.pacer.wait(min(due, limit))
             if self.stop.is_set():
                 break
+            if batch.reports:
+                self.lag.ran(batch.took, batch.cpu)
             now = self.clock()
             if self.absorb(site, batch, now):
                 self.housekeeping(site, now, changed=True)  # to DNS at once
@@ -568,6 +580,11 @@ class Loop:
                             " transitions stay pending for the next run")
                 self.tally.failed("notify", 69)
         return self.tally
+
+
+def _own_delay(rep) -> bool:
+    """The run took long because of its peer: it timed out, or was confirmed."""
+    return rep.probes > 1 or "timed out" in (rep.result.error or "")
 
 
 def _n(count: int, noun: str) -> str:

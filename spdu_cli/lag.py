@@ -42,8 +42,8 @@ class Minute:
     cpu: float = 0.0  # the process's CPU time (every thread)
     waited: float | None = None  # for a CPU (None: unknown)
     spool: float = 0.0  # writing spool (and metrics) files, fsync included
-    probing: float = 0.0  # wall time inside probe runs
-    longest: float = 0.0  # the longest probe run, wall
+    probing: float = 0.0  # wall time of the loop's own work (ticks, recording probes)
+    longest: float = 0.0  # the longest such step, wall
     longest_cpu: float = 0.0  # and the CPU it took
     worst: float = 0.0  # the latest a probe run started
     runs: int = 0
@@ -57,17 +57,18 @@ def cause(m: Minute) -> str:
         return (f"the process did not get the CPU: it waited {m.waited:.2f} s for one and ran"
                 f" {m.cpu:.2f} CPU-s (the machine is overloaded)")
     if m.spool >= 0.3 * m.probing:
-        return (f"spool writes took {m.spool:.2f} s of {m.probing:.2f} s of probe runs"
+        return (f"spool writes took {m.spool:.2f} s of the loop's {m.probing:.2f} s of work"
                 " (a slow disk?)")
     if m.longest > m.interval:
         if m.longest_cpu >= 0.5 * m.longest:
-            return (f"a probe run took {m.longest:.2f} s ({m.longest_cpu:.2f} CPU-s), longer"
-                    f" than the interval ({m.interval:g} s): too many targets for one loop"
+            return (f"one step of the loop took {m.longest:.2f} s ({m.longest_cpu:.2f} CPU-s),"
+                    f" longer than the interval ({m.interval:g} s): too many targets for one loop"
                     " at this interval")
-        return (f"a probe run took {m.longest:.2f} s (only {m.longest_cpu:.2f} CPU-s), longer"
-                f" than the interval ({m.interval:g} s): it waited on a peer slow to answer")
-    return (f"the steps between probe runs took long: probe runs {m.probing:.2f} s of"
-            f" {m.seconds:.2f} s (reconcile waiting on DNS, mail, reading the spool)")
+        return (f"one step of the loop took {m.longest:.2f} s (only {m.longest_cpu:.2f} CPU-s),"
+                f" longer than the interval ({m.interval:g} s): it waited on the disk or the"
+                " spool lock")
+    return (f"the loop's own work took {m.probing:.2f} s of {m.seconds:.2f} s (reading the"
+            " spool, the metrics file, starting probes)")
 
 
 def text(m: Minute) -> str:

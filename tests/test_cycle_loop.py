@@ -82,6 +82,9 @@ class ScriptedPacer:
     def spurious(self, target: str) -> None:
         pass
 
+    def forget(self, targets) -> None:
+        pass
+
     def wait(self, until: float):
         from spdu_cli.probe.pacer import Batch
 

@@ -39,6 +39,8 @@ class Batch:
     tripped: list[str] = field(default_factory=list)
     woke: bool = False
     failed: Exception | None = None  # the spool could not be written at all (the lock)
+    took: float = 0.0  # seconds recording them took (wall), for the loop's lag
+    cpu: float = 0.0  # and CPU
 
     def __bool__(self) -> bool:
         return bool(self.reports or self.tripped or self.woke or self.failed)
@@ -193,6 +195,7 @@ class Pacer:
                 self.kept.keep(s.target, s.kept)
             probed.append((cfg, s.results))
         if probed:
+            began, cpu = time.monotonic(), time.thread_time()
             try:
                 out.reports = step.record(self.site, probed, self.lock_timeout, defer=True)
             except Exception as e:  # the lock not had in time, or a bug:
@@ -201,6 +204,7 @@ class Pacer:
                 out.failed = e
                 out.reports = [step.TargetReport(rs[-1], step.Health(), None, str(e), len(rs))
                                for _cfg, rs in probed]
+            out.took, out.cpu = time.monotonic() - began, time.thread_time() - cpu
         return out
 
     def close(self) -> None:
