@@ -421,3 +421,25 @@ def test_a_forward_clock_step_does_not_count_as_time_up(site):
     assert " h" not in out.split("It had been up for ")[1].split("\n")[0], out
     h = json.loads(site.run("history", "--json", "beta", env=stepped).stdout.splitlines()[0])
     assert h["seconds"]["up"] < 60, h
+
+
+def test_after_a_forward_clock_step_status_and_history_count_seconds_not_hours(site):
+    """beta goes up, then the wall clock steps 2 h forward: `spdu status` and
+    `spdu history` say it has been up for seconds (the current period, up to
+    now), not 2 h."""
+    import json
+
+    assert site.run("probe", "beta").returncode == 0
+    stepped = {"LD_PRELOAD": faults.FAKETIME, "FAKETIME": "+2h",
+               "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_DONT_RESET": "1"}
+    r = site.run("status", "beta", env=stepped)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[:2] == ["beta", "up"], r.stdout
+    spent = r.stdout.split("(")[1].split(")")[0]
+    assert spent.endswith(" s") and " h" not in spent and "min" not in spent, r.stdout
+    h = json.loads(site.run("history", "--json", "beta", env=stepped).stdout.splitlines()[0])
+    now = h["transitions"][0]
+    assert now["current"] and now["to"] == "up" and now["seconds"] < 60, h
+    assert h["seconds"]["up"] < 60, h
+    out = site.run("history", "beta", env=stepped).stdout
+    assert " h (now)" not in out and " s (now)" in out, out
