@@ -474,7 +474,8 @@ def test_a_forward_clock_step_is_not_a_stuck_loop(site, world):
         end = os.stat(lock).st_mtime
         offset.write_text("+2h\n")  # the step, for the loop and for the copy
         later = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() + 7000))
-        wait_for(lambda: site.entry("gamma")["checked"] > later, 10)  # the loop's clock too
+        gamma = site.spool / "gamma.json"  # the loop's clock too:
+        wait_for(lambda: gamma.exists() and site.entry("gamma")["checked"] > later, 10)
         c = subprocess.run(cron_cmd(site, patch={}), capture_output=True, text=True,
                            stdin=subprocess.DEVNULL, timeout=30, cwd="/",
                            env={**os.environ, **clock})
