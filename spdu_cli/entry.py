@@ -74,6 +74,13 @@ def elapsed(a: Any, b: Any, wall: float) -> float:
     return wall
 
 
+def lasted(at: float, stamp: Any, now: float) -> float:
+    """Seconds from a journaled time (wall `at`, steady `stamp`) until `now`:
+    on the monotonic clock when the stamp is of this boot, so a step of the
+    wall clock since is not time spent; else by the wall clock."""
+    return elapsed(stamp, steady(now), max(0.0, now - at))
+
+
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None

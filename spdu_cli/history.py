@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spdu_cli import maint
-from spdu_cli.entry import SpoolEntry, elapsed, epoch, iso
+from spdu_cli.entry import SpoolEntry, elapsed, epoch, iso, lasted
 
 STATES = ("up", "down", "maint", "unknown")
 
@@ -79,11 +79,12 @@ def of_journal(target: str, journal: list[dict[str, Any]], now: float) -> Histor
     seconds = dict.fromkeys(STATES, 0.0)
     periods = []
     for i, (at, e) in enumerate(rows):
-        end = rows[i + 1][0] if i + 1 < len(rows) else now
         # on the monotonic clock within one boot: a step of the wall clock is not time spent
-        later = rows[i + 1][1].get("clock") if i + 1 < len(rows) else None
-        spent = elapsed(e.get("clock"), later, max(0.0, end - at)) if later else max(
-            0.0, end - at)
+        if i + 1 < len(rows):
+            spent = elapsed(e.get("clock"), rows[i + 1][1].get("clock"),
+                            max(0.0, rows[i + 1][0] - at))
+        else:
+            spent = lasted(at, e.get("clock"), now)
         new = str(e.get("to", "unknown"))
         seconds[new if new in seconds else "unknown"] += spent
         periods.append(Period(e["id"], at, str(e.get("from", "unknown")), new,

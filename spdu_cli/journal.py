@@ -74,6 +74,7 @@ class StateChange:
     until: float | None = None  # a change to maint: when the maintenance ends
     sent: tuple[tuple[str, float | None, bool], ...] = ()  # (channel, at, flap summary)
     mail_id: str | None = None  # the Message-ID of a mail about to carry it (see run)
+    mail_at: float | None = None  # when that mail was first tried
     # Per webhook channel, the POST about to carry it: (channel, Idempotency-Key,
     # when it was first tried, its flap count); see notify's run.
     posted: tuple[tuple[str, str, float | None, int], ...] = ()
@@ -120,6 +121,7 @@ class StateChange:
             sent=_sent(e.get("sent")),
             mail_id=(e["mail_id"] if isinstance(e.get("mail_id"), str)
                      and MESSAGE_ID.fullmatch(e["mail_id"]) else None),  # goes into a header
+            mail_at=_epoch(e.get("mail_at")),
             posted=_posted(e.get("post_id")),
             mailed_to=tuple(a for a in (e.get("mailed_to") if isinstance(e.get("mailed_to"),
                                                                         list) else ())
@@ -135,10 +137,14 @@ class StateChange:
         if self.notified and self.sent:
             return dataclasses.replace(self, flap=False)  # settled without this channel
         if channel == MAIL:
-            return dataclasses.replace(self, repeat=(self.mail_id, None, 0)
-                                       if self.mail_id else None)
-        note = next((r[1:] for r in self.posted if r[0] == channel), None)
-        return dataclasses.replace(self, repeat=note)
+            note = (self.mail_id, self.mail_at, 0) if self.mail_id else None
+        else:
+            note = next((r[1:] for r in self.posted if r[0] == channel), None)
+        if note is None or note[1] is None:
+            return dataclasses.replace(self, repeat=note)
+        # sent again as it was first tried: what reconcile recorded since is not in it
+        return dataclasses.replace(self, repeat=note, dns=tuple(
+            d for d in self.dns if d.at is None or d.at <= note[1]))
 
 
 def _posted(value: Any) -> tuple[tuple[str, str, float | None, int], ...]:

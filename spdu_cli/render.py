@@ -387,12 +387,13 @@ def status_rows(statuses, now: float, dns: bool = False, table: bool = False) ->
 
     rows = []
     for s in statuses:
+        spent = now - s.since if s.seconds is None and s.since is not None else s.seconds
         if s.since is None:
             since = "-"
         elif table:
-            since = duration(now - s.since)
+            since = duration(spent)
         else:
-            since = f"since {stamp(s.since)} ({duration(now - s.since)})"
+            since = f"since {stamp(s.since)} ({duration(spent)})"
         latency = "-" if not s.last or s.last.latency_ms is None else f"{s.last.latency_ms:.1f} ms"
         m = s.maint
         if m is None:

@@ -8,12 +8,13 @@ end is shown as over, as the next probe will record it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from spdu_cli import maint
-from spdu_cli.entry import Maintenance, ResultRecord, SpoolEntry, iso, result_reason
+from spdu_cli.entry import Maintenance, ResultRecord, SpoolEntry, iso, lasted, result_reason
 from spdu_cli.spool import Spool
 
 
@@ -71,6 +72,7 @@ class TargetStatus:
     pending: int  # transitions not yet mailed
     maint: Maintenance | None  # only while in effect
     dns: PoolStatus | None = None  # with --dns, when the target's pool was read
+    seconds: float | None = None  # in its state until now (steady across clock steps)
 
     @property
     def reason(self) -> str | None:
@@ -101,8 +103,20 @@ def of_entry(entry: SpoolEntry, now: float) -> TargetStatus:
     h = entry.health
     return TargetStatus(
         entry.target, h.state.value, h.since, entry.results[-1] if entry.results else None,
-        len(entry.pending()), entry.maint,
+        len(entry.pending()), entry.maint, seconds=in_state(entry, now),
     )
+
+
+def in_state(entry: SpoolEntry, now: float) -> float | None:
+    """How long the target has been in its state: from the transition that
+    began it, on the monotonic clock its journal entry recorded when there is
+    one (a forward step of the wall clock since is not time spent)."""
+    since = entry.health.since
+    if since is None:
+        return None
+    at = iso(since)
+    stamp = next((e.get("clock") for e in reversed(entry.journal) if e.get("at") == at), None)
+    return lasted(since, stamp, now)
 
 
 def collect(site, names=(), dns: bool = False, now: float | None = None) -> list[TargetStatus]:
@@ -128,8 +142,7 @@ def collect(site, names=(), dns: bool = False, now: float | None = None) -> list
              for p in reconcile.run(site, dry_run=True)}
     keys = {t: PoolKey(c.pool_name, c.pool_zone, str(c.name_server), c.name_port)
             for t, c in cfgs.items()}
-    return [TargetStatus(s.target, s.state, s.since, s.last, s.pending, s.maint,
-                         plans.get(keys[s.target])) for s in out]
+    return [dataclasses.replace(s, dns=plans.get(keys[s.target])) for s in out]
 
 
 def _updates(record: dict | None) -> list[tuple[float, int]]:
@@ -149,8 +162,6 @@ def _updates(record: dict | None) -> list[tuple[float, int]]:
 
 def with_servers(ps: PoolStatus, plan, cfg, history: dict, now: float) -> PoolStatus:
     """Add each authoritative server of the pool's zone, compared with the primary."""
-    import dataclasses
-
     from spdu_cli import reconcile, secondaries
     from spdu_cli.errors import SpduError
     from spdu_cli.nameserver import keyring

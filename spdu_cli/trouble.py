@@ -2,13 +2,15 @@
 the configuration it refused, a step that keeps failing for longer than
 alertAfter. Said where someone looks: syslog every minute, the status file
 that each copy cron starts prints on its stderr (so cron mails it), and a
-notice through every channel (mail, webhooks) once, and once more when it is over.
+notice through every channel (mail, webhooks) once, and once more when it is over
+(a notice no channel took is tried again, less and less often).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +23,9 @@ log = logging.getLogger(__name__)
 REPEAT = 60.0  # s: a standing problem is logged again this often (syslog)
 ONCE_KEPT = 600.0  # s: a one-off line stays in the status file this long for a copy to print
 STEPS = ("probe", "reconcile", "notify")
+RETRY = 30.0  # s: a notice no channel took is tried again after this, then twice as long
+RETRY_MAX = 600.0  # each time up to this...
+MAX_TRIES = 12  # ...and this many tries in all (over an hour), then given up (logged)
 
 
 @dataclass
@@ -28,6 +33,18 @@ class Problem:
     text: str
     every: bool  # printed by every copy (True) or by the first one only
     notice: str  # the notice's subject
+
+
+@dataclass(eq=False)
+class Notice:
+    """A notice about spdu itself: WARNING when a problem starts, NOTICE when it is over."""
+
+    key: str  # the problem's
+    level: str
+    problem: Problem
+    at: float  # wall clock, when raised: every try is the same mail and POST (ids too)
+    tries: int = 0
+    due: float = 0.0  # clock: when it is tried again
 
 
 @dataclass
@@ -44,6 +61,9 @@ class Trouble:
     written: str | None = None
     end: float | None = None  # time.monotonic() when the loop's minute ends (cycle sets it)
     sender: threading.Thread | None = None
+    latest: dict[str, Notice] = field(default_factory=dict)  # problem -> its newest notice
+    unsent: dict[str, Notice] = field(default_factory=dict)  # ...when no channel took it
+    returned: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # (notice, out)
 
     def problems(self, site, stale, tally, now: float) -> dict[str, Problem]:
         out = {}
@@ -87,13 +107,12 @@ class Trouble:
             self.last_said = now
             for p in got.values():
                 log.error("%s", p.text)
-        notices = [("WARNING", got[k]) for k in new] + [("NOTICE", self.current[k])
-                                                        for k in over]
+        notices = ([Notice(k, "WARNING", got[k], wall) for k in new]
+                   + [Notice(k, "NOTICE", self.current[k], wall) for k in over])
         self.current = got
         self.once = [o for o in self.once if wall - o[2] < ONCE_KEPT]
         self._write()
-        if notices:
-            self._notify(site, notices)
+        self._send(site, notices, now)
 
     def _once(self, text: str, wall: float) -> None:
         n = max(time.time_ns() // 1000, (self.once[-1][0] + 1) if self.once else 0)
@@ -117,11 +136,50 @@ class Trouble:
         except SpduError as e:
             log.warning("%s", e)
 
-    def _notify(self, site, notices) -> None:
+    def _send(self, site, fresh: list[Notice], now: float) -> None:
+        """Send the new notices, and those no channel took that are due again."""
+        while True:
+            try:
+                n, out = self.returned.get_nowait()
+            except queue.Empty:
+                break
+            if out or self.latest.get(n.key) is not n:
+                continue  # sent, or a newer notice of the same problem says more
+            name = f"{n.level}: {n.problem.notice}"
+            if n.tries >= MAX_TRIES:
+                log.error("the notice %r went out through no channel in %d tries; given up",
+                          name, n.tries)
+                continue
+            n.due = now + min(RETRY_MAX, RETRY * 2 ** (n.tries - 1))
+            log.warning("the notice %r went out through no channel; tried again in %.0f s",
+                        name, n.due - now)
+            self.unsent[n.key] = n
+        for n in fresh:
+            self.latest[n.key] = n
+            self.unsent.pop(n.key, None)
+        again = [] if self.sender is not None and self.sender.is_alive() else [
+            n for n in self.unsent.values() if n.due <= now]
+        for n in again:
+            del self.unsent[n.key]
+        if fresh or again:
+            self._notify(site, fresh + again)
+
+    def _notify(self, site, notices: list[Notice]) -> None:
         if self.sender is not None and self.sender.is_alive():
             self.sender.join(1.0)  # the previous notice is still out: a moment, no more
-        self.sender = threading.Thread(target=send_notices, args=(site, notices),
-                                       name="spdu-trouble", daemon=True)
+        for n in notices:
+            n.tries += 1
+
+        def send() -> None:
+            try:
+                outs = send_notices(site, notices)
+            except Exception:  # a bug must not end the loop: each is tried again
+                log.exception("sending spdu's notices failed")
+                outs = [False] * len(notices)
+            for n, out in zip(notices, outs, strict=True):
+                self.returned.put((n, out))
+
+        self.sender = threading.Thread(target=send, name="spdu-trouble", daemon=True)
         self.sender.start()
 
 
@@ -144,27 +202,35 @@ def channels(site):
     return list(mails.values()), list(hooks.values())
 
 
-def send_notices(site, notices) -> None:
-    """Each notice through every channel: one that fails does not stop the others."""
+def send_notices(site, notices: list[Notice]) -> list[bool]:
+    """Each notice through every channel: one that fails does not stop the others.
+    For each: did it go out through one channel at least (or is there none)?"""
     mails, hooks = channels(site)
-    for level, p in notices:
-        subject = f"{level}: spdu on {_tag(mails, hooks)}: {p.notice}"
-        text = (p.text if level == "WARNING" else f"Over: {p.notice} no more.\n"
+    outs = []
+    for n in notices:
+        p = n.problem
+        subject = f"{n.level}: spdu on {_tag(mails, hooks)}: {p.notice}"
+        text = (p.text if n.level == "WARNING" else f"Over: {p.notice} no more.\n"
                 f"It was: {p.text}") + "\n"
+        out = not (mails or hooks)
         for cfg in mails:
             try:
                 from spdu_cli.notify.mail import send
 
-                send(cfg, _mail(cfg, subject, text))
+                send(cfg, _mail(cfg, subject, text, n.at))
+                out = True
             except SpduError as e:
                 log.error("the notice %r could not be mailed: %s", subject, e)
         for cfg in hooks:
             try:
                 import spdu_cli.notify.webhook as webhook
 
-                webhook.send(cfg, webhook.notice(cfg, subject, text, time.time()))
+                webhook.send(cfg, webhook.notice(cfg, subject, text, n.at))
+                out = True
             except SpduError as e:
                 log.error("the notice %r could not be posted: %s", subject, e)
+        outs.append(out)
+    return outs
 
 
 def _tag(mails, hooks) -> str:
@@ -176,10 +242,11 @@ def _tag(mails, hooks) -> str:
     return socket.gethostname()
 
 
-def _mail(cfg, subject: str, text: str):
+def _mail(cfg, subject: str, text: str, at: float):
+    import hashlib
     from datetime import UTC, datetime
     from email.message import EmailMessage
-    from email.utils import format_datetime, make_msgid
+    from email.utils import format_datetime
 
     from spdu_cli.notify.mail import from_name
     from spdu_cli.notify.text import CONTROL
@@ -189,7 +256,8 @@ def _mail(cfg, subject: str, text: str):
     msg["To"] = ", ".join(cfg.to)
     msg["Subject"] = CONTROL.sub(" ", subject)
     msg["Date"] = format_datetime(datetime.now(UTC))
-    msg["Message-ID"] = make_msgid("spdu", cfg.sender.rpartition("@")[2])
+    digest = hashlib.sha256(f"{cfg.tag}\n{subject}\n{at}".encode()).hexdigest()[:20]
+    msg["Message-ID"] = f"<spdu.notice.{digest}@{cfg.sender.rpartition('@')[2]}>"  # each try
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(text)
     return msg

@@ -93,6 +93,42 @@ def test_a_flap_summary_posted_again_is_the_same_summary(site, webhook_receiver)
     assert repeat.body == summary.body  # the same summary, the same 3 changes, sent_at
 
 
+def test_a_repeat_keeps_its_content_when_dns_was_changed_meanwhile(site, webhook_receiver,
+                                                                     smtp_relay):
+    """The mail and the POST of beta's change are taken, spdu dies before it
+    marks them, and then reconcile records what it did in DNS for that change:
+    the repeats are the same mail (Message-ID, Date, body) and the same POST
+    (key, body), as they were first tried, not with the DNS line added."""
+    lock = {}
+
+    def hold_spool_lock(*_):  # taken, and then the spool cannot be written
+        fd = os.open(site.spool / ".lock", os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        lock["fd"] = fd
+
+    rx, relay = webhook_receiver(), smtp_relay(on_data=hold_spool_lock)
+    site.write(f"webhookURL={rx.url}\nwebhookFormat=json\nflapCount=0\nmailTo=ops@domain.tld\n"
+               f"smtpRelay=127.0.0.1\nsmtpPort={relay.port}\nsmtpSSL=no\nsmtpStartTLS=no\n")
+    os.chmod(site.conf, 0o600)
+    assert site.run("probe", "beta").returncode == 0  # beta up: to be added to the pool
+    r = site.run("notify", "--lock-timeout", "0.5")
+    assert r.returncode == 75, r.stderr  # mailed and posted, not marked
+    relay.on_data = None
+    os.close(lock.pop("fd"))
+    [first_mail], [first_post] = relay.received, rx.received
+    assert site.run("reconcile").returncode == 0  # records "added" on beta's change
+    assert [d["action"] for d in site.entry("beta")["journal"][-1]["dns"]] == ["add"]
+    assert site.run("notify").returncode == 0
+    [mail], [post] = relay.received[1:], rx.received[1:]
+    for h in ("Message-ID", "Date", "Subject"):
+        assert mail.message[h] == first_mail.message[h], h
+    assert mail.message.get_content() == first_mail.message.get_content()
+    assert "DNS has not been changed yet" in mail.message.get_content()
+    assert post.headers["Idempotency-Key"] == first_post.headers["Idempotency-Key"]
+    assert post.body == first_post.body
+    assert all(e["notified"] for e in site.entry("beta")["journal"])
+
+
 def test_a_post_the_receiver_refused_joins_the_next_digest(site, webhook_receiver):
     rx = webhook_receiver()
     site.write(f"webhookURL={rx.url}\nwebhookFormat=json\nflapCount=0\n")

@@ -48,7 +48,8 @@ def compose(mail: Mail, now: float) -> EmailMessage:
     # The subject may carry words from the spool (a maintenance reason): one line,
     # always, so nothing read there can add a header (Bcc:...) or break the mail.
     msg["Subject"] = CONTROL.sub(" ", subject(mail))
-    msg["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
+    msg["Date"] = format_datetime(datetime.fromtimestamp(  # a repeat: as first tried
+        now if mail.first_at is None else mail.first_at, UTC))
     msg["Message-ID"] = message_id(mail)
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to a robot
     msg["X-Mailer"] = f"spdu/{__version__}"

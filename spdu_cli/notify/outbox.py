@@ -48,7 +48,7 @@ class Mail:
     config: MailConfig
     notices: tuple[Notice, ...]
     message_id: str | None = None  # set: a mail sent before (maybe) whose marking was lost
-    first_at: float | None = None  # then: when it was first tried (a POST's sent_at)
+    first_at: float | None = None  # then: when it was first tried (its Date, sent_at)
 
     @property
     def changes(self) -> list[tuple[str, StateChange]]:
@@ -153,7 +153,8 @@ def plan(views: Iterable[JournalView], now: float) -> Plan:
     out.silent = [(v, c) for v in views if not v.channels() for c in v.pending()]
     mailed = [(v.mail, v.on(MAIL)) for v in views if v.mail is not None]
     groups, out.held = _gather(mailed, now)
-    out.mails = [Mail(cfg, notices, mail_id) for (cfg, mail_id), notices in groups.items()]
+    out.mails = [Mail(cfg, notices, mail_id, _first_at(notices) if mail_id else None)
+                 for (cfg, mail_id), notices in groups.items()]
     for channel in dict.fromkeys(w.channel for v in views for w in v.webhooks):
         posted = [(w, v.on(channel)) for v in views for w in v.webhooks if w.channel == channel]
         groups, held = _gather(posted, now, channel)

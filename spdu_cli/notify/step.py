@@ -179,7 +179,8 @@ def run(
         for n in d.mail.notices:
             for c in n.changes:
                 if c.mail_id != mid:
-                    notes.setdefault(n.view.target, {})[c.key] = {"mail_id": mid}
+                    notes.setdefault(n.view.target, {})[c.key] = {"mail_id": mid,
+                                                                   "mail_at": iso(now)}
     for x in outcome.posts:  # as for mail: the key noted first, per channel
         key, channel = x.sending.request.headers["Idempotency-Key"], x.post.config.channel
         for n in x.post.notices:
