@@ -8,12 +8,13 @@ end is shown as over, as the next probe will record it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from spdu_cli import maint
-from spdu_cli.entry import Maintenance, ResultRecord, SpoolEntry, iso, result_reason
+from spdu_cli import certs, maint
+from spdu_cli.entry import CertRecord, Maintenance, ResultRecord, SpoolEntry, iso, result_reason
 from spdu_cli.spool import Spool
 
 
@@ -71,6 +72,9 @@ class TargetStatus:
     pending: int  # transitions not yet mailed
     maint: Maintenance | None  # only while in effect
     dns: PoolStatus | None = None  # with --dns, when the target's pool was read
+    cert: CertRecord | None = None  # TLS targets: the certificate last seen
+    cert_warn_days: int = 0  # certWarnDays: within it, `cert` is expiring
+    now: float = 0.0
 
     @property
     def reason(self) -> str | None:
@@ -91,17 +95,24 @@ class TargetStatus:
             "latency_ms": r.latency_ms if r else None,
             "reason": self.reason,
             "pending": self.pending,
+            "cert": certs.to_json(self.cert, self.cert_warn_days, self.now),
             "dns": self.dns.to_json() if self.dns else None,
         }
 
+    @property
+    def expiring(self) -> bool:
+        return certs.expiring(self.cert, self.cert_warn_days, self.now)
 
-def of_entry(entry: SpoolEntry, now: float) -> TargetStatus:
+
+def of_entry(entry: SpoolEntry, now: float, cfg=None) -> TargetStatus:
     entry = copy.deepcopy(entry)
     maint.expire(entry, now)  # in memory only: what the next probe will record
     h = entry.health
+    tls = cfg is None or cfg.probe_ssl  # a target no longer probed over TLS: none shown
     return TargetStatus(
         entry.target, h.state.value, h.since, entry.results[-1] if entry.results else None,
-        len(entry.pending()), entry.maint,
+        len(entry.pending()), entry.maint, cert=entry.cert if tls else None,
+        cert_warn_days=cfg.cert_warn_days if cfg is not None else 0, now=now,
     )
 
 
@@ -109,16 +120,15 @@ def collect(site, names=(), dns: bool = False, now: float | None = None) -> list
     """Each target's status from the spool; with `dns`, its pool's too."""
     now = time.time() if now is None else now
     targets = site.select(names)
-    for t in targets:  # a target file every other command refuses is refused here too
-        site.target(t)
+    # a target file every other command refuses is refused here too
+    cfgs = {t: site.target(t) for t in targets}
     store = Spool(site.spool_dir)
-    out = [of_entry(store.read(t), now) for t in targets]
+    out = [of_entry(store.read(t), now, cfgs[t]) for t in targets]
     if not dns:
         return out
     from spdu_cli import reconcile
     from spdu_cli.plan import PoolKey
 
-    cfgs = {t: site.target(t) for t in targets}
     by_key = {}
     for c in cfgs.values():
         by_key.setdefault(PoolKey(c.pool_name, c.pool_zone, str(c.name_server),
@@ -128,8 +138,7 @@ def collect(site, names=(), dns: bool = False, now: float | None = None) -> list
              for p in reconcile.run(site, dry_run=True)}
     keys = {t: PoolKey(c.pool_name, c.pool_zone, str(c.name_server), c.name_port)
             for t, c in cfgs.items()}
-    return [TargetStatus(s.target, s.state, s.since, s.last, s.pending, s.maint,
-                         plans.get(keys[s.target])) for s in out]
+    return [dataclasses.replace(s, dns=plans.get(keys[s.target])) for s in out]
 
 
 def _updates(record: dict | None) -> list[tuple[float, int]]:
@@ -149,8 +158,6 @@ def _updates(record: dict | None) -> list[tuple[float, int]]:
 
 def with_servers(ps: PoolStatus, plan, cfg, history: dict, now: float) -> PoolStatus:
     """Add each authoritative server of the pool's zone, compared with the primary."""
-    import dataclasses
-
     from spdu_cli import reconcile, secondaries
     from spdu_cli.errors import SpduError
     from spdu_cli.nameserver import keyring

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from spdu_cli import handover
 from spdu_cli.errors import SpduError
+from spdu_cli.notify.notices import send_notices
 
 log = logging.getLogger(__name__)
 
@@ -127,70 +128,3 @@ class Trouble:
 
 def _line(text: str) -> str:
     return " ".join(text.split())
-
-
-def channels(site):
-    """The mail and webhook configurations of the site's usable targets, once each."""
-    mails, hooks = {}, {}
-    for name in site.targets:
-        try:
-            c = site.target(name)
-        except SpduError:
-            continue
-        if c.mail is not None and c.mail.to:
-            mails.setdefault((c.mail.relay, c.mail.port, c.mail.to), c.mail)
-        for w in c.webhooks:
-            hooks.setdefault(w.channel, w)
-    return list(mails.values()), list(hooks.values())
-
-
-def send_notices(site, notices) -> None:
-    """Each notice through every channel: one that fails does not stop the others."""
-    mails, hooks = channels(site)
-    for level, p in notices:
-        subject = f"{level}: spdu on {_tag(mails, hooks)}: {p.notice}"
-        text = (p.text if level == "WARNING" else f"Over: {p.notice} no more.\n"
-                f"It was: {p.text}") + "\n"
-        for cfg in mails:
-            try:
-                from spdu_cli.notify.mail import send
-
-                send(cfg, _mail(cfg, subject, text))
-            except SpduError as e:
-                log.error("the notice %r could not be mailed: %s", subject, e)
-        for cfg in hooks:
-            try:
-                import spdu_cli.notify.webhook as webhook
-
-                webhook.send(cfg, webhook.notice(cfg, subject, text, time.time()))
-            except SpduError as e:
-                log.error("the notice %r could not be posted: %s", subject, e)
-
-
-def _tag(mails, hooks) -> str:
-    for c in [*mails, *hooks]:
-        if c.tag:
-            return c.tag
-    import socket
-
-    return socket.gethostname()
-
-
-def _mail(cfg, subject: str, text: str):
-    from datetime import UTC, datetime
-    from email.message import EmailMessage
-    from email.utils import format_datetime, make_msgid
-
-    from spdu_cli.notify.mail import from_name
-    from spdu_cli.notify.text import CONTROL
-
-    msg = EmailMessage()
-    msg["From"] = f'"{from_name(cfg)}" <{cfg.sender}>'
-    msg["To"] = ", ".join(cfg.to)
-    msg["Subject"] = CONTROL.sub(" ", subject)
-    msg["Date"] = format_datetime(datetime.now(UTC))
-    msg["Message-ID"] = make_msgid("spdu", cfg.sender.rpartition("@")[2])
-    msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(text)
-    return msg
-
