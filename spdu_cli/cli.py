@@ -322,7 +322,7 @@ def status_cmd(obj: Context, targets, as_json, dns):
         for s in statuses:
             click.echo(render.json_line(s.to_json()))
     elif _tty():
-        headers = render.STATUS_HEADERS + (["DNS"] if dns else [])
+        headers = render.status_headers(statuses, dns)
         click.echo(render.table(headers, render.status_rows(statuses, now, dns, table=True)))
     else:
         click.echo(render.lines(render.status_lines(statuses, now, dns)))
@@ -455,8 +455,10 @@ def notify_cmd(obj: Context, dry_run, as_json, lock_timeout):
             click.echo(render.json_line(d.to_json()))
         for h in outcome.plan.held:
             click.echo(render.json_line(notify.held_json(h)))
+        for n in outcome.notices:
+            click.echo(render.json_line(n.to_json()))
     elif dry_run:
-        if outcome.deliveries or outcome.posts:
+        if outcome.deliveries or outcome.posts or outcome.notices:
             click.echo(render.lines(render.notify_messages(outcome)))
         for line in render.notify_unmailed(outcome):  # say why nothing is mailed
             click.echo(line)

@@ -215,6 +215,7 @@ class TargetConfig:
     flap_window: float = 600.0
     webhooks: tuple[WebhookConfig, ...] = ()
     secondary_servers: tuple[tuple[str, int | None], ...] = ()  # (address, port or None)
+    cert_warn_days: int = 14  # certWarnDays (0: off)
 
     @property
     def probe_url(self) -> str:
@@ -482,6 +483,7 @@ def build_target(
         flap_window=get("flapWindow"),
         webhooks=webhooks,
         secondary_servers=get("secondaryServers"),
+        cert_warn_days=get("certWarnDays"),
     )
 
 

@@ -611,12 +611,16 @@ def _entries(site) -> dict | None:
 
 
 def _pending(site, entries: dict | None = None) -> bool:
-    """Any transition not yet notified (cheap: the spool only, no mail modules)."""
+    """Any transition not yet notified, or certificate notice due (cheap: the
+    spool only, no mail modules)."""
     if entries is None:
         entries = _entries(site)
     if entries is None:
         return True  # the mail run says what is wrong (and exits with it)
-    return any(e.pending() for e in entries.values())
+    from spdu_cli import certs
+
+    return (any(e.pending() for e in entries.values())
+            or certs.any_due(site, entries, time.time()))
 
 
 def _code_stamp() -> tuple | None:

@@ -215,6 +215,46 @@ class Maintenance:
         return cls(since, until, str(d.get("reason") or ""))
 
 
+MAX_NOTICED = 16  # (certificate, channel) pairs a target's certificate notices remember
+
+
+@dataclass(frozen=True)
+class CertRecord:
+    """The certificate of the target's last TLS handshake (of its addresses',
+    the first to expire), and which certificates were noticed on which channel
+    (`noticed`: (certs.key, channel) pairs, the latest last).
+
+    Only a report: a damaged one is dropped when read (the next TLS probe
+    writes it again), never the entry with it."""
+
+    not_after: float | None  # None: the peer's certificate holds no date spdu can read
+    serial: str
+    address: str | None
+    seen: float  # when a handshake last brought it
+    noticed: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"not_after": iso(self.not_after), "serial": self.serial,
+                "address": self.address, "seen": iso(self.seen),
+                "noticed": [list(n) for n in self.noticed]}
+
+    @classmethod
+    def from_json(cls, d: Any) -> CertRecord | None:
+        try:
+            pairs = d.get("noticed")
+            noticed = tuple((n[0], n[1]) for n in (pairs if isinstance(pairs, list) else ())
+                            if isinstance(n, list) and len(n) == 2
+                            and all(isinstance(x, str) for x in n))[-MAX_NOTICED:]
+            serial, address = d.get("serial") or "", d.get("address")
+            if not isinstance(serial, str) or not isinstance(address, str | None):
+                return None
+            seen = epoch(d["seen"])
+            return None if seen is None else cls(epoch(d.get("not_after")), serial[:64],
+                                                 address, seen, noticed)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            return None
+
+
 @dataclass
 class SpoolEntry:
     target: str
@@ -232,6 +272,7 @@ class SpoolEntry:
     maint: Maintenance | None = None  # set by `spdu maint`, cleared by --clear or expiry
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     fresh: bool = True  # no valid file was read
+    cert: CertRecord | None = None  # TLS targets: the certificate last seen (spdu_cli.certs)
 
     def readdress(self, addresses: list[str]) -> bool:
         """Take the addresses a conclusive probe checked; True when they changed
@@ -291,6 +332,7 @@ class SpoolEntry:
             self.url, list(self.results),
             marshal.loads(journal if journal is not None else marshal.dumps(self.journal)),
             self.next_id, self.dropped_pending, self.maint, dict(self.counters), self.fresh,
+            self.cert,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -312,6 +354,7 @@ class SpoolEntry:
             "dropped_pending": self.dropped_pending,
             "maint": self.maint.to_json() if self.maint else None,
             "counters": self.counters,
+            "cert": self.cert.to_json() if self.cert else None,
         }
 
     @classmethod
@@ -347,4 +390,5 @@ class SpoolEntry:
             maint=Maintenance.from_json(d.get("maint")),
             counters=_counters(d.get("counters")),
             fresh=False,
+            cert=CertRecord.from_json(d.get("cert")) if d.get("cert") is not None else None,
         )

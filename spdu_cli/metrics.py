@@ -87,6 +87,15 @@ def exposition(site, now: float | None = None, lag: float | None = None) -> str:
                lambda e: e.next_id - 1)
     per_target("spdu_notifications_pending", "gauge", "Transitions not mailed yet.",
                lambda e: len(e.pending()))
+    tls = [e for e in entries if e.cert is not None and e.cert.not_after is not None]
+    out.family("spdu_ssl_earliest_cert_expiry", "gauge",
+               "When the certificate the target's TLS peer last sent expires (Unix time; of"
+               " its addresses', the first), as blackbox_exporter's"
+               " probe_ssl_earliest_cert_expiry.",
+               [({"target": e.target}, e.cert.not_after) for e in tls])
+    out.family("spdu_ssl_cert_seconds_to_expiry", "gauge",
+               "Seconds until that certificate expires (negative: expired).",
+               [({"target": e.target}, round(e.cert.not_after - now)) for e in tls])
     recs = sorted(pools.values(), key=lambda p: (str(p.get("pool")), str(p.get("server"))))
 
     def pool_label(p):

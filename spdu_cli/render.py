@@ -271,6 +271,10 @@ def notify_lines(outcome) -> Iterator[str]:
             yield f"not posted ({targets}): {x.error}"
         else:
             yield f"posted {len(x.post.changes)} change(s) ({targets}) to {x.post.config.where}"
+    for n in outcome.notices:
+        took = [ch for ch, e in n.sent.items() if e is None]
+        line = f"sent {n.subject!r} ({', '.join(took)})" if took else f"not sent: {n.subject!r}"
+        yield line + (f": {n.error}" if n.error else "")
     yield from notify_held(outcome)
     silent = [v.target for v, _ in outcome.plan.silent]
     for target in dict.fromkeys(silent):
@@ -299,11 +303,13 @@ def notify_unmailed(outcome) -> Iterator[str]:
 
 def notify_messages(outcome) -> Iterator[str]:
     """--dry-run: each mail as it would be sent, headers and body; then each webhook
-    POST (its URL's path and the token left out)."""
+    POST (its URL's path and the token left out); then each certificate notice."""
     for d in outcome.deliveries:
         yield d.message.as_string().rstrip("\n") + "\n"
     for x in outcome.posts:
         yield x.sending.request.shown(x.post.config)
+    for n in outcome.notices:
+        yield f"Subject: {n.subject}\n\n{n.text}\n"
 
 
 # -- tables: rich on a terminal, aligned plain lines elsewhere ---------------------------
@@ -363,6 +369,34 @@ def stamp(ts: float | None) -> str:
 STATUS_HEADERS = ["TARGET", "STATE", "FOR", "LATENCY", "LAST PROBE", "PENDING", "MAINT"]
 
 
+def status_headers(statuses, dns: bool = False) -> list[str]:
+    """The table's columns: CERT when a target shown has a certificate (TLS)."""
+    return (STATUS_HEADERS + (["CERT"] if _certs(statuses) else [])
+            + (["DNS"] if dns else []))
+
+
+def _certs(statuses) -> bool:
+    return any(s.cert is not None for s in statuses)
+
+
+def _cert_cell(s, now: float, table: bool) -> str:
+    """The certificate last seen: how long it has left (a table: that alone)."""
+    from spdu_cli.entry import duration
+
+    c = s.cert
+    if c is None:
+        return "-"
+    if c.not_after is None:
+        return "notAfter unreadable"
+    left = c.not_after - now
+    if table:
+        words = f"{duration(left)} left" if left > 0 else "expired"
+        return f"{words}: renew" if s.expiring else words
+    when = (f"expires {stamp(c.not_after)} (in {duration(left)})" if left > 0
+            else f"expired {stamp(c.not_after)} ({duration(-left)} ago)")
+    return f"{when}, within certWarnDays {s.cert_warn_days}" if s.expiring else when
+
+
 def _dns_cell(s) -> str:
     d = s.dns
     if d is None:
@@ -382,10 +416,11 @@ def _dns_cell(s) -> str:
 
 def status_rows(statuses, now: float, dns: bool = False, table: bool = False) -> list[list[str]]:
     """`table`: for a terminal of 80 columns: how long in the state and in
-    maintenance, not since and until when."""
+    maintenance, not since and until when. The columns: status_headers."""
     from spdu_cli.entry import duration
 
     rows = []
+    cert = _certs(statuses)
     for s in statuses:
         spent = now - s.since if s.seconds is None and s.since is not None else s.seconds
         if s.since is None:
@@ -402,6 +437,8 @@ def status_rows(statuses, now: float, dns: bool = False, table: bool = False) ->
             left = f"{duration(m.until - now)} left" if table else f"until {stamp(m.until)}"
             maint = left + (f": {m.reason}" if m.reason else "")
         row = [s.target, s.state, since, latency, s.reason or "never probed", str(s.pending), maint]
+        if cert:
+            row.append(_cert_cell(s, now, table))
         rows.append(row + [_dns_cell(s)] if dns else row)
     return rows
 
@@ -409,11 +446,14 @@ def status_rows(statuses, now: float, dns: bool = False, table: bool = False) ->
 def status_lines(statuses, now: float, dns: bool = False) -> Iterator[str]:
     """Plain lines for a pipe: each field labelled where a bare value would be unclear."""
     rows = status_rows(statuses, now, dns)
+    cert = _certs(statuses)
     for r in rows:
         r[5] = f"pending {r[5]}"
         r[6] = "maint -" if r[6] == "-" else f"maint {r[6]}"
+        if cert:
+            r[7] = f"cert {r[7]}"
         if dns:
-            r[7] = f"dns {r[7]}"
+            r[-1] = f"dns {r[-1]}"
     yield from aligned(rows)
 
 

@@ -94,6 +94,8 @@ KEYS: dict[str, Key] = {
         Key("probeVerify", validate.yes_no, "yes", "verify HTTPS certificates"),
         Key("probeCAFile", validate.optional(validate.absolute_path), "",
             "CA bundle for HTTPS probes"),
+        Key("certWarnDays", validate.integer(0, 3650), "14",
+            "a TLS peer's certificate expiring within this many days is mailed once (0: off)"),
         Key("selfIP", validate.ip_list, "", "this site's own addresses, always kept"),
         Key("staleAfter", validate.decimal(1, 86400),
             lambda get: f"{max(1.0, 5 * float(get('interval'))):g}",

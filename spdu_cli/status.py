@@ -13,8 +13,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from spdu_cli import maint
-from spdu_cli.entry import Maintenance, ResultRecord, SpoolEntry, iso, lasted, result_reason
+from spdu_cli import certs, maint
+from spdu_cli.entry import (
+    CertRecord,
+    Maintenance,
+    ResultRecord,
+    SpoolEntry,
+    iso,
+    lasted,
+    result_reason,
+)
 from spdu_cli.spool import Spool
 
 
@@ -73,6 +81,9 @@ class TargetStatus:
     maint: Maintenance | None  # only while in effect
     dns: PoolStatus | None = None  # with --dns, when the target's pool was read
     seconds: float | None = None  # in its state until now (steady across clock steps)
+    cert: CertRecord | None = None  # TLS targets: the certificate last seen
+    cert_warn_days: int = 0  # certWarnDays: within it, `cert` is expiring
+    now: float = 0.0
 
     @property
     def reason(self) -> str | None:
@@ -93,17 +104,25 @@ class TargetStatus:
             "latency_ms": r.latency_ms if r else None,
             "reason": self.reason,
             "pending": self.pending,
+            "cert": certs.to_json(self.cert, self.cert_warn_days, self.now),
             "dns": self.dns.to_json() if self.dns else None,
         }
 
+    @property
+    def expiring(self) -> bool:
+        return certs.expiring(self.cert, self.cert_warn_days, self.now)
 
-def of_entry(entry: SpoolEntry, now: float) -> TargetStatus:
+
+def of_entry(entry: SpoolEntry, now: float, cfg=None) -> TargetStatus:
     entry = copy.deepcopy(entry)
     maint.expire(entry, now)  # in memory only: what the next probe will record
     h = entry.health
+    tls = cfg is None or cfg.probe_ssl  # a target no longer probed over TLS: none shown
     return TargetStatus(
         entry.target, h.state.value, h.since, entry.results[-1] if entry.results else None,
         len(entry.pending()), entry.maint, seconds=in_state(entry, now),
+        cert=entry.cert if tls else None,
+        cert_warn_days=cfg.cert_warn_days if cfg is not None else 0, now=now,
     )
 
 
@@ -123,16 +142,15 @@ def collect(site, names=(), dns: bool = False, now: float | None = None) -> list
     """Each target's status from the spool; with `dns`, its pool's too."""
     now = time.time() if now is None else now
     targets = site.select(names)
-    for t in targets:  # a target file every other command refuses is refused here too
-        site.target(t)
+    # a target file every other command refuses is refused here too
+    cfgs = {t: site.target(t) for t in targets}
     store = Spool(site.spool_dir)
-    out = [of_entry(store.read(t), now) for t in targets]
+    out = [of_entry(store.read(t), now, cfgs[t]) for t in targets]
     if not dns:
         return out
     from spdu_cli import reconcile
     from spdu_cli.plan import PoolKey
 
-    cfgs = {t: site.target(t) for t in targets}
     by_key = {}
     for c in cfgs.values():
         by_key.setdefault(PoolKey(c.pool_name, c.pool_zone, str(c.name_server),

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from spdu_cli import handover
 from spdu_cli.errors import SpduError
+from spdu_cli.notify import notices as channels
+from spdu_cli.notify.notices import _mail  # noqa: F401 - each try the same mail (tests)
 
 log = logging.getLogger(__name__)
 
@@ -187,78 +189,12 @@ def _line(text: str) -> str:
     return " ".join(text.split())
 
 
-def channels(site):
-    """The mail and webhook configurations of the site's usable targets, once each."""
-    mails, hooks = {}, {}
-    for name in site.targets:
-        try:
-            c = site.target(name)
-        except SpduError:
-            continue
-        if c.mail is not None and c.mail.to:
-            mails.setdefault((c.mail.relay, c.mail.port, c.mail.to), c.mail)
-        for w in c.webhooks:
-            hooks.setdefault(w.channel, w)
-    return list(mails.values()), list(hooks.values())
-
-
 def send_notices(site, notices: list[Notice]) -> list[bool]:
-    """Each notice through every channel: one that fails does not stop the others.
-    For each: did it go out through one channel at least (or is there none)?"""
-    mails, hooks = channels(site)
+    """Each notice through every channel (notify.notices): one that fails does
+    not stop the others. For each: did it go out through one channel at least
+    (or is there none)? Every try of a notice is the same mail and POST."""
     outs = []
     for n in notices:
-        p = n.problem
-        subject = f"{n.level}: spdu on {_tag(mails, hooks)}: {p.notice}"
-        text = (p.text if n.level == "WARNING" else f"Over: {p.notice} no more.\n"
-                f"It was: {p.text}") + "\n"
-        out = not (mails or hooks)
-        for cfg in mails:
-            try:
-                from spdu_cli.notify.mail import send
-
-                send(cfg, _mail(cfg, subject, text, n.at))
-                out = True
-            except SpduError as e:
-                log.error("the notice %r could not be mailed: %s", subject, e)
-        for cfg in hooks:
-            try:
-                import spdu_cli.notify.webhook as webhook
-
-                webhook.send(cfg, webhook.notice(cfg, subject, text, n.at))
-                out = True
-            except SpduError as e:
-                log.error("the notice %r could not be posted: %s", subject, e)
-        outs.append(out)
+        failed = channels.send_notices(site, [(n.level, n.problem, n.at)])
+        outs.append(not failed or any(e is None for e in failed.values()))
     return outs
-
-
-def _tag(mails, hooks) -> str:
-    for c in [*mails, *hooks]:
-        if c.tag:
-            return c.tag
-    import socket
-
-    return socket.gethostname()
-
-
-def _mail(cfg, subject: str, text: str, at: float):
-    import hashlib
-    from datetime import UTC, datetime
-    from email.message import EmailMessage
-    from email.utils import format_datetime
-
-    from spdu_cli.notify.mail import from_name
-    from spdu_cli.notify.text import CONTROL
-
-    msg = EmailMessage()
-    msg["From"] = f'"{from_name(cfg)}" <{cfg.sender}>'
-    msg["To"] = ", ".join(cfg.to)
-    msg["Subject"] = CONTROL.sub(" ", subject)
-    msg["Date"] = format_datetime(datetime.now(UTC))
-    digest = hashlib.sha256(f"{cfg.tag}\n{subject}\n{at}".encode()).hexdigest()[:20]
-    msg["Message-ID"] = f"<spdu.notice.{digest}@{cfg.sender.rpartition('@')[2]}>"  # each try
-    msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(text)
-    return msg
-

@@ -69,7 +69,7 @@ def test_json_one_object_per_target(run, conf):
     assert gamma["latency_ms"] is None and gamma["maint"] is None and gamma["ok"] is False
     assert delta == {"target": "delta", "state": "unknown", "since": None, "maint": None,
                      "last_probe": None, "ok": None, "latency_ms": None, "reason": None,
-                     "pending": 0, "dns": None}
+                     "pending": 0, "cert": None, "dns": None}
 
 
 def test_plain_lines_in_a_pipe(run, conf):

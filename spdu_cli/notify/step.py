@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from email.message import EmailMessage
 
+import spdu_cli.notify.certs as certs
 from spdu_cli.entry import iso
 from spdu_cli.errors import ServiceUnavailable, SpduError
 from spdu_cli.journal import (
@@ -119,10 +120,11 @@ class Outcome:
     deliveries: list[Delivery]
     dry_run: bool = False
     posts: list[PostDelivery] = field(default_factory=list)
+    notices: list = field(default_factory=list)  # certs.CertNotice
 
     @property
     def errors(self) -> list[SpduError]:
-        return [d.error for d in [*self.deliveries, *self.posts] if d.error]
+        return [d.error for d in [*self.deliveries, *self.posts, *self.notices] if d.error]
 
 
 def run(
@@ -150,7 +152,8 @@ def run(
     only (exit 69, or 78 for a refusal). Webhooks are posted in parallel, each
     under its own deadline, while the mail goes out. Without any channel,
     transitions are marked (logged only). `syslog` overrides syslogSocket. A dry
-    run composes, sends and marks nothing.
+    run composes, sends and marks nothing. Then the certificate notices that
+    are due (certs.notify), whose errors count as the mail's.
     """
     now = time.time() if now is None else now
     cfgs = [site.target(n) for n in site.select(())]
@@ -171,6 +174,7 @@ def run(
         for v, c in p.silent:
             log.info("%s: would mark transition %d notified without mail (mailTo is empty)",
                      v.target, c.id)
+        outcome.notices = certs.notify(site, cfgs, store, now, lock_timeout, dry_run=True)
         return outcome
 
     notes: Marks = {}
@@ -256,4 +260,5 @@ def run(
                         marks.setdefault(n.view.target, {}).setdefault(c.key, {})[
                             "post_id"] = {x.post.config.channel: None}
     write_marks(store, views, marks, now, lock_timeout)
+    outcome.notices = certs.notify(site, cfgs, store, now, lock_timeout)
     return outcome

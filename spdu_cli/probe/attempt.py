@@ -13,6 +13,7 @@ import socket
 import time
 
 from spdu_cli.errors import ConfigError
+from spdu_cli.probe.cert import peer
 from spdu_cli.probe.spec import MAX_BODY, MAX_RAW, READ_SIZE, ProbeSpec
 
 _CONNECT_ERRORS = {
@@ -93,6 +94,7 @@ class Try:
         self.phase = "connecting"
         self.status: int | None = None
         self.received = 0  # every byte read on this try
+        self.cert = None  # probe.cert.Cert: the peer's, once the TLS handshake is done
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setblocking(False)
@@ -132,6 +134,7 @@ class Try:
                     self.phase = "connected"
             if self.phase == "in the TLS handshake":
                 self.sock.do_handshake()
+                self.cert = peer(self.sock, self.spec.verify, self.address)
                 self.phase = "connected"
             if self.phase == "connected":
                 decided = self.established()  # decides, or moves to its next phase

@@ -10,6 +10,7 @@ import time
 
 from spdu_cli.errors import ProbeInterrupted
 from spdu_cli.probe.attempt import Failure, Try, ssl_context
+from spdu_cli.probe.cert import Cert
 from spdu_cli.probe.http import HttpTry
 from spdu_cli.probe.names import addresses_of
 from spdu_cli.probe.spec import STOP_POLL, AddressResult, ProbeResult, ProbeSpec
@@ -97,7 +98,8 @@ class Engine:
         if ok or self.tries[i] >= spec.retries:
             answered = t is not None and (ok or status is not None)  # e.g. HTTP 503 in 12 ms
             latency = round((time.monotonic() - t.started) * 1000, 1) if answered else None
-            r = AddressResult(address, ok, status, latency, error, self.tries[i])
+            r = AddressResult(address, ok, status, latency, error, self.tries[i],
+                              t.cert if t else None)
             if self.on_done is None:
                 self.results[i] = r
             else:
@@ -208,7 +210,14 @@ def verdict(target: str, at: float, addrs: tuple[str, ...] | str,
     if failed and len(addrs) > 1:
         error = f"{error} ({worst.address})"
     return ProbeResult(target, at, not failed, addrs, worst.status, worst.latency_ms, error,
-                       worst.address)
+                       worst.address, earliest([r.cert for r in rs if r.cert is not None]))
+
+
+def earliest(certs: list[Cert]) -> Cert | None:
+    """The certificate that expires first; one whose date is unreadable only
+    when no other has one."""
+    dated = [c for c in certs if c.not_after is not None]
+    return min(dated, key=lambda c: c.not_after) if dated else (certs[0] if certs else None)
 
 
 def probe(specs: list[ProbeSpec], now: float | None = None, stop=None) -> list[ProbeResult]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spdu_cli.probe.cert import Cert
+
 MAX_HEADER = 16 * 1024  # one response head (interim ones each count alone)
 MAX_BODY = 8 * 1024  # decoded body (tcp: banner) examined for probeMatch, read only when set
 MAX_CHUNKS = 1024  # chunks of a chunked body: parsing each costs CPU that other probes wait for
@@ -65,6 +67,7 @@ class AddressResult:
     latency_ms: float | None
     error: str | None
     tries: int
+    cert: Cert | None = None  # the leaf its TLS handshake brought, if one was done
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class ProbeResult:
     latency_ms: float | None
     error: str | None
     address: str | None  # the address the status/error refers to
+    cert: Cert | None = None  # of its addresses' certificates, the first to expire
 
     @property
     def summary(self) -> str:

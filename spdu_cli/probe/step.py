@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from spdu_cli import health, maint
+from spdu_cli import certs, health, maint
 from spdu_cli.entry import ResultRecord, iso, result_reason, staleness
 from spdu_cli.errors import SpduError
 from spdu_cli.health import Health
@@ -207,6 +207,7 @@ def _record(entry, cfg, r: ProbeResult) -> dict | None:
     if r.ok is not None:
         entry.checked = r.at
     entry.record(ResultRecord(r.at, r.ok, r.address, r.status, r.latency_ms, r.error))
+    certs.record(entry, cfg, r)
     entry.counters["probes"] += 1
     entry.counters["probe_failures"] += r.ok is False
     if t and entry.maint is not None:  # the way back from maint is journaled then
