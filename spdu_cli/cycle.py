@@ -2,13 +2,17 @@
 seconds, for about a minute; cron starts the next one.
 
 It calls the same functions as the three subcommands, and the spool is the
-only state between steps, so a crash loses nothing. DNS is read when the spool
-asks for something new, and otherwise every DRIFT_CHECK seconds, to put right
-what someone else changed. A suspect target (up, but
-its last probe failed) is probed again after `fastInterval` (HAProxy's
-fastinter). Mail goes out from a background thread, so a relay that hangs
-never delays the next probe or DNS update. One loop per spool at a time: a
-second copy exits at once, after asking the running one to cover its minute.
+only state between steps, so a crash loses nothing. Every target's probes go
+on by themselves in one event loop (probe.pacer): a target is due on its own
+schedule, and its run is recorded as soon as its own probes settle it, so a
+peer that hangs holds up no other. A suspect target (up, but its last probe
+failed) is probed again after `fastInterval` (HAProxy's fastinter). DNS is
+read at once when a state changed or the spool asks for something new, and
+otherwise every DRIFT_CHECK seconds, to put right what someone else changed;
+in a thread of its own (background.Worker), so a DNS server that hangs
+delays no probe. Mail goes out from another thread, so a relay that hangs
+delays nothing either. One loop per spool at a time: a second copy exits at
+once, after asking the running one to cover its minute.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import spdu_cli.lag as lag
 import spdu_cli.spool as spool
-from spdu_cli import handover, health
+from spdu_cli import handover
 from spdu_cli.errors import ExitStatus, SpduError
 from spdu_cli.looplock import hold_lock, relock
+from spdu_cli.schedule import Schedule, Tally, aligned  # (Schedule: the tests know it here)
 from spdu_cli.sitecache import SiteCache
 from spdu_cli.spool import Spool
 
@@ -40,83 +44,6 @@ NOTIFY_RETRY = 10.0  # seconds before mail that failed is tried again
 DRIFT_CHECK = 10.0  # DNS agreed and the spool asks nothing new: read it again after this
 MAIL_WAIT = 5.0  # seconds a change's mail waits for the DNS step to say what it did
 STOP_BUDGET = 0.8  # on SIGTERM, seconds in all for the DNS step and a mail run to finish
-
-
-# -- the schedule (pure) -----------------------------------------------------------------
-
-
-def aligned(now: float, period: float, offset: float) -> float:
-    """The first moment (on the loop's clock, `now`) at least half a `period`
-    away at which the wall clock (`now + offset`) is a whole multiple of
-    `period`. Every site whose clock is set by NTP thus probes a peer at the
-    same moments, so when it fails, all of the pool's servers drop it within
-    one phase of each other instead of the slowest of several independent
-    phases."""
-    wall = now + offset
-    nxt = (math.floor(wall / period) + 1) * period
-    if nxt - wall < period / 2:
-        nxt += period
-    return nxt - offset
-
-
-@dataclass
-class Schedule:
-    """When each target is due for its next probe."""
-
-    due_at: dict[str, float] = field(default_factory=dict)
-
-    def due(self, targets, now: float) -> list[str]:
-        return [t for t in targets if self.due_at.get(t, now) <= now]
-
-    def probed(self, target: str, h: health.Health, now: float, interval: float,
-               fast: float, down: float | None = None, offset: float | None = None) -> None:
-        """`offset`: the wall clock minus the loop's; given, the regular probes
-        (every `interval`, and `down` for a down target) fall on whole multiples
-        of their period on the wall clock (`aligned`)."""
-        if health.suspect(h):
-            self.due_at[target] = now + fast
-            return
-        # HAProxy's downinter: a repaired site is seen soon
-        wait = down if h.state is health.State.DOWN and down is not None else interval
-        self.due_at[target] = now + wait if offset is None else aligned(now, wait, offset)
-
-    def trip(self, target: str, now: float) -> None:
-        """The connection kept from the target's last good probe was closed by
-        the peer: probe it now."""
-        self.due_at[target] = min(self.due_at.get(target, now), now)
-
-    def next(self, targets, default: float) -> float:
-        return min([self.due_at.get(t, default) for t in targets] or [default])
-
-
-# -- the loop ----------------------------------------------------------------------------
-
-
-@dataclass
-class Tally:
-    """What one run of the loop did, for the log line at its end and the tests."""
-
-    ticks: int = 0
-    probes: int = 0
-    reconciles: int = 0
-    notifies: int = 0
-    failures: dict[str, int] = field(default_factory=dict)
-    latest: dict[str, int] = field(default_factory=dict)  # step -> status of its last run
-    why: dict[str, str] = field(default_factory=dict)  # step -> its last error
-
-    def failed(self, step: str, status: int = 70, why: object = "") -> None:
-        self.failures[step] = self.failures.get(step, 0) + 1
-        self.latest[step] = int(status)
-        self.why[step] = str(why) or f"exit status {int(status)}"
-
-    def ok(self, step: str) -> None:
-        self.latest[step] = 0
-
-    @property
-    def last_error(self) -> int | None:
-        """The exit status: what still failed when the loop ended (a mail that
-        failed once and went out later is no error), the most serious first."""
-        return max((s for s in self.latest.values() if s), default=None)
 
 
 def make_pacer(loop: Loop):

@@ -283,7 +283,7 @@ def test_the_drift_check_has_no_wake_of_its_own(script):
             return super().wait(timeout + 0.003)
 
     script.clock = Clock()
-    loop = cycle.Loop(Cache(script.site), 25, clock=script.clock)
+    loop = cycle.Loop(Cache(script.site), 25, clock=script.clock, wall=script.clock)
     loop.stop = LateSleeps(loop)
     tally = loop.run()
     assert len(script.calls["reconcile"]) == 3  # at the start, then every DRIFT_CHECK
