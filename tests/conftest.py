@@ -86,6 +86,20 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 # --- real DNS servers (tests/dnsservers.py): knotd and named on loopback ports ---
 
+
+@pytest.fixture
+def shared():
+    """A directory every user may search (pytest's tmp_path is not): for the
+    servers and spdu run as their Debian users (knot, bind, pdns, unbound)."""
+    import shutil
+
+    from tests.dnsservers import open_dir
+
+    assert os.geteuid() == 0, "these tests start servers as other users: run them as root"
+    d = open_dir("spdu-users-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
 TSIG_KEY_NAME = "spdu-test"
 TSIG_ALGORITHM = "hmac-sha256"
 

@@ -33,6 +33,7 @@ All offer ``query``, ``serial``, ``nsupdate`` (through the real ``nsupdate`` or
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -58,6 +59,7 @@ DEFAULT_RECORDS: tuple[tuple[str, str, str], ...] = (
     ("other", "TXT", '"not managed by spdu"'),
 )
 
+SIGNED_TTL = 5  # s: the zone TTL (and max TTL in the signing policy) of a signed zone
 START_TIMEOUT = 10.0  # seconds to wait for a server to answer its SOA
 STOP_TIMEOUT = 5.0
 
@@ -122,11 +124,11 @@ def free_port(address: str = "127.0.0.1") -> int:
     raise ServerError(f"no free UDP+TCP port on {address}")
 
 
-def zone_text(zone: str, records) -> str:
-    """A zone file: SOA (serial 1, minimum 5), NS, then ``records``."""
+def zone_text(zone: str, records, ttl: int = 60) -> str:
+    """A zone file: SOA (serial 1, minimum 5), NS, then ``records``, all with ``ttl``."""
     lines = [
         f"$ORIGIN {zone}.",
-        "$TTL 60",
+        f"$TTL {ttl}",
         f"@ IN SOA ns1.{zone}. hostmaster.{zone}. 1 60 30 600 5",
         f"@ IN NS ns1.{zone}.",
         "ns1 IN A 127.0.0.1",
@@ -165,6 +167,13 @@ class _DNSServer:
         self._rundir = ""
         self.want_port = 0
         self.user = ""  # run as this user (setpriv); "" keeps the caller's
+        self.signed = False  # the zone signed online (DNSSEC) by the server itself
+
+    @property
+    def zone_ttl(self) -> int:
+        """The TTL of the zone file's records: a signed zone's are as short as
+        SIGNED_TTL, so that each step of a key rollover takes seconds."""
+        return SIGNED_TTL if self.signed else 60
 
     # -- lifecycle --------------------------------------------------------
 
@@ -292,6 +301,42 @@ class _DNSServer:
         return sorted(rd.to_text() for rrset in r.answer
                       if rrset.name == qname and rrset.rdtype == t for rd in rrset)
 
+    # -- signed zones (signed=True) --------------------------------------
+
+    def signing_keys(self) -> set[int]:
+        """Key tags of the RRSIGs over the zone's SOA: the keys signing it now."""
+        q = dns.message.make_query(self.fqdn("@"), "SOA", want_dnssec=True)
+        q.flags &= ~dns.flags.RD
+        r = dns.query.tcp(q, self.address, port=self.port, timeout=2)
+        return {sig.key_tag for rrset in r.answer if rrset.rdtype == dns.rdatatype.RRSIG
+                for sig in rrset}
+
+    def wait_signed(self, timeout: float = 10.0) -> set[int]:
+        """Until the zone is served signed; the keys signing it."""
+        deadline = time.monotonic() + timeout
+        while not (keys := self.signing_keys()):
+            if time.monotonic() > deadline:
+                raise ServerError(f"{self.zone} not signed within {timeout:g} s; log:\n"
+                                  + self.log()[-3000:])
+            time.sleep(0.05)
+        return keys
+
+    def roll_zsk(self, timeout: float = 20.0) -> int:
+        """Roll the zone-signing key as an operator would, with this server's
+        own command; returns once the new key signs the zone: its key tag."""
+        old = self.wait_signed()
+        self._start_zsk_rollover(old)
+        deadline = time.monotonic() + timeout
+        while not (new := self.signing_keys() - old):
+            if time.monotonic() > deadline:
+                raise ServerError(f"no new ZSK signs {self.zone} within {timeout:g} s; log:\n"
+                                  + self.log()[-3000:])
+            time.sleep(0.1)
+        return min(new)
+
+    def _start_zsk_rollover(self, signing: set[int]) -> None:
+        raise NotImplementedError
+
     def serial_after(self, updates: int, initial: int = 1) -> int:
         """The SOA serial after ``updates`` UPDATEs (Knot and BIND add one each)."""
         return initial + updates
@@ -343,6 +388,19 @@ class _DNSServer:
                               timeout=timeout * 4 + 5)
 
 
+#: Knot's policy for signed=True: a KSK and a ZSK (ECDSA P-256), signatures
+#: valid 10 minutes, and key rollover steps that take seconds, not hours
+#: (DNSKEY TTL 2 s), so a test can roll a key. The propagation delay of 2 s
+#: covers resolvers' whole-second clocks: Unbound keeps a DNSKEY RRset of TTL
+#: 2 s for up to 3 s, and with none, a new ZSK that signs 2 s after it was
+#: published is "unknown" to it for a moment (SERVFAIL).
+KNOT_POLICY = (
+    "policy:\n  - id: spdu-test\n    algorithm: ecdsap256sha256\n"
+    f"    dnskey-ttl: 2\n    zone-max-ttl: {SIGNED_TTL}\n    propagation-delay: 2\n"
+    "    rrsig-lifetime: 600\n    rrsig-refresh: 120\n    rrsig-pre-refresh: 0\n"
+    "    zsk-lifetime: 0\n    ksk-lifetime: 0\n")
+
+
 class KnotServer(_DNSServer):
     """knotd serving ``zone`` on ``address`` and a free port.
 
@@ -359,9 +417,11 @@ class KnotServer(_DNSServer):
                  records=None, key: Key | None = None, allow_unsigned: bool = True,
                  start: bool = True, extra_conf: str = "", zone_acls=(),
                  other_zones=(), notify=(), primary: tuple[str, int] | None = None,
-                 user: str = ""):
+                 user: str = "", signed: bool = False, dnssec_policy: str = KNOT_POLICY):
         super().__init__(tmpdir, address, zone, records, key)
         self.user = user
+        self.signed = signed  # DNSSEC online signing with `dnssec_policy` (id spdu-test)
+        self.dnssec_policy = dnssec_policy
         self.allow_unsigned = allow_unsigned
         self.notify = tuple(notify)  # (address, port) of secondaries: NOTIFY + transfers
         self.primary = primary  # (address, port): a secondary of that primary (AXFR/IXFR)
@@ -376,7 +436,7 @@ class KnotServer(_DNSServer):
         (self.dir / "db").mkdir(exist_ok=True)
         zonefile = self.dir / f"{self.zone}.zone"
         if not zonefile.exists() and self.primary is None:
-            zonefile.write_text(zone_text(self.zone, self.records))
+            zonefile.write_text(zone_text(self.zone, self.records, self.zone_ttl))
         acls, acl_ids, keys, remotes, zone_more = [], [], [], [], ""
         for i, (addr, port) in enumerate(self.notify):
             remotes.append(f"  - id: secondary{i}\n    address: {addr}@{port}\n")
@@ -407,6 +467,8 @@ class KnotServer(_DNSServer):
                         f"    update-owner-name: [api]\n    update-type: [A, AAAA]\n")
             acl_ids.append("signed")
         acl_ids += self.zone_acls
+        if self.signed:
+            zone_more += "    dnssec-signing: on\n    dnssec-policy: spdu-test\n"
         others = ""
         for other in self.other_zones:
             path = self.dir / f"{other}.zone"
@@ -424,6 +486,7 @@ class KnotServer(_DNSServer):
             + "".join(keys)
             + ("remote:\n" + "".join(remotes) if remotes else "")
             + ("acl:\n" + "".join(acls) if acls else "")
+            + (self.dnssec_policy if self.signed else "")
             + "template:\n  - id: default\n"
             f"    storage: {self.dir}\n"
             "    zonefile-sync: -1\n"
@@ -439,12 +502,30 @@ class KnotServer(_DNSServer):
     def _command(self) -> list[str]:
         return [require_binary("knotd"), "-c", str(self.conf)]
 
+    def _start_zsk_rollover(self, signing: set[int]) -> None:
+        r = self.knotc("zone-key-rollover", self.zone, "zsk")
+        if r.returncode != 0:
+            raise ServerError(f"knotc zone-key-rollover: {r.stdout}{r.stderr}")
+
     def knotc(self, *args: str) -> subprocess.CompletedProcess:
         """Run knotc against this server (e.g. zone-freeze ZONE: no transfers)."""
         return subprocess.run([require_binary("knotc"), "-c", str(self.conf), *args],
                               capture_output=True, text=True, timeout=10,
                               stdin=subprocess.DEVNULL)
 
+
+
+#: BIND's dnssec-policy for signed=True: as KNOT_POLICY, a KSK and a ZSK
+#: (ECDSA P-256) with rollover steps of seconds (the same 2 s of propagation
+#: delay) and signatures valid for an hour.
+BIND_POLICY = (
+    'dnssec-policy "spdu-test" {\n'
+    "  keys { ksk lifetime unlimited algorithm ecdsap256sha256;\n"
+    "         zsk lifetime unlimited algorithm ecdsap256sha256; };\n"
+    f"  dnskey-ttl 2; max-zone-ttl {SIGNED_TTL}; publish-safety 0; retire-safety 0;\n"
+    "  zone-propagation-delay 2; signatures-validity 1h; signatures-validity-dnskey 1h;\n"
+    "  signatures-refresh 10m; signatures-jitter 1m;\n"
+    "};\n")
 
 
 class BindServer(_DNSServer):
@@ -457,10 +538,14 @@ class BindServer(_DNSServer):
     def __init__(self, tmpdir, zone: str = ZONE, records=None, key: Key | None = None,
                  address: str = "127.0.0.1", start: bool = True, extra_conf: str = "",
                  policy: str | None = None, other_zones=(),
-                 primary: tuple[str, int] | None = None, user: str = ""):
+                 primary: tuple[str, int] | None = None, user: str = "",
+                 signed: bool = False, dnssec_policy: str = BIND_POLICY):
         super().__init__(tmpdir, address, zone, records, key)
         self.user = user
         self.primary = primary  # (address, port): a secondary of that primary
+        self.signed = signed  # inline signing with `dnssec_policy` (named spdu-test)
+        self.dnssec_policy = dnssec_policy
+        self.rndc_port = 0  # signed: rndc's control channel (rndc())
         self.conf = self.dir / "named.conf"
         self.extra_conf = extra_conf  # top-level statements (e.g. include "...";)
         self.policy = policy  # the zone's update-policy/allow-update, replacing the default
@@ -471,7 +556,7 @@ class BindServer(_DNSServer):
     def _write_config(self) -> None:
         zonefile = self.dir / f"{self.zone}.zone"
         if not zonefile.exists() and self.primary is None:
-            zonefile.write_text(zone_text(self.zone, self.records))
+            zonefile.write_text(zone_text(self.zone, self.records, self.zone_ttl))
         keystmt, policy = "", "allow-update { none; };"
         if self.key is not None:
             name, alg, secret = self.key
@@ -484,6 +569,12 @@ class BindServer(_DNSServer):
             path.write_text(zone_text(other, self.records))
             others += f'zone "{other}" {{ type primary; file "{path}"; }};\n'
         d = self.dir
+        controls, signing = "controls { };\n", ""
+        if self.signed:
+            controls = self._rndc_controls()
+            (d / "keys").mkdir(exist_ok=True)
+            signing = (f'  dnssec-policy "spdu-test";\n  inline-signing yes;\n'
+                       f'  key-directory "{d / "keys"}";\n')
         self.conf.write_text(
             "options {\n"
             f'  directory "{d}";\n'
@@ -497,7 +588,8 @@ class BindServer(_DNSServer):
             "  dnssec-validation no;\n"
             "  notify no;\n"
             "};\n"
-            "controls { };\n"
+            + controls
+            + (self.dnssec_policy if self.signed else "")
             + keystmt
             + self.extra_conf
             + others
@@ -506,7 +598,43 @@ class BindServer(_DNSServer):
                f"  type secondary;\n  primaries {{ {self.primary[0]} port {self.primary[1]}; }};\n")
             + f'  file "{zonefile}";\n'
             + (f"  {policy}\n" if self.primary is None else "")
+            + signing
             + "};\n")
+
+    def _rndc_controls(self) -> str:
+        """A control channel on a free port with a key of its own, and the
+        rndc.conf that reaches it (rndc())."""
+        import base64
+
+        self.rndc_port = free_port(self.address)
+        secret = base64.b64encode(os.urandom(32)).decode()
+        key = f'key "rndc-key" {{ algorithm hmac-sha256; secret "{secret}"; }};\n'
+        (self.dir / "rndc.conf").write_text(
+            key + f'options {{ default-key "rndc-key"; default-server {self.address};'
+            f" default-port {self.rndc_port}; }};\n")
+        return (key + f"controls {{ inet {self.address} port {self.rndc_port}"
+                f' allow {{ {self.address}; }} keys {{ "rndc-key"; }}; }};\n')
+
+    def _start_zsk_rollover(self, signing: set[int]) -> None:
+        # Not before every key and signature is known to caches (omnipresent; the
+        # DS stays rumoured, no parent here): named drops a key still being
+        # introduced at once instead of rolling it.
+        deadline = time.monotonic() + 30
+        while re.search(r"(dnskey|rrsig):\s+rumoured",
+                        status := self.rndc("dnssec", "-status", self.zone).stdout):
+            if time.monotonic() > deadline:
+                raise ServerError(f"the keys of {self.zone} are not settled: {status}")
+            time.sleep(0.2)
+        zsk = re.findall(r"key: (\d+) \(\S+\), ZSK", status)
+        r = self.rndc("dnssec", "-rollover", "-key", zsk[0], self.zone)
+        if r.returncode != 0:
+            raise ServerError(f"rndc dnssec -rollover: {r.stdout}{r.stderr}")
+
+    def rndc(self, *args: str) -> subprocess.CompletedProcess:
+        """Run rndc against this server (signed=True only: its control channel)."""
+        return subprocess.run([require_binary("rndc"), "-c", str(self.dir / "rndc.conf"),
+                               *args], capture_output=True, text=True, timeout=10,
+                              stdin=subprocess.DEVNULL)
 
     def _command(self) -> list[str]:
         # as its user from the start (not -u USER, which reads the configuration
@@ -599,6 +727,14 @@ class PdnsLuaServer(_DNSServer):
 PDNS_SCHEMA = "/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql"
 
 
+#: pdns.conf for signed=True: secure-zone makes a KSK and a ZSK (ECDSA P-256),
+#: and a key added or activated with pdnsutil is served within a second (the
+#: key cache's default is 30 s), so that a test can roll a key.
+PDNS_SIGNED = ("gsqlite3-dnssec=yes\n"
+               "default-ksk-algorithm=ecdsa256\ndefault-zsk-algorithm=ecdsa256\n"
+               "dnssec-key-cache-ttl=1\n")
+
+
 class PowerDNSServer(_DNSServer):
     """pdns_server (gsqlite3) serving ``zone`` on ``address`` and a free port.
 
@@ -616,9 +752,14 @@ class PowerDNSServer(_DNSServer):
 
     def __init__(self, tmpdir, address: str = "127.0.0.1", zone: str = ZONE, records=None,
                  key: Key | None = None, start: bool = True, metadata=(), extra_conf: str = "",
-                 user: str = ""):
+                 user: str = "", signed: bool = False, narrow: bool = True):
         super().__init__(tmpdir, address, zone, records, key)
         self.user = user
+        self.signed = signed  # pdnsutil secure-zone (a KSK and a ZSK) and rectify-zone
+        # signed: NSEC3 in narrow mode (proofs made on the fly), as spdu.conf(5) advises:
+        # with a stored NSEC or NSEC3 chain, PowerDNS 4.7 drops a name from it when an
+        # UPDATE only removes records (their ordername is cleared) until rectify-zone
+        self.narrow = narrow
         self.database = self.dir / "pdns.sqlite3"
         self.metadata = tuple(metadata)  # (kind, value...) set on the zone
         self.extra_conf = extra_conf
@@ -631,6 +772,21 @@ class PowerDNSServer(_DNSServer):
         if check and r.returncode != 0:
             raise ServerError(f"pdnsutil {' '.join(args[:2])}: {r.stdout}{r.stderr}")
         return r
+
+    def _start_zsk_rollover(self, signing: set[int]) -> None:
+        # pre-publication (RFC 6781): the new key published, not signing, for
+        # longer than the DNSKEY TTL (the SOA minimum) and the key cache; then
+        # it signs in place of the old one
+        keys = self.pdnsutil("list-keys", self.zone).stdout
+        old = [line.split()[6] for line in keys.splitlines()
+               if " ZSK " in f" {line} " and " Act " in f" {line} "]
+        added = self.pdnsutil("add-zone-key", self.zone, "zsk", "inactive", "published",
+                              "ecdsa256").stdout
+        new = re.findall(r"\d+", added)[-1]
+        time.sleep(SIGNED_TTL + 1.5)
+        self.pdnsutil("activate-zone-key", self.zone, new)
+        for key_id in old:
+            self.pdnsutil("deactivate-zone-key", self.zone, key_id)
 
     def run_printed(self, commands: str, bindir: Path) -> subprocess.CompletedProcess:
         """Shell `commands` (keygen's, as printed) run as they are, their
@@ -657,6 +813,7 @@ class PowerDNSServer(_DNSServer):
             "security-poll-suffix=\n"
             "receiver-threads=1\ndistributor-threads=1\n"
             "loglevel=6\n"
+            + (PDNS_SIGNED if self.signed else "")
             + self.extra_conf)
         if self.database.exists():
             return  # a restart keeps the zone as updates left it
@@ -669,7 +826,7 @@ class PowerDNSServer(_DNSServer):
         finally:
             db.close()
         zonefile = self.dir / f"{self.zone}.zone"
-        zonefile.write_text(zone_text(self.zone, self.records))
+        zonefile.write_text(zone_text(self.zone, self.records, self.zone_ttl))
         self.pdnsutil("load-zone", self.zone, str(zonefile))
         if self.key is not None:
             name, alg, secret = self.key
@@ -677,6 +834,11 @@ class PowerDNSServer(_DNSServer):
             self.pdnsutil("set-meta", self.zone, "TSIG-ALLOW-DNSUPDATE", name)
         for kind, *values in self.metadata:
             self.pdnsutil("set-meta", self.zone, kind, *values)
+        if self.signed:
+            self.pdnsutil("secure-zone", self.zone)
+            if self.narrow:
+                self.pdnsutil("set-nsec3", self.zone, "1 0 0 -", "narrow")
+            self.pdnsutil("rectify-zone", self.zone)
 
     def _command(self) -> list[str]:
         return [require_binary("pdns_server"), f"--config-dir={self.dir}"]

@@ -9,14 +9,11 @@ import grp
 import os
 import pwd
 import re
-import shutil
 import stat
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import ConfDir
 from tests.dnsservers import (
@@ -25,22 +22,12 @@ from tests.dnsservers import (
     PowerDNSServer,
     as_user,
     give_to,
-    open_dir,
     require_binary,
 )
 from tests.test_reconcile import BETA, GAMMA, SELF, down_beta, pool
 
 API = "api.pool.domain.tld."
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def shared():
-    """A directory every user may search: the servers and spdu run as others."""
-    assert os.geteuid() == 0, "these tests start servers as other users: run them as root"
-    d = open_dir("spdu-keys-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def spdu_as(user: str, *args: str) -> subprocess.CompletedProcess:
