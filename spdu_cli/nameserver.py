@@ -160,14 +160,18 @@ def malformed(pool: Pool, what: str, why: str) -> MalformedAnswer:
                            " changing the answers? (nameServer, namePort)")
 
 
+_RRSIG = 46
+
+
 def _strict(pool: Pool, query, answer, what: str) -> None:
-    """Only the name and type asked may be in the answer section (no CNAME, no
-    other name's records): anything else is not this RRset."""
+    """Only the name and type asked (and its RRSIGs) may be in the answer
+    section (no CNAME, no other name's records): anything else is not this RRset."""
     q = query.question[0]
     if not query.is_response(answer):  # the question echoed (and id, opcode)
         raise malformed(pool, what, "it does not answer the question asked")
     for rrset in answer.answer:
-        if (rrset.name, rrset.rdclass, rrset.rdtype) != (q.name, q.rdclass, q.rdtype):
+        rdtype = rrset.covers if rrset.rdtype == _RRSIG else rrset.rdtype  # its signatures
+        if (rrset.name, rrset.rdclass, rdtype) != (q.name, q.rdclass, q.rdtype):
             import dns.rdatatype
 
             raise malformed(pool, what, f"its answer section holds {rrset.name.to_text(True)}"
@@ -213,8 +217,10 @@ def _unsigned_answer(pool: Pool, what: str) -> ConfigError:
     )
 
 
-def read_current(pool: Pool) -> dict[str, list[str]]:
-    """The pool's A and AAAA RRsets, from the authoritative server itself."""
+def read_current(pool: Pool, answers: dict | None = None) -> dict[str, list[str]]:
+    """The pool's A and AAAA RRsets, from the authoritative server itself.
+    Asked with the DNSSEC OK bit: a signed zone's answers carry their RRSIGs
+    (and NSEC records); `answers`, when given, gets each rdtype's answer."""
     import dns.flags
     import dns.message
     import dns.name
@@ -224,7 +230,7 @@ def read_current(pool: Pool) -> dict[str, list[str]]:
 
     out: dict[str, list[str]] = {}
     for rdtype in RDTYPES:
-        q = dns.message.make_query(pool.key.name + ".", rdtype)
+        q = dns.message.make_query(pool.key.name + ".", rdtype, want_dnssec=True)
         q.flags &= ~dns.flags.RD  # never recursion: the zone's own data
         if pool.tsig:
             q.use_tsig(keyring(pool.tsig))
@@ -260,7 +266,31 @@ def read_current(pool: Pool) -> dict[str, list[str]]:
         )
         out[rdtype] = sorted((canon(r.address) for r in rrset),
                              key=ipaddress.ip_address) if rrset else []
+        if answers is not None:
+            answers[rdtype] = answer
     return out
+
+
+def read_dnskey(pool: Pool):
+    """The answer of the pool zone's server to a query for the zone's DNSKEY
+    RRset, with its RRSIGs: what a signed pool's signatures are checked with."""
+    import dns.flags
+    import dns.message
+    import dns.rcode
+
+    q = dns.message.make_query(pool.key.zone + ".", "DNSKEY", want_dnssec=True)
+    q.flags &= ~dns.flags.RD
+    if pool.tsig:
+        q.use_tsig(keyring(pool.tsig))
+    what = f"the query for {pool.key.zone} DNSKEY"
+    answer = _exchange(pool, q, what, tcp=False)
+    if not q.is_response(answer):
+        raise malformed(pool, what, "it does not answer the question asked")
+    if answer.rcode() != dns.rcode.NOERROR or not answer.flags & dns.flags.AA:
+        raise ServiceUnavailable(
+            f"DNS server {pool.key.where} answered {dns.rcode.to_text(answer.rcode())}"
+            f"{'' if answer.flags & dns.flags.AA else ' without AA'} to {what}")
+    return answer
 
 
 def send(items: list[tuple[Pool, Plan]]) -> None:

@@ -8,13 +8,16 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spdu_cli.config import TargetConfig
 from spdu_cli.entry import staleness
 from spdu_cli.errors import ConfigError, SpduError
 from spdu_cli.health import State
 from spdu_cli.tsig import TsigKey
+
+if TYPE_CHECKING:
+    from spdu_cli.signatures import Signatures
 
 RDTYPES = ("A", "AAAA")
 
@@ -252,6 +255,7 @@ class Plan:
     error: SpduError | None = None
     serial_after: int | None = None  # the zone's serial once sent, when it could be read
     tsig: dict | None = None  # TsigKey.to_json() of the key it is signed with
+    dnssec: Signatures | None = None  # what the answers read show of DNSSEC
 
     @property
     def changes(self) -> tuple[Change, ...]:
@@ -317,4 +321,5 @@ class Plan:
             "sent": self.sent,
             "attempts": self.attempts,
             "error": str(self.error) if self.error else None,
+            "dnssec": self.dnssec.to_json() if self.dnssec else None,
         }

@@ -15,11 +15,13 @@ import logging
 import time
 from dataclasses import replace
 
+from spdu_cli import signatures
 from spdu_cli.config import TargetConfig
 from spdu_cli.entry import SpoolEntry, iso, staleness
 from spdu_cli.errors import ServiceUnavailable, SpduError, TemporaryFailure
-from spdu_cli.nameserver import PrerequisiteFailed, keyring, read_current, send
+from spdu_cli.nameserver import PrerequisiteFailed, keyring, read_current, read_dnskey, send
 from spdu_cli.plan import (
+    RDTYPES,
     Change,
     Decision,
     Plan,
@@ -83,7 +85,8 @@ def standing(site, entries: dict[str, SpoolEntry], now: float) -> tuple:
 def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int,
           prune: bool = False) -> Plan:
     """Read the pool's RRsets and decide."""
-    current = read_current(pool)
+    answers: dict = {}
+    current = read_current(pool, answers)
     decision = decide(
         current["A"] + current["AAAA"], _views(pool, entries), pool.self_ips,
         pool.self_ttl, time.time(), prune=prune,
@@ -95,7 +98,8 @@ def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int,
         log.log(_once(line, logging.ERROR, BLOCKED_REMIND), "%s", line)
     signed = pool.tsig.describe() if pool.tsig else None
     return Plan(pool.key, signed, current, decision, attempts=attempt,
-                tsig=pool.tsig.to_json() if pool.tsig else None)
+                tsig=pool.tsig.to_json() if pool.tsig else None,
+                dnssec=signatures.seen(answers))
 
 
 def reconcile_zone(group: list[Pool], entries: dict[str, SpoolEntry],
@@ -117,6 +121,9 @@ def reconcile_zone(group: list[Pool], entries: dict[str, SpoolEntry],
             continue
         for pool, plan in items:
             verify(pool, plan)
+            if plan.dnssec and plan.dnssec.problem:  # made, but clients would not take it
+                plan.error = invalid(pool, plan.dnssec.problem)
+                log.error("%s", plan.error)
         # The serial the UPDATE made: status --dns tells from it since when a
         # secondary that has not caught up has lagged.
         from spdu_cli.secondaries import serial_of
@@ -187,10 +194,30 @@ def unmanaged_warnings(plans: list[Plan], left: set[str] = frozenset()) -> list[
 
 def verify(pool: Pool, plan: Plan) -> None:
     """Read the RRsets again after a NOERROR: a server (or something in front of
-    it) that says NOERROR and applies nothing must not pass for a change made."""
-    after = read_current(pool)
-    missing = [c for c in plan.changes
-               if (c.address in after.get(c.rdtype, [])) != (c.action == "add")]
+    it) that says NOERROR and applies nothing must not pass for a change made.
+    In a signed zone the changed RRsets' signatures are checked too (in
+    plan.dnssec), read again until they are good for nameTimeout at most: an
+    online signer may sign the change a moment after it answered."""
+    signed = bool(plan.dnssec and plan.dnssec.signed)
+    deadline, pause = time.monotonic() + pool.timeout, 0.02
+    while True:
+        answers: dict = {}
+        after = read_current(pool, answers)
+        missing = [c for c in plan.changes
+                   if (c.address in after.get(c.rdtype, [])) != (c.action == "add")]
+        seen = signatures.seen(answers)
+        signed = signed or seen.signed
+        if not signed:
+            break  # unsigned: one read, as it always was
+        if not missing:
+            # A and AAAA both: a change to one changes the other's proof of absence
+            plan.dnssec = check(pool, answers, RDTYPES, seen)
+            if plan.dnssec.problem is None or signatures.EXPIRING in plan.dnssec.problem:
+                return  # good; or freshly signed and still too short-lived: no use waiting
+        if time.monotonic() + pause > deadline:
+            break
+        time.sleep(pause)
+        pause = min(2 * pause, 0.25)
     if not missing:
         return
     c = missing[0]
@@ -203,6 +230,66 @@ def verify(pool: Pool, plan: Plan) -> None:
         "is nameServer the zone's primary, and not a secondary or a proxy that drops"
         " updates? see the server's log",
     )
+
+
+class InvalidSignatures(ServiceUnavailable):
+    """A change spdu made in a signed zone is served with signatures that do
+    not validate, or that expire within twice the TTL of what they cover."""
+
+
+def invalid(pool: Pool, why: str) -> InvalidSignatures:
+    return invalid_for(pool.key, why)
+
+
+def invalid_for(k: PoolKey, why: str) -> InvalidSignatures:
+    if signatures.DENIAL in why:
+        hint = (f"validating resolvers answer SERVFAIL for that type of {k.name}: PowerDNS"
+                " drops a name from a stored NSEC or NSEC3 chain when an UPDATE only removes"
+                f" records; `pdnsutil rectify-zone {k.zone}` and `pdns_control purge"
+                f" {k.zone}$` repair it, NSEC3 narrow mode"
+                f" (`pdnsutil set-nsec3 {k.zone} '1 0 0 -' narrow`, then rectify-zone)"
+                " prevents it")
+    elif signatures.EXPIRING in why:
+        hint = ("the server must sign again sooner before signatures expire (Knot:"
+                " rrsig-refresh, BIND: signatures-refresh), or nameTTL be lower")
+    else:
+        hint = ("validating resolvers answer SERVFAIL for what does not validate: see the"
+                " server's log; is its online signing on and are its keys usable? (Knot:"
+                " dnssec-signing, BIND: dnssec-policy with inline-signing, PowerDNS:"
+                " pdnsutil secure-zone)")
+    return InvalidSignatures(
+        f"DNS server {k.where} signs zone {k.zone}, and after the update of {k.name}: {why}",
+        hint)
+
+
+def check(pool: Pool, answers: dict, rdtypes, seen: signatures.Signatures,
+          ) -> signatures.Signatures:
+    """`seen` (signed answers), checked with the zone's DNSKEY RRset read
+    from the same server; not checked (a warning) where dnspython cannot."""
+    dnskey = read_dnskey(pool)
+    try:
+        why = signatures.problem(pool.key.zone, pool.key.name, rdtypes, answers,
+                                 dnskey, time.time())
+    except signatures.CannotValidate as e:
+        line = (f"{pool.key.name} on {pool.key.where} is signed (DNSSEC), but spdu cannot"
+                f" check its signatures: {e}; install spdu's dnssec extra"
+                " (pip install 'spdu[dnssec]', which brings the cryptography dnspython needs)")
+        log.log(_once(line, logging.WARNING), "%s", line)
+        return seen
+    return replace(seen, checked=True, problem=why)
+
+
+def recheck(pool: Pool, plan: Plan) -> None:
+    """While a DNSSEC problem of this pool stands (noted by an earlier run),
+    each run checks its signatures again, so that its end is noticed too."""
+    answers: dict = {}
+    read_current(pool, answers)
+    seen = signatures.seen(answers)
+    plan.dnssec = (check(pool, answers, RDTYPES, seen) if seen.signed
+                   else replace(seen, checked=True))  # no longer signed: nothing to fail
+    if plan.dnssec.problem:
+        line = f"{invalid(pool, plan.dnssec.problem)} (still)"
+        log.log(_once(line, logging.WARNING), "%s", line)
 
 
 def record(store: Spool, plan: Plan, now: float) -> None:
@@ -257,6 +344,7 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
     plans = []
     members: dict[int, list[str]] = {}  # id(plan) -> its pool's targets
     done: dict[str, set[str]] = {}  # target -> the addresses its pool holds now
+    standing = None  # the reconcile record, read once a signed pool is met
     for group in zones(pools(cfgs)):
         try:
             got = reconcile_zone(group, entries, dry_run, prune)
@@ -264,6 +352,14 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
             log.log(_level(e), "%s", e)
             got = [Plan(pool.key, None, {}, Decision((), (), None), error=e) for pool in group]
         for pool, plan in zip(group, got):
+            if (not dry_run and not plan.sent and plan.error is None and plan.dnssec
+                    and plan.dnssec.signed):
+                standing = store.read_reconcile() if standing is None else standing
+                if (standing.get(pool_id(pool.key)) or {}).get("dnssec_problem"):
+                    try:
+                        recheck(pool, plan)
+                    except SpduError as e:  # the next run checks again
+                        log.warning("%s", e)
             plans.append(plan)
             members[id(plan)] = [c.target for c in pool.targets]
             if not prune:
@@ -277,6 +373,7 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
             raise unreadable[0]
         return plans
     now = time.time()
+    notices = []
     try:
         with store.locked(lock_timeout):
             for p in plans:
@@ -285,11 +382,16 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
                 elif p.error is None and p.after() is not None:
                     record_found(store, p, members.get(id(p), []), now)
             forget_retired(store, {t: a for t, a in done.items() if entries[t].retired})
-            note_runs(store, plans, now)
+            notices = note_runs(store, plans, now)
     except SpduError as e:
         if any(p.sent for p in plans):
             raise
         log.warning("%s (the reconcile record in the spool is not updated)", e)
+    if notices:
+        from spdu_cli import trouble
+
+        for key, level, problem in notices:
+            trouble.post(key, level, problem)
     if unreadable:
         raise unreadable[0]
     return plans
@@ -333,11 +435,13 @@ def pool_id(key: PoolKey) -> str:
     return f"{key.name} {key.server}:{key.port}"
 
 
-def note_runs(store: Spool, plans: list[Plan], now: float) -> None:
+def note_runs(store: Spool, plans: list[Plan], now: float) -> list:
     """Keep, per pool, the time of the last successful run, how many UPDATEs
-    were sent, and when the last ones made which serial (spoolDir/.reconcile.json),
-    for the metrics and status --dns."""
+    were sent, when the last ones made which serial, and a DNSSEC problem
+    while it stands (spoolDir/.reconcile.json), for the metrics and status
+    --dns. Returns the notices to send: a DNSSEC problem that began or ended."""
     pools = store.read_reconcile()
+    notices = []
     before = json.dumps(pools, sort_keys=True)
     for p in plans:
         rec = pools.setdefault(pool_id(p.pool), {
@@ -350,5 +454,33 @@ def note_runs(store: Spool, plans: list[Plan], now: float) -> None:
         if p.sent and p.serial_after is not None:
             rec["serials"] = (list(rec.get("serials") or []) + [[iso(now), p.serial_after]])[
                 -SERIALS_KEPT:]
+        notices += note_signatures(rec, p, now)
     if json.dumps(pools, sort_keys=True) != before:  # nothing new: no write, no fsync
         store.write_reconcile(pools)
+    return notices
+
+
+def note_signatures(rec: dict, p: Plan, now: float) -> list:
+    """A DNSSEC problem of the pool is noted in its record `rec` while it
+    stands: the notice that it began, once, and the notice that it is over
+    once its signatures were checked good again (or the zone is no longer
+    signed). The notices of trouble.py, through every channel."""
+    d, was = p.dnssec, rec.get("dnssec_problem")
+    if d is None or (p.error is not None and not d.problem):  # not read: nothing is known
+        return []
+    if d.checked and d.problem:
+        text = str(p.error) if p.error else str(invalid_for(p.pool, d.problem))
+        since = was.get("since") if isinstance(was, dict) else None
+        rec["dnssec_problem"] = {"text": text, "since": since or iso(now)}
+        return [] if was else [_notice("WARNING", p, text)]
+    if was and (d.checked or not d.signed):
+        del rec["dnssec_problem"]
+        return [_notice("NOTICE", p, was.get("text", "") if isinstance(was, dict) else "")]
+    return []
+
+
+def _notice(level: str, p: Plan, text: str) -> tuple:
+    from spdu_cli.trouble import Problem
+
+    return (f"dnssec {pool_id(p.pool)}", level,
+            Problem(text, False, f"bad DNSSEC signatures in {p.pool.name} on {p.pool.where}"))

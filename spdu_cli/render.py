@@ -193,7 +193,9 @@ def probe_lines(reports) -> Iterator[str]:
 def reconcile_lines(plans) -> Iterator[str]:
     for p in plans:
         head = f"{p.pool.name} on {p.pool.where}:"
-        if p.error:
+        if p.error and p.sent:  # made, but its DNSSEC signatures are not good
+            yield f"{head} {', '.join(_changes(p))}; error: {p.error}"
+        elif p.error:
             yield f"{head} error: {p.error}"
         elif p.decision.blocked:
             yield f"{head} withheld: {p.decision.blocked}"
@@ -201,12 +203,13 @@ def reconcile_lines(plans) -> Iterator[str]:
             yield f"{head} {_in_sync(p)}{_left(p)}"
         else:
             done = "" if p.sent else " (not sent)"
-            parts = [
-                f"{'added' if c.action == 'add' else 'removed'} {c.address}"
-                f" ({c.target or ('of no target' if c.pruned else 'selfIP')})"
-                for c in p.changes
-            ]
-            yield f"{head} {', '.join(parts)}{done}"
+            yield f"{head} {', '.join(_changes(p))}{done}"
+
+
+def _changes(plan) -> list[str]:
+    return [f"{'added' if c.action == 'add' else 'removed'} {c.address}"
+            f" ({c.target or ('of no target' if c.pruned else 'selfIP')})"
+            for c in plan.changes]
 
 
 def reconcile_script(plans) -> Iterator[str]:
@@ -465,11 +468,20 @@ def server_lines(statuses, now: float) -> Iterator[str]:
         if d is None or d.error or (d.pool, d.server) in seen:
             continue
         seen.add((d.pool, d.server))
+        if d.dnssec_problem:
+            from spdu_cli.entry import epoch
+
+            p = d.dnssec_problem
+            yield f"{d.pool}: bad DNSSEC signatures since {stamp(epoch(p['since']))}: {p['text']}"
         if d.servers_error:
             yield f"{d.pool}: servers not checked: {d.servers_error}"
         for v in d.servers:
             name = f" ({v.view.ns.rstrip('.')})" if v.view.ns else ""
-            yield f"{d.pool} on {v.view.address}:{v.view.port}{name}: {v.describe(now)}"
+            signing = "" if v.view.error else (
+                f", signed, earliest RRSIG expiry {stamp(v.view.rrsig_expires)}"
+                if v.view.signed else ", unsigned")
+            yield (f"{d.pool} on {v.view.address}:{v.view.port}{name}: {v.describe(now)}"
+                   f"{signing}")
 
 
 # -- history -----------------------------------------------------------------------------

@@ -35,6 +35,8 @@ class ServerView:
     serial: int | None = None
     addresses: tuple[str, ...] = ()  # its A and AAAA records for the pool name
     error: str | None = None
+    signed: bool | None = None  # its answers carry RRSIGs (DNSSEC)
+    rrsig_expires: float | None = None  # the earliest of them expires then (epoch)
 
     @property
     def where(self) -> str:
@@ -65,6 +67,8 @@ class ServerStatus:
         return f"serial {v.serial}, not behind but its pool differs"
 
     def to_json(self, now: float) -> dict[str, Any]:
+        from spdu_cli.entry import iso
+
         v = self.view
         lag = self.lag(now)
         return {
@@ -76,6 +80,8 @@ class ServerStatus:
             "behind": self.behind,
             "lag_s": None if lag is None else round(lag, 1),
             "error": v.error,
+            "signed": v.signed,
+            "rrsig_expires": iso(v.rrsig_expires),
         }
 
 
@@ -96,12 +102,13 @@ def judge(view: ServerView, primary_serial: int | None, primary: set[str],
 # -- DNS I/O --------------------------------------------------------------------------
 
 
-def _ask(address: str, port: int, name: str, rdtype: str, timeout: float, tsig=None):
+def _ask(address: str, port: int, name: str, rdtype: str, timeout: float, tsig=None,
+         dnssec: bool = False):
     import dns.flags
     import dns.message
     import dns.query
 
-    q = dns.message.make_query(name, rdtype)
+    q = dns.message.make_query(name, rdtype, want_dnssec=dnssec)
     q.flags &= ~dns.flags.RD
     if tsig is not None:
         q.use_tsig(tsig)
@@ -123,14 +130,18 @@ def _rdatas(answer, name: str, rdtype: str) -> list:
 
 def read_server(address: str, port: int, ns: str | None, zone: str, pool_name: str,
                 timeout: float) -> ServerView:
-    """The zone's serial and the pool's addresses on one server; any failure
-    is noted in the view, never raised: one server must not hide the others."""
+    """The zone's serial, the pool's addresses and whether and how long its
+    answers are signed on one server (asked with the DNSSEC OK bit: the SOA,
+    the DNSKEY RRset, the pool's A and AAAA); any failure is noted in the
+    view, never raised: one server must not hide the others."""
     import dns.exception
     import dns.flags
     import dns.rcode
 
+    from spdu_cli.signatures import seen
+
     try:
-        soa = _ask(address, port, zone + ".", "SOA", timeout)
+        soa = _ask(address, port, zone + ".", "SOA", timeout, dnssec=True)
         if soa.rcode() != dns.rcode.NOERROR or not soa.flags & dns.flags.AA:
             return ServerView(address, port, ns, error=(
                 f"not authoritative for {zone} ({dns.rcode.to_text(soa.rcode())}"
@@ -138,13 +149,18 @@ def read_server(address: str, port: int, ns: str | None, zone: str, pool_name: s
         serials = _rdatas(soa, zone + ".", "SOA")
         if not serials:
             return ServerView(address, port, ns, error=f"no SOA for {zone}")
-        found = []
+        found, answers = [], {"SOA": soa}
         for rdtype in ("A", "AAAA"):
+            answers[rdtype] = _ask(address, port, pool_name + ".", rdtype, timeout, dnssec=True)
             found += [str(ipaddress.ip_address(r.address))
-                      for r in _rdatas(_ask(address, port, pool_name + ".", rdtype, timeout),
-                                       pool_name + ".", rdtype)]
+                      for r in _rdatas(answers[rdtype], pool_name + ".", rdtype)]
+        signed = seen(answers)
+        if signed.signed:
+            answers["DNSKEY"] = _ask(address, port, zone + ".", "DNSKEY", timeout, dnssec=True)
+            signed = seen(answers)
         return ServerView(address, port, ns, serials[0].serial,
-                          tuple(sorted(set(found), key=ipaddress.ip_address)))
+                          tuple(sorted(set(found), key=ipaddress.ip_address)),
+                          signed=signed.signed, rrsig_expires=signed.expires)
     except dns.exception.Timeout:
         return ServerView(address, port, ns, error=f"no answer within {timeout:g} s")
     except (OSError, dns.exception.DNSException) as e:

@@ -43,6 +43,8 @@ class PoolStatus:
     servers_error: str | None = None  # their list could not be had
     now: float = 0.0
     unmanaged: tuple[str, ...] = ()  # neither selfIP nor any target's (reconcile --prune)
+    dnssec: dict | None = None  # signatures.Signatures.to_json() of the primary's answers
+    dnssec_problem: dict | None = None  # {text, since}: found by reconcile, still standing
 
     @classmethod
     def from_plan(cls, plan) -> PoolStatus:
@@ -52,6 +54,7 @@ class PoolStatus:
             plan.decision.blocked, str(plan.error) if plan.error else None,
             int(plan.error.exit_status) if plan.error else 0, plan.decision.left,
             unmanaged=plan.decision.unmanaged,
+            dnssec=plan.dnssec.to_json() if plan.dnssec else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -68,6 +71,8 @@ class PoolStatus:
             "serial": self.serial,
             "servers": [v.to_json(self.now) for v in self.servers],
             "servers_error": self.servers_error,
+            "dnssec": self.dnssec,
+            "dnssec_problem": self.dnssec_problem,
         }
 
 
@@ -187,6 +192,10 @@ def with_servers(ps: PoolStatus, plan, cfg, history: dict, now: float) -> PoolSt
     if plan.error is not None or cfg is None:
         return ps
     k = plan.pool
+    problem = (history.get(reconcile.pool_id(k)) or {}).get("dnssec_problem")
+    if isinstance(problem, dict):
+        ps = dataclasses.replace(ps, dnssec_problem={"text": str(problem.get("text")),
+                                                     "since": problem.get("since")})
     primary = set(plan.current.get("A", []) + plan.current.get("AAAA", []))
     try:
         serial, servers = secondaries.check(

@@ -110,7 +110,7 @@ class Trouble:
             for p in got.values():
                 log.error("%s", p.text)
         notices = ([Notice(k, "WARNING", got[k], wall) for k in new]
-                   + [Notice(k, "NOTICE", self.current[k], wall) for k in over])
+                   + [Notice(k, "NOTICE", self.current[k], wall) for k in over] + _drain())
         self.current = got
         self.once = [o for o in self.once if wall - o[2] < ONCE_KEPT]
         self._write()
@@ -187,6 +187,36 @@ class Trouble:
 
 def _line(text: str) -> str:
     return " ".join(text.split())
+
+
+# Notices that a step raises itself (reconcile: a signed pool's signatures gone
+# bad, and good again), the step keeping in the spool that it did, once: the
+# cron loop's Trouble sends them with its own on its next tick (tried again when
+# no channel took them); a command run by hand sends them as it ends.
+_posted: queue.SimpleQueue = queue.SimpleQueue()
+
+
+def post(key: str, level: str, problem: Problem) -> None:
+    """A WARNING that a problem began, or a NOTICE that it is over (`key`: the
+    problem's, the same for both)."""
+    _posted.put(Notice(key, level, problem, time.time()))
+
+
+def _drain() -> list[Notice]:
+    out = []
+    while True:
+        try:
+            out.append(_posted.get_nowait())
+        except queue.Empty:
+            return out
+
+
+def send_posted(site) -> None:
+    """What a command run by hand posted, sent now through every channel, once
+    (no loop is there to try again)."""
+    notices = _drain()
+    if notices:
+        send_notices(site, notices)
 
 
 def send_notices(site, notices: list[Notice]) -> list[bool]:

@@ -142,7 +142,7 @@ def test_dns_in_sync_out_of_sync_and_unreachable(run, confdir, knot, spool):
     assert len(targets) == 2 and all(line.endswith("dns in sync") for line in targets)
     # then each server of the zone's NS set (ns1 is the primary itself here)
     assert server == (f"api.pool.domain.tld on 127.0.0.1:{knot.port} (ns1.pool.domain.tld):"
-                      " serial 2, in step")
+                      " serial 2, in step, unsigned")
     write_conf(confdir, type("Down", (), {"address": "127.0.0.1", "port": free_port()})(), spool)
     r = run("status", "--dns", "--json")
     assert r.exit_code == 69
