@@ -268,6 +268,11 @@ def test_a_change_the_server_does_not_sign_is_one_error_and_one_notice(
         assert "(still)" in r.stderr and len(relay.received) == len(rx.received) == 1
         r = run("reconcile")  # the same process (as the cron loop): said once, not every run
         assert r.exit_code == 0 and "(still)" not in r.stderr
+        from spdu_cli import reconcile
+
+        for line in [ln for ln in reconcile._said if ln.endswith("(still)")]:
+            reconcile._said[line] -= reconcile.REMIND  # 10 minutes later
+        assert "(still)" in run("reconcile").stderr
         r = run("status", "--dns")
         assert f"api.{ZONE}: bad DNSSEC signatures since " in r.stdout
 
