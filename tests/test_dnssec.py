@@ -340,3 +340,51 @@ def test_a_removal_that_breaks_powerdns_nsec_chain_is_caught(shared, confdir, ru
         assert "dnssec_problem" not in json.loads((spool.dir / ".reconcile.json").read_text(
             ))["pools"][f"api.{ZONE} 127.0.0.1:{p.port}"]
         client_sees(resolver, [SELF])
+
+
+def test_the_cron_loop_sends_the_notice_once_with_its_own(shared, spool, smtp_relay,
+                                                         http_server):
+    """In `spdu cron` the notice goes out with the loop's own trouble notices
+    (trouble.py, tried again when no channel took it): once, however many
+    ticks read the pool after the change."""
+    import time
+
+    beta, gamma = "127.0.0.21", "127.0.0.22"
+    servers = {"beta": http_server(beta), "gamma": http_server(gamma)}
+    servers["beta"].behaviour = "503"
+    knot_dir = shared / "knot"
+    knot_dir.mkdir()
+    (knot_dir / f"{ZONE}.zone").write_text(signed_offline(shared, [("api", "A", SELF),
+                                                                   ("api", "A", beta)]))
+    relay = smtp_relay()
+    etc = shared / "etc"
+    (etc / "spdu").mkdir(parents=True)
+    with KnotServer(knot_dir, user="knot") as k:
+        conf = etc / "spdu.conf"
+        conf.write_text(
+            f"domain=domain.tld\ntargets='beta gamma'\nspoolDir={spool.dir}\nselfIP={SELF}\n"
+            f"nameServer=127.0.0.1\nnamePort={k.port}\nnameTimeout=1\nnameTTL=5\n"
+            "interval=0.4\nfastInterval=0.1\nprobeTimeout=0.5\nprobeFall=1\nprobeRise=1\n"
+            f"syslogSocket=none\nmailTo=ops@domain.tld\nsmtpRelay=127.0.0.1\n"
+            f"smtpPort={relay.port}\nsmtpSSL=no\nmyTag=alpha\n")
+        for name, srv in servers.items():
+            (etc / "spdu" / name).write_text(f"targetIP={srv.host}\nprobePort={srv.port}\n")
+        r = subprocess.run([sys.executable, "-c", "from spdu_cli.cli import main; main()",
+                            "--config", str(conf), "cron", "--for", "4"],
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                           text=True, timeout=60)
+        assert pool(k) == sorted([SELF, gamma]), r.stderr
+        deadline = time.monotonic() + 5
+        notices = []
+        while time.monotonic() < deadline and not notices:
+            notices = [m for m in relay.received if "DNSSEC" in m.message["Subject"]]
+            time.sleep(0.05)
+        warning = (f"WARNING: spdu on alpha: bad DNSSEC signatures in api.{ZONE} on"
+                   f" 127.0.0.1 port {k.port}")
+        assert [m.message["Subject"] for m in notices] == [warning], r.stderr
+        # one error per UPDATE that left bad signatures (gamma may come up a tick
+        # after beta went down), one mail for them all
+        updates = json.loads((spool.dir / ".reconcile.json").read_text())["pools"][
+            f"api.{ZONE} 127.0.0.1:{k.port}"]["updates"]
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("spdu: error: DNS server")]
+        assert 1 <= len(errors) == updates and all("do not validate" in e for e in errors)
