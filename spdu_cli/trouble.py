@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from spdu_cli import handover
 from spdu_cli.errors import SpduError
 from spdu_cli.notify import notices as channels
-from spdu_cli.notify.notices import _mail  # noqa: F401 - each try the same mail (tests)
 
 log = logging.getLogger(__name__)
 

@@ -126,13 +126,13 @@ def test_a_notice_no_channel_took_is_tried_again_and_so_is_its_end(site, smtp_re
 def test_each_try_of_a_notice_is_the_same_mail():
     """Tried again, a notice keeps its Message-ID, so a relay that took it after
     all (its answer lost) lets the receiver drop the repeat."""
-    from spdu_cli import trouble
     from spdu_cli.config import MailConfig
+    from spdu_cli.notify.notices import _mail
 
     cfg = MailConfig(("ops@domain.tld",), "spdu@domain.tld", "127.0.0.1", 25, False, "", "",
                      tag="alpha")
-    tries = [trouble._mail(cfg, "WARNING: x", "text\n", 1e9) for _ in range(2)]
+    tries = [_mail(cfg, "WARNING: x", "text\n", 1e9) for _ in range(2)]
     assert tries[0]["Message-ID"] == tries[1]["Message-ID"]
     assert tries[0]["Message-ID"].endswith("@domain.tld>")
-    later = trouble._mail(cfg, "WARNING: x", "text\n", 1e9 + 60)  # the same problem, again
+    later = _mail(cfg, "WARNING: x", "text\n", 1e9 + 60)  # the same problem, again
     assert later["Message-ID"] != tries[0]["Message-ID"]

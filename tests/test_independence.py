@@ -20,6 +20,7 @@ import pytest
 from spdu_cli.probe.engine import Engine
 from spdu_cli.probe.rounds import Confirmer, Rounds
 from spdu_cli.probe.spec import ProbeSpec
+from tests.test_kept import wait_for
 
 SPDU = [sys.executable, "-m", "spdu_cli"]
 SELF = "192.0.2.1"
@@ -78,15 +79,6 @@ def in_pool(knot) -> set[str]:
     return set(knot.query("api", "A"))
 
 
-def wait_until(cond, timeout: float, what: str) -> float:
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.02)
-    return time.monotonic() - t0
-
-
 def test_a_dying_and_a_hung_peer_beside_25_healthy_and_one_hanging(confdir, tmp_path,
                                                                     http_server, knot):
     """The issue's table as a test: each leaves DNS within its own `config
@@ -114,13 +106,13 @@ def test_a_dying_and_a_hung_peer_beside_25_healthy_and_one_hanging(confdir, tmp_
                          stderr=subprocess.PIPE, text=True)
     try:
         everyone = {s.host for n, s in servers.items() if n != "hanging"}
-        wait_until(lambda: everyone <= in_pool(knot), 5, "every answering peer in DNS")
+        wait_for(lambda: everyone <= in_pool(knot), 5, "every answering peer in DNS")
         time.sleep(1.5)
         dying.stop()  # its server dies: connections refused from now on
-        took = wait_until(lambda: dying.host not in in_pool(knot), 5, "the dying peer out")
+        took = wait_for(lambda: dying.host not in in_pool(knot), 5, "the dying peer out")
         assert took <= worst.out_refused + 0.3, (took, worst)
         hung.behaviour = "hang"
-        took = wait_until(lambda: hung.host not in in_pool(knot), 10, "the hung peer out")
+        took = wait_for(lambda: hung.host not in in_pool(knot), 10, "the hung peer out")
         assert took <= worst.out_hang + 0.3, (took, worst)
         assert {s.host for s in healthy.values()} <= in_pool(knot)
         _out, err = p.communicate(timeout=20)
@@ -197,7 +189,7 @@ def test_a_dns_server_that_never_answers_holds_up_no_probe_and_sigterm_is_at_onc
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: len(down.seen) >= 7, 10, "the down peer probed")
+        wait_for(lambda: len(down.seen) >= 7, 10, "the down peer probed")
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
         p.communicate(timeout=10)

@@ -20,16 +20,8 @@ def resolve(names: Iterable[str], timeout: float) -> dict[str, tuple[str, ...] |
     """name -> its IPv4/IPv6 addresses, or an error text. getaddrinfo cannot be
     cancelled, so each lookup runs in a daemon thread that we stop waiting for."""
     out: dict[str, tuple[str, ...] | str] = {}
-
-    def lookup(name: str) -> None:
-        try:
-            infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as e:
-            out[name] = f"cannot resolve {name}: {getattr(e, 'strerror', None) or e}"
-            return
-        out[name] = usable(name, [str(i[4][0]) for i in infos])
-
-    threads = [threading.Thread(target=lookup, args=(n,), daemon=True) for n in set(names)]
+    threads = [threading.Thread(target=lambda n=n: out.__setitem__(n, lookup(n)), daemon=True)
+               for n in set(names)]
     for t in threads:
         t.start()
     deadline = time.monotonic() + timeout
@@ -38,6 +30,15 @@ def resolve(names: Iterable[str], timeout: float) -> dict[str, tuple[str, ...] |
     for name in set(names):
         out.setdefault(name, f"cannot resolve {name}: timed out after {timeout:g} s")
     return out
+
+
+def lookup(name: str) -> tuple[str, ...] | str:
+    """One name's usable addresses, or why there are none (blocking: getaddrinfo)."""
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        return f"cannot resolve {name}: {getattr(e, 'strerror', None) or e}"
+    return usable(name, [str(i[4][0]) for i in infos])
 
 
 def usable(name: str, found: list[str]) -> tuple[str, ...] | str:

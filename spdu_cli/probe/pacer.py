@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 
 from spdu_cli.errors import SpduError
-from spdu_cli.probe import step
+from spdu_cli.probe import names, step
 from spdu_cli.probe.engine import Engine
 from spdu_cli.probe.kept import Held, Kept
-from spdu_cli.probe.names import RESOLVE_TIMEOUT, usable
+from spdu_cli.probe.names import RESOLVE_TIMEOUT
 from spdu_cli.probe.rounds import Confirmer, Rounds, Settled
 from spdu_cli.probe.spec import ProbeSpec
 
@@ -38,12 +38,11 @@ class Batch:
     reports: list = field(default_factory=list)
     tripped: list[str] = field(default_factory=list)
     woke: bool = False
-    failed: Exception | None = None  # the spool could not be written at all (the lock)
     took: float = 0.0  # seconds recording them took (wall), for the loop's lag
     cpu: float = 0.0  # and CPU
 
     def __bool__(self) -> bool:
-        return bool(self.reports or self.tripped or self.woke or self.failed)
+        return bool(self.reports or self.tripped or self.woke)
 
 
 class _Lookup:
@@ -57,13 +56,7 @@ class _Lookup:
                          name="spdu-resolve").start()
 
     def _run(self, wake_fd: int | None) -> None:
-        import socket
-
-        try:
-            infos = socket.getaddrinfo(self.name, None, type=socket.SOCK_STREAM)
-            self.result = usable(self.name, [str(i[4][0]) for i in infos])
-        except (OSError, UnicodeError) as e:
-            self.result = f"cannot resolve {self.name}: {getattr(e, 'strerror', None) or e}"
+        self.result = names.lookup(self.name)
         if wake_fd is not None:
             try:
                 os.write(wake_fd, b"\0")
@@ -201,7 +194,6 @@ class Pacer:
             except Exception as e:  # the lock not had in time, or a bug:
                 if not isinstance(e, SpduError):  # these results are lost, the loop goes on
                     log.exception("recording the probes failed")
-                out.failed = e
                 out.reports = [step.TargetReport(rs[-1], step.Health(), None, str(e), len(rs))
                                for _cfg, rs in probed]
             out.took, out.cpu = time.monotonic() - began, time.thread_time() - cpu

@@ -75,9 +75,6 @@ class Confirmer:
         self.owner: dict[int, _Target] = {}
         engine.on_done = self.done
 
-    def __contains__(self, target: str) -> bool:
-        return target in self.targets
-
     def begin(self, spec: ProbeSpec, addrs: tuple[str, ...] | str, rules: Rounds) -> None:
         """Start the target's run (its probes begin at the next poll); `addrs` an
         error text: the run is over at once, with that failure."""
