@@ -52,6 +52,8 @@ import threading
 import time
 from pathlib import Path
 
+import dns.message
+
 from tests.dnsservers import pdns_lua_record, write_pdns_lua
 from tests.e2e.netlab import SITES, Lab, LabError, Proc, run, v4, v6, which
 
@@ -63,6 +65,8 @@ LUA_ZONE = f"lua.{PARENT_ZONE}"
 NAMES = {"spdu": f"api.{PARENT_ZONE}", "pdns": f"api-lua.{PARENT_ZONE}"}
 RESOLVERS = {"unbound": "127.0.0.11", "bind": "127.0.0.12", "recursor": "127.0.0.13"}
 PARENT_TTL = 3600  # the parent's records (delegations, glue, CNAMEs)
+#: domain.tld's SOA minimum: below its TTL, so that which one negative caching uses shows
+PARENT_NEGATIVE = 60
 STATUS_URL = "http://api.domain.tld/status"  # what spdu probes too (probePath=status)
 #: The Debian user each resolver runs as.
 USERS = {"unbound": "unbound", "bind": "bind", "recursor": "pdns"}
@@ -195,7 +199,7 @@ class ClientLab(Lab):
             f"{PARENT_ZONE}. NS ns.parent.{PARENT_ZONE}.", *glue]) + "\n")
         (d / "parent.zone").write_text("\n".join([
             f"$ORIGIN {PARENT_ZONE}.", f"$TTL {PARENT_TTL}",
-            f"@ SOA ns.parent hostmaster 1 3600 900 604800 {PARENT_TTL}",
+            f"@ SOA ns.parent hostmaster 1 3600 900 604800 {PARENT_NEGATIVE}",
             "@ NS ns.parent", *self.parent_records()]) + "\n")
         listen = ", ".join(f"{a}@53" for _, a in self._addresses(PARENT))
         (d / "knot.conf").write_text(
@@ -339,6 +343,18 @@ class ClientLab(Lab):
                 raise LabError(f"{r} ({PROGRAMS[r]}) did not resolve {want}: {got.stdout}\n"
                                f"{p.log.read_text(errors='replace')[-3000:]}")
             time.sleep(0.2)
+
+    def ask(self, resolver: str, name: str, rdtype: str = "A",
+            timeout: float = 3.0) -> dns.message.Message:
+        """One client's question through `resolver` (recursion desired), from the
+        client namespace."""
+        code = ("import sys, dns.message, dns.query\n"
+                "q = dns.message.make_query(sys.argv[1], sys.argv[2])\n"
+                "r = dns.query.udp(q, sys.argv[3], timeout=float(sys.argv[4]))\n"
+                "sys.stdout.write(r.to_wire().hex())\n")
+        got = run(self.cexec([sys.executable, "-c", code, name, rdtype, RESOLVERS[resolver],
+                              str(timeout)]), timeout=timeout + 10)
+        return dns.message.from_wire(bytes.fromhex(got.stdout.strip()))
 
     def resolver_user(self, r: str) -> str:
         """The user the resolver's process runs as (its threads as one)."""
