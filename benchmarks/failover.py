@@ -31,8 +31,16 @@ settings (and PowerDNS's from its interval and timeout). Flap summaries are
 off (flapCount=0), so repeated failures are not held back as flapping; that
 changes mail only, not DNS.
 
-Needs root (ip netns), knot, haproxy, pdns-server and pdns-backend-bind. Run:
+With --clients, what clients behind real resolvers see instead
+(benchmarks/_clients.py, the lab of tests/e2e/clientlab.py: a parent zone
+delegating the pool to every site's Knot and a second pool to a PowerDNS LUA
+on every site; Unbound, BIND and PowerDNS Recursor at their Debian defaults;
+refused, hang and link by default, p50 / p95 per resolver).
+
+Needs root (ip netns), knot, haproxy, pdns-server and pdns-backend-bind (and
+unbound, bind9, pdns-recursor for --clients). Run:
     .venv/bin/python benchmarks/failover.py [--runs 7] [--profile default fast]
+    .venv/bin/python benchmarks/failover.py --clients --runs 7
 """
 
 from __future__ import annotations

@@ -141,3 +141,12 @@ def test_config_show_prints_them(run, confdir, as_json):
                 " probe") in r.stdout
         assert "#   back in DNS within 0.75 s after it answers again" in r.stdout
         assert "nameTTL=30 s longer: 32.1 s / 34 s out, 30.75 s back" in r.stdout
+        # what the client-side figures imply (README, "What clients see")
+        p95 = health.CLIENTS_LINK_P95
+        assert (f"a site whose link went down left every client's answers within"
+                f" {p95['out']:g} s (p95) and was back in them within {p95['back']:g} s"
+                ) in r.stdout
+        assert ("keep the pool zone's SOA minimum and its SOA record's TTL at or below"
+                " nameTTL=30: resolvers cache a NODATA or NXDOMAIN answer for the lesser"
+                " of the two") in r.stdout
+        assert "stays in its own server's answers (selfIP)" in r.stdout
