@@ -80,7 +80,7 @@ def failover_text(cfg: TargetConfig) -> Iterator[str]:
     yield (f"#   measured through Unbound, BIND and PowerDNS Recursor, spdu's defaults and"
            f" nameTTL=5: a site whose link went down left every client's answers within"
            f" {measured['out']:g} s (p95) and was back in them within {measured['back']:g} s"
-           f" of its repair; each second of nameTTL adds up to a second to both")
+           f" of its repair; each second more of nameTTL may add a second to both")
     yield (f"#   keep the pool zone's SOA minimum and its SOA record's TTL at or below"
            f" nameTTL={cfg.name_ttl}: resolvers cache a NODATA or NXDOMAIN answer for the"
            f" lesser of the two")

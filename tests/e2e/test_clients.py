@@ -121,3 +121,18 @@ def test_a_site_whose_service_dies_keeps_itself_in_its_own_answers(clientlab):
         assert VICTIM in site.answers_sites()
     finally:
         lab.restore()
+
+
+def test_a_missing_resolver_fails_the_lab(monkeypatch):
+    """A resolver that is not installed is an error naming its package, never a skip."""
+    import tests.e2e.clientlab as clientlab_module
+    from tests.e2e.netlab import LabError
+
+    def which(name):
+        raise LabError(f"{name!r} not found")
+
+    monkeypatch.setattr(clientlab_module, "which", which)
+    with pytest.raises(LabError, match=r"'named' not found: .*bind9"):
+        clientlab_module.check_client_requirements(("bind",), lua=False)
+    with pytest.raises(LabError, match="pdns_server not found"):
+        clientlab_module.check_client_requirements((), lua=True)
