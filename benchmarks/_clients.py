@@ -162,4 +162,6 @@ def main(args, command: str, machine: str) -> None:
                   f" during the failure (selfIP: a site keeps itself in its own pool)")
     print("failed: answers that were SERVFAIL or another error rcode, or none within 2 s,"
           " over all runs and clients; p50/p95 nearest-rank")
+    print(f"> {args.timeout:g} s: not settled ({args.hold:g} s in a row with the change) within"
+          f" {args.timeout:g} s of the failure or the repair")
     print(f"command: {command}")
