@@ -28,16 +28,18 @@ root zone is served by the parent, and each resolver's root hints (Unbound's
 root-hints, BIND's hint zone ".", the Recursor's hint-file) name the parent
 instead of the real root servers. Everything else is the packaged default,
 except where it must point at the lab: the addresses they listen on, their
-working directories, logs to stderr, no control channel for BIND, and no
-trust anchor: the lab's root is not signed, and the real root's key (Debian's
+working directories, logs to stderr, no control channel for BIND, the
+Recursor's dont-query without the documentation ranges (192.0.2.0/24 and
+2001:db8::/32, the lab's addresses, are in its default), and no trust
+anchor: the lab's root is not signed, and the real root's key (Debian's
 Unbound auto-trust-anchor-file, BIND's dnssec-validation auto, the Recursor's
 built-in root key) would make every answer bogus. Their validators stay on
 (Unbound's module-config, BIND's dnssec-validation yes, the Recursor's dnssec
-default), with nothing to validate. Each runs as Debian starts it: `unbound
--d -p` as root, dropping to the unbound user itself; `named -f -u bind`; the
-Recursor as the pdns user with CAP_NET_BIND_SERVICE (setpriv, as systemd's
-User= and AmbientCapabilities= do), `--daemon=no --write-pid=no
---disable-syslog`.
+default with its root key cleared, clearTA), with nothing to validate.
+Each runs as Debian starts it: `unbound -d -p` as root, dropping to the
+unbound user itself; `named -f -u bind`; the Recursor as the pdns user with
+CAP_NET_BIND_SERVICE (setpriv, as systemd's User= and AmbientCapabilities=
+do), `--daemon=no --write-pid=no --disable-syslog`.
 """
 
 from __future__ import annotations
