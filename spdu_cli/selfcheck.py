@@ -33,7 +33,7 @@ def judge(view: Any, now: float) -> tuple[State | None, str | None]:
         return None, (f"last probed {stale} (staleAfter={view.stale_after:g}); selfIP is kept"
                       " in the pool")
     if view.configured and set(view.configured) != set(view.addresses):
-        return None, "selfIP changed since the last probe; it is kept until self is probed"
+        return None, "selfIP changed since the last probe; selfIP is kept until it is probed"
     return view.state, None
 
 
