@@ -8,8 +8,8 @@ against real servers: an HTTP status server on this site's own address
 
 from __future__ import annotations
 
+import contextlib
 import json
-import threading
 import time
 
 import pytest
@@ -26,6 +26,7 @@ from spdu_cli.selfcheck import SELF
 from spdu_cli.spool import Spool
 from tests.dnsservers import KnotServer
 from tests.httpd import StatusServer
+from tests.test_kept import run_loop, wait_for
 
 NOW = 1000.0
 OWN, BETA, GAMMA = "192.0.2.1", "192.0.2.2", "192.0.2.3"
@@ -201,13 +202,17 @@ def site(confdir, tmp_path, smtp_relay):
     s.stop()
 
 
-def wait_for(cond, timeout: float, what: str) -> float:
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-    return time.monotonic() - t0
+@contextlib.contextmanager
+def looping(site, confdir):
+    """The cron loop of the site, in a thread, until the block ends."""
+    loop = cycle.Loop(cycle.SiteCache(site.load, str(confdir.main)), 120)
+    thread = run_loop(loop)
+    try:
+        yield Spool(site.load().spool_dir)
+    finally:
+        loop.request_stop()
+        thread.join(5)
+    assert not thread.is_alive()
 
 
 def subjects(relay) -> list[str]:
@@ -215,11 +220,7 @@ def subjects(relay) -> list[str]:
 
 
 def test_self_stops_serving_its_address_leaves_the_pool_and_comes_back(site, confdir):
-    loop = cycle.Loop(cycle.SiteCache(site.load, str(confdir.main)), 120)
-    thread = threading.Thread(target=loop.run, daemon=True)
-    thread.start()
-    try:
-        store = Spool(site.load().spool_dir)
+    with looping(site, confdir) as store:
         wait_for(lambda: store.read(SELF).health.state is State.UP, 10, "self up")
         assert site.pool() == {SELF_IP, PEER_IP}
         # probed as a peer is: apiName as Host (with the port), at selfIP
@@ -243,18 +244,10 @@ def test_self_stops_serving_its_address_leaves_the_pool_and_comes_back(site, con
         text = down.message.get_content()
         assert "self (this site, alpha: 127.0.6.1) is DOWN, as seen from alpha itself." in text
         assert f"DNS: removed {SELF_IP} from api.pool.domain.tld A" in text
-    finally:
-        loop.request_stop()
-        thread.join(5)
-    assert not thread.is_alive()
 
 
 def test_self_down_and_every_peer_down_keeps_self_ip(site, confdir):
-    loop = cycle.Loop(cycle.SiteCache(site.load, str(confdir.main)), 120)
-    thread = threading.Thread(target=loop.run, daemon=True)
-    thread.start()
-    try:
-        store = Spool(site.load().spool_dir)
+    with looping(site, confdir) as store:
         wait_for(lambda: store.read(SELF).health.state is State.UP, 10, "self up")
         site.peer.stop()
         wait_for(lambda: PEER_IP not in site.pool(), 10, "the peer out of the pool")
@@ -264,10 +257,6 @@ def test_self_down_and_every_peer_down_keeps_self_ip(site, confdir):
         assert site.pool() == {SELF_IP}
         site.peer = StatusServer(PEER_IP, port=site.peer.port)  # a peer is back: self leaves
         wait_for(lambda: site.pool() == {PEER_IP}, 10, "the peer in, selfIP out")
-    finally:
-        loop.request_stop()
-        thread.join(5)
-    assert not thread.is_alive()
 
 
 def test_probe_self_status_and_dry_run(site, run):
