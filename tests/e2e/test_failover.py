@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from tests.e2e.netlab import SITES, notices
+from tests.e2e.netlab import SELF, SITES, notices
 
 OUT = 15.0  # seconds allowed for a change to reach DNS (expected: 1.5-3 s)
 
@@ -29,9 +29,11 @@ def one_each(*changes: tuple[str, str]) -> Counter:
 
 
 def assert_one_mail_per_transition(mails, victim: str) -> None:
-    """Each survivor mailed the victim's down and up, one mail each; nobody else mailed."""
+    """Each survivor mailed the victim's down and up, and the victim its own (self),
+    one mail each; nobody else mailed."""
     got = notices(mails)
     want = {s: one_each((victim, "down"), (victim, "up")) for s in SITES if s != victim}
+    want[victim] = one_each((SELF, "down"), (SELF, "up"))
     assert got == want, [(m.observer, m.subject) for m in mails]
     per_site = Counter(m.observer for m in mails)
     assert per_site == dict.fromkeys(want, 2), [(m.observer, m.subject) for m in mails]
@@ -52,9 +54,8 @@ def test_site_fails_then_returns(scenario, failure):
     lab = scenario.lab
     victim, fail, repair = FAILURES[failure]
     getattr(lab.sites[victim], fail)()
-    lab.wait_pool(without(victim), OUT)
-    # the victim's own DNS still reaches both peers: it answers all three
-    assert lab.sites[victim].answers_sites() == set(SITES)
+    # the victim's own DNS too (selfCheck): it answers with both peers, not itself
+    lab.wait_pool({**without(victim), victim: set(SITES) - {victim}}, OUT)
     getattr(lab.sites[victim], repair)()
     lab.wait_pool(lab.full(), OUT)
     assert_one_mail_per_transition(scenario.settle_mail(), victim)
@@ -107,7 +108,10 @@ def test_flapping_site_one_summary(scenario):
         # not one mail per flap: at most one single notice, then summaries
         assert len(mine) <= 3, summary
         assert len([m for m in during if m.observer == obs]) <= 2, summary
-    assert {m.observer for m in mails} == set(observers), summary
+    # the victim saw its own service flap (self), and said so the same way
+    mine = [m for m in mails if m.observer == victim]
+    assert [new for m in mine for _, new in m.transitions(SELF)] == ["down", "up"] * cycles
+    assert {m.observer for m in mails} == set(SITES), summary
 
 
 def test_all_peers_down_each_answers_itself(scenario):
