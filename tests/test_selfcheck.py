@@ -299,3 +299,33 @@ def test_a_target_named_self_needs_self_check_off(site, run):
     assert r.exit_code == 78 and "selfCheck=no" in r.stderr, r.stderr
     r = run("config", "show")
     assert r.exit_code == 78
+
+
+def test_config_show_and_check_show_the_self_check(site, run):
+    r = run("config", "show")
+    assert r.exit_code == 0, r.stderr
+    url = f"http://api.domain.tld:{site.own.port}/status"
+    assert f"#   probe: GET {url} (Host: api.domain.tld) at {SELF_IP} (selfIP)" in r.stdout
+    assert f"in the pool while target self answers (selfCheck=yes): {SELF_IP}" in r.stdout
+    assert any(line.startswith("selfCheck=yes ") and line.endswith("# default")
+               for line in r.stdout.splitlines())
+    r = run("config", "check", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["targets"] == ["beta", "self"]
+    site.write("selfCheck=maybe\n")
+    r = run("config", "check")
+    assert r.exit_code == 78 and "selfCheck=maybe: expected yes or no" in r.stderr, r.stderr
+    site.write("selfCheck=no\n")
+    r = run("config", "show", "beta")
+    assert f"always in the pool: {SELF_IP} (selfIP, selfCheck=no)" in r.stdout
+
+
+def test_maintenance_of_self_drains_this_site_while_a_peer_is_up(site, run):
+    assert run("probe").exit_code == 0
+    r = run("maint", "self", "--for", "1h", "--reason", "upgrade")
+    assert r.exit_code == 0, r.stderr
+    r = run("reconcile")
+    assert r.exit_code == 0, r.stderr
+    assert site.pool() == {PEER_IP}  # this site's service is taken out, its DNS goes on
+    assert run("maint", "self", "--clear").exit_code == 0
+    assert run("reconcile").exit_code == 0
+    assert site.pool() == {SELF_IP, PEER_IP}
