@@ -266,16 +266,19 @@ class Site:
     def targets(self) -> tuple[str, ...]:
         """targets=, and `self` last while the self-check is on (selfCheck=yes,
         selfIP set in the main file, and a peer to fall back on)."""
-        names = self._site_value("targets")
-        if self._site_value("selfCheck"):
-            if SELF in names:
-                s = self.settings["targets"]
-                raise ConfigError(
-                    f"{s.source}: targets= names {SELF!r}, the name of this site's own"
-                    " service while selfCheck=yes",
-                    f"rename that target, or set selfCheck=no in {self.path}")
-            if names and self._site_value("selfIP"):
-                names = (*names, SELF)
+        if "@targets" not in self._values:  # once: `targets` alone may list thousands
+            names = self._site_value("targets")
+            if self._site_value("selfCheck"):
+                if SELF in names:
+                    s = self.settings["targets"]
+                    raise ConfigError(
+                        f"{s.source}: targets= names {SELF!r}, the name of this site's own"
+                        " service while selfCheck=yes",
+                        f"rename that target, or set selfCheck=no in {self.path}")
+                if names and self._site_value("selfIP"):
+                    names = (*names, SELF)
+            self._values["@targets"] = names
+        names = self._values["@targets"]
         return tuple(n for n in names if n not in self.broken) if self.broken else names
 
     @property
