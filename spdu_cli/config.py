@@ -23,7 +23,7 @@ from spdu_cli.errors import ConfigError, UsageError
 from spdu_cli.paths import CONFIG_ENV as ENV_VAR
 from spdu_cli.paths import DEFAULT_CONFIG as DEFAULT_PATH
 from spdu_cli.safefile import SafeFile, check_directory, read_safe_file, require_private
-from spdu_cli.selfcheck import SELF
+from spdu_cli.selfcheck import SELF, self_settings
 from spdu_cli.settings import KEYS, MissingDefault, Setting, System, Values, check_value
 
 log = logging.getLogger(__name__)
@@ -364,7 +364,7 @@ class Site:
                 settings[key] = s
             files.append(str(path))
         if name == SELF:
-            settings.update(_self_settings(settings, self.system))
+            settings.update(self_settings(settings, self.system))
         return build_target(name, settings, tuple(files), self.path, self.system,
                             self.read_key_file, checked=set(self.settings) - set(own))
 
@@ -389,19 +389,6 @@ class Site:
             self.broken.clear()
             raise first
         return out
-
-
-def _self_settings(settings: Mapping[str, Setting], system: System) -> dict[str, Setting]:
-    """The self-check probes the probe settings in effect (the main file's, or
-    spdu/self's) at every selfIP address; its name in mail is this site's."""
-    values = Values(settings, None, system)
-    out = {"targetIP": values.setting("selfIP")}
-    if "targetName" not in settings:
-        try:
-            out["targetName"] = Setting(validate.hostname(values.get("myTag")))
-        except (MissingDefault, ValueError):  # a tag with blanks is no host name
-            out["targetName"] = Setting(SELF)
-    return out
 
 
 def _resolve(values: Values, key: str, origin: str) -> Any:

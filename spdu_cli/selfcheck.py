@@ -9,10 +9,13 @@ selfIP stays, as it always did (selfCheck=no, the original's behaviour).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from spdu_cli import validate
 from spdu_cli.entry import staleness
 from spdu_cli.health import State
+from spdu_cli.settings import MissingDefault, Setting, System, Values
 
 SELF = "self"  # the pseudo-target's name: in the spool, the journal, status and mail
 
@@ -39,3 +42,17 @@ def judge(view: Any, now: float) -> tuple[State | None, str | None]:
 
 KEPT = ("down, but no peer of this pool is up: selfIP is kept (never an empty pool, and"
         " clients are better sent to this site than to none)")
+
+
+def self_settings(settings: Mapping[str, Setting], system: System) -> dict[str, Setting]:
+    """What target self's configuration changes: it probes with the probe settings
+    in effect (the main file's, or spdu/self's) at every selfIP address; its host
+    name (in mail) is this site's tag."""
+    values = Values(settings, None, system)
+    out = {"targetIP": values.setting("selfIP")}
+    if "targetName" not in settings:
+        try:
+            out["targetName"] = Setting(validate.hostname(values.get("myTag")))
+        except (MissingDefault, ValueError):  # a tag with blanks is no host name
+            out["targetName"] = Setting(SELF)
+    return out
