@@ -149,6 +149,8 @@ def test_the_mail_says_it_is_this_site_and_keeps_the_original_subject():
     assert "This site's own service stopped answering http://api.domain.tld:80/status" in body
     assert "this site's addresses (selfIP) leave its own pool" in body
     assert f"DNS: removed {OWN} from api.pool.domain.tld A on 127.0.0.1:53" in body
+    kept = notice.body(self_mail("up", "down"))  # no peer up: nothing removed
+    assert "DNS: selfIP is still in the pool (no peer is up" in kept
     m = self_mail("down", "up")
     assert notice.subject(m) == "NOTICE: Server self is up."
     assert "Its addresses (selfIP) are in its own pool again." in notice.body(m)

@@ -64,6 +64,10 @@ def change_text(view: JournalView, change: StateChange, tag: str) -> list[str]:
     """One transition, as the original's mail said it, plus what DNS did."""
     who = f"{view.target} ({view.host}, {address_list(view)})"
     if view.target == SELF and "maint" not in (change.old, change.new):
+        if change.new == "down" and not change.dns:  # kept: no peer up, or not yet reconciled
+            return _self_text(view, change, tag) + [
+                ("DNS: selfIP is still in the pool (no peer is up, or spdu reconcile has not"
+                 " recorded an update for this change yet).")]
         return _self_text(view, change, tag) + _dns_lines([change])
     if change.new == "maint":
         lines = [
