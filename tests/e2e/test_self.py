@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from spdu_cli import config
 from spdu_cli.render import failover
 from tests.e2e.netlab import SELF, SITES, LabError, run, spdu_command
@@ -32,15 +34,23 @@ def watch(lab, victim: str, gone: bool, timeout: float) -> dict[str, float]:
     return took
 
 
-def test_a_site_whose_haproxy_stops_leaves_its_own_pool_too(scenario):
+# HAProxy stops (the kernel refuses connections and closes the kept ones), or
+# hangs (SIGSTOP: the kernel still accepts, nothing answers); then it is repaired.
+FAILURES = {"haproxy-stops": ("stop_haproxy", "start_haproxy", "out_refused"),
+            "haproxy-hangs": ("pause_haproxy", "resume_haproxy", "out_hang")}
+
+
+@pytest.mark.parametrize("failure", list(FAILURES))
+def test_a_site_whose_haproxy_fails_leaves_its_own_pool_too(scenario, failure):
     lab, victim = scenario.lab, "beta"
+    fail, repair, case = FAILURES[failure]
     site = lab.sites[victim]
     worst = failover(config.load(str(site.conf)).target(SELF))
-    # HAProxy dies; the kernel refuses connections (and closes the kept ones)
-    site.stop_haproxy()
-    out = watch(lab, victim, gone=True, timeout=worst.out_refused + 15)
+    bound = getattr(worst, case)
+    getattr(site, fail)()
+    out = watch(lab, victim, gone=True, timeout=bound + 15)
     for name, took in out.items():
-        assert took <= worst.out_refused + SLACK, (name, took, worst, out)
+        assert took <= bound + SLACK, (name, took, worst, out)
     # no site's server sends a client to the dead service; none answers nothing
     for name in SITES:
         got = lab.sites[name].answers_sites()
@@ -48,7 +58,7 @@ def test_a_site_whose_haproxy_stops_leaves_its_own_pool_too(scenario):
     status = run(site.exec([*spdu_command(), "-c", str(site.conf), "status", "--json"]))
     states = {o["target"]: o["state"] for o in map(json.loads, status.stdout.splitlines())}
     assert states == {SELF: "down", "alpha": "up", "gamma": "up"}, states
-    site.start_haproxy()
+    getattr(site, repair)()
     back = watch(lab, victim, gone=False, timeout=worst.back + 15)
     for name, took in back.items():
         assert took <= worst.back + SLACK, (name, took, worst, back)
@@ -56,8 +66,8 @@ def test_a_site_whose_haproxy_stops_leaves_its_own_pool_too(scenario):
     mails = scenario.settle_mail()
     mine = [m.subject for m in mails if m.observer == victim]
     assert mine == ["WARNING: Server self is DOWN.", "NOTICE: Server self is up."], mine
-    print(f"out of DNS after (s): {out}; back after (s): {back};"
-          f" predicted {worst.out_refused:.2f} / {worst.back:.2f}")
+    print(f"{failure}: out of DNS after (s): {out}; back after (s): {back};"
+          f" predicted {bound:.2f} / {worst.back:.2f}")
 
 
 def test_every_haproxy_stops_every_site_keeps_itself(scenario):
