@@ -87,9 +87,11 @@ def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int,
     """Read the pool's RRsets and decide."""
     answers: dict = {}
     current = read_current(pool, answers)
+    own = pool.self_check
     decision = decide(
         current["A"] + current["AAAA"], _views(pool, entries), pool.self_ips,
         pool.self_ttl, time.time(), prune=prune,
+        self_view=_view(own, entries[own.target]) if own and own.target in entries else None,
     )
     for note in decision.notes:
         log.debug("%s: %s", pool.key.name, note)
@@ -361,7 +363,7 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
                     except SpduError as e:  # the next run checks again
                         log.warning("%s", e)
             plans.append(plan)
-            members[id(plan)] = [c.target for c in pool.targets]
+            members[id(plan)] = [c.target for c in pool.targets + [pool.self_check] if c]
             if not prune:
                 for line in unmanaged_warnings([plan], left):
                     log.log(_once(line, logging.WARNING), "%s", line)
