@@ -85,9 +85,10 @@ def failover_text(cfg: TargetConfig) -> Iterator[str]:
     yield (f"#   keep the pool zone's SOA minimum and its SOA record's TTL at or below"
            f" nameTTL={cfg.name_ttl}: resolvers cache a NODATA or NXDOMAIN answer for the"
            f" lesser of the two")
-    yield ("#   a site whose service refuses or hangs while its DNS server answers stays in"
-           " its own server's answers (selfIP), and resolvers that ask that server pass"
-           " them on")
+    if cfg.self_ips and not check_value("selfCheck", cfg.settings["selfCheck"]):
+        yield ("#   selfCheck=no: a site whose service refuses or hangs while its DNS server"
+               " answers stays in its own server's answers (selfIP), and resolvers that ask"
+               " that server pass them on")
 
 
 def effective_settings(cfg: TargetConfig) -> dict[str, dict[str, str]]:

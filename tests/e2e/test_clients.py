@@ -25,7 +25,7 @@ import pytest
 
 from spdu_cli.health import failover
 from tests.e2e.clientlab import PARENT_NEGATIVE, PARENT_ZONE, RESOLVERS, USERS, ClientLab
-from tests.e2e.netlab import DEFAULTS, POOL, SITES, v4
+from tests.e2e.netlab import DEFAULTS, POOL, v4
 
 VICTIM = "gamma"
 HOLD = 5.0  # a TTL without a contrary answer: the change is settled
@@ -108,17 +108,29 @@ def test_negative_answers_are_cached_for_the_lesser_of_soa_minimum_and_ttl(clien
     assert not wrong, "\n".join(wrong)
 
 
-def test_a_site_whose_service_dies_keeps_itself_in_its_own_answers(clientlab):
-    """Why clients behind some resolvers keep a site whose HAProxy refuses or
-    hangs (README, "What clients see"): its survivors drop it, but its own
-    DNS server, alive, still answers its address (selfIP), and a resolver
-    that asks that server passes it on."""
-    lab = clientlab
+def test_refused_out_of_every_answer_with_the_self_check(clientlab):
+    """A site whose HAProxy refuses connections while its DNS server lives: its
+    survivors drop it, and with the self-check (selfCheck=yes, the default) its
+    own server drops it too, so no resolver hands it on: out of every client's
+    answers within spdu's worst case + nameTTL + 1 s (README, "What clients
+    see"; with selfCheck=no its own server keeps it, selfIP)."""
+    lab, clients = clientlab, clientlab.clients
+    f = worst()
+    bound = f.out_refused + f.ttl + 1
     site = lab.sites[VICTIM]
+    dead = v4(site.host)
+    every = {v4(s.host) for s in lab.sites.values()}
+    clients.wait_all(lambda got: got == every, time.monotonic(), 60, "the full pool", hold=0)
+    t0 = time.monotonic()
     site.stop_haproxy()
     try:
-        lab.wait_pool({s: set(SITES) - {VICTIM} for s in SITES if s != VICTIM}, 20)
-        assert VICTIM in site.answers_sites()
+        out = clients.wait_all(lambda got: bool(got) and dead not in got, t0,
+                               bound + HOLD + 5, f"{VICTIM} out of every answer", HOLD)
+        assert VICTIM not in site.answers_sites(), "its own server still answers it"
+        late = {r: v for (r, _), v in out.items() if v is None or v > bound}
+        assert not late, (f"out of DNS later than {bound:g} s (failover + nameTTL + 1 s):"
+                          f" {late}; all {out}; last {clients.last()}")
+        assert not any(clients.failures(t0).values()), clients.failures(t0)
     finally:
         lab.restore()
 
