@@ -159,7 +159,7 @@ def main(args, command: str, machine: str) -> None:
         owns = {" ".join(sorted(r["own"])) for r in runs if r["own"]}
         if owns:
             print(f"  {mode}: the dead site's own Knot answered {' | '.join(sorted(owns))}"
-                  f" during the failure (selfIP: a site keeps itself in its own pool)")
+                  f" during the failure (with selfCheck=no it keeps its own address, selfIP)")
     print("failed: answers that were SERVFAIL or another error rcode, or none within 2 s,"
           " over all runs and clients; p50/p95 nearest-rank")
     print(f"> {args.timeout:g} s: not settled ({args.hold:g} s in a row with the change) within"
