@@ -31,8 +31,16 @@ settings (and PowerDNS's from its interval and timeout). Flap summaries are
 off (flapCount=0), so repeated failures are not held back as flapping; that
 changes mail only, not DNS.
 
-Needs root (ip netns), knot, haproxy, pdns-server and pdns-backend-bind. Run:
+With --clients, what clients behind real resolvers see instead
+(benchmarks/_clients.py, the lab of tests/e2e/clientlab.py: a parent zone
+delegating the pool to every site's Knot and a second pool to a PowerDNS LUA
+on every site; Unbound, BIND and PowerDNS Recursor at their Debian defaults;
+refused, hang and link by default, p50 / p95 per resolver).
+
+Needs root (ip netns), knot, haproxy, pdns-server and pdns-backend-bind (and
+unbound, bind9, pdns-recursor for --clients). Run:
     .venv/bin/python benchmarks/failover.py [--runs 7] [--profile default fast]
+    .venv/bin/python benchmarks/failover.py --clients --runs 7
 """
 
 from __future__ import annotations
@@ -218,6 +226,12 @@ def fmt(values: list[float]) -> str:
     return (f"{min(values):5.2f} / {statistics.median(values):5.2f} / {max(values):5.2f} s")
 
 
+def command_line() -> str:
+    return shlex.join([sys.executable if not sys.executable.startswith(str(ROOT))
+                       else str(Path(sys.executable).relative_to(ROOT)),
+                       "benchmarks/failover.py", *sys.argv[1:]])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7)
@@ -227,12 +241,29 @@ def main() -> None:
                     default=["refused", "hang"])
     ap.add_argument("--poll", type=float, default=0.05,
                     help="seconds between two questions to each server (default 0.05)")
+    ap.add_argument("--clients", action="store_true",
+                    help="measure what clients behind Unbound, BIND and PowerDNS Recursor see"
+                    " (benchmarks/_clients.py; spdu at its defaults, --profile not used)")
+    ap.add_argument("--per-name", type=int, default=4,
+                    help="--clients: clients per resolver and name (default 4)")
+    ap.add_argument("--hold", type=float, default=10.0,
+                    help="--clients: seconds without a contrary answer that settle a change"
+                    " (default 10)")
+    ap.add_argument("--timeout", type=float, default=30.0,
+                    help="--clients: seconds after which a change never came (default 30)")
     args = ap.parse_args()
     try:
         which("pdns_server")
     except LabError:
         sys.exit("failover.py: pdns_server not found: install pdns-server and pdns-backend-bind"
                  " (.ci/setup does)")
+    if args.clients:
+        import _clients
+
+        if "--mode" not in sys.argv:
+            args.mode = ["refused", "hang", "link"]
+        _clients.main(args, command_line(), machine())
+        return
 
     rows = []  # (profile, mode, {system: (outs, backs)})
     for name in args.profile:
@@ -258,9 +289,7 @@ def main() -> None:
                 for p in pdns:
                     p.stop()
 
-    command = shlex.join([sys.executable if not sys.executable.startswith(str(ROOT))
-                          else str(Path(sys.executable).relative_to(ROOT)),
-                          "benchmarks/failover.py", *sys.argv[1:]])
+    command = command_line()
     print(f"failover on 3 namespaced sites (Knot + HAProxy + spdu cron each; PowerDNS beside"
           f" Knot in each survivor), victim {VICTIM}, {args.runs} runs, DNS polled every"
           f" {args.poll:g} s ({machine()})")

@@ -66,6 +66,12 @@ CERTAIN_GAP = 0.05  # seconds between a certain failure (refused, reset, no rout
 OVERDUE_MIN = 0.02  # a probe is never overdue sooner than this...
 OVERDUE_FACTOR = 4  # ...nor before it took this many times the target's usual latency
 MAX_OVERLAP = 3  # probes of one target in flight at once, at most
+#: What clients behind Unbound 1.17, BIND 9.18 and PowerDNS Recursor 4.8, at their
+#: Debian defaults, saw when a site's link went down (benchmarks/failover.py --clients,
+#: README "What clients see"): the p95 seconds over 7 runs, of the slowest resolver, until
+#: no client's answer held the site, and after its repair until every answer did; spdu at
+#: its defaults, nameTTL 5.
+CLIENTS_LINK_P95 = {"out": 7.28, "back": 6.89}
 
 
 def confirm_after(h: Health, ok: bool | None, certain: bool, fast: float) -> float | None:

@@ -77,6 +77,18 @@ def failover_text(cfg: TargetConfig) -> Iterator[str]:
     yield (f"#   clients may keep the old answer nameTTL={cfg.name_ttl} s longer:"
            f" {f.out_refused + f.ttl:g} s / {f.out_hang + f.ttl:g} s out,"
            f" {f.back + f.ttl:g} s back (cron loop, interval {cfg.interval:g} s)")
+    measured = health.CLIENTS_LINK_P95
+    yield (f"#   measured through Unbound, BIND and PowerDNS Recursor, spdu's defaults and"
+           f" nameTTL=5: a site whose link went down left every client's answers within"
+           f" {measured['out']:g} s (p95) and was back in them within {measured['back']:g} s"
+           f" of its repair; each second more of nameTTL may add a second to both")
+    yield (f"#   keep the pool zone's SOA minimum and its SOA record's TTL at or below"
+           f" nameTTL={cfg.name_ttl}: resolvers cache a NODATA or NXDOMAIN answer for the"
+           f" lesser of the two")
+    if cfg.self_ips and not check_value("selfCheck", cfg.settings["selfCheck"]):
+        yield ("#   selfCheck=no: a site whose service refuses or hangs while its DNS server"
+               " answers stays in its own server's answers (selfIP), and resolvers that ask"
+               " that server pass them on")
 
 
 def effective_settings(cfg: TargetConfig) -> dict[str, dict[str, str]]:

@@ -200,3 +200,24 @@ def test_spool_commands_are_shown_as_the_spools_owner(path):
     assert shown, f"{path.name}: no spdu command found to check"
     bare = [m.group(0) for m in shown if not m.group(1)]
     assert not bare, f"{path.name} shows {bare} without sudo -u knot"
+
+
+def test_the_client_side_figures_agree():
+    """README's "What clients see" table, spdu.conf(5) (nameTTL) and `spdu config
+    show` (health.CLIENTS_LINK_P95) give the same measured p95s of a link down:
+    the slowest resolver's, spdu's column."""
+    from spdu_cli.health import CLIENTS_LINK_P95
+
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in README.read_text().splitlines()
+            if line.startswith("| link down |")]
+    rows = [r for r in rows if r[1] in ("Unbound", "BIND", "PowerDNS Recursor")]
+    assert len(rows) == 3, rows
+
+    def p95(cell: str) -> float:
+        return float(re.search(r"\*\*([\d.]+)\*\*", cell).group(1))
+
+    out, back = max(p95(r[2]) for r in rows), max(p95(r[4]) for r in rows)
+    assert {"out": out, "back": back} == CLIENTS_LINK_P95
+    man = prose(MAN5)
+    assert f"got its address {out:g} s after (p95, the slowest resolver" in man
+    assert f"got it again {back:g} s after its repair" in man

@@ -141,3 +141,25 @@ def test_config_show_prints_them(run, confdir, as_json):
                 " probe") in r.stdout
         assert "#   back in DNS within 0.75 s after it answers again" in r.stdout
         assert "nameTTL=30 s longer: 32.1 s / 34 s out, 30.75 s back" in r.stdout
+        # what the client-side figures imply (README, "What clients see")
+        p95 = health.CLIENTS_LINK_P95
+        assert (f"a site whose link went down left every client's answers within"
+                f" {p95['out']:g} s (p95) and was back in them within {p95['back']:g} s"
+                ) in r.stdout
+        assert ("keep the pool zone's SOA minimum and its SOA record's TTL at or below"
+                " nameTTL=30: resolvers cache a NODATA or NXDOMAIN answer for the lesser"
+                " of the two") in r.stdout
+        assert "stays in its own server's answers" not in r.stdout  # no selfIP here
+
+
+@pytest.mark.parametrize("self_check", ["yes", "no"])
+def test_config_show_says_selfip_stays_in_resolvers_answers(run, confdir, self_check):
+    """With selfCheck=no, a site whose service dies keeps its own address in its own
+    server's answers, and resolvers that ask it hand it on (README, "What clients see")."""
+    confdir.write(f"domain=domain.tld\ntargets=beta\nselfIP=192.0.2.1\nselfCheck={self_check}\n")
+    r = run("config", "show", "beta")
+    assert r.exit_code == 0, r.stderr
+    said = ("selfCheck=no: a site whose service refuses or hangs while its DNS server answers"
+            " stays in its own server's answers (selfIP), and resolvers that ask that server"
+            " pass them on")
+    assert (said in r.stdout) == (self_check == "no"), r.stdout
