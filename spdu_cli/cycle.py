@@ -96,6 +96,9 @@ class Loop:
         self.dns = Worker(lambda site, _standing: self.reconcile(site), "spdu-reconcile",
                           lambda: self.wake)
         self.lag = lag.Watch(clock(), min(lag.PERIOD, seconds))
+        from spdu_cli.peers import Watch  # the peers' views, read in a thread of their own
+
+        self.peers = Watch(lambda: self.wake)
         self.trouble = None  # trouble.Trouble, with a lock (a loop cron started)
         self.hup = False  # SIGHUP came: the next tick reads the configuration again
 
@@ -326,6 +329,7 @@ class Loop:
         except Exception:  # a bug: reconcile every interval, as when the spool is unreadable
             log.exception("reading the spool failed")
             entries = standing = None
+        self.peers.step(self, site, now)  # may ask for a DNS read (the quorum)
         # DNS is read at once when a state changed, or when anything else reconcile
         # acts on did (`spdu maint` by hand, an edited file, a maintenance that ended,
         # a probe gone stale); every interval while it disagrees or cannot be read;

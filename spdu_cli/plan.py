@@ -6,7 +6,7 @@ and server), and each pool's Plan, rendered as an nsupdate script or JSON.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +84,7 @@ def decide(
     self_ttl: int,
     now: float,
     prune: bool = False,
+    held: Mapping[str, str] | None = None,
 ) -> Decision:
     """The minimal change that makes the pool agree with the targets' states.
 
@@ -94,7 +95,9 @@ def decide(
     left as they are; selfIP is always present;
     an address spdu does not manage is never touched (it is named in
     `unmanaged`, and removed only with `prune`); and a change that would
-    leave the pool without any address is withheld.
+    leave the pool without any address is withheld. `held`: down targets
+    kept in the pool (the quorum, spdu_cli/quorum.py) -> why; it never
+    removes anything.
     """
     current = {canon(a) for a in current}
     targets = list(targets)
@@ -124,8 +127,10 @@ def decide(
             left.append((t.target, ("targetIP changed since the last probe; waiting for a"
                                     " probe of the new addresses")))
             continue
+        if held and t.state is State.DOWN and t.target in held:
+            left.append((t.target, held[t.target]))
         for a in sorted(probed):
-            if t.state is State.UP:
+            if t.state is State.UP or (held and t.target in held):
                 present.setdefault(a, (t.ttl, t.target))
             else:
                 absent.setdefault(a, t.target)

@@ -138,6 +138,23 @@ KEYS: dict[str, Key] = {
             "CA bundle to verify HTTPS receivers (else the system's)"),
         Key("webhookTimeout", validate.decimal(0.1, 60), "5",
             "deadline of each webhook POST, whole"),
+        # Peer views (spdu_cli/peers.py) and the quorum (spdu_cli/quorum.py).
+        Key("targetDNS", validate.server_list, "",
+            "the target's own DNS server(s), ADDRESS[@PORT], whose pool is its view"
+            " (empty: the pool zone's NS set, matched to the target's addresses)"),
+        Key("peerViews", validate.yes_no, "yes",
+            "read each peer's pool from its own DNS server (status --peers)", site_only=True),
+        Key("peerInterval", validate.decimal(1, 3600), "3",
+            "seconds between reads of the peers' views", site_only=True),
+        Key("peerDivergence", validate.decimal(0, 86400), "30",
+            "seconds the sites may disagree before a notice is mailed (0: never)",
+            site_only=True),
+        Key("peerQuorum", validate.yes_no, "no",
+            "with 3+ sites, keep a peer this site sees down while most other sites serve it",
+            site_only=True),
+        Key("peerWait", validate.decimal(0, 600), "10",
+            "seconds after a peer was seen down before the other sites may bring it back",
+            site_only=True),
     ]
 }
 
