@@ -230,15 +230,21 @@ def merge(state: dict, views: dict[str, View], servers: dict[str, Server],
     return {**state, "self": me, "read_at": iso(now), "sites": sites}
 
 
-def fresh(rec: dict, now: float, interval: float) -> bool:
-    """A view read well at its last read, and not long ago."""
+def fresh_for(interval: float, timeout: float) -> float:
+    """How old a view may be and count: FRESH reads, each of which may take
+    its deadline (a peer that hangs delays the others' next read)."""
+    return FRESH * interval + timeout + 1.0
+
+
+def fresh(rec: dict, now: float, bound: float) -> bool:
+    """A view read well at its last read, at most `bound` seconds ago."""
     if not isinstance(rec, dict) or rec.get("error") is not None:
         return False
     try:
         ok = epoch(rec.get("ok_at"))
     except (TypeError, ValueError):
         return False
-    return ok is not None and now - ok <= FRESH * interval
+    return ok is not None and now - ok <= bound
 
 
 def owners(site, entries: dict) -> dict[str, set[str]]:
@@ -252,14 +258,14 @@ def owners(site, entries: dict) -> dict[str, set[str]]:
     return out
 
 
-def matrix(state: dict, owned: dict[str, set[str]], now: float, interval: float) -> dict:
+def matrix(state: dict, owned: dict[str, set[str]], now: float, bound: float) -> dict:
     """owner -> {"serve": [sites], "not": [sites], "unreadable": [sites]}."""
     sites = state.get("sites") or {}
     out = {}
     for owner, addrs in owned.items():
         row = {"serve": [], "not": [], "unreadable": []}
         for name, rec in sorted(sites.items()):
-            if not fresh(rec, now, interval):
+            if not fresh(rec, now, bound):
                 row["unreadable"].append(name)
             elif addrs & set(rec.get("addresses") or ()):
                 row["serve"].append(name)
@@ -332,8 +338,11 @@ def settings(site) -> dict:
     def get(key):
         return check_value(key, site.settings.get(key, Setting(_default(KEYS[key]))))
 
-    return {k: get(k) for k in ("peerViews", "peerInterval", "peerDivergence", "peerQuorum",
-                                "peerWait")}
+    out = {k: get(k) for k in ("peerViews", "peerInterval", "peerDivergence", "peerQuorum",
+                               "peerWait")}
+    timeout = site.target(site.targets[0]).name_timeout if site.targets else 0.0
+    out["fresh"] = fresh_for(out["peerInterval"], timeout)
+    return out
 
 
 def _default(key) -> str:
@@ -345,16 +354,16 @@ def refresh(site, finder: Finder, clock: float, now: float | None = None) -> dic
     post their notices (trouble.post); the new state."""
     from spdu_cli import trouble
 
-    now = time.time() if now is None else now
     conf = settings(site)
     entries = _entries(site)
     servers, missing = finder.servers(site, entries, clock)
     first = site.target(site.targets[0])
     views = read_all(servers, first.pool_name, first.name_timeout)
+    now = time.time() if now is None else now  # when they were read
     state = merge(load(site.spool_dir), views, servers, missing, first.my_tag, now)
     owned = owners(site, entries)
     note_serving(state, owned, now)
-    m = matrix(state, owned, now, conf["peerInterval"])
+    m = matrix(state, owned, now, conf["fresh"])
     notices = divergence(state, m, now, conf["peerDivergence"])
     mine = set((state["sites"].get(first.my_tag) or {}).get("addresses") or ())
     kept = held([site.target(t) for t in site.targets], entries, mine, now, state)
@@ -410,14 +419,14 @@ def report(site, now: float | None = None) -> dict:
     entries = _entries(site)
     state, source = load(site.spool_dir), "loop"
     read = epoch(state.get("read_at")) if state.get("read_at") else None
-    if read is None or now - read > FRESH * conf["peerInterval"]:
+    if read is None or now - read > conf["fresh"]:
         first = site.target(site.targets[0])
         servers, missing = Finder().servers(site, entries, time.monotonic())
         views = read_all(servers, first.pool_name, first.name_timeout)
         state = merge(state, views, servers, missing, first.my_tag, now)
         source = "read now"
     owned = owners(site, entries)
-    m = matrix(state, owned, now, conf["peerInterval"])
+    m = matrix(state, owned, now, conf["fresh"])
     splits = []
     for owner, row in m.items():
         if row["serve"] and row["not"]:
@@ -433,7 +442,7 @@ def report(site, now: float | None = None) -> dict:
         sites[name] = {"server": rec.get("server"), "how": rec.get("how"),
                        "addresses": rec.get("addresses") or [], "serves": serves,
                        "since": rec.get("since"), "read_at": rec.get("read_at"),
-                       "fresh": fresh(rec, now, conf["peerInterval"]),
+                       "fresh": fresh(rec, now, conf["fresh"]),
                        "error": rec.get("error")}
     return {"self": state.get("self"), "source": source, "read_at": state.get("read_at"),
             "sites": sites, "owners": sorted(owned), "matrix": m, "splits": splits,
@@ -455,18 +464,18 @@ def metrics(out, site, entries: dict, now: float) -> None:
     if not state.get("sites") or not site.targets:
         return
     try:
-        interval = settings(site)["peerInterval"]
+        bound = settings(site)["fresh"]
         owned = owners(site, entries)
     except (SpduError, ValueError):
         return
     sites = state["sites"]
     out.family("spdu_peer_view_readable", "gauge",
                "1 when the site's view (its pool on its own DNS server) was read lately.",
-               [({"site": n}, int(fresh(r, now, interval))) for n, r in sorted(sites.items())])
+               [({"site": n}, int(fresh(r, now, bound))) for n, r in sorted(sites.items())])
     out.family("spdu_peer_serves", "gauge",
                "1 when the site's view holds an address of `serves` (a site), else 0.",
                [({"site": n, "serves": o}, int(bool(a & set(r.get("addresses") or ()))))
-                for n, r in sorted(sites.items()) if fresh(r, now, interval)
+                for n, r in sorted(sites.items()) if fresh(r, now, bound)
                 for o, a in sorted(owned.items())])
     split = state.get("divergence") or {}
     out.family("spdu_peer_split_seconds", "gauge",
@@ -506,7 +515,8 @@ def held(cfgs, entries: dict, current: set[str], now: float,
         return {}
     state = load(first.spool_dir) if state is None else state
     sites = state.get("sites") or {}
-    interval = check_value("peerInterval", first.settings["peerInterval"])
+    bound = fresh_for(check_value("peerInterval", first.settings["peerInterval"]),
+                      first.name_timeout)
     wait = check_value("peerWait", first.settings["peerWait"])
     out = {}
     for c in cfgs:
@@ -520,7 +530,7 @@ def held(cfgs, entries: dict, current: set[str], now: float,
             if name in (state.get("self"), c.target) or not isinstance(rec, dict):
                 continue
             since = (rec.get("serving") or {}).get(c.target)
-            witnesses.append(Witness(name, fresh(rec, now, interval),
+            witnesses.append(Witness(name, fresh(rec, now, bound),
                                      epoch(since) if since else None))
         why = holds(c.target, e.health.since, witnesses, len(sites), now, wait,
                     bool(mine & {str(ipaddress.ip_address(a)) for a in current}))

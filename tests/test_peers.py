@@ -241,3 +241,72 @@ def test_a_peer_that_sends_garbage_or_nothing_costs_its_deadline_only(reply):
         sock.close()
     assert v.error is not None and v.addresses == (), v
     assert took < 1.5, took  # one deadline for both questions
+
+
+# -- two writers of one zone (a hidden primary) -----------------------------------------
+
+
+def test_two_sites_writing_one_zone_are_told_apart_from_a_flapping_target(tmp_path, knot):
+    """alpha sees beta down, beta (selfIP) keeps itself in: both update one Knot.
+    Each undoes the other's change; each notices, once, that it makes the same
+    change again in one state, and `status --peers` says so."""
+    from spdu_cli import reconcile
+    from tests.conftest import ConfDir
+
+    sites = {}
+    for me, self_ip, others in (("alpha", SELF, {"beta": BETA, "gamma": GAMMA}),
+                                ("beta", BETA, {"alpha": SELF, "gamma": GAMMA})):
+        d = ConfDir(tmp_path / me)
+        d.root.mkdir()
+        d.write("\n".join([
+            "domain=domain.tld", f"myTag={me}", f"targets='{' '.join(others)}'",
+            f"spoolDir={tmp_path / me / 'spool'}", f"nameServer={knot.address}",
+            f"namePort={knot.port}", "nameTimeout=1", f"selfIP={self_ip}",
+            "peerViews=no"]) + "\n")
+        for name, ip in others.items():
+            d.write(f"targetIP='{ip}'\n", target=name)
+        store = Spool(str(tmp_path / me / "spool"))
+        for name, ip in others.items():
+            set_state(store, name, "down" if (me, name) == ("alpha", "beta") else "up", [ip])
+        site = load(str(d.main))
+        site.check()
+        sites[me] = site
+    trouble._drain()
+    said = []
+    for _ in range(3):
+        for me in ("alpha", "beta"):
+            reconcile.run(sites[me])
+            said += [(me, n.key, n.level) for n in trouble._drain()]
+    pool = f"{POOL} on {knot.address} port {knot.port}"
+    assert said == [("alpha", f"flipflop {pool} {BETA}", "WARNING"),
+                    ("beta", f"flipflop {pool} {BETA}", "WARNING")]
+    rep = peers.report(sites["beta"])
+    [flip] = rep["flipflops"]
+    assert flip["address"] == BETA and flip["target"] == "selfIP" and flip["adds"] == 3
+    assert "something else undoes each change" in flip["text"]
+    [flip] = peers.report(sites["alpha"])["flipflops"]
+    assert flip["deletes"] == 3 and flip["target"] == "beta"
+
+
+def test_a_target_that_flaps_is_no_flip_flop(tmp_path, knot):
+    """Removed, added, removed again: each change in a state of its own."""
+    from spdu_cli import flipflop, reconcile
+    from tests.conftest import ConfDir
+
+    d = ConfDir(tmp_path / "etc")
+    d.root.mkdir()
+    d.write("\n".join([
+        "domain=domain.tld", "myTag=alpha", "targets=beta", f"spoolDir={tmp_path / 'spool'}",
+        f"nameServer={knot.address}", f"namePort={knot.port}", "nameTimeout=1",
+        f"selfIP={SELF}", "peerViews=no"]) + "\n")
+    d.write(f"targetIP='{BETA}'\n", target="beta")
+    store = Spool(str(tmp_path / "spool"))
+    site = load(str(d.main))
+    site.check()
+    trouble._drain()
+    for state in ("down", "up", "down", "up", "down"):
+        set_state(store, "beta", state, [BETA])
+        time.sleep(0.01)  # a transition of its own: another `since`
+        reconcile.run(site)
+    assert [n for n in trouble._drain() if n.key.startswith("flipflop")] == []
+    assert flipflop.standing(str(tmp_path / "spool"), time.time()) == []
