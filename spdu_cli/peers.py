@@ -222,7 +222,7 @@ def merge(state: dict, views: dict[str, View], servers: dict[str, Server],
                "read_at": iso(now), "error": v.error,
                "addresses": list(v.addresses) if v.error is None else was.get("addresses", []),
                "ok_at": iso(now) if v.error is None else was.get("ok_at"),
-               "since": was.get("since")}
+               "since": was.get("since"), "serving": was.get("serving") or {}}
         if v.error is None and (was.get("addresses") != list(v.addresses)
                                 or was.get("ok_at") is None):
             rec["since"] = iso(now)

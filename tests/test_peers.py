@@ -310,3 +310,24 @@ def test_a_target_that_flaps_is_no_flip_flop(tmp_path, knot):
         reconcile.run(site)
     assert [n for n in trouble._drain() if n.key.startswith("flipflop")] == []
     assert flipflop.standing(str(tmp_path / "spool"), time.time()) == []
+
+
+def test_since_when_each_view_serves_each_site_survives_the_reads():
+    owned = {"alpha": {SELF}, "beta": {BETA}}
+    server = {"gamma": peers.Server("gamma", "127.0.0.3", 53, "targetDNS")}
+    state = {}
+    for t, addrs in ((100.0, (SELF, BETA)), (101.0, (SELF, BETA)), (102.0, (SELF,)),
+                     (103.0, (SELF, BETA))):
+        state = peers.merge(state, {"gamma": peers.View(addrs)}, server, {}, "alpha", t)
+        peers.note_serving(state, owned, t)
+    from spdu_cli.entry import epoch
+
+    serving = state["sites"]["gamma"]["serving"]
+    assert epoch(serving["alpha"]) == 100.0  # without a break
+    assert epoch(serving["beta"]) == 103.0  # it stopped at 102: since it came back
+    # a read that fails keeps what was known; the view is then stale, not "not serving"
+    state = peers.merge(state, {"gamma": peers.View(error="timed out")}, server, {}, "alpha",
+                        104.0)
+    peers.note_serving(state, owned, 104.0)
+    assert state["sites"]["gamma"]["serving"] == serving
+    assert not peers.fresh(state["sites"]["gamma"], 104.0, 10.0)
