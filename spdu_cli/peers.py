@@ -368,6 +368,10 @@ def refresh(site, finder: Finder, clock: float, now: float | None = None) -> dic
     mine = set((state["sites"].get(first.my_tag) or {}).get("addresses") or ())
     kept = held([site.target(t) for t in site.targets], entries, mine, now, state)
     notices += note_held(state, kept, first.my_tag, now)
+    from spdu_cli.health import State
+
+    # the quorum may change what DNS should hold only for a peer seen down here
+    state["down"] = sorted(t for t, e in entries.items() if e.health.state is State.DOWN)
     for key, level, problem in notices:
         log.warning("%s", problem.text)
         trouble.post(key, level, problem)
@@ -401,7 +405,8 @@ class Watch:
             self.worker = Worker(lambda s, c: refresh(s, self.finder, c), "spdu-peers",
                                  self.wake)
         for state, _args in self.worker.take():
-            if state is not None and conf["peerQuorum"]:
+            if state is not None and conf["peerQuorum"] and (state.get("down")
+                                                             or state.get("held")):
                 loop.next_reconcile = min(loop.next_reconcile, now)  # the quorum may change
         if now >= self.next_at and not self.worker.busy:
             self.next_at = now + conf["peerInterval"]

@@ -149,7 +149,7 @@ KEYS: dict[str, Key] = {
         Key("peerDivergence", validate.decimal(0, 86400), "30",
             "seconds the sites may disagree before a notice is mailed (0: never)",
             site_only=True),
-        Key("peerQuorum", validate.yes_no, "no",
+        Key("peerQuorum", validate.yes_no, "yes",
             "with 3+ sites, keep a peer this site sees down while most other sites serve it",
             site_only=True),
         Key("peerWait", validate.decimal(0, 600), "10",
