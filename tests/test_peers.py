@@ -331,3 +331,33 @@ def test_since_when_each_view_serves_each_site_survives_the_reads():
     peers.note_serving(state, owned, 104.0)
     assert state["sites"]["gamma"]["serving"] == serving
     assert not peers.fresh(state["sites"]["gamma"], 104.0, 10.0)
+
+
+def test_the_matrix_on_a_terminal():
+    """rich's table, as `spdu status --peers` prints it on a terminal."""
+    from spdu_cli import render
+
+    rep = {"self": "alpha", "source": "loop", "read_at": "2026-12-03T15:00:00.000Z",
+           "owners": ["alpha", "beta", "gamma"],
+           "sites": {"alpha": {"server": "127.0.0.1:53", "serves": ["alpha", "gamma"],
+                               "fresh": True, "since": "2026-12-03T14:59:00.000Z",
+                               "error": None},
+                     "beta": {"server": "192.0.2.2:53", "serves": [], "fresh": False,
+                              "since": None, "error": "no answer within 3 s"},
+                     "gamma": {"server": "192.0.2.3:53", "serves": ["alpha", "beta", "gamma"],
+                               "fresh": True, "since": "2026-12-03T14:00:00.000Z",
+                               "error": None}},
+           "splits": [{"text": "gamma serves beta; alpha does not, for 60 s"}],
+           "flipflops": [], "held": {"beta": "served by gamma"}}
+    out = render.table(*render.peers_rows(rep), width=140)
+    import re
+
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
+    rows = {ln.split()[0]: ln.split() for ln in plain.splitlines() if ln.strip()}
+    assert rows["VIEW"][:5] == ["VIEW", "OF", "SERVER", "ALPHA", "BETA"]
+    assert rows["alpha"][3:6] == ["127.0.0.1:53", "yes", "no"]
+    assert rows["beta"][2:5] == ["?", "?", "?"] and "no answer within 3 s" in plain
+    assert rows["gamma"][2:5] == ["yes", "yes", "yes"]
+    notes = list(render.peers_notes(rep))
+    assert notes[1:] == ["split: gamma serves beta; alpha does not, for 60 s",
+                         "kept: beta: served by gamma"]
