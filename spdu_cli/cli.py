@@ -327,9 +327,9 @@ def status_cmd(obj: Context, targets, as_json, dns, peers):
 
     now = time.time()
     if peers:
-        from spdu_cli import peers as views
+        from spdu_cli import peerreport
 
-        rep = views.report(obj.site(), now)
+        rep = peerreport.report(obj.site(), now)
         if as_json:
             click.echo(render.json_line(rep))
         elif _tty():

@@ -195,7 +195,59 @@ def load(spool_dir: str) -> dict:
     if not isinstance(d, dict) or d.get("version") != VERSION or not isinstance(
             d.get("sites"), dict):
         return {}
-    return d
+    return clean(d)
+
+
+def _time(v) -> str | None:
+    """An ISO time as spdu writes them, else None."""
+    try:
+        return v if isinstance(v, str) and len(v) < 40 and epoch(v) is not None else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _text(v) -> str | None:
+    return v[:1000] if isinstance(v, str) else None
+
+
+def _addresses(v) -> list[str]:
+    out = []
+    for a in v if isinstance(v, list) else []:
+        try:
+            out.append(str(ipaddress.ip_address(a)))
+        except (TypeError, ValueError):
+            continue
+    return out[:MAX_ADDRESSES]
+
+
+def clean(d: dict) -> dict:
+    """The state as written by spdu, whatever the file holds: each field of
+    the type it must have, or left out (what cannot be read counts for nothing)."""
+    sites = {}
+    for name, rec in list(d.get("sites", {}).items())[:256]:
+        if not isinstance(name, str) or not isinstance(rec, dict):
+            continue
+        serving = rec.get("serving") if isinstance(rec.get("serving"), dict) else {}
+        sites[name[:64]] = {
+            "server": _text(rec.get("server")), "how": _text(rec.get("how")),
+            "read_at": _time(rec.get("read_at")), "ok_at": _time(rec.get("ok_at")),
+            "since": _time(rec.get("since")), "addresses": _addresses(rec.get("addresses")),
+            "error": _text(rec.get("error")) if rec.get("error") is not None else None,
+            "serving": {str(o)[:64]: t for o, t in list(serving.items())[:256]
+                        if _time(t)}}
+        if rec.get("error") is not None and sites[name[:64]]["error"] is None:
+            sites[name[:64]]["error"] = "unreadable record"
+    out = {"sites": sites, "self": _text(d.get("self")), "read_at": _time(d.get("read_at")),
+           "down": [t for t in d.get("down", []) if isinstance(t, str)][:256]
+           if isinstance(d.get("down"), list) else []}
+    for key in ("divergence", "held"):
+        recs = d.get(key) if isinstance(d.get(key), dict) else {}
+        out[key] = {str(k)[:64]: {"since": _time(r.get("since")) or out["read_at"],
+                                  "noticed": r.get("noticed") is True,
+                                  "text": _text(r.get("text")) or "",
+                                  "why": _text(r.get("why")) or ""}
+                    for k, r in list(recs.items())[:256] if isinstance(r, dict)}
+    return out
 
 
 def save(spool_dir: str, state: dict) -> None:
@@ -319,7 +371,7 @@ def divergence(state: dict, m: dict, now: float, after: float) -> list:
 # -- one round, as the loop does it ------------------------------------------------------
 
 
-def _entries(site) -> dict:
+def entries_of(site) -> dict:
     """The targets' spool entries that can be read (the others: unknown)."""
     from spdu_cli.spool import Spool
 
@@ -355,7 +407,7 @@ def refresh(site, finder: Finder, clock: float, now: float | None = None) -> dic
     from spdu_cli import trouble
 
     conf = settings(site)
-    entries = _entries(site)
+    entries = entries_of(site)
     servers, missing = finder.servers(site, entries, clock)
     first = site.target(site.targets[0])
     views = read_all(servers, first.pool_name, first.name_timeout)
@@ -411,82 +463,6 @@ class Watch:
         if now >= self.next_at and not self.worker.busy:
             self.next_at = now + conf["peerInterval"]
             self.worker.request(site, now)
-
-
-# -- spdu status --peers ------------------------------------------------------------------
-
-
-def report(site, now: float | None = None) -> dict:
-    """The matrix for `spdu status --peers`: from the loop's state in the spool
-    when it is fresh, else read now (nothing written)."""
-    now = time.time() if now is None else now
-    conf = settings(site)
-    entries = _entries(site)
-    state, source = load(site.spool_dir), "loop"
-    read = epoch(state.get("read_at")) if state.get("read_at") else None
-    if read is None or now - read > conf["fresh"]:
-        first = site.target(site.targets[0])
-        servers, missing = Finder().servers(site, entries, time.monotonic())
-        views = read_all(servers, first.pool_name, first.name_timeout)
-        state = merge(state, views, servers, missing, first.my_tag, now)
-        source = "read now"
-    owned = owners(site, entries)
-    m = matrix(state, owned, now, conf["fresh"])
-    splits = []
-    for owner, row in m.items():
-        if row["serve"] and row["not"]:
-            rec = (state.get("divergence") or {}).get(owner) or {}
-            since = epoch(rec["since"]) if rec.get("since") else now
-            splits.append({"owner": owner, "since": iso(since), "seconds": round(now - since, 1),
-                           "serve": row["serve"], "not": row["not"],
-                           "text": split_text(owner, row, now - since)})
-    sites = {}
-    for name, rec in sorted((state.get("sites") or {}).items()):
-        serves = sorted(o for o, addrs in owned.items()
-                        if addrs & set(rec.get("addresses") or ()))
-        sites[name] = {"server": rec.get("server"), "how": rec.get("how"),
-                       "addresses": rec.get("addresses") or [], "serves": serves,
-                       "since": rec.get("since"), "read_at": rec.get("read_at"),
-                       "fresh": fresh(rec, now, conf["fresh"]),
-                       "error": rec.get("error")}
-    return {"self": state.get("self"), "source": source, "read_at": state.get("read_at"),
-            "sites": sites, "owners": sorted(owned), "matrix": m, "splits": splits,
-            "flipflops": flipflops(site.spool_dir, now),
-            "held": {t: h.get("why") for t, h in (state.get("held") or {}).items()
-                     if isinstance(h, dict)}}
-
-
-def flipflops(spool_dir: str, now: float) -> list:
-    """The changes this site keeps making again (spdu_cli.flipflop), when any."""
-    from spdu_cli import flipflop
-
-    return flipflop.standing(spool_dir, now)
-
-
-def metrics(out, site, entries: dict, now: float) -> None:
-    """The peer views in the metrics file (metrics.Exposition), from the spool."""
-    state = load(site.spool_dir)
-    if not state.get("sites") or not site.targets:
-        return
-    try:
-        bound = settings(site)["fresh"]
-        owned = owners(site, entries)
-    except (SpduError, ValueError):
-        return
-    sites = state["sites"]
-    out.family("spdu_peer_view_readable", "gauge",
-               "1 when the site's view (its pool on its own DNS server) was read lately.",
-               [({"site": n}, int(fresh(r, now, bound))) for n, r in sorted(sites.items())])
-    out.family("spdu_peer_serves", "gauge",
-               "1 when the site's view holds an address of `serves` (a site), else 0.",
-               [({"site": n, "serves": o}, int(bool(a & set(r.get("addresses") or ()))))
-                for n, r in sorted(sites.items()) if fresh(r, now, bound)
-                for o, a in sorted(owned.items())])
-    split = state.get("divergence") or {}
-    out.family("spdu_peer_split_seconds", "gauge",
-               "How long the sites' views have disagreed about `serves` (a site).",
-               [({"serves": o}, round(now - (epoch(r.get("since")) or now), 1))
-                for o, r in sorted(split.items()) if isinstance(r, dict)])
 
 
 # -- the quorum's input -----------------------------------------------------------------

@@ -47,6 +47,13 @@ def _auto_yes_no(value: str) -> str:
     return "auto" if value.lower() == "auto" else ("yes" if validate.yes_no(value) else "no")
 
 
+def _one_server(value: str) -> tuple[tuple[str, int | None], ...]:
+    out = validate.server_list(value)
+    if len(out) > 1:
+        raise ValueError("one server only: ADDRESS or ADDRESS@PORT")
+    return out
+
+
 def _syslog_socket(value: str) -> str:
     return value.lower() if value.lower() in ("", "none") else validate.absolute_path(value)
 
@@ -139,7 +146,7 @@ KEYS: dict[str, Key] = {
         Key("webhookTimeout", validate.decimal(0.1, 60), "5",
             "deadline of each webhook POST, whole"),
         # Peer views (spdu_cli/peers.py) and the quorum (spdu_cli/quorum.py).
-        Key("targetDNS", validate.server_list, "",
+        Key("targetDNS", _one_server, "",
             "the target's own DNS server(s), ADDRESS[@PORT], whose pool is its view"
             " (empty: the pool zone's NS set, matched to the target's addresses)"),
         Key("peerViews", validate.yes_no, "yes",

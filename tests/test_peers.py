@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spdu_cli import peers, trouble
+from spdu_cli import peerreport, peers, trouble
 from spdu_cli.config import load
 from spdu_cli.spool import Spool
 from tests.conftest import _tsig_key
@@ -280,11 +280,11 @@ def test_two_sites_writing_one_zone_are_told_apart_from_a_flapping_target(tmp_pa
     pool = f"{POOL} on {knot.address} port {knot.port}"
     assert said == [("alpha", f"flipflop {pool} {BETA}", "WARNING"),
                     ("beta", f"flipflop {pool} {BETA}", "WARNING")]
-    rep = peers.report(sites["beta"])
+    rep = peerreport.report(sites["beta"])
     [flip] = rep["flipflops"]
     assert flip["address"] == BETA and flip["target"] == "selfIP" and flip["adds"] == 3
     assert "something else undoes each change" in flip["text"]
-    [flip] = peers.report(sites["alpha"])["flipflops"]
+    [flip] = peerreport.report(sites["alpha"])["flipflops"]
     assert flip["deletes"] == 3 and flip["target"] == "beta"
 
 
@@ -361,3 +361,44 @@ def test_the_matrix_on_a_terminal():
     notes = list(render.peers_notes(rep))
     assert notes[1:] == ["split: gamma serves beta; alpha does not, for 60 s",
                          "kept: beta: served by gamma"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
+    | st.sampled_from(["2026-12-03T15:00:00.000Z", "192.0.2.2", "not a time", "2001:db8::2"]),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["sites", "alpha", "beta", "addresses", "serving",
+                                       "ok_at", "since", "error", "read_at", "divergence",
+                                       "held", "noticed", "self", "down", "x"]), children,
+                      max_size=6),
+    max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["sites", "self", "read_at", "divergence", "held",
+                                        "down"]), json_values, max_size=6))
+def test_a_damaged_state_file_counts_for_nothing_and_breaks_nothing(tmp_path_factory, d):
+    """Whatever .peers.json holds (JSON of any shape), reading it, the matrix,
+    the quorum's input and the divergence work, on typed fields only."""
+    spool = tmp_path_factory.mktemp("s")
+    (spool / peers.VIEWS_NAME).write_text(json.dumps({**d, "version": peers.VERSION}))
+    state = peers.load(str(spool))
+    if not state:
+        return
+    owned = {"alpha": {SELF}, "beta": {BETA}}
+    m = peers.matrix(state, owned, time.time(), 10.0)
+    peers.divergence(state, m, time.time(), 30.0)
+    peers.note_serving(state, owned, time.time())
+    for rec in state["sites"].values():
+        assert all(isinstance(a, str) for a in rec["addresses"])
+
+
+def test_targetdns_is_one_address(run, confdir, tmp_path):
+    confdir.write(f"domain=domain.tld\ntargets=beta\nspoolDir={tmp_path / 's'}\n")
+    confdir.write("targetIP=192.0.2.2\ntargetDNS='192.0.2.2 192.0.2.53'\n", target="beta")
+    r = run("config", "check")
+    assert r.exit_code == 78
+    assert "targetDNS='192.0.2.2 192.0.2.53': one server only" in r.stderr
+    confdir.write("targetIP=192.0.2.2\ntargetDNS=ns.beta\n", target="beta")
+    r = run("config", "check")
+    assert r.exit_code == 78 and "targetDNS=ns.beta" in r.stderr and "not a name" in r.stderr
