@@ -402,3 +402,40 @@ def test_targetdns_is_one_address(run, confdir, tmp_path):
     confdir.write("targetIP=192.0.2.2\ntargetDNS=ns.beta\n", target="beta")
     r = run("config", "check")
     assert r.exit_code == 78 and "targetDNS=ns.beta" in r.stderr and "not a name" in r.stderr
+
+
+# -- in the cron loop ---------------------------------------------------------------------
+
+
+def test_the_loop_reads_the_views_and_a_silent_peer_server_holds_up_no_probe(
+        run, confdir, tmp_path, knot, http_server):
+    """A real `spdu cron`: beta's status server answers, beta's DNS server
+    (targetDNS) takes every question and never answers. beta is probed on its
+    schedule all the same, and the views are in the spool, beta's with its error."""
+    import socket
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        web = http_server("127.0.0.22")
+        spool = tmp_path / "spool"
+        confdir.write("\n".join([
+            "domain=domain.tld", "myTag=alpha", "targets=beta", f"spoolDir={spool}",
+            f"nameServer={knot.address}", f"namePort={knot.port}", "nameTimeout=1",
+            f"selfIP={SELF}", "interval=0.5", "peerInterval=1", "syslogSocket=none",
+            f"tsigKey=hmac-sha256:{knot.key[0]}:{knot.key[2]}"]) + "\n", mode=0o600)
+        confdir.write(f"targetIP=127.0.0.22\nprobePort={web.port}\n"
+                      f"targetDNS=127.0.0.1@{silent.getsockname()[1]}\n", target="beta")
+        t0 = time.monotonic()
+        r = run("cron", "--for", "5")
+        took = time.monotonic() - t0
+        assert r.exit_code == 0, r.stderr
+        entry = Spool(str(spool)).read("beta")
+        # every 0.5 s for 5 s: the reads of a server that never answers (1 s each) cost none
+        assert entry.counters["probes"] >= 8, (entry.counters, took)
+        state = peers.load(str(spool))
+        assert state["sites"]["alpha"]["error"] is None
+        assert "127.0.0.22" in state["sites"]["alpha"]["addresses"]
+        assert "within 1 s" in (state["sites"]["beta"]["error"] or ""), state["sites"]["beta"]
+    finally:
+        silent.close()

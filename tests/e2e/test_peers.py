@@ -74,10 +74,11 @@ def test_b_a_cut_link_between_alpha_and_beta(lab, on):
     quorum(lab, on)
     alpha, beta = lab.sites["alpha"], lab.sites["beta"]
     try:
+        t_cut = time.monotonic()
         cut(alpha, beta)
         # at once, as without the quorum: each removes the other
-        lab.wait_pool({"alpha": {"alpha", "gamma"}, "beta": {"beta", "gamma"},
-                       "gamma": set(SITES)}, OUT)
+        out = lab.wait_pool({"alpha": {"alpha", "gamma"}, "beta": {"beta", "gamma"},
+                             "gamma": set(SITES)}, OUT, poll=0.02)
         # every site shows the split: alpha and beta cannot read each other's view
         time.sleep(2)  # read again (peerInterval 1), before peerWait brings them back
         seen = {n: status_peers(s) for n, s in lab.sites.items()}
@@ -88,13 +89,16 @@ def test_b_a_cut_link_between_alpha_and_beta(lab, on):
             assert splits(seen["beta"]) == {"alpha": (["gamma"], ["beta"])}, seen["beta"]
         assert seen["alpha"]["sites"]["beta"]["fresh"] is False
         assert seen["beta"]["sites"]["alpha"]["fresh"] is False
-        history = watch(lab, WAIT + 12)
+        t_history = time.monotonic()
+        history = watch(lab, WAIT + 12)  # (times from t_history)
         last = history[-1][1]
         if on:
             # taken back peerWait after it was removed, and kept while the cut lasts
             assert last == lab.full(), history[-1]
             back = next(t for t, p in history if p["alpha"] == set(SITES))
             assert all(p == lab.full() for t, p in history if t >= back + 0.5), history
+            print(f"(b) quorum on: out of alpha's pool {out:.2f} s after the cut, back"
+                  f" {t_history - t_cut + back:.2f} s after it (peerWait {WAIT:g})")
             kept = {n: status_peers(s)["held"] for n, s in lab.sites.items()}
             assert set(kept["alpha"]) == {"beta"} and set(kept["beta"]) == {"alpha"}, kept
             assert "served by gamma" in kept["alpha"]["beta"]
