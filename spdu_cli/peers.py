@@ -312,19 +312,13 @@ def owners(site, entries: dict) -> dict[str, set[str]]:
 
 def matrix(state: dict, owned: dict[str, set[str]], now: float, bound: float) -> dict:
     """owner -> {"serve": [sites], "not": [sites], "unreadable": [sites]}."""
-    sites = state.get("sites") or {}
-    out = {}
-    for owner, addrs in owned.items():
-        row = {"serve": [], "not": [], "unreadable": []}
-        for name, rec in sorted(sites.items()):
-            if not fresh(rec, now, bound):
-                row["unreadable"].append(name)
-            elif addrs & set(rec.get("addresses") or ()):
-                row["serve"].append(name)
-            else:
-                row["not"].append(name)
-        out[owner] = row
-    return out
+    sites = sorted((state.get("sites") or {}).items())
+    readable = [(n, set(r.get("addresses") or ())) for n, r in sites if fresh(r, now, bound)]
+    unreadable = [n for n, r in sites if not fresh(r, now, bound)]
+    return {owner: {"serve": [n for n, got in readable if addrs & got],
+                    "not": [n for n, got in readable if not addrs & got],
+                    "unreadable": list(unreadable)}
+            for owner, addrs in owned.items()}
 
 
 def _names(names: list[str]) -> str:
@@ -422,8 +416,12 @@ def refresh(site, finder: Finder, clock: float, now: float | None = None) -> dic
     notices += note_held(state, kept, first.my_tag, now)
     from spdu_cli.health import State
 
-    # the quorum may change what DNS should hold only for a peer seen down here
-    state["down"] = sorted(t for t, e in entries.items() if e.health.state is State.DOWN)
+    # the quorum may change what DNS should hold only for a peer seen down here, and
+    # only while another site's view counts
+    witness = any(fresh(r, now, conf["fresh"]) for n, r in state["sites"].items()
+                  if n != first.my_tag)
+    state["down"] = sorted(t for t, e in entries.items()
+                           if witness and e.health.state is State.DOWN)
     for key, level, problem in notices:
         log.warning("%s", problem.text)
         trouble.post(key, level, problem)
@@ -499,20 +497,18 @@ def held(cfgs, entries: dict, current: set[str], now: float,
     bound = fresh_for(check_value("peerInterval", first.settings["peerInterval"]),
                       first.name_timeout)
     wait = check_value("peerWait", first.settings["peerWait"])
+    # only a fresh view counts (quorum.holds): the others are not even looked at
+    readable = [(name, rec.get("serving") or {}) for name, rec in sites.items()
+                if name != state.get("self") and fresh(rec, now, bound)]
     out = {}
     for c in cfgs:
         e = entries.get(c.target)
-        if e is None or e.health.state is not State.DOWN:
+        if not readable or e is None or e.health.state is not State.DOWN:
             continue
         mine = {str(ipaddress.ip_address(a)) for a in
                 [*e.addresses, *(str(i) for i in c.target_ips)]}
-        witnesses = []
-        for name, rec in sites.items():
-            if name in (state.get("self"), c.target) or not isinstance(rec, dict):
-                continue
-            since = (rec.get("serving") or {}).get(c.target)
-            witnesses.append(Witness(name, fresh(rec, now, bound),
-                                     epoch(since) if since else None))
+        witnesses = [Witness(name, True, epoch(serving[c.target]) if serving.get(c.target)
+                             else None) for name, serving in readable if name != c.target]
         why = holds(c.target, e.health.since, witnesses, len(sites), now, wait,
                     bool(mine & {str(ipaddress.ip_address(a)) for a in current}))
         if why:
