@@ -63,11 +63,13 @@ def repeats(changes: list[dict], now: float) -> dict[tuple[str, str], dict]:
 
 def text(pool: str, address: str, r: dict) -> str:
     span = r["last"] - r["first"]
-    return (f"{pool}: this site removed {address} ({r['target']}) {r['deletes']} times and"
-            f" added it {r['adds']} times in {span:.0f} s, its target's state unchanged:"
-            " something else undoes each change. Two writers with different views update"
-            " this zone (two sites sharing one primary, a hidden primary?); give each site"
-            " its own primary, or run spdu on one site only for this zone")
+    did = " and ".join(f"{word} it {n} times" for word, n in (("removed", r["deletes"]),
+                                                              ("added", r["adds"])) if n)
+    return (f"{pool}: this site {did} ({address}, {r['target']}) in {span:.0f} s, its"
+            " target's state unchanged: something else undoes each change. Two writers with"
+            " different views update this zone (two sites sharing one primary, a hidden"
+            " primary?); give each site its own primary, or run spdu on one site only for"
+            " this zone")
 
 
 def note(spool_dir: str, plans, entries: dict, now: float) -> list:

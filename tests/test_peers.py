@@ -439,3 +439,12 @@ def test_the_loop_reads_the_views_and_a_silent_peer_server_holds_up_no_probe(
         assert "within 1 s" in (state["sites"]["beta"]["error"] or ""), state["sites"]["beta"]
     finally:
         silent.close()
+
+
+def test_the_flip_flop_says_what_this_site_did():
+    from spdu_cli import flipflop
+
+    r = {"adds": 3, "deletes": 0, "first": 0.0, "last": 45.0, "target": "selfIP"}
+    assert flipflop.text("api.pool.domain.tld on 127.0.0.1 port 53", BETA, r).startswith(
+        f"api.pool.domain.tld on 127.0.0.1 port 53: this site added it 3 times ({BETA},"
+        " selfIP) in 45 s, its target's state unchanged: something else undoes each change.")
