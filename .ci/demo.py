@@ -249,6 +249,7 @@ def write_config(root: Path, dns_port: int, site_port: int, smtp_port: int) -> P
         'domain="domain.tld"\n'
         'myTag="alpha"\n'
         f'selfIP="{SELF}"            # this site: always in the pool\n'
+        'selfCheck="no"              # (a real site probes its own service at selfIP too)\n'
         f'targets="{" ".join(SITES)}"\n'
         f'probePort="{site_port}"\n'
         'probeTimeout="1"\n'

@@ -129,7 +129,7 @@ def main() -> None:
             conf = Path(tmp) / "spdu.conf"
             conf.write_text(
                 f"domain=domain.tld\ntargets='{' '.join(TARGETS)}'\nspoolDir={tmp}/spool\n"
-                f"selfIP=192.0.2.1\nnamePort={knot.port}\ninterval={args.interval:g}\n"
+                f"selfCheck=no\nselfIP=192.0.2.1\nnamePort={knot.port}\ninterval={args.interval:g}\n"
                 "syslogSocket=none\n")
             os.chmod(conf, 0o644)
             (Path(tmp) / "spdu").mkdir()

@@ -96,7 +96,7 @@ def write_site(root: Path, knot: KnotServer, peer: StatusServer, relay: SmtpRela
                rx: WebhookReceiver) -> Path:
     conf = root / "spdu.conf"
     conf.write_text(
-        f"domain=domain.tld\ntargets=beta\nspoolDir={root}/spool\nselfIP={SELF}\n"
+        f"domain=domain.tld\ntargets=beta\nspoolDir={root}/spool\nselfCheck=no\nselfIP={SELF}\n"
         f"nameServer=127.0.0.1\nnamePort={knot.port}\nnameTimeout=2\ninterval=0.4\n"
         "fastInterval=0.1\nprobeTimeout=0.5\nprobeFall=1\nprobeRise=1\nflapCount=0\n"
         f"syslogSocket=none\nalertAfter=0\nmailTo=ops@domain.tld\nsmtpRelay=127.0.0.1\n"

@@ -86,7 +86,7 @@ def site(tmp: Path, n: int, name_port: int, port: int) -> Path:
     names = [f"t{i}" for i in range(n)]
     conf.write_text(
         f"domain=domain.tld\ntargets='{' '.join(names)}'\nspoolDir={tmp}/spool\n"
-        f"selfIP=192.0.2.1\nnameServer=127.0.0.1\nnamePort={name_port}\nnameTimeout=5\n"
+        f"selfCheck=no\nselfIP=192.0.2.1\nnameServer=127.0.0.1\nnamePort={name_port}\nnameTimeout=5\n"
         f"probePort={port}\ninterval={INTERVAL:g}\nsyslogSocket=none\n")
     os.chmod(conf, 0o644)
     (tmp / "spdu").mkdir()

@@ -38,7 +38,7 @@ def site(tmp: Path, n: int, name_port: int) -> Path:
     names = [f"t{i}" for i in range(n)]
     conf.write_text(
         f"domain=domain.tld\ntargets='{' '.join(names)}'\nspoolDir={tmp}/spool\n"
-        f"selfIP=192.0.2.1\nnamePort={name_port}\nprobePort={free_port()}\n"
+        f"selfCheck=no\nselfIP=192.0.2.1\nnamePort={name_port}\nprobePort={free_port()}\n"
         "probeTimeout=5\nsyslogSocket=none\n")
     os.chmod(conf, 0o644)
     (tmp / "spdu").mkdir()

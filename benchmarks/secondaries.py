@@ -57,7 +57,7 @@ def main() -> None:
             spool.ensure_dir()
             conf = tmp / "spdu.conf"
             conf.write_text(f"domain=domain.tld\ntargets=beta\nspoolDir={spool.dir}\n"
-                            f"nameServer=127.0.0.1\nnamePort={primary.port}\nselfIP={SELF}\n"
+                            f"nameServer=127.0.0.1\nnamePort={primary.port}\nselfCheck=no\nselfIP={SELF}\n"
                             "staleAfter=86400\n")
             os.chmod(conf, 0o644)
             (tmp / "spdu").mkdir()

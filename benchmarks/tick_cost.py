@@ -76,7 +76,7 @@ def idle_site(interval: float = INTERVAL):
                 KnotServer(Path(tmp) / "knot", records=[("api", "A", "192.0.2.1")]) as knot:
             conf = Path(tmp) / "spdu.conf"
             common = (f"domain=domain.tld\ntargets='beta gamma'\nspoolDir={tmp}/spool\n"
-                      f"selfIP=192.0.2.1\nnamePort={knot.port}\ninterval={interval:g}\n"
+                      f"selfCheck=no\nselfIP=192.0.2.1\nnamePort={knot.port}\ninterval={interval:g}\n"
                       "syslogSocket=none\nsmtpRelay=127.0.0.1\nsmtpSSL=no\n")
             conf.write_text(common)
             os.chmod(conf, 0o644)

@@ -23,6 +23,7 @@ from spdu_cli.errors import ConfigError, UsageError
 from spdu_cli.paths import CONFIG_ENV as ENV_VAR
 from spdu_cli.paths import DEFAULT_CONFIG as DEFAULT_PATH
 from spdu_cli.safefile import SafeFile, check_directory, read_safe_file, require_private
+from spdu_cli.selfcheck import SELF, self_settings
 from spdu_cli.settings import KEYS, MissingDefault, Setting, System, Values, check_value
 
 log = logging.getLogger(__name__)
@@ -216,6 +217,7 @@ class TargetConfig:
     webhooks: tuple[WebhookConfig, ...] = ()
     secondary_servers: tuple[tuple[str, int | None], ...] = ()  # (address, port or None)
     cert_warn_days: int = 14  # certWarnDays (0: off)
+    is_self: bool = False  # the self-check's pseudo-target: this site's own service, at selfIP
 
     @property
     def probe_url(self) -> str:
@@ -262,7 +264,21 @@ class Site:
 
     @property
     def targets(self) -> tuple[str, ...]:
-        names = self._site_value("targets")
+        """targets=, and `self` last while the self-check is on (selfCheck=yes,
+        selfIP set in the main file, and a peer to fall back on)."""
+        if "@targets" not in self._values:  # once: `targets` alone may list thousands
+            names = self._site_value("targets")
+            if self._site_value("selfCheck"):
+                if SELF in names:
+                    s = self.settings["targets"]
+                    raise ConfigError(
+                        f"{s.source}: targets= names {SELF!r}, the name of this site's own"
+                        " service while selfCheck=yes",
+                        f"rename that target, or set selfCheck=no in {self.path}")
+                if names and self._site_value("selfIP"):
+                    names = (*names, SELF)
+            self._values["@targets"] = names
+        names = self._values["@targets"]
         return tuple(n for n in names if n not in self.broken) if self.broken else names
 
     @property
@@ -308,6 +324,9 @@ class Site:
                 validate.target_name(name)
             except ValueError as e:
                 raise UsageError(f"target {name!r}: {e}") from None
+            if name == SELF and name not in self._known:
+                raise UsageError(f"target {SELF!r} is this site's own service, probed only with"
+                                 f" selfCheck=yes, selfIP and targets= set in {self.path}")
             if name not in self._known and not (self.target_dir / name).exists():
                 known = " ".join(self.targets) or "none"
                 raise UsageError(
@@ -344,6 +363,8 @@ class Site:
                     continue
                 settings[key] = s
             files.append(str(path))
+        if name == SELF:
+            settings.update(self_settings(settings, self.system))
         return build_target(name, settings, tuple(files), self.path, self.system,
                             self.read_key_file, checked=set(self.settings) - set(own))
 
@@ -484,6 +505,7 @@ def build_target(
         webhooks=webhooks,
         secondary_servers=get("secondaryServers"),
         cert_warn_days=get("certWarnDays"),
+        is_self=name == SELF and get("selfCheck"),
     )
 
 

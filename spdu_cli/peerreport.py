@@ -17,6 +17,7 @@ from spdu_cli.peers import (
     matrix,
     merge,
     owners,
+    peer_configs,
     read_all,
     settings,
     split_text,
@@ -28,12 +29,17 @@ def report(site, now: float | None = None) -> dict:
     when it is fresh, else read now (nothing written)."""
     now = time.time() if now is None else now
     site.select(())  # no targets: 78, as every command
+    if not peer_configs(site):
+        from spdu_cli.errors import ConfigError
+
+        raise ConfigError(f"no peer in targets= of {site.path}: there is no view to show",
+                          'add targets="beta gamma"')
     conf = settings(site)
     entries = entries_of(site)
     state, source = load(site.spool_dir), "loop"
     read = epoch(state.get("read_at")) if state.get("read_at") else None
     if read is None or now - read > conf["fresh"]:
-        first = site.target(site.targets[0])
+        first = peer_configs(site)[0]
         servers, missing = Finder().servers(site, entries, time.monotonic())
         views = read_all(servers, first.pool_name, first.name_timeout)
         state = merge(state, views, servers, missing, first.my_tag, now)
@@ -74,7 +80,7 @@ def flipflops(spool_dir: str, now: float) -> list:
 def metrics(out, site, entries: dict, now: float) -> None:
     """The peer views in the metrics file (metrics.Exposition), from the spool."""
     state = load(site.spool_dir)
-    if not state.get("sites") or not site.targets:
+    if not state.get("sites") or not peer_configs(site):
         return
     try:
         bound = settings(site)["fresh"]

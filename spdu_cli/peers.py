@@ -141,7 +141,7 @@ class Finder:
         """(site -> its server, site -> why none was found)."""
         from spdu_cli.settings import check_value
 
-        cfgs = [site.target(t) for t in site.targets]
+        cfgs = peer_configs(site)
         first = cfgs[0]
         me = first.my_tag
         found = {me: Server(me, str(first.name_server), first.name_port, "nameServer")}
@@ -301,7 +301,7 @@ def fresh(rec: dict, now: float, bound: float) -> bool:
 
 def owners(site, entries: dict) -> dict[str, set[str]]:
     """Each site's addresses: this one's selfIP, each target's targetIP or probed ones."""
-    cfgs = [site.target(t) for t in site.targets]
+    cfgs = peer_configs(site)
     out = {cfgs[0].my_tag: {str(i) for i in cfgs[0].self_ips}}
     for c in cfgs:
         got = {str(i) for i in c.target_ips} or set(getattr(entries.get(c.target), "addresses",
@@ -365,6 +365,12 @@ def divergence(state: dict, m: dict, now: float, after: float) -> list:
 # -- one round, as the loop does it ------------------------------------------------------
 
 
+def peer_configs(site) -> list:
+    """The configured targets that are other sites: not `self` (the self-check's
+    pseudo-target, this site's own service, whose view is this site's)."""
+    return [c for c in (site.target(t) for t in site.targets) if not c.is_self]
+
+
 def entries_of(site) -> dict:
     """The targets' spool entries that can be read (the others: unknown)."""
     from spdu_cli.spool import Spool
@@ -386,7 +392,8 @@ def settings(site) -> dict:
 
     out = {k: get(k) for k in ("peerViews", "peerInterval", "peerDivergence", "peerQuorum",
                                "peerWait")}
-    timeout = site.target(site.targets[0]).name_timeout if site.targets else 0.0
+    cfgs = peer_configs(site)
+    timeout = cfgs[0].name_timeout if cfgs else 0.0
     out["fresh"] = fresh_for(out["peerInterval"], timeout)
     return out
 
@@ -403,7 +410,7 @@ def refresh(site, finder: Finder, clock: float, now: float | None = None) -> dic
     conf = settings(site)
     entries = entries_of(site)
     servers, missing = finder.servers(site, entries, clock)
-    first = site.target(site.targets[0])
+    first = peer_configs(site)[0]
     views = read_all(servers, first.pool_name, first.name_timeout)
     now = time.time() if now is None else now  # when they were read
     state = merge(load(site.spool_dir), views, servers, missing, first.my_tag, now)
@@ -412,7 +419,7 @@ def refresh(site, finder: Finder, clock: float, now: float | None = None) -> dic
     m = matrix(state, owned, now, conf["fresh"])
     notices = divergence(state, m, now, conf["peerDivergence"])
     mine = set((state["sites"].get(first.my_tag) or {}).get("addresses") or ())
-    kept = held([site.target(t) for t in site.targets], entries, mine, now, state)
+    kept = held(peer_configs(site), entries, mine, now, state)
     notices += note_held(state, kept, first.my_tag, now)
     from spdu_cli.health import State
 
@@ -447,7 +454,7 @@ class Watch:
             conf = settings(site)
         except (SpduError, AttributeError, TypeError):  # refused, or no configuration
             return
-        if not conf["peerViews"] or not site.targets:
+        if not conf["peerViews"] or not peer_configs(site):
             return
         if self.worker is None:
             from spdu_cli.background import Worker

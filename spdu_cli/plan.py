@@ -14,6 +14,7 @@ from spdu_cli.config import TargetConfig
 from spdu_cli.entry import staleness
 from spdu_cli.errors import ConfigError, SpduError
 from spdu_cli.health import State
+from spdu_cli.selfcheck import KEPT, SELF, judge
 from spdu_cli.tsig import TsigKey
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ def decide(
     self_ttl: int,
     now: float,
     prune: bool = False,
+    self_view: TargetView | None = None,
     held: Mapping[str, str] | None = None,
 ) -> Decision:
     """The minimal change that makes the pool agree with the targets' states.
@@ -92,7 +94,9 @@ def decide(
     so are those of a target in maintenance (probed or configured, whatever
     its state; a maintenance past its end is over even before it is cleared);
     unknown or stale targets (a probe time in the future is stale too) are
-    left as they are; selfIP is always present;
+    left as they are; selfIP is present, unless `self_view` (the self-check)
+    is down or in maintenance while another target of the pool is up: then it
+    is absent (selfcheck.judge);
     an address spdu does not manage is never touched (it is named in
     `unmanaged`, and removed only with `prune`); and a change that would
     leave the pool without any address is withheld. `held`: down targets
@@ -134,8 +138,15 @@ def decide(
                 present.setdefault(a, (t.ttl, t.target))
             else:
                 absent.setdefault(a, t.target)
+    self_state, why = judge(self_view, now)
+    leaves = self_state is State.DOWN and bool(present)  # down, and a peer is up
+    if why or (self_state is State.DOWN and not leaves):
+        left.append((SELF, why or KEPT))
     for a in self_ips:
-        present[canon(a)] = (self_ttl, None)
+        if leaves:
+            absent[canon(a)] = SELF  # (an up target's address that selfIP names stays)
+        else:
+            present[canon(a)] = (self_ttl, SELF if self_state is State.UP else None)
     changes = [
         Change("add", a, ttl, who) for a, (ttl, who) in sorted(present.items()) if a not in current
     ]
@@ -199,6 +210,7 @@ class Pool:
     self_ips: tuple[str, ...]
     self_ttl: int
     targets: list[TargetConfig] = field(default_factory=list)
+    self_check: TargetConfig | None = None  # the pseudo-target `self`, selfCheck=yes
 
 
 def zone_script(plans: list[Plan]) -> str:
@@ -231,7 +243,11 @@ def pools(cfgs: Iterable[TargetConfig]) -> list[Pool]:
     """Group targets by the RRset they belong to (poolName and nameServer may
     differ per target)."""
     out: dict[PoolKey, Pool] = {}
+    cfgs = list(cfgs)
+    own = next((c for c in cfgs if c.is_self), None)
     for c in cfgs:
+        if c.is_self:
+            continue
         key = PoolKey(c.pool_name, c.pool_zone, str(c.name_server), c.name_port)
         if key not in out:
             out[key] = Pool(key, c.tsig, c.name_timeout, (), c.name_ttl)
@@ -244,6 +260,7 @@ def pools(cfgs: Iterable[TargetConfig]) -> list[Pool]:
             )
         pool.self_ips = tuple(dict.fromkeys(pool.self_ips + tuple(str(i) for i in c.self_ips)))
         pool.targets.append(c)
+        pool.self_check = own if pool.self_ips else None
     return list(out.values())
 
 

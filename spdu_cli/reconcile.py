@@ -89,10 +89,12 @@ def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int,
     current = read_current(pool, answers)
     from spdu_cli.peers import held  # the quorum (peerQuorum): peers kept for the others
 
+    own = pool.self_check
     now = time.time()
     decision = decide(
         current["A"] + current["AAAA"], _views(pool, entries), pool.self_ips,
         pool.self_ttl, now, prune=prune,
+        self_view=_view(own, entries[own.target]) if own and own.target in entries else None,
         held=held(pool.targets, entries, set(current["A"] + current["AAAA"]), now),
     )
     for note in decision.notes:
@@ -365,7 +367,7 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
                     except SpduError as e:  # the next run checks again
                         log.warning("%s", e)
             plans.append(plan)
-            members[id(plan)] = [c.target for c in pool.targets]
+            members[id(plan)] = [c.target for c in pool.targets + [pool.self_check] if c]
             if not prune:
                 for line in unmanaged_warnings([plan], left):
                     log.log(_once(line, logging.WARNING), "%s", line)

@@ -27,7 +27,8 @@ def json_line(obj: Any) -> str:
 
 def _addresses(cfg: TargetConfig) -> str:
     if cfg.target_ips:
-        return " ".join(str(ip) for ip in cfg.target_ips) + " (targetIP)"
+        return " ".join(str(ip) for ip in cfg.target_ips) + (
+            " (selfIP)" if cfg.is_self else " (targetIP)")
     return f"every A/AAAA address of {cfg.target_name}, resolved at each probe"
 
 
@@ -125,8 +126,14 @@ def config_text(cfg: TargetConfig) -> Iterator[str]:
         f"#   pool:  {d['pool_name']} in zone {d['pool_zone']} on "
         f"{d['name_server']} port {d['name_port']}, TTL {d['name_ttl']}, {signed}"
     )
-    if cfg.self_ips:
-        yield f"#   always in the pool: {' '.join(d['self_ip'])} (selfIP)"
+    if cfg.is_self:
+        yield ("#   self: this site's own service (selfCheck=yes); while it is down and a peer"
+               " is up, selfIP leaves the pool")
+    elif cfg.self_ips and not check_value("selfCheck", cfg.settings["selfCheck"]):
+        yield f"#   always in the pool: {' '.join(d['self_ip'])} (selfIP, selfCheck=no)"
+    elif cfg.self_ips:
+        yield (f"#   in the pool while target self answers (selfCheck=yes):"
+               f" {' '.join(d['self_ip'])} (selfIP)")
     if cfg.mail:
         yield f"#   mail:  {' '.join(cfg.mail.to)} via {d['smtp']} from {cfg.mail.sender}"
     else:

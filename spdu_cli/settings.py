@@ -104,6 +104,10 @@ KEYS: dict[str, Key] = {
         Key("certWarnDays", validate.integer(0, 3650), "14",
             "a TLS peer's certificate expiring within this many days is mailed once (0: off)"),
         Key("selfIP", validate.ip_list, "", "this site's own addresses, always kept"),
+        Key("selfCheck", validate.yes_no, "yes",
+            "probe this site's own service at selfIP (target self); while it is down and a"
+            " peer is up, selfIP leaves the pool (no: always kept, as the original)",
+            site_only=True),
         Key("staleAfter", validate.decimal(1, 86400),
             lambda get: f"{max(1.0, 5 * float(get('interval'))):g}",
             "a probe older than this leaves the target's records as they are"),

@@ -60,7 +60,10 @@ def test_config_show_json_one_object_per_target(run, confdir):
     confdir.write("targetIP=5.6.7.8\n", target="beta")
     r = run("config", "show", "--json")
     objs = [json.loads(line) for line in r.stdout.splitlines()]
-    assert [o["target"] for o in objs] == ["beta", "gamma"]
+    assert [o["target"] for o in objs] == ["beta", "gamma", "self"]
+    own = objs[2]  # selfCheck=yes (the default): this site's own service, probed at selfIP
+    assert own["connect_to"] == ["1.2.3.4"] and own["probe_url"] == "http://api.domain.tld:80/status"
+    assert own["settings"]["selfCheck"]["value"] == "yes"
     beta = objs[0]
     assert beta["probe_url"] == "http://api.domain.tld:80/status"
     assert beta["connect_to"] == ["5.6.7.8"] and beta["resolve"] is None

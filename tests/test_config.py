@@ -188,7 +188,7 @@ def test_new_keys(confdir):
         mode=0o640,
     )
     site = load(confdir)
-    assert site.targets == ("beta", "gamma")
+    assert site.targets == ("beta", "gamma", "self")  # selfCheck=yes: this site's own service
     t = site.target("gamma")
     assert t.spool_dir == "/srv/spdu" and t.name_port == 5353
     assert (t.probe_rise, t.probe_fall) == (3, 4)

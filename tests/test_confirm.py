@@ -68,7 +68,7 @@ def lab(confdir, tmp_path):
     def make(n: int = 1, delay: float = 0.0, extra: str = "", name_port: int = 9):
         names = [f"t{i}" for i in range(n)]
         confdir.write(f"domain=domain.tld\ntargets='{' '.join(names)}'\n"
-                      f"spoolDir={tmp_path}/spool\nselfIP=192.0.2.1\nsyslogSocket=none\n"
+                      f"spoolDir={tmp_path}/spool\nselfCheck=no\nselfIP=192.0.2.1\nsyslogSocket=none\n"
                       f"nameServer=127.0.0.1\nnamePort={name_port}\nnameTimeout=1\n"
                       f"probeTimeout=1\ninterval=2\n{extra}")
         for name in names:

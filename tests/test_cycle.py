@@ -48,6 +48,7 @@ def site(confdir, tmp_path, http_server, knot):
     def write(extra: str = "", name_port: int | None = None, name_timeout: float = 2) -> None:
         confdir.write(
             f"domain=domain.tld\ntargets='beta gamma'\nspoolDir={spool}\nselfIP={SELF}\n"
+            "selfCheck=no\n"
             f"nameServer=127.0.0.1\nnamePort={name_port or knot.port}\n"
             f"nameTimeout={name_timeout}\n"
             f"interval=0.4\nfastInterval=0.1\nprobeTimeout=0.5\nsyslogSocket=none\n{extra}")

@@ -363,6 +363,7 @@ def test_the_cron_loop_sends_the_notice_once_with_its_own(shared, spool, smtp_re
         conf = etc / "spdu.conf"
         conf.write_text(
             f"domain=domain.tld\ntargets='beta gamma'\nspoolDir={spool.dir}\nselfIP={SELF}\n"
+            "selfCheck=no\n"
             f"nameServer=127.0.0.1\nnamePort={k.port}\nnameTimeout=1\nnameTTL=5\n"
             "interval=0.4\nfastInterval=0.1\nprobeTimeout=0.5\nprobeFall=1\nprobeRise=1\n"
             f"syslogSocket=none\nmailTo=ops@domain.tld\nsmtpRelay=127.0.0.1\n"

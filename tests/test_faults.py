@@ -62,7 +62,7 @@ class Site:
     def write(self, extra: str = "", spool: Path | None = None) -> None:
         self.conf.write_text(
             f"domain=domain.tld\ntargets='{' '.join(self.servers)}'\n"
-            f"spoolDir={spool or self.spool}\nselfIP={SELF}\nnameServer=127.0.0.1\n"
+            f"spoolDir={spool or self.spool}\nselfCheck=no\nselfIP={SELF}\nnameServer=127.0.0.1\n"
             f"namePort={self.knot.port}\nnameTimeout=2\ninterval=0.4\nfastInterval=0.1\n"
             f"probeTimeout=0.5\nprobeFall=1\nprobeRise=1\nsyslogSocket=none\n{extra}")
         os.chmod(self.conf, 0o644)
@@ -441,7 +441,7 @@ def test_the_main_files_values_are_checked_once_for_all_targets(confdir, monkeyp
     from spdu_cli import config, settings, validate
 
     names = [f"t{i}" for i in range(300)]
-    confdir.write(f"domain=domain.tld\ntargets='{' '.join(names)}'\nselfIP={SELF}\n")
+    confdir.write(f"domain=domain.tld\ntargets='{' '.join(names)}'\nselfCheck=no\nselfIP={SELF}\n")
     calls = []
     real = validate.target_list
     monkeypatch.setitem(settings.KEYS, "targets", dataclasses.replace(

@@ -95,7 +95,7 @@ def test_a_dying_and_a_hung_peer_beside_25_healthy_and_one_hanging(confdir, tmp_
     servers = {**healthy, "hanging": hanging, "dying": dying, "hung": hung}
     confdir.write(
         f"domain=domain.tld\ntargets='{' '.join(servers)}'\nspoolDir={tmp_path}/spool\n"
-        f"selfIP={SELF}\nnameServer=127.0.0.1\nnamePort={knot.port}\ninterval=1\n"
+        f"selfCheck=no\nselfIP={SELF}\nnameServer=127.0.0.1\nnamePort={knot.port}\ninterval=1\n"
         "fastInterval=0.2\nsyslogSocket=none\n")  # probeTimeout: its default, 1.5 s
     for name, srv in servers.items():
         confdir.write(f"targetIP={srv.host}\nprobePort={srv.port}\n", target=name)
@@ -181,7 +181,7 @@ def test_a_dns_server_that_never_answers_holds_up_no_probe_and_sigterm_is_at_onc
     up = timed_server(http_server, "127.0.4.111")
     confdir.write(
         f"domain=domain.tld\ntargets='down up'\nspoolDir={tmp_path}/spool\n"
-        f"selfIP={SELF}\nnameServer=127.0.0.1\nnamePort={silent_dns.port}\nnameTimeout=3\n"
+        f"selfCheck=no\nselfIP={SELF}\nnameServer=127.0.0.1\nnamePort={silent_dns.port}\nnameTimeout=3\n"
         "interval=1\ndownInterval=1\nfastInterval=0.2\nprobeTimeout=0.5\nsyslogSocket=none\n")
     for name, srv in (("down", down), ("up", up)):
         confdir.write(f"targetIP={srv.host}\nprobePort={srv.port}\n", target=name)

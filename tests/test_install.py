@@ -57,7 +57,7 @@ def test_the_commands_run_from_the_prefix(installed, tmp_path):
     assert r.stdout.strip() == f"spdu, version {__version__}"
     assert "spdu --syslog cron" in sh("spdu-cron", "--help", env=env).stdout
     conf = tmp_path / "spdu.conf"
-    conf.write_text(f"domain=domain.tld\ntargets=beta\ntargetIP=192.0.2.2\nselfIP=192.0.2.1\n"
+    conf.write_text(f"domain=domain.tld\ntargets=beta\ntargetIP=192.0.2.2\nselfCheck=no\nselfIP=192.0.2.1\n"
                     f"spoolDir={tmp_path / 'spool'}\n")
     r = subprocess.run(["spdu", "--config", str(conf), "config", "check"], env=env,
                        capture_output=True, text=True, timeout=60)

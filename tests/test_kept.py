@@ -83,7 +83,7 @@ def lab(confdir, tmp_path):
     """lab(peer, extra=..., name_port=...) -> a site loader for one target, t0."""
     def make(peer: Peer, extra: str = "", name_port: int = 9):
         confdir.write(f"domain=domain.tld\ntargets=t0\nspoolDir={tmp_path}/spool\n"
-                      f"selfIP=192.0.2.1\nsyslogSocket=none\nnameServer=127.0.0.1\n"
+                      f"selfCheck=no\nselfIP=192.0.2.1\nsyslogSocket=none\nnameServer=127.0.0.1\n"
                       f"namePort={name_port}\nnameTimeout=1\nprobeTimeout=1\n{extra}")
         confdir.write(f"targetIP={peer.host}\nprobePort={peer.port}\n", target="t0")
         return lambda: config.load(str(confdir.main))

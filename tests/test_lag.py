@@ -28,7 +28,7 @@ def many_targets(confdir, tmp_path, knot, n: int, extra: str = ""):
     names = [f"t{i}" for i in range(n)]
     confdir.write(
         f"domain=domain.tld\ntargets='{' '.join(names)}'\nspoolDir={tmp_path}/spool\n"
-        f"selfIP=192.0.2.1\nnameServer=127.0.0.1\nnamePort={knot.port}\n"
+        f"selfCheck=no\nselfIP=192.0.2.1\nnameServer=127.0.0.1\nnamePort={knot.port}\n"
         f"probePort={free_port()}\ninterval=0.1\ndownInterval=0.1\nsyslogSocket=none\n"
         f"metricsFile={tmp_path}/spdu.prom\n{extra}")
     for i, name in enumerate(names):

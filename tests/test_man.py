@@ -408,7 +408,10 @@ def test_the_full_example_passes_config_check(tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(cli, ["--config", str(etc / "spdu.conf"), "config", "show", "--json"])
     assert r.exit_code == 0, r.output
-    beta, gamma = [json.loads(line) for line in r.stdout.splitlines()]
+    beta, gamma, own = [json.loads(line) for line in r.stdout.splitlines()]
+    assert own["target"] == "self"  # selfCheck=yes: alpha's own service, at selfIP
+    assert own["connect_to"] == ["1.2.3.4", "2001:db8::4"]
+    assert own["probe_url"] == "https://api.domain.tld:443/status?from=alpha"
     assert beta["probe_url"] == "https://api.domain.tld:443/status?from=alpha"
     assert beta["connect_to"] == ["5.6.7.8"]
     assert gamma["connect_to"] == ["9.10.11.12", "2001:db8::12"]

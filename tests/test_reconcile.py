@@ -80,8 +80,8 @@ def write_conf(confdir, server, spool: Spool, *, self_ip: str | None = SELF, key
         "nameTTL=5",
         "nameTimeout=1",
     ]
-    if self_ip:
-        lines.append(f"selfIP='{self_ip}'")
+    if self_ip:  # no self server here (tests/test_selfcheck.py has one)
+        lines += ["selfCheck=no", f"selfIP='{self_ip}'"]
     if key:
         lines.append(f"tsigKey={key[1]}:{key[0]}:{key[2]}")
         mode = 0o600
@@ -208,7 +208,7 @@ def test_self_ip_is_added_and_never_removed(run, confdir, primary, spool):
 
 def test_never_an_empty_pool(run, confdir, primary, spool):
     write_conf(confdir, primary, spool, key=primary.key, self_ip=None,
-               targets={"beta": BETA, "self": SELF})
+               targets={"beta": BETA, "self": SELF}, extra="selfCheck=no\n")
     set_state(spool, "beta", "down", [BETA])
     set_state(spool, "self", "down", [SELF])
     r = run("reconcile", "--json")

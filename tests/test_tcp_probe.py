@@ -295,7 +295,7 @@ def tcp_site(confdir, tmp_path, servers):
     def make(extra: str = ""):
         svc = servers(Service("127.0.3.20"))
         confdir.write(f"domain=domain.tld\ntargets=mx\nspoolDir={tmp_path}/spool\n"
-                      "selfIP=192.0.2.1\nsyslogSocket=none\nprobeTimeout=1\ninterval=2\n"
+                      "selfCheck=no\nselfIP=192.0.2.1\nsyslogSocket=none\nprobeTimeout=1\ninterval=2\n"
                       f"{extra}")
         confdir.write(f"targetIP=127.0.3.20\nprobeType=tcp\nprobePort={svc.port}\n"
                       "probeMatch=220\n", target="mx")

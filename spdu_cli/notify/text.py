@@ -11,6 +11,7 @@ from spdu_cli import __version__
 from spdu_cli.entry import duration
 from spdu_cli.journal import JournalView, StateChange, address_list, clock, since, state_word
 from spdu_cli.notify.outbox import Mail, Notice
+from spdu_cli.selfcheck import SELF
 
 MAX_SUBJECT = 150
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # what a header may not hold
@@ -36,9 +37,38 @@ def _history_line(view: JournalView, change: StateChange) -> str:
     )
 
 
+def _self_text(view: JournalView, change: StateChange, tag: str) -> list[str]:
+    """A change of this site's own service (the self-check, target `self`)."""
+    who = f"{SELF} (this site, {tag}: {address_list(view)})"
+    if change.new == "down":
+        return [
+            f"{who} is DOWN, as seen from {tag} itself.",
+            (f"This site's own service stopped answering {view.url} at its own addresses"
+             f" at {clock(change.at)}."),
+            f"Last failure: {change.reason or 'not recorded'}",
+            ("While it is down and a peer is up, this site's addresses (selfIP) leave its own"
+             " pool, so that its DNS server stops sending clients to a dead service; with no"
+             " peer up they stay (the pool is never emptied)."),
+            _history_line(view, change),
+        ]
+    return [
+        f"{who} is {state_word(change.new)}, as seen from {tag} itself.",
+        f"This site's own service answers {view.url} since {clock(change.at)}"
+        + (f": {change.reason}." if change.reason else "."),
+        "Its addresses (selfIP) are in its own pool again.",
+        _history_line(view, change),
+    ]
+
+
 def change_text(view: JournalView, change: StateChange, tag: str) -> list[str]:
     """One transition, as the original's mail said it, plus what DNS did."""
     who = f"{view.target} ({view.host}, {address_list(view)})"
+    if view.target == SELF and "maint" not in (change.old, change.new):
+        if change.new == "down" and not change.dns:  # kept: no peer up, or not yet reconciled
+            return _self_text(view, change, tag) + [
+                ("DNS: selfIP is still in the pool (no peer is up, or spdu reconcile has not"
+                 " recorded an update for this change yet).")]
+        return _self_text(view, change, tag) + _dns_lines([change])
     if change.new == "maint":
         lines = [
             (f"{who} is in maintenance until {clock(change.until)}, as set on {tag}"

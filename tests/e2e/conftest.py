@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.netlab import SITES, Lab, Mail, notices
+from tests.e2e.netlab import SELF, SITES, Lab, Mail, notices
 
 
 def pytest_configure(config):
@@ -37,9 +37,10 @@ def lab(tmp_path_factory):
     with Lab(tmp_path_factory.mktemp("e2e")) as lab:
         lab.wait_pool(lab.full(), 30)
         lab.wait(lambda: not lab.pending(), 30, "the first transitions to be mailed")
-        # Each site saw each peer go from unknown to up: one notice each.
+        # Each site saw each peer and itself (self) go from unknown to up: one notice each.
         first = notices(lab.mails())
-        assert first == {s: Counter({(p, "up"): 1 for p in SITES if p != s}) for s in SITES}
+        assert first == {s: Counter({(p, "up"): 1 for p in [*SITES, SELF] if p != s})
+                         for s in SITES}
         yield lab
 
 

@@ -48,6 +48,7 @@ POOL = f"api.{ZONE}"
 SITES = ("alpha", "beta", "gamma")
 HOSTS = {"alpha": 1, "beta": 2, "gamma": 3, "mail": 25}
 MAIL_TO = "ops@domain.tld"
+SELF = "self"  # the self-check's target: each site's own HAProxy, at its own addresses
 
 #: Settings that keep each scenario to seconds (the defaults are benchmarked).
 FAST = {
@@ -369,8 +370,9 @@ class Site:
             "defaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n"
             "  timeout server 10s\n  timeout http-request 5s\n"
             "frontend api\n" + binds + "\n"
+            # only for apiName, as a site's own probe (selfCheck) and its peers' ask
             '  http-request return status 200 content-type text/plain string "ok"'
-            " if { path /status }\n"
+            " if { path /status } { req.hdr(host) -i api.domain.tld }\n"
             "  http-request deny deny_status 404\n")
         if self.haproxy is not None:
             self.haproxy.stop()
@@ -442,15 +444,16 @@ class Site:
         return {s.name for s in self.lab.sites.values() if got & set(s.addresses)}
 
     def pending(self) -> dict[str, int]:
-        """Transitions in this site's spool not yet mailed, per target."""
+        """Transitions in this site's spool not yet mailed, per target (`self`: the
+        self-check's, this site's own service)."""
         from spdu_cli.spool import Spool
 
         store = Spool(str(self.spool))
         out = {}
-        for p in self.peers:
-            n = len(store.read(p.name).pending())
+        for name in [p.name for p in self.peers] + [SELF]:
+            n = len(store.read(name).pending())
             if n:
-                out[p.name] = n
+                out[name] = n
         return out
 
     def log(self, lines: int = 60) -> str:

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from tests.e2e.netlab import SITES, notices
+from tests.e2e.netlab import SELF, SITES, notices
 
 OUT = 15.0  # seconds allowed for a change to reach DNS (expected: 1.5-3 s)
 
@@ -29,9 +29,11 @@ def one_each(*changes: tuple[str, str]) -> Counter:
 
 
 def assert_one_mail_per_transition(mails, victim: str) -> None:
-    """Each survivor mailed the victim's down and up, one mail each; nobody else mailed."""
+    """Each survivor mailed the victim's down and up, and the victim its own (self),
+    one mail each; nobody else mailed."""
     got = notices(mails)
     want = {s: one_each((victim, "down"), (victim, "up")) for s in SITES if s != victim}
+    want[victim] = one_each((SELF, "down"), (SELF, "up"))
     assert got == want, [(m.observer, m.subject) for m in mails]
     per_site = Counter(m.observer for m in mails)
     assert per_site == dict.fromkeys(want, 2), [(m.observer, m.subject) for m in mails]
@@ -52,9 +54,8 @@ def test_site_fails_then_returns(scenario, failure):
     lab = scenario.lab
     victim, fail, repair = FAILURES[failure]
     getattr(lab.sites[victim], fail)()
-    lab.wait_pool(without(victim), OUT)
-    # the victim's own DNS still reaches both peers: it answers all three
-    assert lab.sites[victim].answers_sites() == set(SITES)
+    # the victim's own DNS too (selfCheck): it answers with both peers, not itself
+    lab.wait_pool({**without(victim), victim: set(SITES) - {victim}}, OUT)
     getattr(lab.sites[victim], repair)()
     lab.wait_pool(lab.full(), OUT)
     assert_one_mail_per_transition(scenario.settle_mail(), victim)
@@ -70,8 +71,11 @@ def test_network_down_then_up(scenario):
     mails = scenario.settle_mail()
     got = notices(mails)
     peers = [s for s in SITES if s != victim]
-    # the victim's own mail waited for the network and was not lost either
-    assert got.pop(victim) == Counter({(p, s): 1 for p in peers for s in ("down", "up")})
+    # the victim's own mail waited for the network and was not lost either; it saw
+    # itself down too (Linux drops a downed link's IPv6 local routes: its own IPv6
+    # address is unreachable, from itself as from anyone) and kept itself, alone
+    assert got.pop(victim) == Counter({(p, s): 1 for p in [*peers, SELF]
+                                       for s in ("down", "up")})
     assert got == {s: one_each((victim, "down"), (victim, "up")) for s in peers}
     assert len({m.message_id for m in mails}) == len(mails), "a mail was sent twice"
 
@@ -107,7 +111,10 @@ def test_flapping_site_one_summary(scenario):
         # not one mail per flap: at most one single notice, then summaries
         assert len(mine) <= 3, summary
         assert len([m for m in during if m.observer == obs]) <= 2, summary
-    assert {m.observer for m in mails} == set(observers), summary
+    # the victim saw its own service flap (self), and said so the same way
+    mine = [m for m in mails if m.observer == victim]
+    assert [new for m in mine for _, new in m.transitions(SELF)] == ["down", "up"] * cycles
+    assert {m.observer for m in mails} == set(SITES), summary
 
 
 def test_all_peers_down_each_answers_itself(scenario):
@@ -121,7 +128,9 @@ def test_all_peers_down_each_answers_itself(scenario):
         s.set_link(True)
     lab.wait_pool(lab.full(), OUT)
     mails = scenario.settle_mail()
-    want = {s: Counter({(p, st): 1 for p in SITES if p != s for st in ("down", "up")})
+    # each saw itself down too (no IPv6 to its own address while its link is down:
+    # see test_network_down_then_up) and kept itself: never an empty pool
+    want = {s: Counter({(p, st): 1 for p in [*SITES, SELF] if p != s for st in ("down", "up")})
             for s in SITES}
     assert notices(mails) == want, [(m.observer, m.subject) for m in mails]
     assert len({m.message_id for m in mails}) == len(mails), "a mail was sent twice"
