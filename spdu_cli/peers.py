@@ -183,19 +183,31 @@ class Finder:
 
 def load(spool_dir: str) -> dict:
     """spoolDir/.peers.json; empty when missing or damaged (hostile: bounded)."""
+    import os
     from pathlib import Path
 
     from spdu_cli.spool import read_file
 
+    path = Path(spool_dir) / VIEWS_NAME
     try:
-        data = read_file(Path(spool_dir) / VIEWS_NAME, MAX_STATE)
+        st = os.stat(path)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if _loaded.get(str(path), (None,))[0] == stamp:  # the metrics read it every tick
+            return dict(_loaded[str(path)][1])  # (callers set top-level keys only)
+        data = read_file(path, MAX_STATE)
         d = json.loads(data) if len(data) <= MAX_STATE else None
     except (OSError, ValueError):
         return {}
     if not isinstance(d, dict) or d.get("version") != VERSION or not isinstance(
             d.get("sites"), dict):
         return {}
-    return clean(d)
+    out = clean(d)
+    _loaded.clear()
+    _loaded[str(path)] = (stamp, out)
+    return dict(out)
+
+
+_loaded: dict[str, tuple] = {}  # path -> (its stat, its state): read again once it changes
 
 
 def _time(v) -> str | None:
