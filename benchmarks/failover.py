@@ -41,6 +41,7 @@ Needs root (ip netns), knot, haproxy, pdns-server and pdns-backend-bind (and
 unbound, bind9, pdns-recursor for --clients). Run:
     .venv/bin/python benchmarks/failover.py [--runs 7] [--profile default fast]
     .venv/bin/python benchmarks/failover.py --clients --runs 7
+    .venv/bin/python benchmarks/failover.py --profile quorum-off quorum-on --mode refused link
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ PROFILES = {
     # answered by HAProxy itself is 2 round trips, < 0.7 s even across the world),
     # and fall/rise stay 2, so one lost packet or one slow answer changes nothing.
     "fast": {"flapCount": "0", "interval": "1", "probeTimeout": "1"},
+    # the defaults with and without the quorum (peerQuorum; spdu_cli/quorum.py): a site
+    # that dies for everyone must leave as fast with it as without
+    "quorum-on": {"flapCount": "0", "peerQuorum": "yes"},
+    "quorum-off": {"flapCount": "0", "peerQuorum": "no"},
 }
 EFFECTIVE = {"interval": 2.0, "fastInterval": 0.25, "downInterval": 0.5, "probeTimeout": 1.5,
              "probeRetries": 1, "probeFall": 2, "probeRise": 2, "nameTTL": 5}

@@ -298,8 +298,10 @@ def _tty() -> bool:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per target per line.")
 @click.option("--dns", is_flag=True,
               help="Also read each pool from its DNS server and say whether it agrees.")
+@click.option("--peers", is_flag=True,
+              help="Show what every site's DNS serves (the peer views) and where they differ.")
 @click.pass_obj
-def status_cmd(obj: Context, targets, as_json, dns):
+def status_cmd(obj: Context, targets, as_json, dns, peers):
     """Show each target's state, since when, last probe, pending mail and maintenance.
 
     Reads the spool only, unless --dns: then each pool is read from its DNS
@@ -310,6 +312,11 @@ def status_cmd(obj: Context, targets, as_json, dns):
     aligned lines in a pipe. Exit 0, also when DNS does not agree; with --dns,
     a pool that cannot be read gives reconcile's exit status (69, 78).
 
+    --peers: each site's view (its pool, read from its own DNS server) as the
+    cron loop last read it, or read now when no loop has lately; which sites
+    each serves, since when, where they disagree, and changes this site keeps
+    making again (another writer of the zone). Exit 0.
+
     \b
     Example:
         spdu status --dns
@@ -319,6 +326,18 @@ def status_cmd(obj: Context, targets, as_json, dns):
     from spdu_cli import status
 
     now = time.time()
+    if peers:
+        from spdu_cli import peerreport
+
+        rep = peerreport.report(obj.site(), now)
+        if as_json:
+            click.echo(render.json_line(rep))
+        elif _tty():
+            click.echo(render.table(*render.peers_rows(rep)))
+            click.echo(render.lines(render.peers_notes(rep)))
+        else:
+            click.echo(render.lines(render.peers_lines(rep)))
+        return
     statuses = status.collect(obj.site(), targets, dns=dns, now=now)
     if as_json:
         for s in statuses:

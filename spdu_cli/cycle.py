@@ -30,6 +30,7 @@ import spdu_cli.spool as spool
 from spdu_cli import handover
 from spdu_cli.errors import ExitStatus, SpduError
 from spdu_cli.looplock import hold_lock, relock
+from spdu_cli.peers import Watch as PeerWatch
 from spdu_cli.schedule import Schedule, Tally, aligned  # (Schedule: the tests know it here)
 from spdu_cli.sitecache import SiteCache
 from spdu_cli.spool import Spool
@@ -96,6 +97,7 @@ class Loop:
         self.dns = Worker(lambda site, _standing: self.reconcile(site), "spdu-reconcile",
                           lambda: self.wake)
         self.lag = lag.Watch(clock(), min(lag.PERIOD, seconds))
+        self.peers = PeerWatch(lambda: self.wake)  # the other sites' views, in a thread
         self.trouble = None  # trouble.Trouble, with a lock (a loop cron started)
         self.hup = False  # SIGHUP came: the next tick reads the configuration again
 
@@ -326,6 +328,7 @@ class Loop:
         except Exception:  # a bug: reconcile every interval, as when the spool is unreadable
             log.exception("reading the spool failed")
             entries = standing = None
+        self.peers.step(self, site, now)  # may ask for a DNS read (the quorum)
         # DNS is read at once when a state changed, or when anything else reconcile
         # acts on did (`spdu maint` by hand, an edited file, a maintenance that ended,
         # a probe gone stale); every interval while it disagrees or cannot be read;

@@ -106,6 +106,9 @@ def exposition(site, now: float | None = None, lag: float | None = None) -> str:
     out.family("spdu_reconcile_last_success_timestamp_seconds", "gauge",
                "When reconcile last read the pool and made it agree (or found it did).",
                [(pool_label(p), epoch(p.get("last_success"))) for p in recs])
+    from spdu_cli import peerreport  # the peers' views, as the loop last read them
+
+    peerreport.metrics(out, site, {e.target: e for e in entries}, now)
     if lag is not None:
         out.family("spdu_probe_lag_seconds", "gauge",
                    "How late the cron loop's latest probe run started against the schedule"

@@ -6,7 +6,7 @@ and server), and each pool's Plan, rendered as an nsupdate script or JSON.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +86,7 @@ def decide(
     now: float,
     prune: bool = False,
     self_view: TargetView | None = None,
+    held: Mapping[str, str] | None = None,
 ) -> Decision:
     """The minimal change that makes the pool agree with the targets' states.
 
@@ -98,7 +99,9 @@ def decide(
     is absent (selfcheck.judge);
     an address spdu does not manage is never touched (it is named in
     `unmanaged`, and removed only with `prune`); and a change that would
-    leave the pool without any address is withheld.
+    leave the pool without any address is withheld. `held`: down targets
+    kept in the pool (the quorum, spdu_cli/quorum.py) -> why; it never
+    removes anything.
     """
     current = {canon(a) for a in current}
     targets = list(targets)
@@ -128,8 +131,10 @@ def decide(
             left.append((t.target, ("targetIP changed since the last probe; waiting for a"
                                     " probe of the new addresses")))
             continue
+        if held and t.state is State.DOWN and t.target in held:
+            left.append((t.target, held[t.target]))
         for a in sorted(probed):
-            if t.state is State.UP:
+            if t.state is State.UP or (held and t.target in held):
                 present.setdefault(a, (t.ttl, t.target))
             else:
                 absent.setdefault(a, t.target)

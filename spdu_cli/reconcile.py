@@ -87,11 +87,15 @@ def _plan(pool: Pool, entries: dict[str, SpoolEntry], attempt: int,
     """Read the pool's RRsets and decide."""
     answers: dict = {}
     current = read_current(pool, answers)
+    from spdu_cli.peers import held  # the quorum (peerQuorum): peers kept for the others
+
     own = pool.self_check
+    now = time.time()
     decision = decide(
         current["A"] + current["AAAA"], _views(pool, entries), pool.self_ips,
-        pool.self_ttl, time.time(), prune=prune,
+        pool.self_ttl, now, prune=prune,
         self_view=_view(own, entries[own.target]) if own and own.target in entries else None,
+        held=held(pool.targets, entries, set(current["A"] + current["AAAA"]), now),
     )
     for note in decision.notes:
         log.debug("%s: %s", pool.key.name, note)
@@ -385,6 +389,9 @@ def run(site, dry_run: bool = False, lock_timeout: float = 5.0,
                     record_found(store, p, members.get(id(p), []), now)
             forget_retired(store, {t: a for t, a in done.items() if entries[t].retired})
             notices = note_runs(store, plans, now)
+            from spdu_cli import flipflop  # the same change made again and again
+
+            notices += flipflop.note(site.spool_dir, plans, entries, now)
     except SpduError as e:
         if any(p.sent for p in plans):
             raise

@@ -503,6 +503,46 @@ def server_lines(statuses, now: float) -> Iterator[str]:
                    f"{signing}")
 
 
+# -- status --peers ----------------------------------------------------------------------
+
+
+def peers_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
+    """One row per site's view: which sites it serves now, since when."""
+    from spdu_cli.entry import epoch
+
+    owners = rep["owners"]
+    headers = ["VIEW OF", "SERVER", *[o.upper() for o in owners], "SINCE", "ERROR"]
+    rows = []
+    for name, v in rep["sites"].items():
+        me = " (this site)" if name == rep["self"] else ""
+        cells = [("yes" if o in v["serves"] else "no") if v["fresh"] else "?" for o in owners]
+        rows.append([name + me, v["server"] or "-", *cells,
+                     stamp(epoch(v["since"])) if v["since"] else "-", v["error"] or "-"])
+    return headers, rows
+
+
+def peers_notes(rep: dict) -> Iterator[str]:
+    yield f"views {rep['source']} at {rep['read_at']}"
+    for s in rep["splits"]:
+        yield f"split: {s['text']}"
+    for f in rep["flipflops"]:
+        yield f"flip-flop: {f['text']}"
+    for target, why in sorted(rep["held"].items()):
+        yield f"kept: {target}: {why}"
+
+
+def peers_lines(rep: dict) -> Iterator[str]:
+    """Plain lines for a pipe: each site's view labelled."""
+    rows = peers_rows(rep)[1]
+    owners = rep["owners"]
+    out = []
+    for r in rows:
+        cells = [f"{o}={c}" for o, c in zip(owners, r[2:2 + len(owners)])]
+        out.append([r[0], r[1], *cells, f"since {r[-2]}", f"error {r[-1]}"])
+    yield from aligned(out)
+    yield from peers_notes(rep)
+
+
 # -- history -----------------------------------------------------------------------------
 
 

@@ -47,6 +47,13 @@ def _auto_yes_no(value: str) -> str:
     return "auto" if value.lower() == "auto" else ("yes" if validate.yes_no(value) else "no")
 
 
+def _one_server(value: str) -> tuple[tuple[str, int | None], ...]:
+    out = validate.server_list(value)
+    if len(out) > 1:
+        raise ValueError("one server only: ADDRESS or ADDRESS@PORT")
+    return out
+
+
 def _syslog_socket(value: str) -> str:
     return value.lower() if value.lower() in ("", "none") else validate.absolute_path(value)
 
@@ -142,6 +149,23 @@ KEYS: dict[str, Key] = {
             "CA bundle to verify HTTPS receivers (else the system's)"),
         Key("webhookTimeout", validate.decimal(0.1, 60), "5",
             "deadline of each webhook POST, whole"),
+        # Peer views (spdu_cli/peers.py) and the quorum (spdu_cli/quorum.py).
+        Key("targetDNS", _one_server, "",
+            "the target's own DNS server(s), ADDRESS[@PORT], whose pool is its view"
+            " (empty: the pool zone's NS set, matched to the target's addresses)"),
+        Key("peerViews", validate.yes_no, "yes",
+            "read each peer's pool from its own DNS server (status --peers)", site_only=True),
+        Key("peerInterval", validate.decimal(1, 3600), "3",
+            "seconds between reads of the peers' views", site_only=True),
+        Key("peerDivergence", validate.decimal(0, 86400), "30",
+            "seconds the sites may disagree before a notice is mailed (0: never)",
+            site_only=True),
+        Key("peerQuorum", validate.yes_no, "yes",
+            "with 3+ sites, keep a peer this site sees down while most other sites serve it",
+            site_only=True),
+        Key("peerWait", validate.decimal(0, 600), "10",
+            "seconds after a peer was seen down before the other sites may bring it back",
+            site_only=True),
     ]
 }
 

@@ -119,6 +119,7 @@ def test_every_commands_json_has_exactly_the_documented_fields(site, tmp_path):
     record("config show", "config", "show", "--json")
     record("probe", "probe", "--json")  # unknown -> up: a transition
     record("status", "status", "--dns", "--json")  # DNS would add beta's address
+    record("status --peers", "status", "--peers", "--json")  # read now: no loop ran
     record("reconcile", "reconcile", "--dry-run", "--json")
     record("reconcile", "reconcile", "--json")
     record(lambda o: f"notify, {o['channel']}", "notify", "--json")

@@ -286,7 +286,8 @@ class Site:
         os.rename(tmp, self.conf)
         for p in self.peers:
             path = etc / "spdu" / p.name
-            path.write_text(f"targetIP='{' '.join(p.addresses)}'\n")
+            # targetDNS: the peer's own knotd, whose pool is its view (spdu_cli/peers.py)
+            path.write_text(f"targetIP='{' '.join(p.addresses)}'\ntargetDNS={p.addresses[0]}\n")
             os.chmod(path, 0o644)
 
     RELOADED = "configuration changed: read again"
