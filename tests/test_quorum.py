@@ -139,3 +139,22 @@ def test_a_broken_link_keeps_the_peer_after_peerwait(n, data):
     assert back and back[0] <= d + WAIT + DT, h[0]
     assert all(p for t, p in h[0] if t >= back[0])
     assert all(p for i in range(1, n) for _, p in h[i])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(2, 4), st.data())
+def test_a_peer_kept_for_a_broken_link_that_then_dies_leaves_every_pool(n, data):
+    """Site 0's link to the peer is cut; it takes the peer back for the
+    others. Then the peer dies for everyone: a site must not take site 0's
+    view (which only echoes its own) as a witness, or the sites keep the dead
+    peer for one another forever."""
+    d = data.draw(st.floats(0, 5).map(lambda x: round(x / DT) * DT))
+    death = d + data.draw(st.floats(WAIT + 5, 40).map(lambda x: round(x / DT) * DT))
+    others = {i: death + data.draw(st.floats(0, 3).map(lambda x: round(x / DT) * DT))
+              for i in range(1, n)}
+    lag = {i: data.draw(st.sampled_from([0.0, 0.25, 0.5, 0.75])) for i in range(n)}
+    h = simulate(n, {0: d, **others}, death + 60.0, holds, lag)
+    assert any(p for t, p in h[0] if d + WAIT < t < death), h[0]  # the link was covered
+    settled = death + 3 + WAIT
+    for i in range(n):
+        assert not any(p for t, p in h[i] if t >= settled), f"site {i} kept the dead peer: {h[i]}"
