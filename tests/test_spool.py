@@ -278,6 +278,23 @@ def test_a_maintenance_ends_at_until():
 # -- the write path, seen from the kernel --------------------------------------------------
 
 
+
+def syscalls(log: Path) -> list[str]:
+    """strace -f's calls, one string each: a call that another thread
+    interrupted ("fsync(4</x.tmp> <unfinished ...>", later "<... fsync
+    resumed>) = 0" from the same pid) is joined again, at its end."""
+    out, open_calls = [], {}
+    for line in log.read_text().splitlines():
+        pid, call = line.split(None, 1)
+        if call.endswith("<unfinished ...>"):
+            open_calls[pid] = call[: -len("<unfinished ...>")].rstrip()
+            continue
+        m = re.match(r"<\.\.\. \w+ resumed>(.*)", call)
+        if m and pid in open_calls:
+            call = open_calls.pop(pid) + m.group(1)
+        out.append(call)
+    return out
+
 def test_the_spool_file_is_fsynced_before_its_rename_and_the_directory_after(
         confdir, http_server, tmp_path):
     """Traced with strace on a real `spdu probe`: the system calls themselves,
@@ -295,7 +312,7 @@ def test_the_spool_file_is_fsynced_before_its_rename_and_the_directory_after(
                         sys.executable, "-m", "spdu_cli", "-c", str(confdir.main), "probe"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    calls = [line.split(None, 1)[1] for line in log.read_text().splitlines()]
+    calls = syscalls(log)
     final = str(spool_dir / "beta.json")
     renames = [i for i, c in enumerate(calls) if c.startswith("rename") and f'"{final}"' in c]
     assert len(renames) == 1, calls
@@ -330,7 +347,7 @@ def test_every_write_of_the_cron_loop_is_fsynced_and_routine_results_wait(
                         sys.executable, "-m", "spdu_cli", "-c", str(confdir.main), "cron",
                         "--for", "3"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 69, r.stderr  # no DNS server there: reconcile fails, probes go on
-    calls = [line.split(None, 1)[1] for line in log.read_text().splitlines()]
+    calls = syscalls(log)
     final = str(spool_dir / "beta.json")
     renames = [i for i, c in enumerate(calls) if c.startswith("rename") and f'"{final}"' in c]
     # the transition, its mark, the end (and one at 2 s when the ticks are quick)
