@@ -10,7 +10,7 @@ HAProxy on every site. This site's own view is its nameServer's pool.
 
 A peer's answer is hostile input: one deadline (nameTimeout) for both
 questions, an authoritative NOERROR only, and only the pool name's A/AAAA in
-the answer section taken, at most MAX_ADDRESSES of them.
+the answer section taken, at most MAX_ADDRESSES of them (A and AAAA together).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ VIEWS_NAME = ".peers.json"
 VERSION = 1
 MAX_ADDRESSES = 64  # more than this in one view: not a pool, the view is unreadable
 MAX_STATE = 1 << 20
-FRESH = 3.0  # a view last read more than FRESH x peerInterval ago is stale
+FRESH = 3.0  # a view last read well more than FRESH x peerInterval (+...) ago is stale
 NS_REFRESH = 300.0  # s: the NS set is read again this often
 
 

@@ -64,7 +64,7 @@ def test_a_damaged_record_is_empty_and_said(tmp_path, caplog):
 
 
 def test_reconcile_goes_on_over_deeply_nested_peer_and_change_records(tmp_path, knot):
-    """Both files nested 200000 deep (json raises RecursionError): beta, seen
+    """Both files nested deep (json raises RecursionError): beta, seen
     down, leaves the pool all the same, and both files are usable again."""
     d = ConfDir(tmp_path / "etc")
     d.root.mkdir()
