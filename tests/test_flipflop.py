@@ -92,3 +92,59 @@ def test_reconcile_goes_on_over_deeply_nested_peer_and_change_records(tmp_path, 
     assert sorted(knot.query("api", "A")) == sorted([SELF, GAMMA])
     record = json.loads((spool / flipflop.FLIPS_NAME).read_text())
     assert [(c["action"], c["address"]) for c in record["changes"]] == [("delete", BETA)]
+
+
+def test_the_quorum_back_and_forth_through_reconcile_is_no_flip_flop(tmp_path, knot):
+    """A real Knot: beta seen down leaves the pool at once; peerWait (1 s)
+    later the quorum takes it back (gamma serves it, since before); gamma
+    stops serving it, and it leaves again. One state of beta all along, three
+    UPDATEs, each undoing spdu's own last: no flip-flop notice."""
+    from spdu_cli.entry import iso
+
+    d = ConfDir(tmp_path / "etc")
+    d.root.mkdir()
+    spool = tmp_path / "spool"
+    d.write("\n".join([
+        "domain=domain.tld", "myTag=alpha", "targets='beta gamma'", f"spoolDir={spool}",
+        f"nameServer={knot.address}", f"namePort={knot.port}", "nameTimeout=1",
+        f"selfIP={SELF}", "peerQuorum=yes", "peerWait=1", "peerInterval=60"]) + "\n")
+    d.write(f"targetIP='{BETA}'\n", target="beta")
+    d.write(f"targetIP='{GAMMA}'\n", target="gamma")
+    store = Spool(str(spool))
+    set_state(store, "gamma", "up", [GAMMA])
+    set_state(store, "beta", "up", [BETA])
+    site = load(str(d.main))
+    site.check()
+    reconcile.run(site)
+    assert sorted(knot.query("api", "A")) == sorted([SELF, BETA, GAMMA])
+
+    def views(gamma_serves_beta: bool):
+        now, long_ago = iso(time.time()), iso(time.time() - 600)
+        rec = {"server": "127.0.0.3:53", "how": "targetDNS", "read_at": now, "ok_at": now,
+               "since": long_ago, "error": None,
+               "addresses": [SELF, BETA, GAMMA] if gamma_serves_beta else [SELF, GAMMA],
+               "serving": {"alpha": long_ago, "gamma": long_ago,
+                           **({"beta": long_ago} if gamma_serves_beta else {})}}
+        mine = {**rec, "server": "127.0.0.1:53", "how": "nameServer"}
+        (spool / peers.VIEWS_NAME).write_text(json.dumps({
+            "version": 1, "self": "alpha", "read_at": now,
+            "sites": {"alpha": mine, "beta": {**rec, "ok_at": None, "error": "timed out"},
+                      "gamma": rec}}))
+
+    views(True)
+    set_state(store, "beta", "down", [BETA])
+    trouble._drain()
+    pools = []
+    reconcile.run(site)  # removed at once
+    pools.append(sorted(knot.query("api", "A")))
+    time.sleep(1.2)  # peerWait
+    views(True)
+    reconcile.run(site)  # taken back: gamma serves it since before
+    pools.append(sorted(knot.query("api", "A")))
+    views(False)
+    reconcile.run(site)  # gamma no longer serves it: it leaves again
+    pools.append(sorted(knot.query("api", "A")))
+    assert pools == [sorted([SELF, GAMMA]), sorted([SELF, BETA, GAMMA]), sorted([SELF, GAMMA])]
+    said = [n.key for n in trouble._drain()]
+    assert not [k for k in said if k.startswith("flipflop")], said
+    assert flipflop.standing(str(spool), time.time()) == []
