@@ -63,16 +63,15 @@ def test_a_damaged_record_is_empty_and_said(tmp_path, caplog):
     assert flipflop.standing(str(tmp_path), time.time()) == []
 
 
-def test_reconcile_goes_on_over_deeply_nested_peer_and_change_records(tmp_path, knot):
-    """Both files nested deep (json raises RecursionError): beta, seen
-    down, leaves the pool all the same, and both files are usable again."""
+def three_sites(tmp_path, knot, *extra):
+    """alpha, with beta and gamma up and in its pool on `knot`, the quorum on."""
     d = ConfDir(tmp_path / "etc")
     d.root.mkdir()
     spool = tmp_path / "spool"
     d.write("\n".join([
         "domain=domain.tld", "myTag=alpha", "targets='beta gamma'", f"spoolDir={spool}",
         f"nameServer={knot.address}", f"namePort={knot.port}", "nameTimeout=1",
-        f"selfIP={SELF}", "peerViews=yes", "peerQuorum=yes"]) + "\n")
+        f"selfIP={SELF}", "peerQuorum=yes", *extra]) + "\n")
     d.write(f"targetIP='{BETA}'\n", target="beta")
     d.write(f"targetIP='{GAMMA}'\n", target="gamma")
     store = Spool(str(spool))
@@ -82,6 +81,13 @@ def test_reconcile_goes_on_over_deeply_nested_peer_and_change_records(tmp_path, 
     site.check()
     reconcile.run(site)
     assert sorted(knot.query("api", "A")) == sorted([SELF, BETA, GAMMA])
+    return site, store, spool
+
+
+def test_reconcile_goes_on_over_deeply_nested_peer_and_change_records(tmp_path, knot):
+    """Both files nested deep (json raises RecursionError): beta, seen
+    down, leaves the pool all the same, and both files are usable again."""
+    site, store, spool = three_sites(tmp_path, knot, "peerViews=yes")
     (spool / peers.VIEWS_NAME).write_text(
         '{"version":1,"sites":{},"x":' + "[" * 200000 + "]" * 200000 + "}")
     (spool / flipflop.FLIPS_NAME).write_text(NESTED)
@@ -101,22 +107,7 @@ def test_the_quorum_back_and_forth_through_reconcile_is_no_flip_flop(tmp_path, k
     UPDATEs, each undoing spdu's own last: no flip-flop notice."""
     from spdu_cli.entry import iso
 
-    d = ConfDir(tmp_path / "etc")
-    d.root.mkdir()
-    spool = tmp_path / "spool"
-    d.write("\n".join([
-        "domain=domain.tld", "myTag=alpha", "targets='beta gamma'", f"spoolDir={spool}",
-        f"nameServer={knot.address}", f"namePort={knot.port}", "nameTimeout=1",
-        f"selfIP={SELF}", "peerQuorum=yes", "peerWait=1", "peerInterval=60"]) + "\n")
-    d.write(f"targetIP='{BETA}'\n", target="beta")
-    d.write(f"targetIP='{GAMMA}'\n", target="gamma")
-    store = Spool(str(spool))
-    set_state(store, "gamma", "up", [GAMMA])
-    set_state(store, "beta", "up", [BETA])
-    site = load(str(d.main))
-    site.check()
-    reconcile.run(site)
-    assert sorted(knot.query("api", "A")) == sorted([SELF, BETA, GAMMA])
+    site, store, spool = three_sites(tmp_path, knot, "peerWait=1", "peerInterval=60")
 
     def views(gamma_serves_beta: bool):
         now, long_ago = iso(time.time()), iso(time.time() - 600)
