@@ -1,9 +1,11 @@
 """Two writers of one zone, each with its own view (a hidden primary that two
 sites update): each undoes the other's change, and spdu makes the same change
 again and again without a word. reconcile notes each change it made in
-spoolDir/.flips.json; the same change (action and address) made twice within
-WINDOW seconds while its target stayed in one state (selfIP: always) means
-something else undid it in between. Said once as a notice, and in `spdu
+spoolDir/.flips.json; the same change (action and address) made twice in a
+row within WINDOW seconds while its target stayed in one state (selfIP:
+always) means something else undid it in between. spdu's own changes back
+and forth (the quorum taking a peer back and letting it go, the self-check)
+are no repeat: each undoes the last. Said once as a notice, and in `spdu
 status --peers`; its end once too, when WINDOW passed without a repeat.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 from spdu_cli.errors import SpduError
@@ -24,46 +27,65 @@ MAX_FILE = 1 << 16
 
 
 def _load(spool_dir: str) -> dict:
+    """The record; empty when missing or damaged (logged), each change as
+    spdu writes it or left out."""
     from spdu_cli.spool import read_file
 
+    path = Path(spool_dir) / FLIPS_NAME
     try:
-        data = read_file(Path(spool_dir) / FLIPS_NAME, MAX_FILE)
-        d = json.loads(data) if len(data) <= MAX_FILE else None
-    except (OSError, ValueError):
+        data = read_file(path, MAX_FILE)
+    except OSError:
         return {"changes": [], "noticed": []}
-    if not isinstance(d, dict) or not isinstance(d.get("changes"), list):
+    try:
+        if len(data) > MAX_FILE:
+            raise ValueError("file too large")
+        d = json.loads(data)
+        if not isinstance(d, dict) or not isinstance(d.get("changes"), list):
+            raise ValueError("not a record spdu writes")
+    except (ValueError, RecursionError) as e:  # whatever a damaged or hostile file holds
+        log.warning("%s is damaged (%s); the record of DNS changes starts again", path,
+                    str(e)[:200] or type(e).__name__)
         return {"changes": [], "noticed": []}
-    d["changes"] = [c for c in d["changes"] if isinstance(c, dict)
-                    and isinstance(c.get("at"), int | float)]
-    if not isinstance(d.get("noticed"), list):
-        d["noticed"] = []
-    return d
+    fields = ("pool", "action", "address", "target", "state")
+    changes = [c for c in d["changes"] if isinstance(c, dict)
+               and type(c.get("at")) in (int, float) and math.isfinite(c["at"])
+               and all(isinstance(c.get(f), str) for f in fields)]
+    noticed = d.get("noticed") if isinstance(d.get("noticed"), list) else []
+    return {"changes": [{f: c[f] for f in ("at", *fields)} for c in changes][-KEPT:],
+            "noticed": [k for k in noticed if isinstance(k, str)][:KEPT]}
 
 
 def repeats(changes: list[dict], now: float) -> dict[tuple[str, str], dict]:
     """(pool, address) -> what was made again within WINDOW: {adds, deletes,
-    first, target}; only those where one change was made twice in one state."""
-    recent = [c for c in changes if now - c["at"] <= WINDOW]
+    first, target}; only those where one change was made twice in one state
+    with no opposite change by spdu in between (the quorum, the self-check:
+    spdu itself undid it, not something else)."""
+    recent = [c for c in changes if -1.0 <= now - c["at"] <= WINDOW]
     out: dict[tuple[str, str], dict] = {}
-    seen: dict[tuple, int] = {}
+    last: dict[tuple, tuple] = {}  # (pool, address) -> (action, state) of the last change
+    undone: set[tuple] = set()
     for c in recent:
-        k = (c.get("pool"), c.get("action"), c.get("address"), c.get("state"))
-        seen[k] = seen.get(k, 0) + 1
-    for (pool, _action, address, _state), n in seen.items():
-        if n < 2:
-            continue
-        mine = [c for c in recent if c.get("pool") == pool and c.get("address") == address]
-        out[(str(pool), str(address))] = {
-            "adds": sum(c.get("action") == "add" for c in mine),
-            "deletes": sum(c.get("action") == "delete" for c in mine),
+        k, did = (c["pool"], c["address"]), (c["action"], c["state"])
+        if last.get(k) == did:
+            undone.add(k)
+        last[k] = did
+    for pool, address in undone:
+        mine = [c for c in recent if c["pool"] == pool and c["address"] == address]
+        out[(pool, address)] = {
+            "adds": sum(c["action"] == "add" for c in mine),
+            "deletes": sum(c["action"] == "delete" for c in mine),
             "first": min(c["at"] for c in mine), "last": max(c["at"] for c in mine),
-            "target": mine[-1].get("target") or "selfIP"}
+            "target": mine[-1]["target"] or "selfIP"}
     return out
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else "twice" if n == 2 else f"{n} times"
 
 
 def text(pool: str, address: str, r: dict) -> str:
     span = r["last"] - r["first"]
-    did = " and ".join(f"{word} it {n} times" for word, n in (("removed", r["deletes"]),
+    did = " and ".join(f"{word} it {_times(n)}" for word, n in (("removed", r["deletes"]),
                                                               ("added", r["adds"])) if n)
     return (f"{pool}: this site {did} ({address}, {r['target']}) in {span:.0f} s, its"
             " target's state unchanged: something else undoes each change. Two writers with"
@@ -74,7 +96,17 @@ def text(pool: str, address: str, r: dict) -> str:
 
 def note(spool_dir: str, plans, entries: dict, now: float) -> list:
     """Note the changes sent; the notices (key, level, Problem) of a flip-flop
-    that began or ended. Call with the spool lock held."""
+    that began or ended. Call with the spool lock held. Never raises: it runs
+    after an UPDATE went out, which must be recorded whatever this does."""
+    try:
+        return _note(spool_dir, plans, entries, now)
+    except Exception as e:  # noqa: BLE001 - a record lost, no reconcile
+        log.warning("the record of DNS changes is not updated: %s: %s", type(e).__name__,
+                    str(e)[:200])
+        return []
+
+
+def _note(spool_dir: str, plans, entries: dict, now: float) -> list:
     from spdu_cli.spool import FILE_MODE, atomic_write
     from spdu_cli.trouble import Problem
 
@@ -92,7 +124,7 @@ def note(spool_dir: str, plans, entries: dict, now: float) -> list:
                                  "action": c.action, "address": c.address,
                                  "target": c.target or "", "state": state})
             sent = True
-    d["changes"] = [c for c in d["changes"] if now - c["at"] <= WINDOW][-KEPT:]
+    d["changes"] = [c for c in d["changes"] if -1.0 <= now - c["at"] <= WINDOW][-KEPT:]
     found = repeats(d["changes"], now)
     keys = [f"{pool} {addr}" for pool, addr in found]
     out = []

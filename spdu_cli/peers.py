@@ -10,7 +10,7 @@ HAProxy on every site. This site's own view is its nameServer's pool.
 
 A peer's answer is hostile input: one deadline (nameTimeout) for both
 questions, an authoritative NOERROR only, and only the pool name's A/AAAA in
-the answer section taken, at most MAX_ADDRESSES of them.
+the answer section taken, at most MAX_ADDRESSES of them (A and AAAA together).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ VIEWS_NAME = ".peers.json"
 VERSION = 1
 MAX_ADDRESSES = 64  # more than this in one view: not a pool, the view is unreadable
 MAX_STATE = 1 << 20
-FRESH = 3.0  # a view last read more than FRESH x peerInterval ago is stale
+FRESH = 3.0  # a view last read well more than FRESH x peerInterval (+...) ago is stale
 NS_REFRESH = 300.0  # s: the NS set is read again this often
 
 
@@ -57,10 +57,11 @@ class View:
 # -- reading one view -------------------------------------------------------------------
 
 
-def take(answer, pool_name: str, rdtype: str) -> list[str]:
+def take(answer, pool_name: str, rdtype: str, room: int = MAX_ADDRESSES) -> list[str]:
     """The pool name's `rdtype` addresses in an answer, nothing else (no CNAME
     followed, no other name, no other section); ValueError when it is not an
-    authoritative NOERROR or NXDOMAIN, or holds too many."""
+    authoritative NOERROR or NXDOMAIN, or holds more than `room` (what is left
+    of MAX_ADDRESSES, A and AAAA together)."""
     import dns.flags
     import dns.name
     import dns.rcode
@@ -79,9 +80,9 @@ def take(answer, pool_name: str, rdtype: str) -> list[str]:
             continue
         for r in rrset:
             out.append(str(ipaddress.ip_address(r.address)))
-            if len(out) > MAX_ADDRESSES:
-                raise ValueError(f"holds more than {MAX_ADDRESSES} {rdtype} records for"
-                                 f" {pool_name}")
+            if len(out) > room:
+                raise ValueError(f"holds more than {MAX_ADDRESSES} A and AAAA records for"
+                                 f" {pool_name}: not a pool")
     return out
 
 
@@ -93,13 +94,21 @@ def read_view(server: Server, pool_name: str, timeout: float) -> View:
 
     deadline = time.monotonic() + timeout
     found: list[str] = []
+
+    def ask(rdtype: str, share: float = 0.5):  # a lost datagram: a second try, in time
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise dns.exception.Timeout
+        try:
+            return _ask(server.address, server.port, pool_name + ".", rdtype, left * share)
+        except dns.exception.Timeout:
+            if share == 1.0:
+                raise
+        return ask(rdtype, 1.0)
+
     try:
         for rdtype in ("A", "AAAA"):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise dns.exception.Timeout
-            found += take(_ask(server.address, server.port, pool_name + ".", rdtype, left),
-                          pool_name + ".", rdtype)
+            found += take(ask(rdtype), pool_name + ".", rdtype, MAX_ADDRESSES - len(found))
     except dns.exception.Timeout:
         return View(error=f"no answer from {server.where} within {timeout:g} s")
     except ValueError as e:
@@ -131,11 +140,14 @@ def read_all(servers: dict[str, Server], pool_name: str, timeout: float) -> dict
 
 @dataclass
 class Finder:
-    """Each site's server, the NS set read again every NS_REFRESH seconds."""
+    """Each site's server, the NS set read again every NS_REFRESH seconds. A
+    failed read keeps the last good set, and is tried again after peerInterval,
+    twice as long after each failure in a row, up to NS_REFRESH."""
 
     ns: list | None = None
     ns_error: str | None = None
-    ns_read: float = -1e18
+    ns_next: float = -1e18  # (monotonic) when the NS set is read next
+    ns_failed: int = 0  # failed reads in a row
 
     def servers(self, site, entries: dict, clock: float) -> tuple[dict[str, Server], dict]:
         """(site -> its server, site -> why none was found)."""
@@ -154,15 +166,18 @@ class Finder:
                 found[c.target] = Server(c.target, addr, port or 53, "targetDNS")
             else:
                 need_ns.append(c)
-        if need_ns and clock - self.ns_read >= NS_REFRESH:
+        if need_ns and clock >= self.ns_next:
             from spdu_cli.secondaries import ns_servers
 
-            self.ns_read = clock
             try:
-                self.ns, self.ns_error = ns_servers(str(first.name_server), first.name_port,
-                                                    first.pool_zone, first.name_timeout), None
-            except SpduError as e:
-                self.ns, self.ns_error = None, str(e)
+                self.ns = ns_servers(str(first.name_server), first.name_port, first.pool_zone,
+                                     first.name_timeout)
+                self.ns_error, self.ns_failed, self.ns_next = None, 0, clock + NS_REFRESH
+            except SpduError as e:  # the last good set stays
+                self.ns_error, self.ns_failed = e.message, self.ns_failed + 1
+                interval = check_value("peerInterval", first.settings["peerInterval"])
+                self.ns_next = clock + min(NS_REFRESH, interval * 2 ** min(self.ns_failed - 1,
+                                                                           16))
         for c in need_ns:
             mine = {str(ipaddress.ip_address(a)) for a in
                     [*(str(i) for i in c.target_ips), *getattr(entries.get(c.target), "addresses",
@@ -172,9 +187,10 @@ class Finder:
             if hit:
                 found[c.target] = Server(c.target, hit[0][1], c.name_port, f"NS {hit[0][0]}")
             else:
-                missing[c.target] = self.ns_error or (
+                fix = f"set targetDNS in {site.target_dir / c.target}"
+                missing[c.target] = f"{self.ns_error}; {fix}" if self.ns is None else (
                     f"no NS of {c.pool_zone} has one of its addresses"
-                    f" ({' '.join(sorted(mine)) or 'none known yet'}); set targetDNS")
+                    f" ({' '.join(sorted(mine)) or 'none known yet'}); {fix}")
         return found, missing
 
 
@@ -183,31 +199,37 @@ class Finder:
 
 def load(spool_dir: str) -> dict:
     """spoolDir/.peers.json; empty when missing or damaged (hostile: bounded)."""
-    import os
     from pathlib import Path
 
     from spdu_cli.spool import read_file
 
     path = Path(spool_dir) / VIEWS_NAME
     try:
-        st = os.stat(path)
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if _loaded.get(str(path), (None,))[0] == stamp:  # the metrics read it every tick
-            return dict(_loaded[str(path)][1])  # (callers set top-level keys only)
         data = read_file(path, MAX_STATE)
-        d = json.loads(data) if len(data) <= MAX_STATE else None
-    except (OSError, ValueError):
+    except OSError:
         return {}
-    if not isinstance(d, dict) or d.get("version") != VERSION or not isinstance(
-            d.get("sites"), dict):
-        return {}
-    out = clean(d)
+    seen = _loaded.get(str(path))
+    if seen is not None and seen[0] == data:  # the very bytes parsed before (spool._parsed)
+        return dict(seen[1])  # (callers set top-level keys only)
+    try:
+        if len(data) > MAX_STATE:
+            raise ValueError("file too large")
+        d = json.loads(data)
+        if not isinstance(d, dict) or d.get("version") != VERSION or not isinstance(
+                d.get("sites"), dict):
+            raise ValueError("not a state spdu writes")
+        out = clean(d)
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError,
+            RecursionError) as e:  # whatever a damaged or hostile file holds
+        log.warning("%s is damaged (%s); the peer views start again", path,
+                    str(e)[:200] or type(e).__name__)
+        out = {}
     _loaded.clear()
-    _loaded[str(path)] = (stamp, out)
+    _loaded[str(path)] = (data, out)
     return dict(out)
 
 
-_loaded: dict[str, tuple] = {}  # path -> (its stat, its state): read again once it changes
+_loaded: dict[str, tuple] = {}  # path -> (its bytes, its state): keyed by the bytes, as spool.py
 
 
 def _time(v) -> str | None:
@@ -222,14 +244,15 @@ def _text(v) -> str | None:
     return v[:1000] if isinstance(v, str) else None
 
 
-def _addresses(v) -> list[str]:
-    out = []
-    for a in v if isinstance(v, list) else []:
-        try:
-            out.append(str(ipaddress.ip_address(a)))
-        except (TypeError, ValueError):
-            continue
-    return out[:MAX_ADDRESSES]
+def _addresses(v) -> list[str] | None:
+    """A view's addresses, as read; None when the record is not one spdu wrote
+    (cut or mended, it would be another view)."""
+    if not isinstance(v, list) or len(v) > MAX_ADDRESSES:
+        return None
+    try:
+        return [str(ipaddress.ip_address(a)) for a in v]
+    except (TypeError, ValueError):
+        return None
 
 
 def clean(d: dict) -> dict:
@@ -247,8 +270,9 @@ def clean(d: dict) -> dict:
             "error": _text(rec.get("error")) if rec.get("error") is not None else None,
             "serving": {str(o)[:64]: t for o, t in list(serving.items())[:256]
                         if _time(t)}}
-        if rec.get("error") is not None and sites[name[:64]]["error"] is None:
-            sites[name[:64]]["error"] = "unreadable record"
+        r = sites[name[:64]]
+        if r["addresses"] is None or (rec.get("error") is not None and r["error"] is None):
+            r.update(error="unreadable record", addresses=[], ok_at=None)  # counts for nothing
     out = {"sites": sites, "self": _text(d.get("self")), "read_at": _time(d.get("read_at")),
            "down": [t for t in d.get("down", []) if isinstance(t, str)][:256]
            if isinstance(d.get("down"), list) else []}
@@ -301,14 +325,16 @@ def fresh_for(interval: float, timeout: float) -> float:
 
 
 def fresh(rec: dict, now: float, bound: float) -> bool:
-    """A view read well at its last read, at most `bound` seconds ago."""
-    if not isinstance(rec, dict) or rec.get("error") is not None:
+    """A view read well at most `bound` seconds ago: its last good addresses
+    count until then, whatever the reads since (one lost datagram drops no
+    view); a read "in the future" (the clock stepped back) is stale."""
+    if not isinstance(rec, dict):
         return False
     try:
         ok = epoch(rec.get("ok_at"))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
-    return ok is not None and now - ok <= bound
+    return ok is not None and -1.0 <= now - ok <= bound
 
 
 def owners(site, entries: dict) -> dict[str, set[str]]:
@@ -501,7 +527,17 @@ def note_serving(state: dict, owned: dict[str, set[str]], now: float) -> None:
 def held(cfgs, entries: dict, current: set[str], now: float,
          state: dict | None = None) -> dict[str, str]:
     """The targets of one pool that the quorum keeps in it -> why (plan.decide's
-    `held`), from the views in the spool; none with peerQuorum=no."""
+    `held`), from the views in the spool; none with peerQuorum=no. Fails safe:
+    whatever goes wrong, none (the quorum only ever keeps an address in)."""
+    try:
+        return _held(cfgs, entries, current, now, state)
+    except Exception as e:  # noqa: BLE001 - reconcile goes on as without the quorum
+        log.warning("the quorum keeps no peer in this time: %s: %s", type(e).__name__,
+                    str(e)[:200])
+        return {}
+
+
+def _held(cfgs, entries: dict, current: set[str], now: float, state: dict | None) -> dict:
     from spdu_cli.health import State
     from spdu_cli.quorum import Witness, holds
     from spdu_cli.settings import check_value

@@ -188,8 +188,10 @@ def ns_servers(server: str, port: int, zone: str, timeout: float) -> list[tuple[
         names = [r.target.to_text() for r in
                  _rdatas(_ask(server, port, zone + ".", "NS", timeout), zone + ".", "NS")]
     except (OSError, dns.exception.DNSException) as e:
-        raise ServiceUnavailable(f"cannot read the NS set of {zone} from {server} port {port}: {e}",
-                        "set secondaryServers to list the servers to check") from None
+        why = str(e).rstrip(".") or type(e).__name__
+        raise ServiceUnavailable(
+            f"cannot read the NS set of {zone} from {server} port {port}: {why}",
+            "set secondaryServers to list the servers to check") from None
     out = []
     for name in sorted(names):
         addrs = []

@@ -325,12 +325,19 @@ def test_since_when_each_view_serves_each_site_survives_the_reads():
     serving = state["sites"]["gamma"]["serving"]
     assert epoch(serving["alpha"]) == 100.0  # without a break
     assert epoch(serving["beta"]) == 103.0  # it stopped at 102: since it came back
-    # a read that fails keeps what was known; the view is then stale, not "not serving"
+    # a read that fails keeps what was known, and it counts until its last good read
+    # (103) is older than the bound (spdu.conf(5), peerInterval): one lost datagram
+    # drops no view; then it is stale, not "not serving"
     state = peers.merge(state, {"gamma": peers.View(error="timed out")}, server, {}, "alpha",
                         104.0)
     peers.note_serving(state, owned, 104.0)
-    assert state["sites"]["gamma"]["serving"] == serving
-    assert not peers.fresh(state["sites"]["gamma"], 104.0, 10.0)
+    gamma = state["sites"]["gamma"]
+    assert gamma["serving"] == serving and gamma["addresses"] == [SELF, BETA]
+    assert peers.fresh(gamma, 104.0, 10.0) and peers.fresh(gamma, 113.0, 10.0)
+    assert peers.matrix(state, owned, 104.0, 10.0)["beta"]["serve"] == ["gamma"]
+    assert not peers.fresh(gamma, 113.5, 10.0)
+    # read "in the future": the clock stepped back; stale (a second of slack)
+    assert peers.fresh(gamma, 102.0, 10.0) and not peers.fresh(gamma, 101.5, 10.0)
 
 
 def test_the_matrix_on_a_terminal():
@@ -448,3 +455,193 @@ def test_the_flip_flop_says_what_this_site_did():
     assert flipflop.text("api.pool.domain.tld on 127.0.0.1 port 53", BETA, r).startswith(
         f"api.pool.domain.tld on 127.0.0.1 port 53: this site added it 3 times ({BETA},"
         " selfIP) in 45 s, its target's state unchanged: something else undoes each change.")
+
+
+# -- review fixes: damaged files, freshness, the NS set, the address cap ------------------
+
+
+NESTED = '{"version":1,"sites":{},"x":' + "[" * 200000 + "]" * 200000 + "}"
+
+
+def test_a_deeply_nested_state_file_is_empty_and_said_once(tmp_path, caplog):
+    (tmp_path / peers.VIEWS_NAME).write_text(NESTED)
+    with caplog.at_level("WARNING", logger="spdu_cli.peers"):
+        assert peers.load(str(tmp_path)) == {}
+        assert peers.load(str(tmp_path)) == {}  # the same bytes: not parsed, not said again
+    said = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(said) == 1 and peers.VIEWS_NAME in said[0], said
+
+
+def test_status_peers_reads_now_over_a_deeply_nested_state_file(run, confdir, tmp_path, sites):
+    spool = tmp_path / "spool"
+    conf(confdir, sites, spool)
+    Spool(str(spool)).ensure_dir()
+    (spool / peers.VIEWS_NAME).write_text(NESTED)
+    r = run("status", "--peers", "--json")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["source"] == "read now" and rep["sites"]["gamma"]["addresses"] == [BETA, GAMMA]
+
+
+def test_the_state_file_is_read_again_when_its_bytes_change_whatever_its_stat(tmp_path):
+    """Rewritten in place, same size, same mtime (a coarse clock), same inode."""
+    import os
+
+    path = tmp_path / peers.VIEWS_NAME
+
+    def write(site):
+        path.write_text(json.dumps({"version": 1, "sites": {site: {"addresses": [BETA]}}}))
+
+    write("beta")
+    st = os.stat(path)
+    assert list(peers.load(str(tmp_path))["sites"]) == ["beta"]
+    write("gama")  # as long as "beta"
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_ino == st.st_ino and os.stat(path).st_size == st.st_size
+    assert list(peers.load(str(tmp_path))["sites"]) == ["gama"]
+
+
+def test_a_record_that_is_not_as_written_is_unreadable_not_cut():
+    """65 addresses, or one that is no address: not cut down to another view."""
+    base = {"version": 1, "read_at": "2026-12-03T15:00:00.000Z"}
+    many = [f"198.51.100.{i}" for i in range(1, 64)] + ["2001:db8::1", "2001:db8::2"]
+    for addrs in (many, [BETA, "not an address"]):
+        rec = {"addresses": addrs, "ok_at": "2026-12-03T15:00:00.000Z", "error": None}
+        got = peers.clean({**base, "sites": {"gamma": rec}})["sites"]["gamma"]
+        assert got["addresses"] == [] and got["error"] == "unreadable record"
+        assert not peers.fresh(got, epoch_of("2026-12-03T15:00:01.000Z"), 10.0)
+    rec = {"addresses": many[:64], "ok_at": "2026-12-03T15:00:00.000Z", "error": None}
+    got = peers.clean({**base, "sites": {"gamma": rec}})["sites"]["gamma"]
+    assert got["addresses"] == many[:64] and got["error"] is None
+
+
+def epoch_of(text):
+    from spdu_cli.entry import epoch
+
+    return epoch(text)
+
+
+class FakeServer:
+    """A real UDP socket on 127.0.0.1: answers each question with `answer(q)`
+    (None: nothing), dropping the first `drop` datagrams of each question."""
+
+    def __init__(self, answer, drop=0):
+        import socket
+        import threading
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.answer, self.drop, self.seen = answer, drop, {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            q = dns.message.from_wire(data)
+            key = q.question[0].rdtype
+            self.seen[key] = self.seen.get(key, 0) + 1
+            r = self.answer(q)
+            if self.seen[key] > self.drop and r is not None:
+                self.sock.sendto(r.to_wire(), peer)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+def _pool(q, a=(), aaaa=()):
+    import dns.rdatatype
+
+    r = dns.message.make_response(q)
+    r.flags |= dns.flags.AA
+    kind = dns.rdatatype.to_text(q.question[0].rdtype)
+    got = a if kind == "A" else aaaa
+    if got:
+        r.answer.append(dns.rrset.from_text(POOL + ".", 5, "IN", kind, *got))
+    return r
+
+
+def test_a_lost_datagram_is_asked_again_within_the_deadline():
+    srv = FakeServer(lambda q: _pool(q, (BETA, GAMMA), ("2001:db8::2",)), drop=1)
+    try:
+        t0 = time.monotonic()
+        v = peers.read_view(peers.Server("beta", "127.0.0.1", srv.sock.getsockname()[1],
+                                         "targetDNS"), POOL, 2.0)
+        took = time.monotonic() - t0
+    finally:
+        srv.close()
+    assert v == peers.View((BETA, GAMMA, "2001:db8::2")), v
+    assert took < 2.5, took
+    assert sorted(srv.seen.values()) == [2, 2]
+
+
+def test_one_cap_for_a_and_aaaa_together():
+    """40 A and 40 AAAA: 80 addresses, more than 64 for the view."""
+    a = [f"198.51.100.{i}" for i in range(1, 41)]
+    aaaa = [f"2001:db8::{i:x}" for i in range(1, 41)]
+    srv = FakeServer(lambda q: _pool(q, a, aaaa))
+    try:
+        v = peers.read_view(peers.Server("beta", "127.0.0.1", srv.sock.getsockname()[1],
+                                         "targetDNS"), POOL, 2.0)
+    finally:
+        srv.close()
+    assert v.addresses == () and "more than 64 A and AAAA records" in v.error, v
+
+
+def test_a_failed_ns_read_keeps_the_last_good_set_and_is_tried_again_soon(
+        confdir, tmp_path, sites):
+    """alpha's server (the NS set) stops: beta's server is still the one found
+    from the last good set; the NS set is asked again after peerInterval (1 s),
+    then 2 s, 4 s... never more than 5 minutes; with no good set yet, beta's
+    error says to set targetDNS in its file."""
+    spool = tmp_path / "spool"
+    conf(confdir, sites, spool)
+    site = load(str(confdir.main))
+    site.check()
+    finder = peers.Finder()
+    found, missing = finder.servers(site, {}, 0.0)
+    assert found["beta"].how == "NS nsb.pool.domain.tld." and missing == {}
+    assert finder.ns_next == peers.NS_REFRESH
+    sites["alpha"].stop()
+    found, missing = finder.servers(site, {}, 300.0)
+    assert found["beta"].address == "127.0.0.2" and missing == {}
+    assert finder.ns_error and finder.ns_next == 301.0
+    finder.servers(site, {}, 300.5)
+    assert finder.ns_failed == 1  # not asked again yet
+    finder.servers(site, {}, 301.0)
+    assert finder.ns_failed == 2 and finder.ns_next == 303.0
+    finder.ns_failed = 20
+    finder.servers(site, {}, 400.0)
+    assert finder.ns_next == 400.0 + peers.NS_REFRESH
+    found, missing = peers.Finder().servers(site, {}, 0.0)
+    assert "beta" not in found
+    why = missing["beta"]
+    assert why.startswith("cannot read the NS set of pool.domain.tld from 127.0.0.1"), why
+    assert why.endswith(f"; set targetDNS in {confdir.root / 'spdu' / 'beta'}"), why
+    assert ".;" not in why and "secondaryServers" not in why
+
+
+def test_the_secondaries_keep_their_advice_without_a_stray_full_stop():
+    """nothing answers on that port: dnspython's "The DNS operation timed out." ends
+    in a full stop of its own, which is not followed by "; "."""
+    import socket
+
+    from spdu_cli.errors import ServiceUnavailable
+    from spdu_cli.secondaries import ns_servers
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        with pytest.raises(ServiceUnavailable) as e:
+            ns_servers("127.0.0.1", silent.getsockname()[1], "pool.domain.tld", 0.3)
+    finally:
+        silent.close()
+    assert str(e.value).endswith("timed out; set secondaryServers to list the servers to check")
+    assert ".;" not in str(e.value)
