@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from spdu_cli import __version__, config, logsetup, render, shell
+from spdu_cli import __version__, config, logsetup, peerwait, render, shell
 from spdu_cli.clicore import Context, SpduGroup
 from spdu_cli.errors import ExitStatus, SpduError
 
@@ -83,12 +83,13 @@ def config_show(obj: Context, targets, as_json):
         spdu config show beta
     """
     site = obj.site()
-    for name in site.select(targets):
-        cfg = site.target(name)
+    cfgs = [site.target(name) for name in site.select(targets)]
+    low = peerwait.site_floor(site, cfgs)
+    for cfg in cfgs:
         if as_json:
-            click.echo(render.json_line(render.config_json(cfg)))
+            click.echo(render.json_line(render.config_json(cfg, low)))
         else:
-            click.echo(render.lines(render.config_text(cfg)))
+            click.echo(render.lines(render.config_text(cfg, low)))
 
 
 @config_group.command("check")

@@ -164,7 +164,8 @@ KEYS: dict[str, Key] = {
             "with 3+ sites, keep a peer this site sees down while most other sites serve it",
             site_only=True),
         Key("peerWait", validate.decimal(0, 600), "10",
-            "seconds after a peer was seen down before the other sites may bring it back",
+            "seconds after a peer was seen down before the other sites may bring it back"
+            " (at least the worst time out of DNS plus peerInterval: config show)",
             site_only=True),
     ]
 }
