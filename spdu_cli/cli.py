@@ -316,7 +316,9 @@ def status_cmd(obj: Context, targets, as_json, dns, peers):
     --peers: each site's view (its pool, read from its own DNS server) as the
     cron loop last read it, or read now when no loop has lately; which sites
     each serves, since when, where they disagree, and changes this site keeps
-    making again (another writer of the zone). Exit 0.
+    making again (another writer of the zone). TARGET: only what the views
+    say of those sites; not with --dns (2). peerViews=no: no view is read,
+    only the flip-flops are shown. Exit 0.
 
     \b
     Example:
@@ -330,7 +332,10 @@ def status_cmd(obj: Context, targets, as_json, dns, peers):
     if peers:
         from spdu_cli import peerreport
 
-        rep = peerreport.report(obj.site(), now)
+        if dns:
+            raise click.UsageError("--dns does not go with --peers (the views are read from"
+                                   " each site's own DNS server already)")
+        rep = peerreport.report(obj.site(), now, tuple(targets))
         if as_json:
             click.echo(render.json_line(rep))
         elif _tty():

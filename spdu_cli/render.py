@@ -81,9 +81,9 @@ def failover_text(cfg: TargetConfig) -> Iterator[str]:
            f" nameTTL=5: a site whose link went down left every client's answers within"
            f" {measured['out']:g} s (p95) and was back in them within {measured['back']:g} s"
            f" of its repair; each second more of nameTTL may add a second to both")
-    yield (f"#   keep the pool zone's SOA minimum and its SOA record's TTL at or below"
-           f" nameTTL={cfg.name_ttl}: resolvers cache a NODATA or NXDOMAIN answer for the"
-           f" lesser of the two")
+    yield (f"#   keep the pool zone's SOA minimum, or its SOA record's TTL if that is lower,"
+           f" at or below nameTTL={cfg.name_ttl}: resolvers cache a NODATA or NXDOMAIN"
+           f" answer for the lesser of the two")
     if cfg.self_ips and not check_value("selfCheck", cfg.settings["selfCheck"]):
         yield ("#   selfCheck=no: a site whose service refuses or hangs while its DNS server"
                " answers stays in its own server's answers (selfIP), and resolvers that ask"
@@ -525,7 +525,11 @@ def peers_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def peers_notes(rep: dict) -> Iterator[str]:
-    yield f"views {rep['source']} at {rep['read_at']}"
+    if rep["source"] == "off":
+        yield "no views: peerViews=no (none is read)"
+    else:
+        by = "read by the cron loop" if rep["source"] == "loop" else "read now"
+        yield f"views {by} at {rep['read_at']}"
     for s in rep["splits"]:
         yield f"split: {s['text']}"
     for f in rep["flipflops"]:
