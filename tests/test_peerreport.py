@@ -105,3 +105,13 @@ def test_a_target_filters_dns_is_refused_and_peer_views_off_reads_none(run, conf
     rep = json.loads(run("status", "--peers", "--json").stdout)
     assert rep["source"] == "off" and rep["sites"] == {} and rep["held"] == {}
     assert time.monotonic() - t0 < 0.9
+
+
+def test_the_loops_read_time_counts_with_a_second_of_leeway_either_way_of_now():
+    from spdu_cli.peerreport import _lately
+
+    now = 1_000_000.0
+    for ago, ok in ((0, True), (-0.9, True), (-1.1, False), (-3600, False), (4.0, True),
+                    (4.1, False)):
+        assert _lately({"read_at": iso(now - ago)}, now, 4.0) is ok, ago
+    assert not _lately({}, now, 4.0) and not _lately({"read_at": "garbage"}, now, 4.0)
