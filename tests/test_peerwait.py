@@ -82,3 +82,20 @@ def test_config_show_prints_the_minimum(run, confdir, tmp_path):
             " of DNS (health.failover), plus peerInterval 3 s)") in r.stdout
     gamma = run("config", "show", "--json").stdout.splitlines()[1]
     assert json.loads(gamma)["peer_wait_min"] == DEFAULT_MIN
+
+
+def test_a_running_loop_keeps_its_last_good_configuration(confdir, tmp_path):
+    import os
+
+    from spdu_cli import cycle
+    from spdu_cli.config import load
+
+    conf(confdir, tmp_path / "s")
+    cache = cycle.SiteCache(lambda: load(str(confdir.main)), str(confdir.main))
+    good = cache.get()
+    conf(confdir, tmp_path / "s", extra="peerWait=1\n")
+    st = os.stat(confdir.main)
+    os.utime(confdir.main, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert cache.get() is good
+    [e] = cache.stale
+    assert "peerWait=1: below its minimum of 6.75 s" in str(e)
