@@ -339,7 +339,8 @@ def status_cmd(obj: Context, targets, as_json, dns, peers):
         if as_json:
             click.echo(render.json_line(rep))
         elif _tty():
-            click.echo(render.table(*render.peers_rows(rep)))
+            if rep["sites"]:  # none with peerViews=no
+                click.echo(render.table(*render.peers_rows(rep)))
             click.echo(render.lines(render.peers_notes(rep)))
         else:
             click.echo(render.lines(render.peers_lines(rep)))
