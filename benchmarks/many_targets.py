@@ -39,7 +39,7 @@ def site(tmp: Path, n: int, name_port: int) -> Path:
     conf.write_text(
         f"domain=domain.tld\ntargets='{' '.join(names)}'\nspoolDir={tmp}/spool\n"
         f"selfCheck=no\nselfIP=192.0.2.1\nnamePort={name_port}\nprobePort={free_port()}\n"
-        "probeTimeout=5\nsyslogSocket=none\n")
+        "probeTimeout=5\nsyslogSocket=none\npeerWait=15\n")  # >= 7.25 s out + peerInterval
     os.chmod(conf, 0o644)
     (tmp / "spdu").mkdir()
     for i, name in enumerate(names):

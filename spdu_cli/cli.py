@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from spdu_cli import __version__, config, logsetup, render, shell
+from spdu_cli import __version__, config, logsetup, peerwait, render, shell
 from spdu_cli.clicore import Context, SpduGroup
 from spdu_cli.errors import ExitStatus, SpduError
 
@@ -83,12 +83,13 @@ def config_show(obj: Context, targets, as_json):
         spdu config show beta
     """
     site = obj.site()
-    for name in site.select(targets):
-        cfg = site.target(name)
+    cfgs = [site.target(name) for name in site.select(targets)]
+    low = peerwait.site_floor(site, cfgs)
+    for cfg in cfgs:
         if as_json:
-            click.echo(render.json_line(render.config_json(cfg)))
+            click.echo(render.json_line(render.config_json(cfg, low)))
         else:
-            click.echo(render.lines(render.config_text(cfg)))
+            click.echo(render.lines(render.config_text(cfg, low)))
 
 
 @config_group.command("check")
@@ -315,7 +316,9 @@ def status_cmd(obj: Context, targets, as_json, dns, peers):
     --peers: each site's view (its pool, read from its own DNS server) as the
     cron loop last read it, or read now when no loop has lately; which sites
     each serves, since when, where they disagree, and changes this site keeps
-    making again (another writer of the zone). Exit 0.
+    making again (another writer of the zone). TARGET: only what the views
+    say of those sites; not with --dns (2). peerViews=no: no view is read,
+    only the flip-flops are shown. Exit 0.
 
     \b
     Example:
@@ -329,11 +332,15 @@ def status_cmd(obj: Context, targets, as_json, dns, peers):
     if peers:
         from spdu_cli import peerreport
 
-        rep = peerreport.report(obj.site(), now)
+        if dns:
+            raise click.UsageError("--dns does not go with --peers (the views are read from"
+                                   " each site's own DNS server already)")
+        rep = peerreport.report(obj.site(), now, tuple(targets))
         if as_json:
             click.echo(render.json_line(rep))
         elif _tty():
-            click.echo(render.table(*render.peers_rows(rep)))
+            if rep["sites"]:  # none with peerViews=no
+                click.echo(render.table(*render.peers_rows(rep)))
             click.echo(render.lines(render.peers_notes(rep)))
         else:
             click.echo(render.lines(render.peers_lines(rep)))

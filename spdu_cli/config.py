@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spdu_cli import shellconf, tsig, validate
+from spdu_cli import peerwait, shellconf, tsig, validate
 from spdu_cli.errors import ConfigError, UsageError
 from spdu_cli.paths import CONFIG_ENV as ENV_VAR
 from spdu_cli.paths import DEFAULT_CONFIG as DEFAULT_PATH
@@ -377,7 +377,9 @@ class Site:
                 check_value(key, s)
         self.spool_dir, self.interval, self.fast_interval, self.down_interval  # noqa: B018 - validates the site-wide defaults
         if not each:
-            return [self.target(name) for name in self.targets]
+            cfgs = [self.target(name) for name in self.targets]
+            peerwait.check(cfgs)
+            return cfgs
         out, first = [], None
         for name in self.targets:
             try:
@@ -388,6 +390,7 @@ class Site:
         if first is not None and not out:
             self.broken.clear()
             raise first
+        peerwait.check(out)  # site-wide: the whole configuration is refused
         return out
 
 

@@ -95,8 +95,8 @@ def decide(
     its state; a maintenance past its end is over even before it is cleared);
     unknown or stale targets (a probe time in the future is stale too) are
     left as they are; selfIP is present, unless `self_view` (the self-check)
-    is down or in maintenance while another target of the pool is up: then it
-    is absent (selfcheck.judge);
+    is down or in maintenance while another target of the pool is up as this
+    site sees it (not one only `held`): then it is absent (selfcheck.judge);
     an address spdu does not manage is never touched (it is named in
     `unmanaged`, and removed only with `prune`); and a change that would
     leave the pool without any address is withheld. `held`: down targets
@@ -108,6 +108,7 @@ def decide(
     unmanaged = unmanaged_of(current, targets, self_ips)
     present: dict[str, tuple[int, str | None]] = {}
     absent: dict[str, str] = {}
+    up = False  # a target this site itself sees up (fresh, not in maintenance): not one held
     left = []
     for t in targets:
         for a in t.retired:  # no longer this target's, whatever its state
@@ -133,13 +134,16 @@ def decide(
             continue
         if held and t.state is State.DOWN and t.target in held:
             left.append((t.target, held[t.target]))
+        up = up or (t.state is State.UP and bool(probed))
         for a in sorted(probed):
             if t.state is State.UP or (held and t.target in held):
                 present.setdefault(a, (t.ttl, t.target))
             else:
                 absent.setdefault(a, t.target)
     self_state, why = judge(self_view, now)
-    leaves = self_state is State.DOWN and bool(present)  # down, and a peer is up
+    # down, and a peer is up as seen from here: one only held (the quorum) does not count,
+    # for a view can keep an address in, never remove one (this site's own selfIP included)
+    leaves = self_state is State.DOWN and up
     if why or (self_state is State.DOWN and not leaves):
         left.append((SELF, why or KEPT))
     for a in self_ips:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC
 from typing import Any
 
-from spdu_cli import health
+from spdu_cli import health, peerwait
 from spdu_cli.config import TargetConfig
 from spdu_cli.journal import state_word
 from spdu_cli.settings import KEYS, check_value
@@ -32,8 +32,9 @@ def _addresses(cfg: TargetConfig) -> str:
     return f"every A/AAAA address of {cfg.target_name}, resolved at each probe"
 
 
-def derived(cfg: TargetConfig) -> dict[str, Any]:
-    """The values an operator wants to see spelled out, secrets left out."""
+def derived(cfg: TargetConfig, low: peerwait.Floor | None = None) -> dict[str, Any]:
+    """The values an operator wants to see spelled out, secrets left out. `low`:
+    peerWait's minimum (peerwait.site_floor), None with the quorum off."""
     mail = cfg.mail
     return {
         "target": cfg.target,
@@ -55,14 +56,12 @@ def derived(cfg: TargetConfig) -> dict[str, Any]:
         "smtp": f"{'smtps' if mail.ssl else 'smtp'}://{mail.relay}:{mail.port}" if mail else None,
         "spool_dir": cfg.spool_dir,
         "failover": failover(cfg).to_json(),
+        "peer_wait_min": low.seconds if low else None,
     }
 
 
 def failover(cfg: TargetConfig) -> health.Failover:
-    fast = min(check_value("fastInterval", cfg.settings["fastInterval"]), cfg.interval)
-    down = min(check_value("downInterval", cfg.settings["downInterval"]), cfg.interval)
-    return health.failover(cfg.interval, fast, cfg.probe_timeout, cfg.probe_retries,
-                           cfg.probe_fall, cfg.probe_rise, cfg.name_ttl, down)
+    return peerwait.failover_of(cfg)
 
 
 def failover_text(cfg: TargetConfig) -> Iterator[str]:
@@ -82,9 +81,9 @@ def failover_text(cfg: TargetConfig) -> Iterator[str]:
            f" nameTTL=5: a site whose link went down left every client's answers within"
            f" {measured['out']:g} s (p95) and was back in them within {measured['back']:g} s"
            f" of its repair; each second more of nameTTL may add a second to both")
-    yield (f"#   keep the pool zone's SOA minimum and its SOA record's TTL at or below"
-           f" nameTTL={cfg.name_ttl}: resolvers cache a NODATA or NXDOMAIN answer for the"
-           f" lesser of the two")
+    yield (f"#   keep the pool zone's SOA minimum, or its SOA record's TTL if that is lower,"
+           f" at or below nameTTL={cfg.name_ttl}: resolvers cache a NODATA or NXDOMAIN"
+           f" answer for the lesser of the two")
     if cfg.self_ips and not check_value("selfCheck", cfg.settings["selfCheck"]):
         yield ("#   selfCheck=no: a site whose service refuses or hangs while its DNS server"
                " answers stays in its own server's answers (selfIP), and resolvers that ask"
@@ -113,8 +112,8 @@ def effective_settings(cfg: TargetConfig) -> dict[str, dict[str, str]]:
     return out
 
 
-def config_json(cfg: TargetConfig) -> dict[str, Any]:
-    return {**derived(cfg), "settings": effective_settings(cfg)}
+def config_json(cfg: TargetConfig, low: peerwait.Floor | None = None) -> dict[str, Any]:
+    return {**derived(cfg, low), "settings": effective_settings(cfg)}
 
 
 def _probe_words(cfg: TargetConfig) -> str:
@@ -128,9 +127,9 @@ def _probe_words(cfg: TargetConfig) -> str:
     return words + " (probeType=tcp: probePath and probeCodes do not apply)"
 
 
-def config_text(cfg: TargetConfig) -> Iterator[str]:
+def config_text(cfg: TargetConfig, low: peerwait.Floor | None = None) -> Iterator[str]:
     """The effective configuration, in the config file's own syntax."""
-    d = derived(cfg)
+    d = derived(cfg, low)
     yield f"# target {cfg.target}: {', '.join(cfg.files)}"
     yield f"#   probe: {_probe_words(cfg)} at {_addresses(cfg)}"
     signed = f"signed with {d['tsig_key']}" if cfg.tsig else "unsigned"
@@ -151,6 +150,10 @@ def config_text(cfg: TargetConfig) -> Iterator[str]:
     else:
         yield "#   mail:  none (mailTo is empty)"
     yield from failover_text(cfg)
+    if low is not None:
+        wait = check_value("peerWait", cfg.settings["peerWait"])
+        yield (f"#   peerWait={wait:g}: at least {low.seconds:g} s ({low.why()}), or a peer"
+               f" dead for every site is taken back into every pool (peerQuorum=yes)")
     rows = effective_settings(cfg)
     width = max(len(k) + len(shlex.quote(v["value"] or "''")) for k, v in rows.items()) + 3
     for key, row in rows.items():
@@ -522,7 +525,11 @@ def peers_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def peers_notes(rep: dict) -> Iterator[str]:
-    yield f"views {rep['source']} at {rep['read_at']}"
+    if rep["source"] == "off":
+        yield "no views: peerViews=no (none is read)"
+    else:
+        by = "read by the cron loop" if rep["source"] == "loop" else "read now"
+        yield f"views {by} at {rep['read_at']}"
     for s in rep["splits"]:
         yield f"split: {s['text']}"
     for f in rep["flipflops"]:

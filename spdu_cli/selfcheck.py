@@ -1,8 +1,9 @@
 """The self-check: this site's own service, probed at selfIP as the pseudo-target
 `self`, and what its state means for this site's own addresses in its pool (pure).
 
-When self is down (or in maintenance) and a peer of the pool is up, selfIP
-leaves the pool: a site whose service died while its DNS server lives stops
+When self is down (or in maintenance) and a peer of the pool is up (as this
+site sees it: a peer only kept by the quorum, plan.decide's `held`, is not),
+selfIP leaves the pool: a site whose service died while its DNS server lives stops
 sending clients to it. Otherwise (self up, unknown or stale, or no peer up)
 selfIP stays, as it always did (selfCheck=no, the original's behaviour).
 """

@@ -103,7 +103,9 @@ KEYS: dict[str, Key] = {
             "CA bundle for HTTPS probes"),
         Key("certWarnDays", validate.integer(0, 3650), "14",
             "a TLS peer's certificate expiring within this many days is mailed once (0: off)"),
-        Key("selfIP", validate.ip_list, "", "this site's own addresses, always kept"),
+        Key("selfIP", validate.ip_list, "",
+            "this site's own addresses, kept in the pool (selfCheck=yes: while its service"
+            " answers, or no peer is up)"),
         Key("selfCheck", validate.yes_no, "yes",
             "probe this site's own service at selfIP (target self); while it is down and a"
             " peer is up, selfIP leaves the pool (no: always kept, as the original)",
@@ -151,7 +153,7 @@ KEYS: dict[str, Key] = {
             "deadline of each webhook POST, whole"),
         # Peer views (spdu_cli/peers.py) and the quorum (spdu_cli/quorum.py).
         Key("targetDNS", _one_server, "",
-            "the target's own DNS server(s), ADDRESS[@PORT], whose pool is its view"
+            "the target's own DNS server, one ADDRESS[@PORT], whose pool is its view"
             " (empty: the pool zone's NS set, matched to the target's addresses)"),
         Key("peerViews", validate.yes_no, "yes",
             "read each peer's pool from its own DNS server (status --peers)", site_only=True),
@@ -164,7 +166,8 @@ KEYS: dict[str, Key] = {
             "with 3+ sites, keep a peer this site sees down while most other sites serve it",
             site_only=True),
         Key("peerWait", validate.decimal(0, 600), "10",
-            "seconds after a peer was seen down before the other sites may bring it back",
+            "seconds after a peer was seen down before the other sites may bring it back"
+            " (at least the worst time out of DNS plus peerInterval: config show)",
             site_only=True),
     ]
 }

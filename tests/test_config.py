@@ -477,3 +477,11 @@ def test_an_ipv4_mapped_address_is_its_ipv4_address(confdir):
     assert cfg.target_ips == (ipaddress.IPv4Address("192.0.2.5"),
                               ipaddress.IPv6Address("2001:db8::5"))
     assert cfg.self_ips == (ipaddress.IPv4Address("192.0.2.1"),)
+
+
+def test_the_help_of_self_ip_and_target_dns_says_what_they_do():
+    from spdu_cli.settings import KEYS
+
+    assert "always kept" not in KEYS["selfIP"].help  # not with selfCheck=yes
+    assert "selfCheck=yes" in KEYS["selfIP"].help
+    assert "server(s)" not in KEYS["targetDNS"].help and "one ADDRESS" in KEYS["targetDNS"].help

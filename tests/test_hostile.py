@@ -420,6 +420,7 @@ def test_spdu_cron_answers_sigterm_within_a_second_during_hostile_probes(peer, c
     confdir.write(
         f"domain=domain.tld\ntargets='beta gamma'\nspoolDir={tmp_path}/spool\n"
         f"selfCheck=no\nselfIP=192.0.2.1\nprobeTimeout=20\nprobeRetries=3\nprobeMatch=ok\n"
+        "peerWait=120\n"  # at least the worst failover time (62.25 s) + peerInterval
         f"nameServer=127.0.0.1\nnamePort=9\nsyslogSocket=none\n")
     confdir.write(f"targetIP={srv.host}\nprobePort={srv.port}\n", target="beta")
     confdir.write(f"targetIP={hang.host}\nprobePort={hang.port}\n", target="gamma")

@@ -146,9 +146,9 @@ def test_config_show_prints_them(run, confdir, as_json):
         assert (f"a site whose link went down left every client's answers within"
                 f" {p95['out']:g} s (p95) and was back in them within {p95['back']:g} s"
                 ) in r.stdout
-        assert ("keep the pool zone's SOA minimum and its SOA record's TTL at or below"
-                " nameTTL=30: resolvers cache a NODATA or NXDOMAIN answer for the lesser"
-                " of the two") in r.stdout
+        assert ("keep the pool zone's SOA minimum, or its SOA record's TTL if that is"
+                " lower, at or below nameTTL=30: resolvers cache a NODATA or NXDOMAIN answer"
+                " for the lesser of the two") in r.stdout
         assert "stays in its own server's answers" not in r.stdout  # no selfIP here
 
 

@@ -13,7 +13,7 @@ import json
 import time
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spdu_cli.notify.text as notice
@@ -91,6 +91,20 @@ def test_without_the_self_check_self_ip_is_always_present():
     assert changes(d) == [("add", OWN, None)]  # as before: no target, selfIP
 
 
+def test_a_peer_only_held_by_the_quorum_is_no_peer_up_self_ip_stays():
+    """A view can keep an address in, never remove one: a peer this site sees
+    down, kept in by the others' views (`held`), does not make selfIP leave."""
+    d = decide([OWN, BETA, GAMMA], [view("beta", "down", [BETA]), view("gamma", "down", [GAMMA])],
+               [OWN], 5, NOW, self_view=me("down"), held={"beta": "kept (peerQuorum)"})
+    assert ("delete", OWN, SELF) not in changes(d)
+    assert changes(d) == [("delete", GAMMA, "gamma")]
+    assert any(n.startswith("self: down, but no peer of this pool is up") for n in d.notes)
+    # a peer this site sees up does make it leave, held ones or not
+    d = decide([OWN, BETA, GAMMA], [view("beta", "down", [BETA]), view("gamma", "up", [GAMMA])],
+               [OWN], 5, NOW, self_view=me("down"), held={"beta": "kept (peerQuorum)"})
+    assert changes(d) == [("delete", OWN, SELF)]
+
+
 addresses = st.sampled_from([OWN, BETA, GAMMA, "192.0.2.4", "2001:db8::1", "2001:db8::2"])
 peers = st.lists(
     st.builds(view, st.sampled_from(["beta", "gamma", "delta"]),
@@ -121,6 +135,22 @@ def test_properties(current, targets, own):
     for c in d.changes:  # in the journal of self when the self-check decided it
         if c.address == OWN:
             assert c.target == (SELF if c.action == "delete" or self_up else None)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.sets(addresses, max_size=6), peers, selves, st.data())
+def test_held_never_removes_self_ip_nor_anything_else(current, targets, own, data):
+    """Whatever the quorum keeps (`held`, from views that may lie): selfIP is
+    deleted only while some target is really up (fresh, as seen here), and
+    held causes no delete that decide without it would not make."""
+    held = {t.target: "kept" for t in targets if data.draw(st.booleans())}
+    alone = decide(current, targets, {OWN}, 5, NOW, self_view=own)
+    kept = decide(current, targets, {OWN}, 5, NOW, self_view=own, held=held)
+    gone = {c.address for c in kept.changes if c.action == "delete"}
+    assert gone <= {c.address for c in alone.changes if c.action == "delete"}
+    really_up = any(t.state is State.UP and t.checked == NOW - 1 for t in targets)
+    if OWN in gone:
+        assert really_up
 
 
 # -- the mail's words (pure) ------------------------------------------------------------------
