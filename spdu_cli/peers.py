@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from spdu_cli import peerwait
 from spdu_cli.entry import epoch, iso
 from spdu_cli.errors import SpduError
 
@@ -551,7 +552,7 @@ def _held(cfgs, entries: dict, current: set[str], now: float, state: dict | None
     sites = state.get("sites") or {}
     bound = fresh_for(check_value("peerInterval", first.settings["peerInterval"]),
                       first.name_timeout)
-    wait = check_value("peerWait", first.settings["peerWait"])
+    wait = peerwait.effective(cfgs)
     # only a fresh view counts (quorum.holds): the others are not even looked at
     readable = [(name, rec.get("serving") or {}) for name, rec in sites.items()
                 if name != state.get("self") and fresh(rec, now, bound)]

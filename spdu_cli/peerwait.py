@@ -75,16 +75,29 @@ def site_floor(site: Any, shown: Sequence[TargetConfig]) -> Floor | None:
     return floor(every) if applies(every) else None
 
 
+def effective(cfgs: Sequence[TargetConfig]) -> float:
+    """The peerWait the quorum waits: the value set, or, not set, its default
+    raised to the minimum (so that a configuration kept from before, with slow
+    probes, is never refused for a key it does not name)."""
+    s = cfgs[0].settings["peerWait"]
+    wait = check_value("peerWait", s)
+    if s.file or not applies(cfgs):
+        return wait
+    low = floor(cfgs)
+    return wait if low is None else max(wait, low.seconds)
+
+
 def check(cfgs: Sequence[TargetConfig]) -> None:
-    """Refuse (ConfigError, 78) a peerWait below its minimum while the quorum is on."""
-    if not applies(cfgs):
+    """Refuse (ConfigError, 78) a peerWait set below its minimum while the quorum
+    is on (not set, its default is raised to the minimum: effective)."""
+    s = cfgs[0].settings["peerWait"]
+    if not s.file or not applies(cfgs):
         return
     low = floor(cfgs)
-    s = cfgs[0].settings["peerWait"]
     wait = check_value("peerWait", s)
     if low is None or wait >= low.seconds:
         return
-    where = s.source if s.file else f"{cfgs[0].files[0]}: peerWait not set, its default"
+    where = s.source
     raise ConfigError(
         f"{where}: peerWait={s.value}: below its minimum of {low.seconds:g} s ({low.why()}):"
         " a peer dead for every site would be taken back, and kept, in every pool",

@@ -152,6 +152,10 @@ def config_text(cfg: TargetConfig, low: peerwait.Floor | None = None) -> Iterato
     yield from failover_text(cfg)
     if low is not None:
         wait = check_value("peerWait", cfg.settings["peerWait"])
+        if not cfg.settings["peerWait"].file and wait < low.seconds:
+            yield (f"#   peerWait not set: its default {wait:g} s is raised to its minimum,"
+                   f" {low.seconds:g} s")
+            wait = low.seconds
         yield (f"#   peerWait={wait:g}: at least {low.seconds:g} s ({low.why()}), or a peer"
                f" dead for every site is taken back into every pool (peerQuorum=yes)")
     rows = effective_settings(cfg)

@@ -54,11 +54,25 @@ def test_the_minimum_follows_the_slowest_target_and_peer_interval(run, confdir, 
     assert r.exit_code == 78 and "below its minimum of 11.25 s" in r.stderr, r.stderr
 
 
-def test_a_default_peer_wait_too_short_names_the_main_file(run, confdir, tmp_path):
+def test_a_default_peer_wait_too_short_is_raised_to_the_minimum_not_refused(run, confdir,
+                                                                            tmp_path):
+    """A configuration kept from before, with slow probes, names no peerWait: it
+    is not refused for it; the quorum waits the minimum instead of 10 s."""
     conf(confdir, tmp_path / "s", extra="probeTimeout=20\n")
     r = run("config", "check")
-    assert r.exit_code == 78
-    assert f"{confdir.main}: peerWait not set, its default: peerWait=10: below" in r.stderr
+    assert r.exit_code == 0, r.stderr
+    out = run("config", "show").stdout
+    low = 2 + 20 + 0.25 + 3
+    assert f"peerWait not set: its default 10 s is raised to its minimum, {low:g} s" in out
+    from spdu_cli.config import load
+    from spdu_cli.peerwait import effective
+
+    site = load(str(confdir.main))
+    cfgs = [site.target(n) for n in site.select(())]
+    assert effective(cfgs) == low
+    # set explicitly, the same value is refused
+    conf(confdir, tmp_path / "s", extra="probeTimeout=20\npeerWait=10\n")
+    assert run("config", "check").exit_code == 78
 
 
 def test_without_the_quorum_the_views_or_a_third_site_any_peer_wait_is_taken(run, confdir,
