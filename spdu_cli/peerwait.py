@@ -79,6 +79,8 @@ def effective(cfgs: Sequence[TargetConfig]) -> float:
     """The peerWait the quorum waits: the value set, or, not set, its default
     raised to the minimum (so that a configuration kept from before, with slow
     probes, is never refused for a key it does not name)."""
+    if not cfgs:
+        return 0.0
     s = cfgs[0].settings["peerWait"]
     wait = check_value("peerWait", s)
     if s.file or not applies(cfgs):
@@ -90,9 +92,9 @@ def effective(cfgs: Sequence[TargetConfig]) -> float:
 def check(cfgs: Sequence[TargetConfig]) -> None:
     """Refuse (ConfigError, 78) a peerWait set below its minimum while the quorum
     is on (not set, its default is raised to the minimum: effective)."""
-    s = cfgs[0].settings["peerWait"]
-    if not s.file or not applies(cfgs):
+    if not cfgs or not cfgs[0].settings["peerWait"].file or not applies(cfgs):
         return
+    s = cfgs[0].settings["peerWait"]
     low = floor(cfgs)
     wait = check_value("peerWait", s)
     if low is None or wait >= low.seconds:

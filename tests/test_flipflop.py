@@ -101,13 +101,15 @@ def test_reconcile_goes_on_over_deeply_nested_peer_and_change_records(tmp_path, 
 
 
 def test_the_quorum_back_and_forth_through_reconcile_is_no_flip_flop(tmp_path, knot):
-    """A real Knot: beta seen down leaves the pool at once; peerWait (1 s)
+    """A real Knot: beta seen down leaves the pool at once; peerWait (2.1 s, just
+    above its minimum for these settings: 0.5 + 0.3 + 0.25 + peerInterval 1)
     later the quorum takes it back (gamma serves it, since before); gamma
     stops serving it, and it leaves again. One state of beta all along, three
     UPDATEs, each undoing spdu's own last: no flip-flop notice."""
     from spdu_cli.entry import iso
 
-    site, store, spool = three_sites(tmp_path, knot, "peerWait=1", "peerInterval=60")
+    site, store, spool = three_sites(tmp_path, knot, "peerWait=2.1", "peerInterval=1",
+                                     "interval=0.5", "probeTimeout=0.3")
 
     def views(gamma_serves_beta: bool):
         now, long_ago = iso(time.time()), iso(time.time() - 600)
@@ -128,7 +130,7 @@ def test_the_quorum_back_and_forth_through_reconcile_is_no_flip_flop(tmp_path, k
     pools = []
     reconcile.run(site)  # removed at once
     pools.append(sorted(knot.query("api", "A")))
-    time.sleep(1.2)  # peerWait
+    time.sleep(2.3)  # peerWait
     views(True)
     reconcile.run(site)  # taken back: gamma serves it since before
     pools.append(sorted(knot.query("api", "A")))

@@ -1,6 +1,6 @@
 """End to end, the peer views and the quorum on the namespaced lab (three
 sites, each with Knot, HAProxy and spdu's loop; netlab.FAST, peerInterval 1,
-peerWait 5):
+peerWait 12):
 
 (b) the alpha<->beta path is cut (a blackhole route to each other's
     addresses in both namespaces, nothing else touched): without the quorum
@@ -21,7 +21,8 @@ import pytest
 from tests.e2e.netlab import FAST, SITES, Lab, LabError, run
 
 OUT = 15.0  # seconds allowed for a change to reach DNS (expected: 1.5-3 s)
-WAIT = 5.0  # peerWait here
+WAIT = 12.0  # peerWait here: longer than a view stays fresh (3 x 1 + nameTimeout 3 + 1 s)
+FRESH = 7.0
 SETTINGS = {**FAST, "peerInterval": "1", "peerWait": f"{WAIT:g}", "peerDivergence": "3"}
 
 
@@ -80,7 +81,11 @@ def test_b_a_cut_link_between_alpha_and_beta(lab, on):
         out = lab.wait_pool({"alpha": {"alpha", "gamma"}, "beta": {"beta", "gamma"},
                              "gamma": set(SITES)}, OUT, poll=0.02)
         # every site shows the split: alpha and beta cannot read each other's view
-        time.sleep(2)  # read again (peerInterval 1), before peerWait brings them back
+        # until alpha's and beta's last good views of each other are stale (FRESH),
+        # before peerWait brings them back
+        lab.wait(lambda: not status_peers(alpha)["sites"]["beta"]["fresh"]
+                 and not status_peers(beta)["sites"]["alpha"]["fresh"], FRESH + 3,
+                 "alpha's and beta's views of each other to be stale", poll=0.3)
         seen = {n: status_peers(s) for n, s in lab.sites.items()}
         assert splits(seen["gamma"]) == {"alpha": (["alpha", "gamma"], ["beta"]),
                                          "beta": (["beta", "gamma"], ["alpha"])}, seen["gamma"]
