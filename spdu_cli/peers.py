@@ -552,7 +552,7 @@ def _held(cfgs, entries: dict, current: set[str], now: float, state: dict | None
     sites = state.get("sites") or {}
     bound = fresh_for(check_value("peerInterval", first.settings["peerInterval"]),
                       first.name_timeout)
-    wait = peerwait.effective(cfgs)
+    wait = None  # peerwait.effective, worked out only when a target is down
     # only a fresh view counts (quorum.holds): the others are not even looked at
     readable = [(name, rec.get("serving") or {}) for name, rec in sites.items()
                 if name != state.get("self") and fresh(rec, now, bound)]
@@ -565,6 +565,8 @@ def _held(cfgs, entries: dict, current: set[str], now: float, state: dict | None
                 [*e.addresses, *(str(i) for i in c.target_ips)]}
         witnesses = [Witness(name, True, epoch(serving[c.target]) if serving.get(c.target)
                              else None) for name, serving in readable if name != c.target]
+        if wait is None:
+            wait = peerwait.effective(cfgs)
         why = holds(c.target, e.health.since, witnesses, len(sites), now, wait,
                     bool(mine & {str(ipaddress.ip_address(a)) for a in current}))
         if why:
