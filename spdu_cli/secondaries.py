@@ -10,7 +10,6 @@ applied (reconcile notes each UPDATE's resulting serial in the spool).
 from __future__ import annotations
 
 import ipaddress
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,8 +191,8 @@ def ns_servers(server: str, port: int, zone: str, timeout: float) -> list[tuple[
         raise ServiceUnavailable(
             f"cannot read the NS set of {zone} from {server} port {port}: {why}",
             "set secondaryServers to list the servers to check") from None
-    out = []
-    for name in sorted(names):
+    found: dict[str, list[str]] = {}
+    for name in sorted(set(names)):
         addrs = []
         for rdtype in ("A", "AAAA"):
             try:
@@ -201,14 +200,18 @@ def ns_servers(server: str, port: int, zone: str, timeout: float) -> list[tuple[
                           _rdatas(_ask(server, port, name, rdtype, timeout), name, rdtype)]
             except (OSError, dns.exception.DNSException):
                 pass
-        if not addrs:
-            try:
-                addrs = sorted({i[4][0] for i in socket.getaddrinfo(
-                    name.rstrip("."), None, type=socket.SOCK_DGRAM)})
-            except OSError:
-                out.append((name, ""))
-                continue
-        out += [(name, a) for a in addrs]
+        found[name] = addrs
+    outside = [n for n, a in found.items() if not a]  # out-of-zone names
+    if outside:  # this host's resolver, all at once, none waited for past the timeout
+        from spdu_cli.probe.names import resolve
+
+        looked = resolve([n.rstrip(".") for n in outside], timeout)
+        for name in outside:
+            got = looked[name.rstrip(".")]
+            found[name] = sorted(got) if isinstance(got, tuple) else []
+    out = []
+    for name, addrs in found.items():
+        out += [(name, a) for a in addrs] if addrs else [(name, "")]
     return out
 
 

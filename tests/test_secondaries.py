@@ -221,3 +221,45 @@ def spool_dir(tmp_path):
     from spdu_cli.spool import Spool
 
     return Spool(str(tmp_path / "spool"))
+
+
+def test_an_ns_name_this_hosts_resolver_cannot_answer_holds_up_nothing(tmp_path):
+    """An out-of-zone NS name is looked up by this host's resolver (getaddrinfo,
+    which cannot be cancelled); behind a resolver that never answers (a mount
+    namespace whose resolv.conf points at a socket nobody reads, 3 s a try)
+    the NS set is still read within its timeout, that name with no address,
+    the in-zone ones with theirs."""
+    import subprocess
+    import sys
+
+    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes queries, answers none
+    hole.bind(("127.0.0.77", 53))
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.0.77\noptions timeout:3 attempts:1\n")
+    records = [("@", "NS", "ns.elsewhere.test."), ("api", "A", SELF)]
+    knot = KnotServer(tmp_path / "k", records=records)
+    code = ("import sys, time, socket\n"
+            "from spdu_cli import secondaries\n"
+            "t = time.monotonic()\n"
+            "got = secondaries.ns_servers('127.0.0.1', int(sys.argv[1]), 'pool.domain.tld', 1.0)\n"
+            "print(round(time.monotonic() - t, 2), sorted(got))\n"
+            "t = time.monotonic()\n"
+            "try:\n"
+            "    socket.getaddrinfo('ns.elsewhere.test', None)\n"
+            "except OSError:\n"
+            "    pass\n"
+            "print(round(time.monotonic() - t, 2))\n")
+    try:
+        r = subprocess.run(["unshare", "--mount", "sh", "-c",
+                            'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(conf),
+                            sys.executable, "-c", code, str(knot.port)],
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    finally:
+        knot.stop()
+        hole.close()
+    assert r.returncode == 0, r.stderr
+    (took, got), alone = r.stdout.splitlines()[0].split(" ", 1), r.stdout.splitlines()[1]
+    assert float(alone) >= 3, r.stdout  # the resolver does hang: the test can fail
+    assert float(took) < 2.5, r.stdout
+    want = [("ns.elsewhere.test.", ""), ("ns1.pool.domain.tld.", "127.0.0.1")]
+    assert got == str(sorted(want)), r.stdout
