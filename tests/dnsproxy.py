@@ -77,7 +77,7 @@ class DnsProxy:
                 self.udp.server_close()
         else:
             raise RuntimeError("no free port for UDP and TCP")
-        self.threads = [threading.Thread(target=s.serve_forever, daemon=True)
+        self.threads = [threading.Thread(target=s.serve_forever, args=(0.02,), daemon=True)
                         for s in (self.udp, self.tcp)]
         for t in self.threads:
             t.start()

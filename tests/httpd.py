@@ -53,7 +53,8 @@ class StatusServer:
         self.server = Server((host, port), Handler)  # port 0: any free one
         self.host = host
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,),
+                                       daemon=True)  # (its poll: what stop() waits)
         self.thread.start()
 
     def stop(self) -> None:

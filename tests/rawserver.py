@@ -92,6 +92,10 @@ class RawServer:
 
     def stop(self) -> None:
         self._stop.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept at once (Linux)
+        except OSError:
+            pass
         self.sock.close()
         for c in self._conns:
             try:

@@ -83,7 +83,8 @@ class WebhookReceiver:
         self.port = self.server.server_address[1]
         scheme = "https" if tls is not None else "http"
         self.url = f"{scheme}://{host}:{self.port}/hooks/T0/B0/s3cretpath"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,),
+                                       daemon=True)  # (its poll: what stop() waits)
         self.thread.start()
 
     def stop(self) -> None:

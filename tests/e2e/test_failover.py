@@ -85,7 +85,7 @@ def test_flapping_site_one_summary(scenario):
     at most one mail of its own the flapping goes out as one summary per
     flapWindow, and every transition is in exactly one mail."""
     lab, victim = scenario.lab, "gamma"
-    window, cycles = 25, 3
+    window, cycles = 18, 3
     observers = [s for s in SITES if s != victim]
     for name in SITES:
         lab.sites[name].reconfigure(flapCount="1", flapWindow=str(window))

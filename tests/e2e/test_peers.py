@@ -95,7 +95,7 @@ def test_b_a_cut_link_between_alpha_and_beta(lab, on):
         assert seen["alpha"]["sites"]["beta"]["fresh"] is False
         assert seen["beta"]["sites"]["alpha"]["fresh"] is False
         t_history = time.monotonic()
-        history = watch(lab, WAIT + 12)  # (times from t_history)
+        history = watch(lab, WAIT + 4)  # (times from t_history; removed about FRESH before)
         last = history[-1][1]
         if on:
             # taken back peerWait after it was removed, and kept while the cut lasts
@@ -121,7 +121,7 @@ def test_c_beta_dies_for_everyone(lab):
     beta = lab.sites["beta"]
     others = {s: set(SITES) - {"beta"} for s in SITES if s != "beta"}
     times: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(2):  # 2 runs each way (3 for the README's figures), for CI's time
+    for run_ in range(2):  # 2 runs each way (3 for the README's figures), for CI's time
         for on in (False, True):
             lab.restore()
             quorum(lab, on)
@@ -131,7 +131,7 @@ def test_c_beta_dies_for_everyone(lab):
             try:
                 lab.wait_pool(others, OUT, poll=0.02)
                 times[on].append(time.monotonic() - t0)
-                if on:  # and it stays out: no witness serves it after peerWait
+                if on and run_ == 0:  # and it stays out: no witness serves it after peerWait
                     history = watch(lab, WAIT + 4)
                     assert all(p[s] == others[s] for _, p in history for s in others), history
             finally:
