@@ -708,8 +708,10 @@ class PdnsLuaServer(_DNSServer):
     rundir_prefix = "pdns-"
 
     def __init__(self, tmpdir, url: str, addresses, address: str = "127.0.0.1",
-                 zone: str = ZONE, settings: dict | None = None, start: bool = True):
+                 zone: str = ZONE, settings: dict | None = None, start: bool = True,
+                 user: str = ""):
         super().__init__(tmpdir, address, zone, (), None)
+        self.user = user
         self.url = url
         self.addresses = tuple(addresses)
         self.settings = dict(settings or {})

@@ -5,6 +5,7 @@ hangs. Backends are real HTTP servers on 127.0.14.x sharing one port."""
 
 from __future__ import annotations
 
+import pwd
 import socket
 import time
 
@@ -41,6 +42,12 @@ def backends():
     pytest.fail(f"no port free on both {BACKENDS[0]} and {BACKENDS[1]}")
 
 
+def uid_of(pid: int) -> int:
+    """The real uid of process `pid` (/proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(ln for ln in f if ln.startswith("Uid:")).split()[1])
+
+
 def wait_answer(server: PdnsLuaServer, want: set[str], timeout: float) -> float:
     """Seconds until `api` A is exactly `want`, polled every 50 ms."""
     t0 = time.monotonic()
@@ -62,28 +69,30 @@ def test_record_text():
         pdns_lua_record("http://x/'); os.exit() --", ["192.0.2.1"])
 
 
-def test_defaults_answer_the_backends_that_are_up(tmp_path, backends):
+def test_defaults_answer_the_backends_that_are_up(shared, backends):
     """PowerDNS's defaults (as benchmarked): the first query starts the checks
     (4.7 may check only the first address at once and the others one interval,
     5 s, later); then the two backends that answer are in, the refused one is
     not, and the checks went to each address with the URL's host in Host."""
     port, servers = backends
-    with PdnsLuaServer(tmp_path, f"http://{NAME}:{port}/status", BACKENDS) as pdns:
+    with PdnsLuaServer(shared, f"http://{NAME}:{port}/status", BACKENDS,
+                       user="pdns") as pdns:  # as Debian's unit runs it
+        assert uid_of(pdns.proc.pid) == pwd.getpwnam("pdns").pw_uid
         pdns.query("api", "A")  # starts the health checks
         wait_answer(pdns, set(BACKENDS[:2]), 9)
         assert all(s.requests >= 1 for s in servers)
         assert {h for s in servers for h in s.hosts} == {f"{NAME}:{port}"}
         assert f"declaring {BACKENDS[2]} DOWN" in pdns.log()
-        conf = (tmp_path / "pdns.conf").read_text()
+        conf = (shared / "pdns.conf").read_text()
         assert "lua-health-checks-interval" not in conf and "timeout=" not in conf
 
 
-def test_drops_a_refused_or_hung_backend_and_takes_it_back(tmp_path, backends):
+def test_drops_a_refused_or_hung_backend_and_takes_it_back(shared, backends):
     """With checks every second (the default is 5 s; timeout stays 2 s): a
     backend that refuses is dropped, one that hangs is dropped after the
     timeout, and a repaired one comes back."""
     port, (a, b) = backends
-    with PdnsLuaServer(tmp_path, f"http://{NAME}:{port}/status", BACKENDS,
+    with PdnsLuaServer(shared, f"http://{NAME}:{port}/status", BACKENDS, user="pdns",
                        settings={"lua-health-checks-interval": "1"}) as pdns:
         pdns.query("api", "A")
         wait_answer(pdns, {a.host, b.host}, 5)
