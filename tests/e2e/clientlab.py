@@ -36,10 +36,12 @@ Unbound auto-trust-anchor-file, BIND's dnssec-validation auto, the Recursor's
 built-in root key) would make every answer bogus. Their validators stay on
 (Unbound's module-config, BIND's dnssec-validation yes, the Recursor's dnssec
 default with its root key cleared, clearTA), with nothing to validate.
-Each runs as Debian starts it: `unbound -d -p` as root, dropping to the
-unbound user itself; `named -f -u bind`; the Recursor as the pdns user with
-CAP_NET_BIND_SERVICE (setpriv, as systemd's User= and AmbientCapabilities=
-do), `--daemon=no --write-pid=no --disable-syslog`.
+The parent's Knot runs as the knot user and each PowerDNS LUA as pdns, as
+Debian's units run them (setpriv, below). Each resolver runs as Debian
+starts it: `unbound -d -p` as root, dropping to the unbound user itself;
+`named -f -u bind`; the Recursor as the pdns user with CAP_NET_BIND_SERVICE
+(setpriv, as systemd's User= and AmbientCapabilities= do), `--daemon=no
+--write-pid=no --disable-syslog`.
 """
 
 from __future__ import annotations
@@ -57,7 +59,19 @@ from pathlib import Path
 import dns.message
 
 from tests.dnsservers import pdns_lua_record, write_pdns_lua
-from tests.e2e.netlab import SITES, Lab, LabError, Proc, run, v4, v6, which
+from tests.e2e.netlab import (
+    SITES,
+    Lab,
+    LabError,
+    Proc,
+    as_debian_user,
+    give_to,
+    run,
+    user_of,
+    v4,
+    v6,
+    which,
+)
 
 PARENT, CLIENT = 53, 99  # host numbers of the parent's server and the client namespace
 LUA_HOST = 10  # a site's PowerDNS is at host + LUA_HOST
@@ -189,10 +203,11 @@ class ClientLab(Lab):
         return lines
 
     def _start_parent(self) -> None:
-        d = self.dir / "parent"
+        d = self.rundir / "parent-knot"  # (a directory the knot user may pass)
         (d / "db").mkdir(parents=True, exist_ok=True)
         run_dir = self.rundir / "parent"
         run_dir.mkdir(parents=True, exist_ok=True)
+        give_to("knot", d / "db", run_dir)
         glue = [f"ns.parent.{PARENT_ZONE}. {t} {a}" for t, a in self._addresses(PARENT)]
         (d / "root.zone").write_text("\n".join([
             "$ORIGIN .", f"$TTL {PARENT_TTL}",
@@ -213,7 +228,8 @@ class ClientLab(Lab):
             f"  - domain: .\n    file: {d / 'root.zone'}\n"
             f"  - domain: {PARENT_ZONE}\n    file: {d / 'parent.zone'}\n")
         p = self._proc("parent/knotd", self.parent_ns,
-                       [which("knotd"), "-c", str(d / "knot.conf")], d / "knotd.log")
+                       as_debian_user("knot", [which("knotd"), "-c", str(d / "knot.conf")]),
+                       self.dir / "parent-knotd.log")
         self._wait_soa(p, self.parent_ns, v4(PARENT), 53, PARENT_ZONE)
 
     def _wait_soa(self, p: Proc, ns: str, address: str, port: int, zone: str) -> None:
@@ -239,8 +255,10 @@ class ClientLab(Lab):
                  *(["nodad"] if ":" in a else [])])
         socket_dir = self.rundir / f"{site.name}-lua"  # short: the control socket's path
         socket_dir.mkdir(parents=True, exist_ok=True)
+        give_to("pdns", socket_dir)
         backends = [v4(self.sites[s].host) for s in SITES]
-        conf = write_pdns_lua(site.dir / "pdns-lua", addresses[0], 53, STATUS_URL, backends,
+        conf = write_pdns_lua(self.rundir / f"{site.name}-lua-conf", addresses[0], 53,
+                              STATUS_URL, backends,
                               zone=LUA_ZONE, socket_dir=str(socket_dir),
                               settings={"local-address": ", ".join(addresses)})
         # the zone's own NS RRset is the parent's delegation (a resolver may prefer it)
@@ -250,7 +268,8 @@ class ClientLab(Lab):
             *[f"@ IN NS ns-lua.{s}.{PARENT_ZONE}." for s in SITES],
             f"api IN LUA {pdns_lua_record(STATUS_URL, backends)}"]) + "\n")
         p = self._proc(f"{site.name}/pdns-lua", site.ns,
-                       [which("pdns_server"), f"--config-dir={conf}"], site.dir / "pdns-lua.log")
+                       as_debian_user("pdns", [which("pdns_server"), f"--config-dir={conf}"]),
+                       site.dir / "pdns-lua.log")
         self._wait_soa(p, site.ns, addresses[0], 53, LUA_ZONE)
 
     # -- the resolvers -----------------------------------------------------------------
@@ -360,13 +379,11 @@ class ClientLab(Lab):
 
     def resolver_user(self, r: str) -> str:
         """The user the resolver's process runs as (its threads as one)."""
-        pid = self.servers[r].pid
-        for child in run(["pgrep", "-P", str(pid)], check=False).stdout.split() or []:
-            pid = int(child)
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Uid:"):
-                return pwd.getpwuid(int(line.split()[2])).pw_name
-        raise LabError(f"{r}: no Uid in /proc/{pid}/status")
+        return user_of(self.servers[r])
+
+    def server_users(self) -> dict[str, str]:
+        """The parent's Knot and every site's PowerDNS LUA: the user each runs as."""
+        return {p.name: user_of(p) for p in self.extra if p.name.endswith(("knotd", "pdns-lua"))}
 
     # -- clients -----------------------------------------------------------------------
 

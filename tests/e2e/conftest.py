@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.netlab import SELF, SITES, Lab, Mail, notices
+from tests.e2e.netlab import SELF, SITES, Lab, Mail, notices, user_of
 
 
 def pytest_configure(config):
@@ -36,6 +36,8 @@ def lab(tmp_path_factory):
     each site; torn down (processes, namespaces, veths) at the end, even on failure."""
     with Lab(tmp_path_factory.mktemp("e2e")) as lab:
         lab.wait_pool(lab.full(), 30)
+        # knotd as Debian's unit runs it, reading keygen's key file as the knot user
+        assert {n: user_of(s.knot) for n, s in lab.sites.items()} == dict.fromkeys(SITES, "knot")
         lab.wait(lambda: not lab.pending(), 30, "the first transitions to be mailed")
         # Each site saw each peer and itself (self) go from unknown to up: one notice each.
         first = notices(lab.mails())

@@ -15,7 +15,9 @@ inside the hub namespace and their peers directly inside each node's), so
 nothing is routed out. Each site is the original's setup: Knot DNS,
 authoritative for pool.domain.tld, answering api.pool.domain.tld, accepting
 updates only with that site's own TSIG key (made by `spdu keygen`, scoped to
-the pool name's A/AAAA); HAProxy answering /status; and spdu's cron loop with
+the pool name's A/AAAA), run as Debian's unit runs it (the knot user, with
+CAP_NET_BIND_SERVICE: setpriv, as systemd's User= and AmbientCapabilities=),
+reading the key file as keygen left it; HAProxy answering /status; and spdu's cron loop with
 its own configuration and spool, restarted every minute as cron would. The
 test process asks each site's DNS with `ip netns exec NS kdig @127.0.0.1`.
 
@@ -29,6 +31,7 @@ import atexit
 import email
 import email.policy
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -83,6 +86,35 @@ def v4(host: int) -> str:
 
 def v6(host: int) -> str:
     return f"2001:db8::{host}"
+
+
+def as_debian_user(user: str, argv: list[str]) -> list[str]:
+    """`argv` as systemd runs a Debian unit with User=USER and
+    AmbientCapabilities=CAP_NET_BIND_SERVICE: that user's ids and groups only,
+    allowed to bind port 53."""
+    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
+            "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service", *argv]
+
+
+def give_to(user: str, *paths: Path) -> None:
+    """Each directory tree to `user` and its group."""
+    pw = pwd.getpwnam(user)
+    for top in paths:
+        for root, dirs, files in os.walk(top):
+            for name in [root, *(os.path.join(root, f) for f in dirs + files)]:
+                os.lchown(name, pw.pw_uid, pw.pw_gid)
+
+
+def user_of(proc: Proc) -> str:
+    """The user a server's process runs as: the process itself, or the one child
+    it forked (unbound -d), whatever wraps it (ip netns exec, setpriv) exec'ing it."""
+    pid = proc.pid
+    for child in run(["pgrep", "-P", str(pid)], check=False).stdout.split() or []:
+        pid = int(child)
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return pwd.getpwuid(int(line.split()[2])).pw_name
+    raise LabError(f"{proc.name}: no Uid in /proc/{pid}/status")
 
 
 def which(name: str) -> str:
@@ -250,6 +282,15 @@ class Site:
         return ["ip", "netns", "exec", self.ns, *argv]
 
     @property
+    def knot_dir(self) -> Path:
+        """knotd's configuration, zone and journal, and keygen's key file for it:
+        under the lab's run directory, which every user may pass (pytest's own
+        temporary directories are root's only)."""
+        d = self.lab.rundir / self.name / "knot"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
     def peers(self) -> list[Site]:
         return [s for s in self.lab.sites.values() if s is not self]
 
@@ -312,14 +353,14 @@ class Site:
     def keygen(self) -> str:
         """`spdu keygen --server knot`: the key files, and the snippet for knot.conf."""
         r = run([*spdu_command(), "-c", str(self.conf), "keygen", "--server", "knot",
-                 "--key-file", str(self.keyfile), "--server-dir", str(self.dir / "knot")])
+                 "--key-file", str(self.keyfile), "--server-dir", str(self.knot_dir)])
         self.write_config()  # now with tsigKeyFile
         return r.stdout
 
     # -- servers -----------------------------------------------------------------------
 
     def start_knot(self) -> None:
-        kdir = self.dir / "knot"
+        kdir = self.knot_dir
         (kdir / "db").mkdir(parents=True, exist_ok=True)  # the journal of updates
         snippet = self.keygen()
         keyname = re.search(r"^\s+key: (\S+)$", snippet, re.MULTILINE).group(1)
@@ -346,9 +387,12 @@ class Site:
             "    zonefile-sync: -1\n    zonefile-load: whole\n    journal-content: changes\n"
             "zone:\n"
             f"  - domain: {ZONE}\n    file: {zonefile}\n    acl: [{keyname}]\n")
-        (self.lab.rundir / self.name).mkdir(parents=True, exist_ok=True)
+        # its journal and control socket; the key file stays as keygen left it (root:knot)
+        give_to("knot", kdir / "db")
+        os.chown(self.lab.rundir / self.name, pwd.getpwnam("knot").pw_uid, -1)
         self.knot = Proc(f"{self.name}/knotd",
-                         self.exec([which("knotd"), "-c", str(kdir / "knot.conf")]),
+                         self.exec(as_debian_user("knot", [which("knotd"), "-c",
+                                                           str(kdir / "knot.conf")])),
                          self.dir / "knotd.log")
         deadline = time.monotonic() + 15
         while True:
@@ -478,6 +522,7 @@ class Lab:
         self.dir.mkdir(parents=True, exist_ok=True)
         # knotd's control socket path must stay short (sun_path is 107 bytes)
         self.rundir = Path(tempfile.mkdtemp(prefix="spdu-lab-run-"))
+        os.chmod(self.rundir, 0o711)  # the servers' users pass, and list nothing
         self.settings = dict(FAST if settings is None else settings)
         self.ipv6 = ipv6
         self.loop_seconds = loop_seconds

@@ -25,7 +25,7 @@ import pytest
 
 from spdu_cli.health import failover
 from tests.e2e.clientlab import PARENT_NEGATIVE, PARENT_ZONE, RESOLVERS, USERS, ClientLab
-from tests.e2e.netlab import DEFAULTS, POOL, v4
+from tests.e2e.netlab import DEFAULTS, POOL, SITES, user_of, v4
 
 VICTIM = "gamma"
 HOLD = 5.0  # a TTL without a contrary answer: the change is settled
@@ -49,6 +49,12 @@ def worst():
 def test_resolvers_run_as_their_debian_users(clientlab):
     assert {r: clientlab.resolver_user(r) for r in clientlab.resolvers} == USERS
     assert set(clientlab.resolvers) == set(RESOLVERS)
+    # and the servers: the parent's Knot as knot (each site's PowerDNS LUA, which only
+    # benchmarks/failover.py --clients starts, as pdns: test_pdns_lua.py)
+    users = clientlab.server_users()
+    assert users == {"parent/knotd": "knot"}, users
+    assert {n: user_of(s.knot) for n, s in clientlab.sites.items()} == dict.fromkeys(SITES,
+                                                                                    "knot")
 
 
 def test_link_down_out_and_back_within_failover_plus_ttl(clientlab):
