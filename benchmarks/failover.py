@@ -64,19 +64,8 @@ from _common import machine  # noqa: E402
 
 from spdu_cli.health import failover  # noqa: E402
 from tests.dnsservers import write_pdns_lua  # noqa: E402
-from tests.e2e.netlab import (  # noqa: E402
-    POOL,
-    SITES,
-    ZONE,
-    Lab,
-    LabError,
-    Proc,
-    as_debian_user,
-    give_to,
-    run,
-    v4,
-    which,
-)
+from tests.e2e import netlab  # noqa: E402
+from tests.e2e.netlab import POOL, SITES, ZONE, Lab, LabError, Proc, run, v4, which  # noqa: E402
 
 #: Settings written to every site's spdu.conf; keys not named keep spdu's defaults.
 PROFILES = {
@@ -122,11 +111,11 @@ def start_pdns(lab: Lab, name: str) -> Proc:
     site = lab.sites[name]
     socket_dir = lab.rundir / f"{name}-pdns"  # short: the control socket's path
     socket_dir.mkdir(parents=True, exist_ok=True)
-    give_to("pdns", socket_dir)  # run as Debian's unit runs it, as the pdns user
+    netlab.give_to("pdns", socket_dir)  # run as Debian's unit runs it, as the pdns user
     conf = write_pdns_lua(lab.rundir / f"{name}-pdns-conf", "127.0.0.1", PDNS_PORT, STATUS_URL,
                           [v4(lab.sites[s].host) for s in SITES], zone=ZONE,
                           socket_dir=str(socket_dir))
-    proc = Proc(f"{name}/pdns", site.exec(as_debian_user(
+    proc = Proc(f"{name}/pdns", site.exec(netlab.as_debian_user(
         "pdns", [which("pdns_server"), f"--config-dir={conf}"])), site.dir / "pdns.log")
     deadline = time.monotonic() + 15
     while True:
