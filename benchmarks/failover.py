@@ -122,6 +122,8 @@ def start_pdns(lab: Lab, name: str) -> Proc:
         r = run(site.exec(["kdig", "@127.0.0.1", "-p", str(PDNS_PORT), "+short", "+time=1",
                            "+retry=0", ZONE, "SOA"]), check=False)
         if r.returncode == 0 and r.stdout.strip():
+            if netlab.user_of(proc) != "pdns":
+                raise LabError(f"{name}: pdns_server runs as {netlab.user_of(proc)}, not pdns")
             return proc
         if not proc.alive or time.monotonic() > deadline:
             proc.stop()
