@@ -44,6 +44,25 @@ def staleness(checked: float | None, now: float, limit: float) -> str | None:
     return None
 
 
+def standing(view: Any, now: float) -> tuple[str, str | None]:
+    """How far a target's state (plan.TargetView, self's too) may be taken as it
+    is, the one rule of plan.decide and selfcheck.judge: ("maint", None) in a
+    maintenance not over yet; ("unknown", None); ("stale", how old, as
+    staleness says); ("changed", None) when its configured addresses
+    (targetIP, selfIP) are not the ones it was last probed at; ("ok", None)."""
+    if view.maint_until is not None and now < view.maint_until:
+        return "maint", None
+    if view.state is State.UNKNOWN:
+        return "unknown", None
+    stale = staleness(view.checked, now, view.stale_after)
+    if stale:
+        return "stale", stale
+    if view.configured and ({str(ipaddress.ip_address(a)) for a in view.configured}
+                            != {str(ipaddress.ip_address(a)) for a in view.addresses}):
+        return "changed", None
+    return "ok", None
+
+
 @functools.cache
 def _boot() -> str | None:
     try:

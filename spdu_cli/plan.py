@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from spdu_cli.config import TargetConfig
-from spdu_cli.entry import staleness
+from spdu_cli.entry import standing
 from spdu_cli.errors import ConfigError, SpduError
 from spdu_cli.health import State
 from spdu_cli.selfcheck import KEPT, SELF, judge
@@ -113,25 +113,25 @@ def decide(
     for t in targets:
         for a in t.retired:  # no longer this target's, whatever its state
             absent.setdefault(canon(a), t.target)
-        if t.maint_until is not None and now < t.maint_until:
+        kind, stale = standing(t, now)  # (selfcheck.judge reads self by the same rule)
+        if kind == "maint":
             for a in sorted({canon(a) for a in t.addresses + t.configured}):
                 absent.setdefault(a, t.target)
             continue
-        if t.state is State.UNKNOWN:
+        if kind == "unknown":
             left.append((t.target, ("state unknown; its records are left as they are"
                                     " (`spdu reconcile --probe` probes it first)")))
             continue
-        stale = staleness(t.checked, now, t.stale_after)
-        if stale:
+        if kind == "stale":
             left.append((t.target, (f"last probed {stale} (staleAfter={t.stale_after:g});"
                                     " its records are left as they are (`spdu reconcile"
                                     " --probe` probes it first)")))
             continue
-        probed = {canon(a) for a in t.addresses}
-        if t.configured and {canon(a) for a in t.configured} != probed:
+        if kind == "changed":
             left.append((t.target, ("targetIP changed since the last probe; waiting for a"
                                     " probe of the new addresses")))
             continue
+        probed = {canon(a) for a in t.addresses}
         if held and t.state is State.DOWN and t.target in held:
             left.append((t.target, held[t.target]))
         up = up or (t.state is State.UP and bool(probed))

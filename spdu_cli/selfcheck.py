@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from spdu_cli import validate
-from spdu_cli.entry import staleness
+from spdu_cli.entry import standing
 from spdu_cli.health import State
 from spdu_cli.settings import MissingDefault, Setting, System, Values
 
@@ -28,15 +28,15 @@ def judge(view: Any, now: float) -> tuple[State | None, str | None]:
     nothing: selfIP is kept."""
     if view is None:
         return None, None
-    if view.maint_until is not None and now < view.maint_until:
+    kind, stale = standing(view, now)
+    if kind == "maint":
         return State.DOWN, None
-    if view.state is State.UNKNOWN:
+    if kind == "unknown":
         return None, "state unknown; selfIP is kept in the pool"
-    stale = staleness(view.checked, now, view.stale_after)
-    if stale:
+    if kind == "stale":
         return None, (f"last probed {stale} (staleAfter={view.stale_after:g}); selfIP is kept"
                       " in the pool")
-    if view.configured and set(view.configured) != set(view.addresses):
+    if kind == "changed":
         return None, "selfIP changed since the last probe; selfIP is kept until it is probed"
     return view.state, None
 

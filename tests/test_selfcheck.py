@@ -78,6 +78,18 @@ def test_unknown_or_stale_self_keeps_self_ip(own):
     assert any(n.startswith("self: ") and "selfIP is kept" in n for n in d.notes), d.notes
 
 
+def test_self_and_a_peer_are_judged_by_one_rule_addresses_compared_as_addresses():
+    """selfIP written another way (2001:DB8::0001) is the address it was probed
+    at, as targetIP is for a peer (entry.standing, the one rule of both)."""
+    six = "2001:db8::1"
+    own = me("down", addrs=(six,), configured=("2001:DB8::0001",))
+    d = decide([six, BETA], [view("beta", "up", [BETA])], [six], 5, NOW, self_view=own)
+    assert changes(d) == [("delete", six, SELF)], d.notes
+    beta = view("beta", "down", [BETA], configured=(BETA,))
+    d = decide([six, BETA], [beta], [six], 5, NOW)
+    assert changes(d) == [("delete", BETA, "beta")]
+
+
 def test_self_in_maintenance_leaves_while_a_peer_is_up():
     own = me("up", maint=NOW + 60)
     d = decide([OWN, BETA], [view("beta", "up", [BETA])], [OWN], 5, NOW, self_view=own)
