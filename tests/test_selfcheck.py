@@ -79,8 +79,9 @@ def test_unknown_or_stale_self_keeps_self_ip(own):
 
 
 def test_self_and_a_peer_are_judged_by_one_rule_addresses_compared_as_addresses():
-    """selfIP written another way (2001:DB8::0001) is the address it was probed
-    at, as targetIP is for a peer (entry.standing, the one rule of both)."""
+    """Addresses written another way (2001:DB8::0001; the configuration gives
+    them canonical, a caller may not) are the ones probed, for self as for a
+    peer (entry.standing, the one rule of both)."""
     six = "2001:db8::1"
     own = me("down", addrs=(six,), configured=("2001:DB8::0001",))
     d = decide([six, BETA], [view("beta", "up", [BETA])], [six], 5, NOW, self_view=own)
