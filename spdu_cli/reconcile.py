@@ -481,11 +481,38 @@ def note_signatures(rec: dict, p: Plan, now: float) -> list:
         text = str(p.error) if p.error else str(invalid_for(p.pool, d.problem))
         since = was.get("since") if isinstance(was, dict) else None
         rec["dnssec_problem"] = {"text": text, "since": since or iso(now)}
-        return [] if was else [_notice("WARNING", p, text)]
+        return [] if was and not _unsaid(was) else [_notice("WARNING", p, text)]
     if was and (d.checked or not d.signed):
         del rec["dnssec_problem"]
+        if _unsaid(was):  # its WARNING never went out: nor does the word that it is over
+            return []
         return [_notice("NOTICE", p, was.get("text", "") if isinstance(was, dict) else "")]
     return []
+
+
+def _unsaid(was) -> bool:
+    return isinstance(was, dict) and was.get("unsaid") is True
+
+
+def unnote(store: Spool, key: str, lock_timeout: float) -> bool:
+    """A DNSSEC problem's WARNING (`key`, as _notice makes it) that went out
+    through no channel: the problem stays recorded (each run checks it again)
+    as not said yet, so that the next run that finds it standing (the cron
+    loop's, which tries a notice again) says it. False when it was not
+    recorded, or the spool could not be written."""
+    name = key.removeprefix("dnssec ")
+    try:
+        with store.locked(lock_timeout):
+            pools = store.read_reconcile()
+            was = pools.get(name, {}).get("dnssec_problem") if name != key else None
+            if not isinstance(was, dict):
+                return False
+            was["unsaid"] = True
+            store.write_reconcile(pools)
+    except SpduError as e:
+        log.warning("%s (the DNSSEC problem stays recorded as said)", e)
+        return False
+    return True
 
 
 def _notice(level: str, p: Plan, text: str) -> tuple:

@@ -210,12 +210,13 @@ def _drain() -> list[Notice]:
             return out
 
 
-def send_posted(site) -> None:
+def send_posted(site) -> list[Notice]:
     """What a command run by hand posted, sent now through every channel, once
-    (no loop is there to try again)."""
+    (no loop is there to try again). Returns the notices no channel took."""
     notices = _drain()
-    if notices:
-        send_notices(site, notices)
+    if not notices:
+        return []
+    return [n for n, ok in zip(notices, send_notices(site, notices), strict=True) if not ok]
 
 
 def send_notices(site, notices: list[Notice]) -> list[bool]:

@@ -291,6 +291,40 @@ def test_a_change_the_server_does_not_sign_is_one_error_and_one_notice(
         client_sees(resolver, [SELF, GAMMA])
 
 
+def test_a_notice_no_channel_took_by_hand_is_said_again_by_the_next_run(
+        shared, confdir, run, spool, smtp_relay):
+    """`spdu reconcile` by hand has no loop to try a notice again: when its
+    WARNING goes out through no channel (the relay is down), the problem is not
+    recorded as said, and the next run, once the relay is back, mails it."""
+    from tests.conftest import free_port
+
+    records = [("api", "A", SELF), ("api", "A", BETA)]
+    knot_dir = shared / "knot"
+    knot_dir.mkdir()
+    (knot_dir / f"{ZONE}.zone").write_text(signed_offline(shared, records))
+    port = free_port()  # nothing listens there yet
+    mail = (f"mailTo=ops@domain.tld\nsmtpRelay=127.0.0.1\nsmtpPort={port}\nsmtpSSL=no\n"
+            "myTag=alpha\n")
+    with KnotServer(knot_dir, user="knot") as k:
+        write_conf(confdir, k, spool, extra=mail, mode=0o600)
+        set_state(spool, "beta", "down", [BETA])
+        set_state(spool, "gamma", "up", [GAMMA])
+        r = run("reconcile")
+        assert r.exit_code == 69
+        assert "could not be mailed" in r.stderr, r.stderr
+        assert "went out through no channel; the next run says it again" in r.stderr, r.stderr
+        [rec] = json.loads((spool.dir / ".reconcile.json").read_text())["pools"].values()
+        assert rec["dnssec_problem"]["unsaid"] is True  # recorded: checked again, not said
+        relay = smtp_relay(port=port)
+        r = run("reconcile")  # nothing to change; the problem stands, and is new again
+        subjects = [m.message["Subject"] for m in relay.received]
+        assert subjects == [(f"WARNING: spdu on alpha: bad DNSSEC signatures in api.{ZONE} on"
+                             f" 127.0.0.1 port {k.port}")], r.stderr
+        assert "no channel" not in r.stderr
+        run("reconcile")  # said: not again
+        assert len(relay.received) == 1
+
+
 def test_signatures_that_expire_within_twice_the_ttl_are_an_error(shared, confdir, run, spool):
     """Knot's signatures here live 10 minutes; a pool TTL of 10 minutes lets
     a resolver keep the RRset cached after its signature expired."""
