@@ -106,13 +106,25 @@ def unknown_keys(site: Site) -> list[Finding]:
 
 
 def spool(site: Site, user: str) -> list[Finding]:
-    why = cannot(user, site.spool_dir, write=True)
+    """What every run as `user` would refuse: a spoolDir it cannot write, and
+    one the spool itself refuses (spool.dir_problem: writable by others,
+    another user's, a symbolic link)."""
+    from spdu_cli.spool import dir_problem
+
+    d = site.spool_dir
+    where = (_where(site, "spoolDir") if "spoolDir" in site.settings
+             else f"{site.path}: spoolDir={d} (default)")
+    try:
+        st = os.lstat(d)
+    except OSError:
+        st = None  # missing: made by the first run, if the user may (below)
+    problem = dir_problem(d, st, pwd.getpwnam(user).pw_uid, True) if st else None
+    if problem is not None:
+        return [Finding(where, problem.message, problem.hint or "")]
+    why = cannot(user, d, write=True)
     if not why:
         return []
-    d = site.spool_dir
-    return [Finding(_where(site, "spoolDir") if "spoolDir" in site.settings
-                    else f"{site.path}: spoolDir={d} (default)", why,
-                    f"as root: install -d -o {user} -m 0750 {d}")]
+    return [Finding(where, why, f"as root: install -d -o {user} -m 0750 {d}")]
 
 
 def unresolvable(site: Site, cfgs: list[TargetConfig], only_without_file: bool) -> list[Finding]:

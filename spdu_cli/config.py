@@ -106,10 +106,12 @@ def _parse_file(
             import difflib  # only for a key that is not known
 
             close = difflib.get_close_matches(a.key, KEYS, n=1)
+            used = re.search(r"\$\{?" + re.escape(a.key) + r"(?![A-Za-z0-9_])", file.text)
             if unknown is not None:  # config check reports them itself
-                used = re.search(r"\$\{?" + re.escape(a.key) + r"(?![A-Za-z0-9_])", file.text)
                 unknown.append(UnknownKey(file.path, a.line, a.key, close[0] if close else "",
                                           bool(used)))
+                continue
+            if used:  # a shell helper (base=/x, then ${base}/y), as the original's files had
                 continue
             hint = f"; did you mean {close[0]}?" if close else ""
             log.warning("%s:%d: unknown key %s ignored%s", file.path, a.line, a.key, hint)

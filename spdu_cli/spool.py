@@ -141,32 +141,9 @@ class Spool:
             return False
         except OSError as e:
             raise os_failure(e, "look at the spool directory", self.dir) from None
-        if stat.S_ISLNK(st.st_mode):
-            raise ConfigError(
-                f"spoolDir {self.dir} is a symbolic link; spdu never follows one there",
-                f"set spoolDir to the directory itself ({os.path.realpath(self.dir)})",
-            )
-        if not stat.S_ISDIR(st.st_mode):
-            raise ConfigError(f"spoolDir {self.dir} is not a directory")
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o002:
-            raise ConfigError(
-                f"refusing unsafe spool directory {self.dir}: writable by others"
-                f" (mode {mode:04o})",
-                f"chmod 0750 {self.dir}",
-            )
-        if writing and st.st_uid not in (0, os.geteuid()):
-            import pwd
-
-            try:
-                owner = pwd.getpwuid(st.st_uid).pw_name
-            except KeyError:
-                owner = f"uid {st.st_uid}"
-            raise ConfigError(
-                f"spool directory {self.dir} belongs to {owner}, not to the user running"
-                " spdu: files written now would lock its owner out",
-                f"run it as that user: sudo -u {owner} spdu ..., or chown it to this one",
-            )
+        problem = dir_problem(self.dir, st, os.geteuid(), writing)
+        if problem is not None:
+            raise problem
         self._checked = True
         return True
 
@@ -326,6 +303,37 @@ class Spool:
         """Atomically replace the reconcile record; call with the lock held."""
         data = json.dumps({"version": VERSION, "pools": pools}, indent=1).encode() + b"\n"
         self._atomic_write(self.dir / RECONCILE_NAME, data)
+
+
+def dir_problem(path, st: os.stat_result, uid: int, writing: bool) -> ConfigError | None:
+    """Why spoolDir (`st`, its lstat) is refused to the user `uid` (check_dir;
+    config check asks it for the user --as names), or None."""
+    if stat.S_ISLNK(st.st_mode):
+        return ConfigError(
+            f"spoolDir {path} is a symbolic link; spdu never follows one there",
+            f"set spoolDir to the directory itself ({os.path.realpath(path)})",
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        return ConfigError(f"spoolDir {path} is not a directory")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o002:
+        return ConfigError(
+            f"refusing unsafe spool directory {path}: writable by others (mode {mode:04o})",
+            f"chmod 0750 {path}",
+        )
+    if writing and st.st_uid not in (0, uid):
+        import pwd
+
+        try:
+            owner = pwd.getpwuid(st.st_uid).pw_name
+        except KeyError:
+            owner = f"uid {st.st_uid}"
+        return ConfigError(
+            f"spool directory {path} belongs to {owner}, not to the user running"
+            " spdu: files written now would lock its owner out",
+            f"run it as that user: sudo -u {owner} spdu ..., or chown it to this one",
+        )
+    return None
 
 
 def flush(lock_timeout: float = 5.0) -> None:

@@ -50,6 +50,11 @@ def test_a_shell_helper_the_original_allowed_stays_a_warning(run, confdir, tmp_p
     r = run("config", "check")
     assert r.exit_code == 0, r.stderr
     assert "site: not a spdu key; kept only as $site" in r.stderr and "warning" in r.stderr
+    # and every other command (the cron loop's every minute) takes it without a word
+    r = run("config", "show")
+    assert r.exit_code == 0 and "unknown key" not in r.stderr, r.stderr
+    conf(confdir, tmp_path / "s", extra="site=alpha\n")  # not used: a typo, as before
+    assert "unknown key site ignored" in run("config", "show").stderr
 
 
 def test_a_spool_the_user_cannot_write(run, confdir, shared):
@@ -65,6 +70,25 @@ def test_a_spool_the_user_cannot_write(run, confdir, shared):
     assert run("config", "check", "--as", "knot").exit_code == 0
     r = run("config", "check", "--as", "no-such-user")
     assert r.exit_code == 2 and "--as no-such-user: no such user" in r.stderr
+
+
+def test_a_spool_every_run_would_refuse_is_found_first(run, confdir, shared):
+    """What the spool itself refuses (spool.dir_problem) is config check's
+    finding too, not only what the user may not write."""
+    spool = shared / "spool"
+    spool.mkdir()
+    conf(confdir, spool)
+    os.chmod(spool, 0o777)
+    r = run("config", "check")
+    assert r.exit_code == 78
+    assert errors(r) == [(f"spdu: error: {confdir.main}:4: spoolDir={spool}: refusing unsafe"
+                          f" spool directory {spool}: writable by others (mode 0777);"
+                          f" chmod 0750 {spool}")], r.stderr
+    os.chmod(spool, 0o750)
+    give_to("nobody", spool)  # another user's: a run as root would lock nobody out
+    r = run("config", "check")
+    assert r.exit_code == 78 and f"spool directory {spool} belongs to nobody" in r.stderr
+    assert run("config", "check", "--as", "nobody").exit_code == 0
 
 
 def test_a_spool_whose_group_may_only_read_it_is_not_writable_for_that_group(run, confdir,
