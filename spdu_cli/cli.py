@@ -351,7 +351,11 @@ def status_cmd(obj: Context, targets, as_json, dns, peers):
         else:
             click.echo(render.lines(render.peers_lines(rep)))
         return
-    statuses = status.collect(obj.site(), targets, dns=dns, now=now)
+    site = obj.site()
+    if not os.path.isdir(site.spool_dir):  # every target "never probed": say why
+        log.warning("spoolDir %s does not exist: nothing has been probed here yet (the first"
+                    " run makes it; is spoolDir right?)", site.spool_dir)
+    statuses = status.collect(site, targets, dns=dns, now=now)
     if as_json:
         for s in statuses:
             click.echo(render.json_line(s.to_json()))

@@ -119,8 +119,9 @@ def decide(
                 absent.setdefault(a, t.target)
             continue
         if kind == "unknown":
+            # (after `reconcile --probe` too: a probe that gave no verdict says why)
             left.append((t.target, ("state unknown; its records are left as they are"
-                                    " (`spdu reconcile --probe` probes it first)")))
+                                    f" (`spdu probe {t.target}` says why it has no verdict)")))
             continue
         if kind == "stale":
             left.append((t.target, (f"last probed {stale} (staleAfter={t.stale_after:g});"

@@ -183,6 +183,8 @@ def test_unknown_missing_and_stale_targets_are_left_alone(run, confdir, knot, sp
     assert r.exit_code == 0, r.stderr
     assert pool(knot) == [SELF, BETA] and knot.serial() == 1
     assert "beta: state unknown" in r.stderr and "gamma: last probed 60 s ago" in r.stderr
+    # what to run next, right after `reconcile --probe` too (its probe gave no verdict)
+    assert "(`spdu probe beta` says why it has no verdict)" in r.stderr
 
 
 def test_corrupt_spool_file_changes_nothing(run, confdir, knot, spool):

@@ -83,6 +83,16 @@ def test_plain_lines_in_a_pipe(run, conf):
     assert run("status", "nosuch").exit_code == 2
 
 
+def test_a_spool_directory_that_is_not_there_is_said(run, confdir, tmp_path):
+    """A mistyped spoolDir shows every target never probed: status says why."""
+    missing = tmp_path / "nosuch" / "spool"
+    confdir.write(f"domain=domain.tld\ntargets='beta'\nspoolDir={missing}\n")
+    r = run("status")
+    assert r.exit_code == 0
+    assert f"spoolDir {missing} does not exist: nothing has been probed here yet" in r.stderr
+    assert not missing.exists()  # status writes nothing
+
+
 def test_an_expired_maintenance_shows_as_over_and_status_writes_nothing(run, conf, spool):
     e = spool.read("beta")
     from spdu_cli.entry import Maintenance
