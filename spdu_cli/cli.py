@@ -532,7 +532,8 @@ def cron_cmd(obj: Context, seconds, lock_timeout, follow, as_json):
     an hour, or at the end of the minute when spdu was upgraded); a copy then
     costs little more than Python's start-up. A failing step does not stop
     the others; the exit status says what still failed at the end, 0 when
-    nothing did.
+    nothing did. spdu-cron takes spdu's global options too, before its own
+    (`spdu-cron -c FILE -v --for 10`; spdu --help lists them).
 
     \b
     Example:

@@ -465,9 +465,10 @@ def test_status_refuses_a_target_file_every_command_refuses(site):
 def test_spdu_cron_takes_its_options_as_its_help_shows_them(site):
     # (--no-follow but once: a following loop waits 5 s past its minute for the next copy)
     for args in (("--no-follow", "--for", "1"), ("cron", "--no-follow", "--for", "1"),
-                 ("--", "--for", "1")):
-        r = site.run(*args, prog="spdu-cron")
+                 ("-v", "--no-follow", "--for", "1"), ("--", "--for", "1")):
+        r = site.run(*args, prog="spdu-cron")  # (site.run puts -c FILE first)
         assert r.returncode == 0, (args, r.stderr)
+        assert ("cron loop done" in r.stderr) is (args[0] == "-v"), (args, r.stderr)
     site.write("interval=5\n")
     r = site.run("-v", "cron", "--for", "1")
     assert "1 tick, 1 probe run, 1 reconcile, " in r.stderr, r.stderr
