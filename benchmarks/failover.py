@@ -63,9 +63,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine  # noqa: E402
 
 from spdu_cli.health import failover  # noqa: E402
-from tests.dnsservers import write_pdns_lua  # noqa: E402
-from tests.e2e import netlab  # noqa: E402
-from tests.e2e.netlab import POOL, SITES, ZONE, Lab, LabError, Proc, run, v4, which  # noqa: E402
+from tests.dnsservers import as_user, give_to, write_pdns_lua  # noqa: E402
+from tests.e2e.netlab import POOL, SITES, ZONE, Lab, LabError, Proc, run, user_of, v4, which  # noqa: E402
 
 #: Settings written to every site's spdu.conf; keys not named keep spdu's defaults.
 PROFILES = {
@@ -111,19 +110,19 @@ def start_pdns(lab: Lab, name: str) -> Proc:
     site = lab.sites[name]
     socket_dir = lab.rundir / f"{name}-pdns"  # short: the control socket's path
     socket_dir.mkdir(parents=True, exist_ok=True)
-    netlab.give_to("pdns", socket_dir)  # run as Debian's unit runs it, as the pdns user
+    give_to("pdns", socket_dir)  # run as Debian's unit runs it, as the pdns user
     conf = write_pdns_lua(lab.rundir / f"{name}-pdns-conf", "127.0.0.1", PDNS_PORT, STATUS_URL,
                           [v4(lab.sites[s].host) for s in SITES], zone=ZONE,
                           socket_dir=str(socket_dir))
-    proc = Proc(f"{name}/pdns", site.exec(netlab.as_debian_user(
-        "pdns", [which("pdns_server"), f"--config-dir={conf}"])), site.dir / "pdns.log")
+    argv = as_user("pdns", [which("pdns_server"), f"--config-dir={conf}"], low_ports=True)
+    proc = Proc(f"{name}/pdns", site.exec(argv), site.dir / "pdns.log")
     deadline = time.monotonic() + 15
     while True:
         r = run(site.exec(["kdig", "@127.0.0.1", "-p", str(PDNS_PORT), "+short", "+time=1",
                            "+retry=0", ZONE, "SOA"]), check=False)
         if r.returncode == 0 and r.stdout.strip():
-            if netlab.user_of(proc) != "pdns":
-                raise LabError(f"{name}: pdns_server runs as {netlab.user_of(proc)}, not pdns")
+            if (user := user_of(proc)) != "pdns":
+                raise LabError(f"{name}: pdns_server runs as {user}, not pdns")
             return proc
         if not proc.alive or time.monotonic() > deadline:
             proc.stop()

@@ -192,7 +192,6 @@ def reconcile_cmd(obj: Context, dry_run, as_json, probe_first, lock_timeout, pru
         spdu reconcile --dry-run | nsupdate -k /usr/local/etc/spdu.tsig.key
     """
     from spdu_cli import reconcile
-    from spdu_cli.spool import Spool
 
     if probe_first:
         import spdu_cli.probe.step as probe
@@ -211,13 +210,8 @@ def reconcile_cmd(obj: Context, dry_run, as_json, probe_first, lock_timeout, pru
         click.echo(render.lines(render.reconcile_script(plans)))
     elif _tty():
         click.echo(render.lines(render.reconcile_lines(plans)))
-    if trouble := sys.modules.get("spdu_cli.trouble"):  # imported to post a DNSSEC notice:
-        site = obj.site()  # by hand, it goes out before the process ends
-        for n in trouble.send_posted(site):
-            if n.level == "WARNING" and reconcile.unnote(Spool(site.spool_dir), n.key,
-                                                         lock_timeout):
-                log.error("the notice %r went out through no channel; the next run says it"
-                          " again", n.problem.notice)
+    if "spdu_cli.trouble" in sys.modules:  # imported to post a DNSSEC notice:
+        reconcile.send_notices_by_hand(obj.site(), lock_timeout)  # before the process ends
     errors = [p.error for p in plans if p.error]
     if errors:
         sys.exit(int(errors[0].exit_status))

@@ -44,6 +44,11 @@ def staleness(checked: float | None, now: float, limit: float) -> str | None:
     return None
 
 
+def canon(address: str) -> str:
+    """An address as spdu compares and writes it (2001:DB8::0001 is 2001:db8::1)."""
+    return str(ipaddress.ip_address(address))
+
+
 def standing(view: Any, now: float) -> tuple[str, str | None]:
     """How far a target's state (plan.TargetView, self's too) may be taken as it
     is, the one rule of plan.decide and selfcheck.judge: ("maint", None) in a
@@ -57,8 +62,8 @@ def standing(view: Any, now: float) -> tuple[str, str | None]:
     stale = staleness(view.checked, now, view.stale_after)
     if stale:
         return "stale", stale
-    if view.configured and ({str(ipaddress.ip_address(a)) for a in view.configured}
-                            != {str(ipaddress.ip_address(a)) for a in view.addresses}):
+    if view.configured and ({canon(a) for a in view.configured}
+                            != {canon(a) for a in view.addresses}):
         return "changed", None
     return "ok", None
 

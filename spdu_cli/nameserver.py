@@ -10,8 +10,9 @@ import ipaddress
 import logging
 import time
 
+from spdu_cli.entry import canon
 from spdu_cli.errors import ConfigError, ServiceUnavailable
-from spdu_cli.plan import RDTYPES, Plan, Pool, canon
+from spdu_cli.plan import RDTYPES, Plan, Pool
 from spdu_cli.tsig import TsigKey
 
 log = logging.getLogger(__name__)

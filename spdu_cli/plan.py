@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from spdu_cli.config import TargetConfig
-from spdu_cli.entry import standing
+from spdu_cli.entry import canon, standing
 from spdu_cli.errors import ConfigError, SpduError
 from spdu_cli.health import State
 from spdu_cli.selfcheck import KEPT, SELF, judge
@@ -25,10 +25,6 @@ RDTYPES = ("A", "AAAA")
 
 def rdtype_of(address: str) -> str:
     return "AAAA" if ipaddress.ip_address(address).version == 6 else "A"
-
-
-def canon(address: str) -> str:
-    return str(ipaddress.ip_address(address))
 
 
 # -- the pure decision -------------------------------------------------------------

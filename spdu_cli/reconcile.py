@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from spdu_cli import signatures
 from spdu_cli.config import TargetConfig
-from spdu_cli.entry import SpoolEntry, iso, staleness
+from spdu_cli.entry import SpoolEntry, canon, iso, staleness
 from spdu_cli.errors import ServiceUnavailable, SpduError, TemporaryFailure
 from spdu_cli.nameserver import PrerequisiteFailed, keyring, read_current, read_dnskey, send
 from spdu_cli.plan import (
@@ -28,7 +28,6 @@ from spdu_cli.plan import (
     Pool,
     PoolKey,
     TargetView,
-    canon,
     decide,
     pools,
     zones,
@@ -490,8 +489,23 @@ def note_signatures(rec: dict, p: Plan, now: float) -> list:
     return []
 
 
+NOTICE_KEY = "dnssec "  # a DNSSEC notice's key: this, then the pool's id
+
+
 def _unsaid(was) -> bool:
     return isinstance(was, dict) and was.get("unsaid") is True
+
+
+def send_notices_by_hand(site, lock_timeout: float) -> None:
+    """`spdu reconcile` by hand: the DNSSEC notices it posted go out now, once
+    (trouble.send_posted); a WARNING no channel took is recorded as not said
+    (unnote), and said to stderr."""
+    from spdu_cli import trouble
+
+    for n in trouble.send_posted(site):
+        if n.level == "WARNING" and unnote(Spool(site.spool_dir), n.key, lock_timeout):
+            log.error("the notice %r went out through no channel; the next run says it again",
+                      n.problem.notice)
 
 
 def unnote(store: Spool, key: str, lock_timeout: float) -> bool:
@@ -500,7 +514,7 @@ def unnote(store: Spool, key: str, lock_timeout: float) -> bool:
     as not said yet, so that the next run that finds it standing (the cron
     loop's, which tries a notice again) says it. False when it was not
     recorded, or the spool could not be written."""
-    name = key.removeprefix("dnssec ")
+    name = key.removeprefix(NOTICE_KEY)
     try:
         with store.locked(lock_timeout):
             pools = store.read_reconcile()
@@ -518,5 +532,5 @@ def unnote(store: Spool, key: str, lock_timeout: float) -> bool:
 def _notice(level: str, p: Plan, text: str) -> tuple:
     from spdu_cli.trouble import Problem
 
-    return (f"dnssec {pool_id(p.pool)}", level,
+    return (f"{NOTICE_KEY}{pool_id(p.pool)}", level,
             Problem(text, False, f"bad DNSSEC signatures in {p.pool.name} on {p.pool.where}"))

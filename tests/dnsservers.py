@@ -83,10 +83,19 @@ def require_binary(name: str) -> str:
     return path
 
 
-def as_user(user: str, argv: list[str]) -> list[str]:
-    """``argv`` run as ``user`` with its own groups and nothing of root's."""
+def as_user(user: str, argv: list[str], low_ports: bool = False) -> list[str]:
+    """``argv`` run as ``user`` with its own groups and nothing of root's;
+    ``low_ports``: allowed to bind port 53 too, as a Debian unit with User= and
+    AmbientCapabilities=CAP_NET_BIND_SERVICE is (Knot's, PowerDNS's)."""
+    caps = ["--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service"]
     return [require_binary("setpriv"), f"--reuid={user}", f"--regid={user}", "--init-groups",
-            "--", *argv]
+            *(caps if low_ports else []), "--", *argv]
+
+
+def uid_of(pid: int) -> int:
+    """The real uid of process ``pid`` (/proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(ln for ln in f if ln.startswith("Uid:")).split()[1])
 
 
 def give_to(user: str, *paths) -> None:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.dnsservers import PdnsLuaServer, pdns_lua_record
+from tests.dnsservers import PdnsLuaServer, pdns_lua_record, uid_of
 from tests.httpd import StatusServer
 
 BACKENDS = ("127.0.14.1", "127.0.14.2", "127.0.14.3")
@@ -40,12 +40,6 @@ def backends():
             s.stop()
         return
     pytest.fail(f"no port free on both {BACKENDS[0]} and {BACKENDS[1]}")
-
-
-def uid_of(pid: int) -> int:
-    """The real uid of process `pid` (/proc/PID/status)."""
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(ln for ln in f if ln.startswith("Uid:")).split()[1])
 
 
 def wait_answer(server: PdnsLuaServer, want: set[str], timeout: float) -> float:

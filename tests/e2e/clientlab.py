@@ -58,20 +58,8 @@ from pathlib import Path
 
 import dns.message
 
-from tests.dnsservers import pdns_lua_record, write_pdns_lua
-from tests.e2e.netlab import (
-    SITES,
-    Lab,
-    LabError,
-    Proc,
-    as_debian_user,
-    give_to,
-    run,
-    user_of,
-    v4,
-    v6,
-    which,
-)
+from tests.dnsservers import as_user, give_to, pdns_lua_record, write_pdns_lua
+from tests.e2e.netlab import SITES, Lab, LabError, Proc, run, user_of, v4, v6, which
 
 PARENT, CLIENT = 53, 99  # host numbers of the parent's server and the client namespace
 LUA_HOST = 10  # a site's PowerDNS is at host + LUA_HOST
@@ -228,7 +216,8 @@ class ClientLab(Lab):
             f"  - domain: .\n    file: {d / 'root.zone'}\n"
             f"  - domain: {PARENT_ZONE}\n    file: {d / 'parent.zone'}\n")
         p = self._proc("parent/knotd", self.parent_ns,
-                       as_debian_user("knot", [which("knotd"), "-c", str(d / "knot.conf")]),
+                       as_user("knot", [which("knotd"), "-c", str(d / "knot.conf")],
+                               low_ports=True),
                        self.dir / "parent-knotd.log")
         self._wait_soa(p, self.parent_ns, v4(PARENT), 53, PARENT_ZONE)
 
@@ -268,7 +257,8 @@ class ClientLab(Lab):
             *[f"@ IN NS ns-lua.{s}.{PARENT_ZONE}." for s in SITES],
             f"api IN LUA {pdns_lua_record(STATUS_URL, backends)}"]) + "\n")
         p = self._proc(f"{site.name}/pdns-lua", site.ns,
-                       as_debian_user("pdns", [which("pdns_server"), f"--config-dir={conf}"]),
+                       as_user("pdns", [which("pdns_server"), f"--config-dir={conf}"],
+                               low_ports=True),
                        site.dir / "pdns-lua.log")
         self._wait_soa(p, site.ns, addresses[0], 53, LUA_ZONE)
 
@@ -345,10 +335,9 @@ class ClientLab(Lab):
             os.chmod(f, 0o644)
         self.servers["recursor"] = self._proc(
             "client/pdns_recursor", self.client_ns,
-            ["setpriv", "--reuid=pdns", "--regid=pdns", "--init-groups",
-             "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service",
-             which("pdns_recursor"), f"--config-dir={d}", "--daemon=no", "--write-pid=no",
-             "--disable-syslog", "--log-timestamp=no"],
+            as_user("pdns", [which("pdns_recursor"), f"--config-dir={d}", "--daemon=no",
+                             "--write-pid=no", "--disable-syslog", "--log-timestamp=no"],
+                    low_ports=True),
             self.rdir / "recursor.log")
 
     def _wait_resolver(self, r: str) -> None:

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+from tests.dnsservers import as_user, give_to, uid_of
+
 ROOT = Path(__file__).resolve().parents[2]
 ZONE = "pool.domain.tld"
 POOL = f"api.{ZONE}"
@@ -88,33 +90,13 @@ def v6(host: int) -> str:
     return f"2001:db8::{host}"
 
 
-def as_debian_user(user: str, argv: list[str]) -> list[str]:
-    """`argv` as systemd runs a Debian unit with User=USER and
-    AmbientCapabilities=CAP_NET_BIND_SERVICE: that user's ids and groups only,
-    allowed to bind port 53."""
-    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
-            "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service", *argv]
-
-
-def give_to(user: str, *paths: Path) -> None:
-    """Each directory tree to `user` and its group."""
-    pw = pwd.getpwnam(user)
-    for top in paths:
-        for root, dirs, files in os.walk(top):
-            for name in [root, *(os.path.join(root, f) for f in dirs + files)]:
-                os.lchown(name, pw.pw_uid, pw.pw_gid)
-
-
 def user_of(proc: Proc) -> str:
     """The user a server's process runs as: the process itself, or the one child
     it forked (unbound -d), whatever wraps it (ip netns exec, setpriv) exec'ing it."""
     pid = proc.pid
     for child in run(["pgrep", "-P", str(pid)], check=False).stdout.split() or []:
         pid = int(child)
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Uid:"):
-            return pwd.getpwuid(int(line.split()[2])).pw_name
-    raise LabError(f"{proc.name}: no Uid in /proc/{pid}/status")
+    return pwd.getpwuid(uid_of(pid)).pw_name
 
 
 def which(name: str) -> str:
@@ -391,8 +373,8 @@ class Site:
         give_to("knot", kdir / "db")
         os.chown(self.lab.rundir / self.name, pwd.getpwnam("knot").pw_uid, -1)
         self.knot = Proc(f"{self.name}/knotd",
-                         self.exec(as_debian_user("knot", [which("knotd"), "-c",
-                                                           str(kdir / "knot.conf")])),
+                         self.exec(as_user("knot", [which("knotd"), "-c",
+                                                    str(kdir / "knot.conf")], low_ports=True)),
                          self.dir / "knotd.log")
         deadline = time.monotonic() + 15
         while True:
